@@ -1,0 +1,3 @@
+from cvops.cli import main
+
+main()

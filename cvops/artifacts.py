@@ -1,0 +1,168 @@
+"""Content-addressed artifact store.
+
+Layout: ``<store>/<stage>/<fingerprint>/`` holds what a stage produced and,
+written last and atomically, ``manifest.json``. A directory without a manifest
+is an unfinished build (a killed run) and is never reused: the next build of
+the same fingerprint wipes it first. ``<store>/<stage>/<fingerprint>.lock``
+(an OS file lock, released if the holder dies) makes concurrent runs that need
+the same artifact build it once and share it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional
+
+MANIFEST = "manifest.json"
+
+
+class StoreError(OSError):
+    """The store cannot be used (not writable, or a lock timed out)."""
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class Artifact:
+    """A complete artifact: its directory and its manifest."""
+
+    stage: str
+    fingerprint: str
+    dir: Path
+    manifest: Dict[str, Any] = field(default_factory=dict)
+
+    def path(self, name: str) -> Path:
+        """Absolute path of the named artifact entry (see ``manifest['artifacts']``)."""
+        try:
+            rel = self.manifest["artifacts"][name]
+        except KeyError as e:
+            have = ", ".join(self.manifest.get("artifacts", {})) or "none"
+            raise KeyError(f"{self.stage} artifact {self.fingerprint} has no '{name}' (has: {have})") from e
+        return self.dir / rel
+
+    @property
+    def metrics(self) -> Dict[str, Any]:
+        return self.manifest.get("metrics", {})
+
+
+class ArtifactStore:
+    """The store rooted at ``paths.store``."""
+
+    def __init__(self, root: os.PathLike | str) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def dir(self, stage: str, fingerprint: str) -> Path:
+        return self.root / stage / fingerprint
+
+    def is_complete(self, stage: str, fingerprint: str) -> bool:
+        return (self.dir(stage, fingerprint) / MANIFEST).is_file()
+
+    def get(self, stage: str, fingerprint: str) -> Optional[Artifact]:
+        """The complete artifact, or None."""
+        d = self.dir(stage, fingerprint)
+        try:
+            manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError as e:  # cannot happen with atomic writes; say so if it does
+            raise StoreError(f"corrupt manifest {d / MANIFEST}: {e}; delete {d} to rebuild it") from e
+        return Artifact(stage, fingerprint, d, manifest)
+
+    def check_writable(self) -> None:
+        """Fail early, with the fix, if the store cannot be written."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            raise StoreError(
+                f"artifact store {self.root} is not writable ({e.strerror or e}); "
+                "set paths.store=<dir> on the command line or CVOPS_STORE=<dir>"
+            ) from e
+
+    @contextmanager
+    def build(
+        self,
+        stage: str,
+        fingerprint: str,
+        *,
+        timeout: float = 3600.0,
+        keep_partial: bool = False,
+        on_wait: Optional[Callable[[Path], None]] = None,
+    ) -> Iterator[Optional["Builder"]]:
+        """Lock ``stage/fingerprint`` and yield a :class:`Builder`.
+
+        Yields None when the artifact is (or became, while waiting for the lock)
+        complete: another run built it. An unfinished directory left by a killed
+        run is wiped unless ``keep_partial`` (a stage that resumes from it).
+        The lock is released on exit, whatever happens; the manifest exists
+        only if :meth:`Builder.commit` ran.
+        """
+        from filelock import FileLock, Timeout
+
+        d = self.dir(stage, fingerprint)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(d) + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait is not None:
+                on_wait(d)
+            try:
+                lock.acquire(timeout=timeout)
+            except Timeout as e:
+                raise StoreError(
+                    f"waited {timeout:.0f}s for another run building {d}; if no run is alive, "
+                    f"delete {d}.lock (or raise lock_timeout_s)"
+                ) from e
+        try:
+            if self.is_complete(stage, fingerprint):
+                yield None
+                return
+            if d.exists() and not keep_partial:
+                shutil.rmtree(d)
+            d.mkdir(parents=True, exist_ok=True)
+            yield Builder(stage, fingerprint, d)
+        finally:
+            lock.release()
+
+
+@dataclass
+class Builder:
+    """Write side of one artifact under construction."""
+
+    stage: str
+    fingerprint: str
+    dir: Path
+    started: float = field(default_factory=time.time)
+
+    def commit(self, manifest: Dict[str, Any]) -> Artifact:
+        """Write the manifest last and atomically: the artifact is now complete."""
+        for name, rel in manifest.get("artifacts", {}).items():
+            if not (self.dir / rel).exists():
+                raise StoreError(f"{self.stage} declared artifact '{name}' -> {self.dir / rel}, which does not exist")
+        write_json_atomic(self.dir / MANIFEST, manifest)
+        return Artifact(self.stage, self.fingerprint, self.dir, manifest)

@@ -1,0 +1,102 @@
+"""The ``cvops`` command (also ``python -m cvops``).
+
+::
+
+    cvops recipe=quickstart                      # run the stages the recipe lists
+    cvops recipe=quickstart stages=[curate]      # a part
+    cvops recipe=quickstart --cfg job            # the whole composed spec
+    cvops -m recipe=quickstart train.lr=0.01,0.004   # a sweep (Hydra multirun)
+    cvops doctor                                 # what is installed and working
+    cvops recipes                                # the recipes cvops can see
+
+Everything after ``cvops`` is a Hydra command line. It is validated first
+(:func:`cvops.config.preflight`): a typo, a wrong type or a disallowed
+``_target_`` exits with status 2 and one message before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import hydra
+from omegaconf import DictConfig
+
+from cvops.config import ConfigError, preflight
+from cvops.recipes import CONF_DIR, available_recipes, recipe_dirs
+
+log = logging.getLogger("cvops")
+
+#: Errors that are the user's to fix: one message, no traceback.
+USER_ERRORS = (ConfigError, OSError)
+
+
+def _task(cfg: DictConfig) -> Optional[float]:
+    """One Hydra job: run the recipe's stages. Returns the headline metric."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from cvops.runner import Runner
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        runner = Runner(cfg, run_dir, recipe=hc.runtime.choices.get("recipe"))
+        return runner.run().headline()["value"]
+    except USER_ERRORS as e:
+        if multirun:  # Hydra records the failed job and goes on with the others
+            raise
+        log.error("cvops: error: %s", e)
+        sys.exit(2)
+    finally:
+        if multirun:
+            from cvops.sweep import update_leaderboard
+
+            update_leaderboard(Path(hc.sweep.dir), cfg)
+
+
+_hydra_main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_task)
+
+
+def _cmd_doctor(argv: List[str]) -> int:
+    from cvops.doctor import main as doctor
+
+    return doctor(argv)
+
+
+def _cmd_recipes(argv: List[str]) -> int:
+    from cvops.recipes import find_recipe
+
+    for name in available_recipes():
+        print(f"{name:20s} {find_recipe(name)}")
+    print(f"(searched {', '.join(str(d) for d in recipe_dirs())}; add directories with CVOPS_RECIPE_PATH)")
+    return 0
+
+
+COMMANDS: Dict[str, Callable[[List[str]], int]] = {"doctor": _cmd_doctor, "recipes": _cmd_recipes}
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point of ``cvops``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        sys.exit(COMMANDS[argv[0]](argv[1:]))
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    informational = args.help or args.hydra_help or args.info or args.shell_completion
+    if not informational:
+        try:
+            preflight(args.overrides, check_missing=args.cfg is None)
+        except ConfigError as e:
+            print(f"cvops: error: {e}", file=sys.stderr)
+            sys.exit(2)
+    sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "cvops", *argv]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""Compose and validate recipes before any work starts.
+
+:func:`preflight` composes the recipe exactly as the ``cvops`` command will
+(Hydra's compose API, same primary config, same overrides) and turns any
+problem into a :class:`ConfigError` naming the key, the value, the file and
+line it came from (or the command line) and close matches. Sweeps are checked
+value by value, so ``train.lr=0.01,abc`` fails before the first job starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cvops import recipes
+from cvops.instantiate import TargetNotAllowed, check_targets
+from cvops.recipes import CONF_DIR, available_recipes, find_recipe, recipe_dirs
+from cvops.schema import GROUPS, CvopsConfig
+
+ConfigStore.instance().store(name="cvops_schema", node=CvopsConfig)
+
+
+class ConfigError(ValueError):
+    """A recipe, config file or command-line problem found before any work."""
+
+
+# ------------------------------------------------------------------ compose
+def compose_config(overrides: Sequence[str] = (), *, hydra_node: bool = False) -> DictConfig:
+    """Compose ``conf/config.yaml`` + overrides the way ``cvops`` does.
+
+    Args:
+        overrides: Hydra overrides, e.g. ``["recipe=quickstart", "train.lr=0.01"]``.
+        hydra_node: keep the ``hydra`` node (its ``runtime.choices`` say which
+            option of each group was picked).
+
+    Raises:
+        ConfigError: with the key, file and fix, for any composition problem.
+    """
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="cvops"):
+            return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_node)
+    except Exception as e:  # Hydra wraps OmegaConf/YAML errors; explain them
+        raise explain(e, overrides) from e
+
+
+def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> None:
+    """Validate a command line (one job, or every value of every sweep).
+
+    Raises:
+        ConfigError: at the first problem, before anything is written.
+    """
+    variants = _variants(overrides)
+    for variant in variants:
+        cfg = compose_config(variant, hydra_node=True)
+        try:
+            check_targets(cfg, skip=("hydra",))
+        except TargetNotAllowed as e:
+            where = _origin(e.key.split("."), variant)
+            raise ConfigError(f"{e} ({where})") from e
+        if check_missing:
+            missing = sorted(_missing(cfg, skip=("hydra",)))
+            if missing:
+                fixes = " ".join(f"{k}=..." for k in missing)
+                raise ConfigError(
+                    f"required value{'s' if len(missing) > 1 else ''} missing: {', '.join(missing)}. "
+                    f"Set {'them' if len(missing) > 1 else 'it'} in your recipe or on the command line: cvops {fixes}"
+                    + ("" if _recipe_override(variant) else f"\n  (no recipe selected; available: {', '.join(available_recipes())})")
+                )
+
+
+def _missing(node: DictConfig, prefix: str = "", skip: Sequence[str] = ()) -> Iterable[str]:
+    """Keys still ``???`` (interpolations are not resolved, so nothing else can fail here)."""
+    for key in node.keys():
+        if key in skip:
+            continue
+        if OmegaConf.is_missing(node, key):
+            yield f"{prefix}{key}"
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
+            yield from _missing(child, f"{prefix}{key}.")
+
+
+def _recipe_override(overrides: Iterable[str]) -> Optional[str]:
+    for o in overrides:
+        m = re.match(r"^recipe=([^,]+)", o)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _variants(overrides: Sequence[str]) -> List[List[str]]:
+    """One override list per value of each sweep (not the whole product)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as e:
+        raise ConfigError(f"cannot parse the command line: {e}") from e
+    sweeps: List[Tuple[int, List[str]]] = []
+    base: List[str] = []
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override() and not o.is_interval_sweep():
+            values = [_override_text(o, v) for v in o.sweep_string_iterator()]
+            sweeps.append((i, values))
+            base.append(values[0])
+        elif o.is_interval_sweep():  # e.g. Optuna interval(0.001, 0.1): key checked only
+            base.append(f"{o.get_key_element()}={o.value().start}")
+        else:
+            base.append(o.input_line)
+    variants = [base]
+    for i, values in sweeps:
+        for v in values[1:]:
+            variants.append(base[:i] + [v] + base[i + 1 :])
+    return variants
+
+
+def _override_text(o: Override, value: str) -> str:
+    prefix = {"ADD": "+", "FORCE_ADD": "++", "DEL": "~"}.get(o.type.name, "")
+    return f"{prefix}{o.get_key_element()}={value}"
+
+
+# -------------------------------------------------------------- explaining
+def explain(exc: BaseException, overrides: Sequence[str] = ()) -> ConfigError:
+    """Turn a Hydra/OmegaConf/YAML composition error into one clear message."""
+    import yaml
+
+    chain = _chain(exc)
+    for e in chain:
+        if isinstance(e, yaml.YAMLError):
+            return ConfigError(_yaml_message(e))
+    text = "\n".join(str(e) for e in chain if str(e))
+    m = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if m:
+        group, name = m.group(1), m.group(2)
+        if group == "recipe":
+            dirs = ", ".join(str(d) for d in recipe_dirs())
+            return ConfigError(
+                f"unknown recipe '{name}'. Available recipes: {', '.join(available_recipes())} "
+                f"(searched {dirs}; add your own directory with CVOPS_RECIPE_PATH)"
+            )
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) if (CONF_DIR / group).is_dir() else []
+        close = difflib.get_close_matches(name, options, n=1)
+        hint = f" Did you mean {group}={close[0]}?" if close else ""
+        return ConfigError(
+            f"unknown {group} option '{name}' ({_origin([group], overrides)}). "
+            f"Choices: {', '.join(options) or '(none)'}.{hint}"
+        )
+    for e in chain:
+        if not isinstance(e, OmegaConfBaseException) or not getattr(e, "full_key", None):
+            continue
+        key = str(e.full_key)
+        parts = _split_key(key)
+        where = _origin(parts, overrides)
+        name = type(e).__name__
+        if parts and parts[0] == "recipe" and name in ("ConfigKeyError", "ConfigAttributeError"):
+            recipe = _recipe_override(overrides)
+            path = find_recipe(recipe) if recipe else None
+            return ConfigError(
+                f"recipe {_short(path) if path else recipe} must start with the line '# @package _global_' "
+                "so that its keys apply to the whole config (see recipes/quickstart.yaml)"
+            )
+        if name in ("ConfigKeyError", "ConfigAttributeError"):
+            return ConfigError(_unknown_key_message(parts, where))
+        if name == "ValidationError":
+            msg = str(e).splitlines()[0]
+            expected = _expected_type(parts)
+            return ConfigError(
+                f"wrong type for '{key}' ({where}): {msg}" + (f"; expected {expected}" if expected else "")
+            )
+        return ConfigError(f"invalid value for '{key}' ({where}): {str(e).splitlines()[0]}")
+    first = str(exc).strip() or text.strip() or type(exc).__name__
+    return ConfigError(first)
+
+
+def _chain(exc: BaseException) -> List[BaseException]:
+    out, seen = [], set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen:
+        out.append(e)
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _yaml_message(e: Any) -> str:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    if mark is not None:
+        return f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}: YAML does not parse: {problem}"
+    return f"YAML does not parse: {problem}"
+
+
+def _split_key(key: str) -> List[str]:
+    return [p for p in re.split(r"\.|\[|\]", key) if p]
+
+
+def _schema_fields(parts: Sequence[str]) -> Optional[Dict[str, Any]]:
+    """Field name -> type of the dataclass at ``parts`` (None if free-form)."""
+    cls: Any = CvopsConfig
+    for p in parts:
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if p not in hints:
+            return None
+        cls = hints[p]
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return typing.get_type_hints(cls)
+
+
+def _unknown_key_message(parts: List[str], where: str) -> str:
+    key = ".".join(parts)
+    parent, leaf = parts[:-1], parts[-1]
+    fields = _schema_fields(parent)
+    msg = f"unknown key '{key}' ({where})."
+    if fields:
+        close = difflib.get_close_matches(leaf, list(fields), n=3, cutoff=0.6)
+        prefix = ".".join(parent) + "." if parent else ""
+        if close:
+            msg += " Did you mean " + " or ".join(f"'{prefix}{c}'" for c in close) + "?"
+        msg += f"\n  valid keys{(' under ' + repr('.'.join(parent))) if parent else ''}: {', '.join(sorted(fields))}"
+    return msg
+
+
+def _expected_type(parts: Sequence[str]) -> Optional[str]:
+    fields = _schema_fields(parts[:-1])
+    if not fields or parts[-1] not in fields:
+        return None
+    t = fields[parts[-1]]
+    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+
+
+# -------------------------------------------------------------- provenance
+def _origin(parts: Sequence[str], overrides: Sequence[str]) -> str:
+    """Where a key was set: the command line, or ``file, line N``."""
+    key = ".".join(parts)
+    for o in overrides:
+        k = o.lstrip("+~").split("=", 1)[0]
+        if k == key or key.startswith(k + ".") or k.startswith(key + "."):
+            return f"command line: {o}"
+    for path, inner in _candidate_files(overrides):
+        sub = list(parts[len(inner) :]) if list(parts[: len(inner)]) == inner else None
+        if sub is None:
+            continue
+        line = _yaml_line(path, sub)
+        if line is not None:
+            return f"{_short(path)}, line {line}"
+    return "composed config"
+
+
+def _short(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _candidate_files(overrides: Sequence[str]) -> List[Tuple[Path, List[str]]]:
+    """Files that went into the composition, with the key prefix each maps to."""
+    files: List[Tuple[Path, List[str]]] = []
+    choices: Dict[str, str] = {}
+    primary = CONF_DIR / "config.yaml"
+    for g, c in _defaults(primary):
+        choices[g] = c
+    name = _recipe_override(overrides)
+    recipe = find_recipe(name) if name else None
+    if recipe is not None:
+        for g, c in _defaults(recipe):
+            choices[g.lstrip("/")] = c
+        files.append((recipe, []))
+    for o in overrides:
+        k, _, v = o.partition("=")
+        if k in GROUPS:
+            choices[k] = v
+    for g in GROUPS:
+        c = choices.get(g)
+        seen = set()
+        while c and (g, c) not in seen:  # follow a group file's own defaults (onnx_int8 -> onnx)
+            seen.add((g, c))
+            p = CONF_DIR / g / f"{c}.yaml"
+            if not p.is_file():
+                break
+            files.append((p, [g]))
+            parents = [pc for pg, pc in _defaults(p) if pg == ""]
+            c = parents[0] if parents else None
+    files.append((primary, []))
+    return files
+
+
+def _defaults(path: Path) -> List[Tuple[str, str]]:
+    """(group, choice) pairs from a YAML defaults list; group '' = same group."""
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:
+        return []
+    out = []
+    for d in (data or {}).get("defaults", []) if isinstance(data, dict) else []:
+        if isinstance(d, str):
+            out.append(("", d))
+        elif isinstance(d, dict):
+            for k, v in d.items():
+                k = k.replace("override ", "").replace("optional ", "").strip()
+                if isinstance(v, str):
+                    out.append((k, v))
+    return out
+
+
+def _yaml_line(path: Path, parts: Sequence[str]) -> Optional[int]:
+    import yaml
+
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except Exception:
+        return None
+    line = None
+    for p in parts:
+        if not isinstance(node, yaml.MappingNode):
+            return line
+        for k, v in node.value:
+            if k.value == p:
+                line, node = k.start_mark.line + 1, v
+                break
+        else:
+            return None
+    return line
+
+
+def to_container(cfg: DictConfig, key: Optional[str] = None) -> Any:
+    """Resolved plain-Python copy of ``cfg`` (or of ``cfg[key]``)."""
+    node = cfg if key is None else OmegaConf.select(cfg, key)
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+__all__ = ["ConfigError", "compose_config", "preflight", "explain", "to_container", "recipes"]

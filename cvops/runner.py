@@ -1,0 +1,340 @@
+"""The stage graph: order, fingerprints, cache, run manifest.
+
+Every stage is a function of (its config sections, its upstream artifacts) ->
+(its artifacts, its metrics). For each stage the runner computes
+
+    fingerprint = sha256(config sections, upstream fingerprints, code version)
+
+before anything runs, reuses a complete artifact with that fingerprint from
+the store, builds the rest in order under a file lock, and records every
+decision in ``run.json`` (see :mod:`cvops.manifest`).
+
+A stage implementation is ``run(ctx: StageContext) -> StageResult`` in
+``cvops.<stage>.stage``; plug-ins and tests may :func:`register_stage` their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from cvops.artifacts import Artifact, ArtifactStore, StoreError
+from cvops.config import ConfigError, to_container
+from cvops.manifest import RunManifest
+
+log = logging.getLogger("cvops")
+PKG_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What defines a stage (its identity for the cache)."""
+
+    name: str
+    sections: Tuple[str, ...]  # config keys whose values enter the fingerprint
+    inputs: Tuple[str, ...]  # upstream stages whose artifacts it reads
+    libraries: Tuple[str, ...] = ()  # distributions whose versions enter the fingerprint
+    cacheable: bool = True  # serve is a process, not an artifact
+    exclude: Tuple[str, ...] = ()  # keys that do not change the result (train.resume)
+    issue: Optional[int] = None  # where an unimplemented stage is tracked
+
+
+SPECS: Dict[str, StageSpec] = {
+    s.name: s
+    for s in (
+        StageSpec("curate", ("project", "data", "curate"), (), ("fiftyone", "pillow", "opencv-python-headless"), issue=3),
+        StageSpec("train", ("model", "train"), ("curate",), ("torch", "mmcv", "mmdet", "mmengine"), exclude=("train.resume",), issue=4),
+        StageSpec("evaluate", ("evaluate",), ("curate", "train"), ("pycocotools", "fiftyone"), issue=4),
+        StageSpec("export", ("export",), ("curate", "train"), ("torch", "onnx", "onnxruntime"), issue=5),
+        StageSpec("serve", ("serve",), ("export",), cacheable=False, issue=6),
+        StageSpec("monitor", ("monitor",), ("curate", "train", "export"), issue=6),
+    )
+}
+ORDER: Tuple[str, ...] = tuple(SPECS)
+
+StageFn = Callable[["StageContext"], "StageResult"]
+_REGISTRY: Dict[str, StageFn] = {}
+
+
+def register_stage(name: str, fn: Optional[StageFn]) -> None:
+    """Use ``fn`` as the implementation of stage ``name`` (None: back to the default)."""
+    if name not in SPECS:
+        raise KeyError(f"unknown stage '{name}'; stages: {', '.join(ORDER)}")
+    if fn is None:
+        _REGISTRY.pop(name, None)
+    else:
+        _REGISTRY[name] = fn
+
+
+def implementation(name: str) -> Optional[StageFn]:
+    """The stage's ``run`` function, or None while it is not implemented."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    module = f"cvops.{name}.stage"
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    return getattr(importlib.import_module(module), "run")
+
+
+@dataclass
+class StageContext:
+    """What a stage gets: its config, its inputs, a directory to write into."""
+
+    name: str
+    cfg: DictConfig  # the whole composed recipe
+    section: Dict[str, Any]  # the stage's own resolved config sections
+    workdir: Path  # artifact directory (empty unless resuming)
+    inputs: Dict[str, Artifact]  # upstream artifacts by stage name
+    run_dir: Path  # the Hydra run dir of this run
+    fingerprint: str
+    resuming: bool = False
+
+
+@dataclass
+class StageResult:
+    """What a stage returns. ``artifacts`` maps names to paths inside ``workdir``."""
+
+    artifacts: Dict[str, str] = field(default_factory=dict)
+    metrics: Dict[str, Any] = field(default_factory=dict)
+
+
+class UpstreamMissing(ConfigError):
+    """A requested stage needs an artifact that is neither stored nor requested."""
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _drop(d: Dict[str, Any], dotted: str) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        d = d.get(p, {}) if isinstance(d, dict) else {}
+    if isinstance(d, dict):
+        d.pop(parts[-1], None)
+
+
+def code_version(name: str, fn: Optional[StageFn]) -> str:
+    """Hash of the code that produces a stage's artifact.
+
+    The stage's source (its ``cvops/<stage>/`` package, or the module of a
+    registered function) plus the versions of the libraries it depends on.
+    """
+    h = hashlib.sha256()
+    files: List[Path] = []
+    pkg = PKG_DIR / name
+    if name not in _REGISTRY and pkg.is_dir():
+        files = sorted(pkg.rglob("*.py"))
+    elif fn is not None:
+        src = inspect.getsourcefile(fn)
+        files = [Path(src)] if src else []
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    for lib in SPECS[name].libraries:
+        try:
+            h.update(f"{lib}=={importlib.metadata.version(lib)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            h.update(f"{lib}==none".encode())
+    return h.hexdigest()[:16]
+
+
+def fingerprints(cfg: DictConfig, stages: Sequence[str] = ORDER) -> Dict[str, Dict[str, Any]]:
+    """Fingerprint (and what went into it) of every stage, without running anything."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for name in ORDER:
+        spec = SPECS[name]
+        section = {key: to_container(cfg, key) for key in spec.sections}
+        for ex in spec.exclude:
+            _drop(section, ex)
+        fn = implementation(name)
+        payload = {
+            "stage": name,
+            "config": section,
+            "inputs": {i: out[i]["fingerprint"] for i in spec.inputs},
+            "code": code_version(name, fn),
+        }
+        fp = hashlib.sha256(_canonical(payload).encode()).hexdigest()[:16]
+        out[name] = {"fingerprint": fp, "section": section, "implementation": fn, **payload}
+    return out
+
+
+class Runner:
+    """Runs the requested stages of one composed recipe.
+
+    Args:
+        cfg: the composed, validated recipe.
+        run_dir: the Hydra run dir; ``run.json`` goes there.
+        recipe: the recipe name (for the manifest), if any.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, recipe: Optional[str] = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.store = ArtifactStore(cfg.paths.store)
+        self.requested = self._requested(list(cfg.stages))
+        self.manifest = RunManifest(self.run_dir / "run.json", cfg, recipe)
+
+    @staticmethod
+    def _requested(stages: List[str]) -> List[str]:
+        unknown = [s for s in stages if s not in SPECS]
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {unknown} in 'stages'; choose from {list(ORDER)}")
+        if len(set(stages)) != len(stages):
+            raise ConfigError(f"'stages' lists a stage twice: {stages}")
+        return [s for s in ORDER if s in stages]
+
+    def plan(self) -> Dict[str, Dict[str, Any]]:
+        """Fingerprints for every stage; checks that requested stages have their inputs.
+
+        Raises:
+            UpstreamMissing: naming the stage to run first and the command to do it.
+        """
+        fps = fingerprints(self.cfg)
+        for name in self.requested:
+            for up in SPECS[name].inputs:
+                if up in self.requested or self.store.is_complete(up, fps[up]["fingerprint"]):
+                    continue
+                need = [s for s in ORDER if s in self.requested or s == up]
+                raise UpstreamMissing(
+                    f"stage '{name}' needs the '{up}' artifact for this config (fingerprint "
+                    f"{fps[up]['fingerprint']}), which is not in the store {self.store.root}. "
+                    f"Run it in the same command: stages=[{','.join(need)}]"
+                )
+        return fps
+
+    def run(self) -> RunManifest:
+        """Run (or reuse) every requested stage; always leaves ``run.json``."""
+        self.manifest.start()
+        done: Dict[str, Artifact] = {}
+        blocked: Dict[str, str] = {}  # stage -> why its dependants cannot run
+        try:
+            self.store.check_writable()
+            fps = self.plan()
+            log.info("cvops · %s · run dir %s · store %s", self.cfg.project, self.run_dir, self.store.root)
+            for name in ORDER:
+                spec, fp = SPECS[name], fps[name]["fingerprint"]
+                if name not in self.requested:
+                    art = self.store.get(name, fp) if spec.cacheable else None
+                    if art is not None and any(name in SPECS[r].inputs for r in self.requested):
+                        done[name] = art
+                    continue
+                why = next((f"input '{u}' {blocked[u]}" for u in spec.inputs if u in blocked), None)
+                if why:
+                    self._skip(name, fp, why)
+                    blocked[name] = "was not built"
+                    continue
+                fn = fps[name]["implementation"]
+                if fn is None:
+                    why = f"the {name} stage is not implemented in this cvops version yet (issue #{spec.issue})"
+                    self._skip(name, fp, why)
+                    blocked[name] = "is not implemented yet"
+                    continue
+                art = self._run_stage(name, fp, fps[name], fn, done)
+                if art is not None:
+                    done[name] = art
+        except BaseException as e:
+            self.manifest.finish(error=f"{type(e).__name__}: {e}")
+            raise
+        self.manifest.finish()
+        return self.manifest
+
+    # ------------------------------------------------------------ helpers
+    def _skip(self, name: str, fp: str, reason: str) -> None:
+        self.manifest.stage(name, status="skipped", fingerprint=fp, seconds=0.0, reason=reason)
+        log.info("  %-9s skipped  %s", name, reason)
+
+    def _context(self, name: str, fp: str, info: Dict[str, Any], workdir: Path, done: Dict[str, Artifact], resuming: bool) -> StageContext:
+        inputs = {u: done[u] for u in SPECS[name].inputs}
+        return StageContext(name, self.cfg, info["section"], workdir, inputs, self.run_dir, fp, resuming)
+
+    def _run_stage(self, name: str, fp: str, info: Dict[str, Any], fn: StageFn, done: Dict[str, Artifact]) -> Optional[Artifact]:
+        spec = SPECS[name]
+        t0 = time.perf_counter()
+        if not spec.cacheable:
+            workdir = self.run_dir / name
+            workdir.mkdir(parents=True, exist_ok=True)
+            try:
+                result = fn(self._context(name, fp, info, workdir, done, False))
+            except BaseException as e:
+                self._failed(name, fp, t0, e)
+                raise
+            secs = time.perf_counter() - t0
+            self.manifest.stage(name, status="ran", fingerprint=fp, seconds=secs,
+                                artifacts={k: str(workdir / v) for k, v in result.artifacts.items()}, metrics=result.metrics)
+            log.info("  %-9s ran      %6.1fs", name, secs)
+            return None
+
+        existing = self.store.get(name, fp)
+        if existing is not None:
+            self._cached(existing, t0, "in the store")
+            return existing
+        keep = bool(OmegaConf.select(self.cfg, "train.resume")) if name == "train" else False
+
+        def waiting(d: Path) -> None:
+            log.info("  %-9s waiting  another run is building %s", name, d)
+
+        with self.store.build(name, fp, timeout=float(self.cfg.lock_timeout_s), keep_partial=keep, on_wait=waiting) as builder:
+            if builder is None:  # a concurrent run finished it while we waited
+                art = self.store.get(name, fp)
+                assert art is not None
+                self._cached(art, t0, "built by a concurrent run")
+                return art
+            log.info("  %-9s running  fp %s -> %s", name, fp, builder.dir)
+            resuming = keep and any(builder.dir.iterdir())
+            try:
+                result = fn(self._context(name, fp, info, builder.dir, done, resuming))
+                secs = time.perf_counter() - t0
+                art = builder.commit({
+                    "stage": name,
+                    "fingerprint": fp,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "seconds": round(secs, 3),
+                    "run_dir": str(self.run_dir),
+                    "config": info["config"],
+                    "inputs": info["inputs"],
+                    "code": info["code"],
+                    "artifacts": result.artifacts,
+                    "metrics": result.metrics,
+                })
+            except BaseException as e:
+                self._failed(name, fp, t0, e)
+                raise
+        self.manifest.stage(name, status="ran", fingerprint=fp, seconds=secs,
+                            artifacts=self._abs(art), metrics=art.metrics)
+        log.info("  %-9s ran      %6.1fs  fp %s -> %s", name, secs, fp, art.dir)
+        return art
+
+    def _cached(self, art: Artifact, t0: float, why: str) -> None:
+        secs = time.perf_counter() - t0
+        self.manifest.stage(art.stage, status="cached", fingerprint=art.fingerprint, seconds=secs,
+                            artifacts=self._abs(art), metrics=art.metrics,
+                            reason=f"{why} (built {art.manifest.get('created', '?')} by {art.manifest.get('run_dir', '?')})")
+        log.info("  %-9s cached   fp %s %s -> %s", art.stage, art.fingerprint, why, art.dir)
+
+    def _failed(self, name: str, fp: str, t0: float, e: BaseException) -> None:
+        reason = f"{type(e).__name__}: {e}"
+        self.manifest.stage(name, status="failed", fingerprint=fp, seconds=time.perf_counter() - t0, reason=reason)
+        log.error("  %-9s FAILED   %s", name, reason)
+
+    @staticmethod
+    def _abs(art: Artifact) -> Dict[str, str]:
+        return {"dir": str(art.dir), **{k: str(art.dir / v) for k, v in art.manifest.get("artifacts", {}).items()}}
+
+
+__all__ = ["Runner", "StageContext", "StageResult", "StageSpec", "SPECS", "ORDER", "register_stage",
+           "fingerprints", "UpstreamMissing", "StoreError"]

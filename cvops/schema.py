@@ -1,0 +1,238 @@
+"""Structured configs: the schema every composed recipe is validated against.
+
+One dataclass per config group (``conf/<group>/``). A recipe is composed by
+Hydra from plain YAML, then merged onto :class:`CvopsConfig` before any work
+starts (see :mod:`cvops.config`): an unknown key, a wrong type or a missing
+required value (``???``) stops the run with the key, the file it came from and
+close matches.
+
+Fields typed ``Dict[str, Any]`` are free-form on purpose (mmdet overrides,
+per-source options); everything else is checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+#: Lifecycle stages in execution order.
+STAGES = ("curate", "train", "evaluate", "export", "serve", "monitor")
+
+
+# --------------------------------------------------------------------- data
+@dataclass
+class SyntheticConfig:
+    """Seeded generator of a small detection set (``data=synthetic``).
+
+    Shapes of ``classes`` on textured backgrounds, varied sizes, some
+    occlusion and some empty images, plus short videos of moving labelled
+    shapes. See :mod:`cvops.curate.synthetic`.
+    """
+
+    num_images: int = 120
+    image_size: List[int] = field(default_factory=lambda: [320, 240])  # width, height
+    classes: List[str] = field(default_factory=lambda: ["circle", "square", "triangle"])
+    max_objects: int = 4
+    min_size: int = 24
+    max_size: int = 96
+    empty_fraction: float = 0.1
+    occlusion: bool = True
+    videos: int = 1
+    video_frames: int = 48
+    video_fps: float = 8.0
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from: one source, or several under ``sources``."""
+
+    format: str = MISSING  # synthetic | coco | voc | yolo | images | video
+    path: Optional[str] = MISSING  # file or folder of the source (null for synthetic)
+    images_root: Optional[str] = None  # COCO: image root if not beside the json
+    classes: Optional[List[str]] = None  # fixes class list and order
+    class_map: Dict[str, str] = field(default_factory=dict)  # rename / merge
+    sources: List[Dict[str, Any]] = field(default_factory=list)
+    fps: Optional[float] = None  # video: sample this many frames per second
+    every_n: Optional[int] = None  # video: or every N-th frame
+    max_frames: Optional[int] = None
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+# ------------------------------------------------------------------- curate
+@dataclass
+class DedupConfig:
+    enabled: bool = True
+    hamming_threshold: int = 4  # near-duplicate if perceptual hashes differ <= this
+    policy: str = "keep_first"  # keep_first | keep_sharpest
+
+
+@dataclass
+class SplitConfig:
+    ratios: Dict[str, float] = field(
+        default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15}
+    )
+    seed: int = 0
+    stratify: bool = True
+    group_by: Optional[str] = None  # sample field whose values never straddle splits
+    respect_source: bool = False
+
+
+@dataclass
+class CurateConfig:
+    min_box_size: float = 1.0  # px; smaller boxes are quarantined
+    clip_boxes: bool = True
+    keep_empty: bool = True
+    max_archive_mb: int = 4096
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+# -------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    """A detector: an mmdet 3 config shipped in the mmdet package + overrides."""
+
+    name: str = MISSING
+    mmdet_config: str = MISSING  # e.g. mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py
+    image_size: List[int] = field(default_factory=lambda: [320, 320])
+    load_from: Optional[str] = None  # checkpoint path or URL
+    cfg_options: Dict[str, Any] = field(default_factory=dict)  # raw mmengine overrides
+
+
+# -------------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    max_epochs: int = MISSING
+    batch_size: int = 8
+    lr: float = 0.004
+    base_batch_size: int = 256  # lr is scaled linearly by batch_size / base_batch_size
+    optimizer: str = "AdamW"
+    weight_decay: float = 0.05
+    warmup_iters: int = 100
+    amp: bool = False  # only takes effect on CUDA
+    seed: int = 0
+    deterministic: bool = False
+    val_interval: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    resume: bool = False
+    launcher: str = "none"  # none | pytorch (torchrun) | slurm
+    gpus: int = 1
+    num_workers: int = 2
+    log_interval: int = 10
+
+
+# ----------------------------------------------------------------- evaluate
+@dataclass
+class EvaluateConfig:
+    splits: List[str] = field(default_factory=lambda: ["val", "test"])
+    score_thr: float = 0.05
+    max_det: int = 100
+    plots: bool = True
+
+
+# ------------------------------------------------------------------- export
+@dataclass
+class GateConfig:
+    max_map_drop: float = 0.5  # mAP points
+    int8_max_map_drop: float = 2.0
+
+
+@dataclass
+class TensorRTConfig:
+    fp16: bool = True
+    int8: bool = False
+    workspace_gb: float = 2.0
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    timing_cache: bool = True
+
+
+@dataclass
+class ExportConfig:
+    format: str = "onnx"  # onnx | tensorrt
+    opset: int = 17
+    batch: str = "dynamic"  # dynamic | an integer as text, e.g. "1"
+    max_det: int = 100
+    score_thr: float = 0.05
+    iou_thr: float = 0.6
+    int8: bool = False
+    calib_images: int = 64
+    gate: GateConfig = field(default_factory=GateConfig)
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+    triton: bool = True
+
+
+# -------------------------------------------------------------------- serve
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    backend: str = "onnxruntime"  # onnxruntime | tensorrt
+    max_upload_mb: float = 20.0
+    max_pixels: int = 40_000_000
+    log_dir: Optional[str] = None  # default: <store>/requests/<project>
+    sample_rate: float = 0.1  # fraction of request images kept for review
+    token_env: str = "CVOPS_TOKEN"  # bearer token read from this variable, if set
+
+
+# ------------------------------------------------------------------ monitor
+@dataclass
+class MonitorConfig:
+    source: Optional[str] = None  # default: the serve request log
+    window: int = 500
+    p_value: float = 0.01
+    psi_threshold: float = 0.2
+    mmd_permutations: int = 200
+    low_confidence: float = 0.3
+    max_edge_cases: int = 200
+    on_drift: Optional[str] = None  # a recipe to run when drift is detected
+
+
+# ------------------------------------------------------------------ tracker
+@dataclass
+class TrackerConfig:
+    """Experiment tracker, built by :func:`cvops.utils.instantiate`."""
+
+    _target_: str = MISSING  # cvops.track.WandbTracker | cvops.track.NullTracker
+    project: Optional[str] = None  # default: the recipe's project
+    group: Optional[str] = None
+    mode: Optional[str] = None  # offline | online | disabled; WANDB_MODE wins; default offline
+    tags: List[str] = field(default_factory=list)
+
+
+# -------------------------------------------------------------------- root
+@dataclass
+class PathsConfig:
+    store: str = MISSING  # content-addressed artifact store (see cvops.artifacts)
+
+
+@dataclass
+class LeaderboardConfig:
+    metric: str = "evaluate.val_mAP"  # <stage>.<metric> from run.json
+    mode: str = "max"  # max | min
+
+
+@dataclass
+class CvopsConfig:
+    project: str = MISSING
+    stages: List[str] = field(default_factory=lambda: ["curate", "train", "evaluate", "export", "monitor"])
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)
+    lock_timeout_s: float = 3600.0  # how long to wait for a concurrent run building the same artifact
+    data: DataConfig = field(default_factory=DataConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+
+
+#: Config groups users select on the command line (``model=yolox_tiny``).
+GROUPS = ("data", "curate", "model", "train", "evaluate", "export", "serve", "monitor", "tracker")

