@@ -49,7 +49,8 @@ def _task(cfg: DictConfig) -> Optional[float]:
     except USER_ERRORS as e:
         if multirun:  # Hydra records the failed job and goes on with the others
             raise
-        log.error("cvops: error: %s", e)
+        log.debug("cvops: error: %s", e)
+        print(f"cvops: error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
         if multirun:

@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cvops import recipes
 from cvops.instantiate import TargetNotAllowed, check_targets
 from cvops.recipes import CONF_DIR, available_recipes, find_recipe, recipe_dirs
-from cvops.schema import GROUPS, CvopsConfig
+from cvops.schema import GROUPS, STAGES, CvopsConfig
 
 ConfigStore.instance().store(name="cvops_schema", node=CvopsConfig)
 
@@ -63,6 +63,15 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> None:
     variants = _variants(overrides)
     for variant in variants:
         cfg = compose_config(variant, hydra_node=True)
+        bad = [st for st in cfg.stages if st not in STAGES]
+        if bad:
+            close = {b: difflib.get_close_matches(b, STAGES, n=1) for b in bad}
+            hint = "; ".join(f"'{b}' -> did you mean '{c[0]}'?" for b, c in close.items() if c)
+            raise ConfigError(f"unknown stage(s) {bad} in stages ({_origin(['stages'], variant)}); "
+                              f"stages are {list(STAGES)}" + (f". {hint}" if hint else ""))
+        extra = next(_unknown(cfg, skip=("hydra",)), None)
+        if extra is not None:  # `+key=value` force-adds past the schema; refuse it here
+            raise ConfigError(_unknown_key_message(_split_key(extra), _origin(_split_key(extra), variant)))
         try:
             check_targets(cfg, skip=("hydra",))
         except TargetNotAllowed as e:
@@ -77,6 +86,21 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> None:
                     f"Set {'them' if len(missing) > 1 else 'it'} in your recipe or on the command line: cvops {fixes}"
                     + ("" if _recipe_override(variant) else f"\n  (no recipe selected; available: {', '.join(available_recipes())})")
                 )
+
+
+def _unknown(node: DictConfig, prefix: str = "", skip: Sequence[str] = ()) -> Iterable[str]:
+    """Keys of schema-typed nodes that the schema does not declare."""
+    typ = OmegaConf.get_type(node)
+    fields = {f.name for f in dataclasses.fields(typ)} if dataclasses.is_dataclass(typ) else None
+    for key in node.keys():
+        if key in skip:
+            continue
+        if fields is not None and key not in fields:
+            yield f"{prefix}{key}"
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_interpolation():
+            yield from _unknown(child, f"{prefix}{key}.")
 
 
 def _missing(node: DictConfig, prefix: str = "", skip: Sequence[str] = ()) -> Iterable[str]:

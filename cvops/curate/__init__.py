@@ -1,0 +1,1 @@
+"""Curate: sources -> one validated, deduplicated, split, versioned FiftyOne dataset."""

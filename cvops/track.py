@@ -1,0 +1,90 @@
+"""Experiment trackers (``conf/tracker/``): W&B, or none.
+
+Whatever the tracker, every logged value also goes to ``metrics.jsonl`` in the
+directory the tracker was started with, one JSON object per ``log`` call.
+W&B runs offline unless ``WANDB_MODE`` (or ``tracker.mode``) says otherwise;
+offline runs land in ``<dir>/wandb/offline-run-*`` and upload later with
+``wandb sync <that dir>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+
+class NullTracker:
+    """No remote tracker; the local ``metrics.jsonl`` only."""
+
+    def __init__(self, project: Optional[str] = None, group: Optional[str] = None,
+                 mode: Optional[str] = None, tags: Sequence[str] = ()) -> None:
+        self.project, self.group, self.mode, self.tags = project, group, mode, list(tags)
+        self.dir: Optional[Path] = None
+
+    def start(self, dir: os.PathLike | str, name: str, config: Dict[str, Any]) -> None:
+        """Begin a run named ``name`` writing into ``dir``."""
+        self.dir = Path(dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+
+    @property
+    def metrics_file(self) -> Path:
+        if self.dir is None:
+            raise RuntimeError("tracker not started: call start(dir, name, config) first")
+        return self.dir / "metrics.jsonl"
+
+    def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
+        row = {"time": time.time(), **({"step": step} if step is not None else {}), **metrics}
+        with open(self.metrics_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+
+    def summary(self, values: Dict[str, Any]) -> None:
+        self.log({"summary": values})
+
+    def finish(self) -> None:
+        pass
+
+    @property
+    def run_ref(self) -> Optional[str]:
+        """Where to look at the run (URL or local directory), if any."""
+        return None
+
+
+class WandbTracker(NullTracker):
+    """Weights & Biases through its own client (offline by default)."""
+
+    def start(self, dir: os.PathLike | str, name: str, config: Dict[str, Any]) -> None:
+        import wandb
+
+        super().start(dir, name, config)
+        mode = os.environ.get("WANDB_MODE") or self.mode or "offline"
+        self.run = wandb.init(
+            project=self.project, group=self.group, name=name, dir=str(self.dir), config=config,
+            mode=mode, tags=self.tags or None, reinit="finish_previous",
+        )
+
+    def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
+        super().log(metrics, step)
+        self.run.log(metrics, step=step)
+
+    def summary(self, values: Dict[str, Any]) -> None:
+        super().summary(values)
+        self.run.summary.update(values)
+
+    def finish(self) -> None:
+        run = getattr(self, "run", None)
+        if run is not None:
+            self._ref = run.url or str(Path(run.dir).parent)
+            run.finish()
+            self.run = None
+
+    @property
+    def run_ref(self) -> Optional[str]:
+        run = getattr(self, "run", None)
+        if run is not None:
+            return run.url or str(Path(run.dir).parent)
+        return getattr(self, "_ref", None)
+

@@ -1,0 +1,68 @@
+"""Shared fixtures: an isolated working dir + store, and a way to run `cvops`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+HELPER = TESTS / "helpers" / "cvops_test.py"
+
+
+class Cvops:
+    """Runs `cvops` (or `cvops` with the test stages) in a scratch directory."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.store = workdir / "store"
+        self.log = workdir / "stage_calls.log"
+        self.env: Dict[str, str] = {
+            **os.environ,
+            "CVOPS_STORE": str(self.store),
+            "CVOPS_TEST_LOG": str(self.log),
+            "WANDB_MODE": "offline",
+            "HYDRA_FULL_ERROR": "0",
+        }
+
+    def cmd(self, args: List[str], test_stages: bool = False) -> List[str]:
+        entry = [str(HELPER)] if test_stages else ["-m", "cvops"]
+        return [sys.executable, *entry, *args]
+
+    def __call__(self, *args: str, test_stages: bool = False, timeout: float = 300,
+                 env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.cmd(list(args), test_stages), cwd=self.workdir, env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout)
+
+    def popen(self, *args: str, test_stages: bool = False, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+        return subprocess.Popen(self.cmd(list(args), test_stages), cwd=self.workdir, env={**self.env, **(env or {})},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def calls(self) -> List[str]:
+        return self.log.read_text().split("\n")[:-1] if self.log.exists() else []
+
+    def run_jsons(self) -> List[dict]:
+        files = sorted(self.workdir.glob("outputs/**/run.json"), key=lambda p: p.stat().st_mtime)
+        return [json.loads(p.read_text()) for p in files]
+
+
+@pytest.fixture
+def cvops(tmp_path: Path) -> Cvops:
+    return Cvops(tmp_path)
+
+
+@pytest.fixture
+def test_stages():
+    """Register the test stage implementations in this process."""
+    sys.path.insert(0, str(TESTS))
+    from helpers.stages import register, unregister
+
+    register()
+    yield
+    unregister()

@@ -1,0 +1,96 @@
+"""Bad command lines and bad recipes: exit 2, one message naming key/file/fix, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _fails(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    err = result.stderr
+    assert err.startswith("cvops: error:"), err
+    assert "Traceback" not in err, err
+    for n in needles:
+        assert n in err, f"{n!r} not in {err!r}"
+    return err
+
+
+def _recipe(cvops, name, text):
+    d = cvops.workdir / "my_recipes"
+    d.mkdir(exist_ok=True)
+    (d / f"{name}.yaml").write_text(text)
+    cvops.env["CVOPS_RECIPE_PATH"] = str(d)
+
+
+def test_typo_on_command_line_suggests_the_key(cvops):
+    err = _fails(cvops("recipe=quickstart", "train.max_epoch=3"), "'train.max_epoch'", "command line", "'train.max_epochs'")
+    assert not (cvops.workdir / "outputs").exists()
+
+
+def test_typo_in_recipe_names_file_and_line(cvops):
+    _recipe(cvops, "mine", "# @package _global_\nproject: mine\ntrain:\n  lr: 0.1\n  max_epoch: 3\n")
+    _fails(cvops("recipe=mine"), "'train.max_epoch'", "mine.yaml, line 5", "'train.max_epochs'")
+
+
+def test_unknown_top_level_key(cvops):
+    _fails(cvops("recipe=quickstart", "+projet=x"), "'projet'", "'project'")
+
+
+def test_wrong_type_on_command_line(cvops):
+    _fails(cvops("recipe=quickstart", "train.max_epochs=abc"), "train.max_epochs", "abc", "int")
+
+
+def test_wrong_type_in_one_sweep_value(cvops):
+    _fails(cvops("-m", "recipe=quickstart", "train.lr=0.01,fast"), "train.lr", "fast")
+    assert not (cvops.workdir / "outputs").exists()
+
+
+def test_missing_required_value(cvops):
+    _fails(cvops("project=parts", "data=voc"), "data.path", "data.path=")
+
+
+def test_unknown_recipe_lists_available(cvops):
+    _fails(cvops("recipe=quikstart"), "unknown recipe 'quikstart'", "quickstart", "bccd")
+
+
+def test_unknown_group_option_lists_choices(cvops):
+    _fails(cvops("recipe=quickstart", "model=yolo_tiny"), "yolo_tiny", "rtmdet_tiny", "model=yolox_tiny")
+
+
+def test_recipe_that_does_not_parse_names_file_and_line(cvops):
+    _recipe(cvops, "broken", "# @package _global_\nproject: b\ntrain:\n  lr: [0.1\n  seed: 2\n")
+    _fails(cvops("recipe=broken"), "broken.yaml, line 5", "does not parse")
+
+
+def test_recipe_without_global_package(cvops):
+    _recipe(cvops, "nopkg", "project: nopkg\n")
+    _fails(cvops("recipe=nopkg"), "@package _global_")
+
+
+def test_unknown_stage(cvops):
+    _fails(cvops("recipe=quickstart", "stages=[curate,trian]"), "trian", "train")
+
+
+@pytest.mark.parametrize("where", ["cli", "recipe"])
+def test_disallowed_target_is_refused(cvops, where):
+    if where == "cli":
+        r = cvops("recipe=quickstart", "tracker._target_=os.system")
+    else:
+        _recipe(cvops, "evil", "# @package _global_\nproject: evil\ntracker:\n  _target_: os.system\n")
+        r = cvops("recipe=evil")
+    _fails(r, "os.system", "not allowed", "tracker._target_")
+    assert not (cvops.workdir / "outputs").exists()
+
+
+def test_unwritable_store(cvops):
+    blocker = cvops.workdir / "file"
+    blocker.write_text("not a directory")
+    r = cvops("recipe=quickstart", f"paths.store={blocker}/store")
+    _fails(r, "not writable", "paths.store")
+    assert not blocker.is_dir()
+
+
+def test_upstream_missing_says_what_to_run(cvops):
+    r = cvops("recipe=quickstart", "stages=[train]", test_stages=True)
+    _fails(r, "needs the 'curate' artifact", "stages=[curate,train]")
+    assert cvops.calls() == []
