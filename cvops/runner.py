@@ -229,9 +229,11 @@ class Runner:
             for name in ORDER:
                 spec, fp = SPECS[name], fps[name]["fingerprint"]
                 if name not in self.requested:
-                    art = self.store.get(name, fp) if spec.cacheable else None
-                    if art is not None and any(name in SPECS[r].inputs for r in self.requested):
+                    users = [r for r in self.requested if name in SPECS[r].inputs]
+                    art = self.store.get(name, fp) if spec.cacheable and users else None
+                    if art is not None:
                         done[name] = art
+                        self._cached(art, time.perf_counter(), f"pulled in from the store as input of {', '.join(users)}")
                     continue
                 why = next((f"input '{u}' {blocked[u]}" for u in spec.inputs if u in blocked), None)
                 if why:

@@ -257,7 +257,8 @@ def generate(out_dir: Path | str, spec: Optional[SyntheticSpec] = None, progress
     }
     spec_dict = asdict(spec)
     spec_dict["classes"] = list(spec.classes)
-    (out / "synthetic.json").write_text(json.dumps({"spec": spec_dict, "summary": summary}, indent=2), encoding="utf-8")
+    portable = json.loads(json.dumps(summary).replace(json.dumps(str(out))[1:-1] + "/", ""))  # paths relative to out_dir
+    (out / "synthetic.json").write_text(json.dumps({"spec": spec_dict, "summary": portable}, indent=2), encoding="utf-8")
     return summary
 
 

@@ -1,0 +1,120 @@
+"""The runner: fingerprints, cache hits and misses, run.json, upstream pulls."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cvops.artifacts import ArtifactStore
+from cvops.config import compose_config
+from cvops.runner import ORDER, Runner, fingerprints
+
+RUN_KEYS = {"recipe", "project", "config_hash", "git_sha", "versions", "stages", "status", "headline"}
+VERSION_KEYS = {"python", "torch", "mmdet", "mmcv", "mmengine", "fiftyone", "onnxruntime", "tensorrt"}
+
+
+@pytest.fixture
+def run(tmp_path, test_stages, monkeypatch):
+    monkeypatch.setenv("CVOPS_TEST_LOG", str(tmp_path / "calls.log"))
+    counter = iter(range(1000))
+
+    def _run(*overrides, stages=("curate", "train", "evaluate")):
+        cfg = compose_config(["recipe=quickstart", f"paths.store={tmp_path / 'store'}",
+                              f"stages=[{','.join(stages)}]", *overrides])
+        run_dir = tmp_path / "runs" / str(next(counter))
+        Runner(cfg, run_dir, recipe="quickstart").run()
+        return json.loads((run_dir / "run.json").read_text())
+
+    _run.calls = lambda: [l.split()[0] for l in (tmp_path / "calls.log").read_text().splitlines()] \
+        if (tmp_path / "calls.log").exists() else []
+    _run.store = ArtifactStore(tmp_path / "store")
+    return _run
+
+
+def statuses(manifest):
+    return {k: v["status"] for k, v in manifest["stages"].items()}
+
+
+def test_first_run_builds_second_reuses(run):
+    first = run()
+    assert statuses(first) == {"curate": "ran", "train": "ran", "evaluate": "ran"}
+    second = run()
+    assert statuses(second) == {"curate": "cached", "train": "cached", "evaluate": "cached"}
+    assert run.calls() == ["curate", "train", "evaluate"]
+    for name in ("curate", "train", "evaluate"):
+        assert first["stages"][name]["fingerprint"] == second["stages"][name]["fingerprint"]
+        assert second["stages"][name]["metrics"] == first["stages"][name]["metrics"]
+        assert "in the store" in second["stages"][name]["reason"]
+
+
+def test_changing_a_train_key_reruns_train_and_later_not_curate(run):
+    first = run()
+    second = run("train.lr=0.01")
+    assert statuses(second) == {"curate": "cached", "train": "ran", "evaluate": "ran"}
+    assert second["stages"]["curate"]["fingerprint"] == first["stages"]["curate"]["fingerprint"]
+    assert second["stages"]["train"]["fingerprint"] != first["stages"]["train"]["fingerprint"]
+    assert second["stages"]["evaluate"]["fingerprint"] != first["stages"]["evaluate"]["fingerprint"]
+    assert run.calls() == ["curate", "train", "evaluate", "train", "evaluate"]
+
+
+def test_changing_data_reruns_everything(run):
+    run()
+    second = run("data.synthetic.seed=7")
+    assert statuses(second) == {"curate": "ran", "train": "ran", "evaluate": "ran"}
+
+
+def test_changing_a_key_outside_the_stage_keeps_its_cache(run):
+    run()
+    again = run("tracker=none", "train.resume=true", "leaderboard.metric=evaluate.mAP")
+    assert set(statuses(again).values()) == {"cached"}
+
+
+def test_subset_pulls_cached_upstream(run):
+    run(stages=("curate", "train"))
+    only_eval = run(stages=("evaluate",))
+    assert only_eval["stages"]["evaluate"]["status"] == "ran"
+    assert only_eval["stages"]["train"]["status"] == "cached"  # pulled in as input
+    assert run.calls() == ["curate", "train", "evaluate"]
+
+
+def test_not_implemented_stage_is_skipped_with_reason_and_blocks_dependants(run):
+    m = run(stages=("curate", "train", "evaluate", "export", "monitor"))
+    assert m["stages"]["export"]["status"] == "skipped"
+    assert "not implemented" in m["stages"]["export"]["reason"] and "issue #5" in m["stages"]["export"]["reason"]
+    assert m["stages"]["monitor"]["status"] == "skipped"
+    assert "input 'export'" in m["stages"]["monitor"]["reason"]
+    assert m["status"] == "ok"
+
+
+def test_failed_stage_is_recorded_and_nothing_is_complete(run):
+    with pytest.raises(FloatingPointError):
+        run("train.lr=5")
+    manifests = sorted(run.store.root.glob("train/*/manifest.json"))
+    assert manifests == []  # the failed build left no complete artifact
+    m = json.loads(sorted((run.store.root.parent / "runs").glob("*/run.json"))[-1].read_text())
+    assert m["status"] == "failed"
+    assert m["stages"]["train"]["status"] == "failed" and "NaN" in m["stages"]["train"]["reason"]
+    assert "evaluate" not in m["stages"]
+
+
+def test_run_json_has_the_promised_fields(run):
+    m = run()
+    assert RUN_KEYS <= set(m)
+    assert VERSION_KEYS <= set(m["versions"])
+    assert m["versions"]["torch"].startswith("2.13")
+    assert m["recipe"] == "quickstart" and m["project"] == "quickstart"
+    assert len(m["config_hash"]) == 64
+    for entry in m["stages"].values():
+        assert {"status", "fingerprint", "seconds", "artifacts", "metrics"} <= set(entry)
+    assert m["headline"] == {"metric": "evaluate.val_mAP", "mode": "max", "value": pytest.approx(0.04)}
+    art = m["stages"]["train"]["artifacts"]
+    assert json.loads(open(art["checkpoint"]).read())["train"]["train"]["lr"] == 0.004
+
+
+def test_fingerprints_are_stable_and_cover_code():
+    cfg = compose_config(["recipe=quickstart"])
+    a, b = fingerprints(cfg), fingerprints(cfg)
+    assert [a[s]["fingerprint"] for s in ORDER] == [b[s]["fingerprint"] for s in ORDER]
+    assert all(len(a[s]["code"]) == 16 for s in ORDER)
+    assert a["train"]["inputs"] == {"curate": a["curate"]["fingerprint"]}

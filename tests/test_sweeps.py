@@ -1,0 +1,49 @@
+"""Hydra multirun: shared upstream artifacts, failing jobs, leaderboard, launchers."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+
+def _sweep_dir(cvops):
+    dirs = sorted(cvops.workdir.glob("outputs/*/multirun/*/*"))
+    assert dirs, list(cvops.workdir.rglob("*"))
+    return dirs[-1]
+
+
+def test_sweep_shares_curate_and_ranks_jobs(cvops):
+    r = cvops("-m", "recipe=quickstart", "stages=[curate,train,evaluate]", "train.lr=0.01,0.04,0.02,0.03", test_stages=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    calls = [c.split()[0] for c in cvops.calls()]
+    assert calls.count("curate") == 1 and calls.count("train") == 4
+    sweep = _sweep_dir(cvops)
+    rows = list(csv.DictReader(open(sweep / "leaderboard.csv")))
+    assert [row["overrides"] for row in rows] == [f"recipe=quickstart stages=[curate,train,evaluate] train.lr={lr}"
+                                                  for lr in ("0.04", "0.03", "0.02", "0.01")]
+    assert [float(row["evaluate.val_mAP"]) for row in rows] == [0.4, 0.3, 0.2, 0.1]
+    md = (sweep / "leaderboard.md").read_text()
+    assert "| 1 | 1 |" in md and "train.lr=0.04" in md
+
+
+def test_failing_job_does_not_sink_the_others_and_leaderboard_is_written(cvops):
+    r = cvops("-m", "recipe=quickstart", "stages=[curate,train,evaluate]", "train.lr=0.01,99,0.02", test_stages=True)
+    assert r.returncode != 0  # the sweep reports the failure ...
+    sweep = _sweep_dir(cvops)
+    rows = list(csv.DictReader(open(sweep / "leaderboard.csv")))
+    assert [row["status"] for row in rows] == ["ok", "ok", "failed"]  # ... after running every job
+    assert rows[2]["overrides"].endswith("train.lr=99") and "NaN" in rows[2]["error"]
+    statuses = {json.loads((sweep / j / "run.json").read_text())["status"] for j in ("0", "1", "2")}
+    assert statuses == {"ok", "failed"}
+
+
+def test_local_parallel_launcher_runs_jobs_in_worker_processes(cvops):
+    r = cvops("-m", "hydra/launcher=local_parallel", "recipe=quickstart", "stages=[curate]",
+              "data.synthetic.seed=1,2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Joblib.Parallel" in r.stdout + r.stderr
+    sweep = _sweep_dir(cvops)
+    rows = list(csv.DictReader(open(sweep / "leaderboard.csv")))
+    assert len(rows) == 2 and {row["status"] for row in rows} == {"ok"}
+    runs = [json.loads((sweep / j / "run.json").read_text()) for j in ("0", "1")]
+    assert runs[0]["stages"]["curate"]["fingerprint"] != runs[1]["stages"]["curate"]["fingerprint"]
