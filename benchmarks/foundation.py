@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HELPER = ROOT / "tests" / "helpers" / "cvops_test.py"
+HELPER = ROOT / "tests" / "helpers" / "run_cvops.py"
 
 
 def _time(cmd, cwd, env, repeats):

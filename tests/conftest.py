@@ -13,7 +13,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-HELPER = TESTS / "helpers" / "cvops_test.py"
+HELPER = TESTS / "helpers" / "run_cvops.py"
 
 
 class Cvops:
