@@ -63,10 +63,12 @@ def _mm(pkg: str) -> Callable[[], str]:
 
 def _mongo() -> str:
     uri = os.environ.get("FIFTYONE_DATABASE_URI")
-    import fiftyone as fo
+    t0 = time.perf_counter()
+    from cvops.fo import connect
+
+    fo = connect()
     import fiftyone.core.odm.database as fod
 
-    t0 = time.perf_counter()
     client = fod.get_db_client()
     info = client.server_info()
     where = f"external {uri.split('@')[-1]}" if uri else f"embedded mongod ({fo.config.database_dir})"

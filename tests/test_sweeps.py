@@ -39,7 +39,7 @@ def test_failing_job_does_not_sink_the_others_and_leaderboard_is_written(cvops):
 
 def test_local_parallel_launcher_runs_jobs_in_worker_processes(cvops):
     r = cvops("-m", "hydra/launcher=local_parallel", "recipe=quickstart", "stages=[curate]",
-              "data.synthetic.seed=1,2")
+              "data.synthetic.num_images=12", "data.synthetic.videos=0", "data.synthetic.seed=1,2")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Joblib.Parallel" in r.stdout + r.stderr
     sweep = _sweep_dir(cvops)
@@ -47,3 +47,4 @@ def test_local_parallel_launcher_runs_jobs_in_worker_processes(cvops):
     assert len(rows) == 2 and {row["status"] for row in rows} == {"ok"}
     runs = [json.loads((sweep / j / "run.json").read_text()) for j in ("0", "1")]
     assert runs[0]["stages"]["curate"]["fingerprint"] != runs[1]["stages"]["curate"]["fingerprint"]
+    assert {r["stages"]["curate"]["status"] for r in runs} == {"ran"}

@@ -1,0 +1,376 @@
+"""The curate stage: sources -> validated, deduplicated, split, versioned dataset.
+
+Artifacts (in the store, ``curate/<fingerprint>/``):
+
+- ``export/{train,val,test}.json``: frozen COCO files training reads (absolute
+  image paths, categories in ``data.classes`` order);
+- ``quarantine.csv``: every rejected file, label, box and duplicate, with reason;
+- ``summary.json``: the metrics below, the class list and the dataset name;
+- ``report/*.png``: class histogram, boxes per image, box sizes (also copied
+  into the run dir);
+- ``normalised/``, ``frames/``: images cvops had to write (EXIF-rotated or
+  colour-converted copies, sampled video frames); originals are never touched.
+
+The FiftyOne dataset ``<project>-<version[:12]>`` (persistent) holds every kept
+sample with ``ground_truth`` detections, its split as a tag and field, and its
+provenance (source, original path, video, frame index, timestamp,
+normalisation applied).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from cvops.curate import dedup, split
+from cvops.curate.sources import (Item, Ledger, SourceError, iter_sources, read_coco, read_images, read_video,
+                                  read_yolo, video_files)
+from cvops.curate.validate import Sample, check_boxes, open_image, phash, sharpness, yolo_boxes
+from cvops.runner import StageContext, StageResult
+
+log = logging.getLogger("cvops")
+
+
+# ------------------------------------------------------------------ gather
+def gather(data: Dict[str, Any], workdir: Path, ledger: Ledger) -> Tuple[List[Item], List[str]]:
+    """Items from every configured source, and the class names they declare."""
+    items: List[Item] = []
+    declared: List[str] = []
+    for i, src in enumerate(iter_sources(data)):
+        fmt = src["format"]
+        path = Path(src["path"]).expanduser() if src.get("path") else None
+        if fmt != "synthetic":
+            if path is None:
+                raise SourceError(f"data.path is required for format '{fmt}'")
+            if not path.exists():
+                raise SourceError(f"data.path={path} does not exist (format {fmt}); check the path or mount")
+        if fmt == "synthetic":
+            from cvops.curate.synthetic import generate, spec_from_config
+
+            out = workdir / "source" / f"synthetic-{i}"
+            summary = generate(out, spec_from_config(src["synthetic"]))
+            items += read_coco(Path(summary["annotations"]), out, "synthetic", ledger)
+            for v in summary["videos"]:
+                frames = {it.meta["frame_index"]: it for it in read_coco(Path(v["labels"]), out, "synthetic", ledger)}
+                items += read_video(Path(v["video"]), "synthetic", ledger, src.get("fps"), src.get("every_n"),
+                                    src.get("max_frames"), labels=frames)
+            declared += list(src["synthetic"]["classes"])
+        elif fmt == "coco":
+            root = Path(src["images_root"]).expanduser() if src.get("images_root") else None
+            got = read_coco(path, root, "coco", ledger)
+            items += got
+            declared += [c["name"] for c in json.loads(path.read_text())["categories"]]
+        elif fmt == "yolo":
+            got, names = read_yolo(path, "yolo", ledger)
+            items += got
+            declared += names
+        elif fmt == "images":
+            items += read_images(path, "images")
+        elif fmt == "video":
+            vids = video_files(path)
+            if not vids:
+                raise SourceError(f"data.path={path}: no video files (.mp4 .mkv .avi .mov .webm)")
+            for v in vids:
+                items += read_video(v, "video", ledger, src.get("fps"), src.get("every_n"), src.get("max_frames"))
+        else:
+            raise SourceError(f"data.format='{fmt}' is not supported yet; use synthetic, coco, yolo, images or video")
+    seen = set()
+    declared = [c for c in declared if not (c in seen or seen.add(c))]
+    return items, declared
+
+
+# ------------------------------------------------------------------ decode
+def _decode(items: List[Item], workdir: Path, ledger: Ledger) -> List[Tuple[Item, Path, np.ndarray, List[str], list]]:
+    """Decode every item: stills via PIL (normalised), frames sequentially per video."""
+    import cv2
+    from tqdm import tqdm
+
+    out = []
+    frames_by_video: Dict[Path, List[Item]] = defaultdict(list)
+    stills = []
+    for it in items:
+        (frames_by_video[it.path] if "frame_index" in it.meta else stills).append(it)
+    for it in tqdm(stills, desc="curate: images", leave=False):
+        got = open_image(it, workdir, ledger)
+        if got is not None:
+            out.append((it, *got))
+    for video, frame_items in frames_by_video.items():
+        want = {it.meta["frame_index"]: it for it in frame_items}
+        fdir = workdir / "frames" / f"{video.stem}-{hashlib.sha256(str(video).encode()).hexdigest()[:8]}"
+        fdir.mkdir(parents=True, exist_ok=True)
+        cap = cv2.VideoCapture(str(video))
+        idx, last = 0, max(want)
+        try:
+            with tqdm(total=len(want), desc=f"curate: frames of {video.name}", leave=False) as bar:
+                while idx <= last:
+                    if idx not in want:
+                        if not cap.grab():
+                            break
+                    else:
+                        ok, frame = cap.read()
+                        if not ok:
+                            break
+                        it = want.pop(idx)
+                        path = fdir / f"{idx:06d}.jpg"
+                        cv2.imwrite(str(path), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                        out.append((it, path, frame[..., ::-1].copy(), [], list(it.boxes or [])))
+                        it.path = path
+                        bar.update()
+                    idx += 1
+        finally:
+            cap.release()
+        for f, it in want.items():
+            ledger.add("image", it.ref, "video frame could not be decoded", f"frame {f}", boxes=len(it.boxes or []))
+    return out
+
+
+# ---------------------------------------------------------------- the stage
+def run(ctx: StageContext) -> StageResult:
+    import cv2
+
+    data, cur, project = ctx.section["data"], ctx.section["curate"], ctx.section["project"]
+    work = ctx.workdir
+    ledger = Ledger()
+    items, declared = gather(data, work, ledger)
+    if not items:
+        raise SourceError(f"no images found in data.path={data.get('path')} (format {data.get('format')})")
+    images_in = len(items)
+    boxes_in = sum(len(it.boxes or []) + len(it.meta.get("normalized_boxes", [])) for it in items) + ledger.boxes()
+    class_map = dict(data.get("class_map") or {})
+    classes = list(data["classes"]) if data.get("classes") else \
+        list(dict.fromkeys(class_map.get(c, c) for c in declared))
+
+    samples: List[Sample] = []
+    clipped = 0
+    for it, path, arr, changes, boxes in _decode(items, work, ledger):
+        h, w = arr.shape[:2]
+        if it.declared_size and tuple(it.declared_size) != (w, h):
+            ledger.add("image", it.ref, "image size differs from the annotation",
+                       f"image {w}x{h}, annotation {it.declared_size[0]}x{it.declared_size[1]}",
+                       boxes=len(boxes) + len(it.meta.get("normalized_boxes", [])))
+            continue
+        boxes = boxes + yolo_boxes(it, w, h)
+        kept, n_clipped = check_boxes(it, boxes, w, h, classes, class_map, float(cur["min_box_size"]),
+                                      bool(cur["clip_boxes"]), ledger)
+        clipped += n_clipped
+        if not kept and not cur["keep_empty"] and it.boxes is not None:
+            ledger.add("image", it.ref, "no boxes left (curate.keep_empty=false)", boxes=0)
+            continue
+        gray = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
+        sha = hashlib.sha256(path.read_bytes() if "frame_index" not in it.meta else arr.tobytes()).hexdigest()
+        samples.append(Sample(path, it, w, h, kept, sha, changes, phash(gray), sharpness(gray)))
+
+    # --- dedup: exact by content hash, then near by perceptual hash
+    dedup_rows: List[Dict[str, Any]] = []
+    dd = cur["dedup"]
+    order = list(range(len(samples)))
+    if dd["policy"] == "keep_sharpest":
+        order.sort(key=lambda i: -samples[i].sharpness)
+    elif dd["policy"] != "keep_first":
+        raise SourceError(f"curate.dedup.policy='{dd['policy']}': use keep_first or keep_sharpest")
+    drop: Dict[int, Tuple[int, int, str]] = {}
+    if dd["enabled"]:
+        first: Dict[str, int] = {}
+        for i in order:
+            if samples[i].sha256 in first:
+                drop[i] = (first[samples[i].sha256], 0, "exact duplicate")
+            else:
+                first[samples[i].sha256] = i
+        rest = [i for i in order if i not in drop]
+        for i, (k, d) in dedup.near_duplicates([s.phash for s in samples], rest, int(dd["hamming_threshold"])).items():
+            drop[i] = (k, d, "near duplicate")
+    for i, (k, d, why) in sorted(drop.items()):
+        dedup_rows.append({"kind": "duplicate", "file": samples[i].item.ref, "reason": why,
+                           "detail": f"of {samples[k].item.ref} (hamming {d}, policy {dd['policy']})",
+                           "boxes": len(samples[i].boxes)})
+    kept_samples = [s for i, s in enumerate(samples) if i not in drop]
+
+    # --- split (grouped, stratified, seeded)
+    sp = cur["split"]
+    group_by = sp.get("group_by")
+    groups = [str(s.item.meta.get(group_by) if group_by and group_by in s.item.meta else
+                  getattr(s.item, group_by, None) if group_by else s.item.group) for s in kept_samples]
+    groups = [g if g != "None" else f"#{i}" for i, g in enumerate(groups)]
+    fixed = [s.item.split for s in kept_samples] if sp["respect_source"] else None
+    splits = split.assign(groups, [[b.label for b in s.boxes] for s in kept_samples], dict(sp["ratios"]),
+                          int(sp["seed"]), bool(sp["stratify"]), fixed)
+    for s, name in zip(kept_samples, splits):
+        s.split = name
+    cross = _cross_split_near_dups(kept_samples, int(dd["hamming_threshold"]))
+
+    # --- classes actually used, version, exports
+    used = Counter(b.label for s in kept_samples for b in s.boxes)
+    unused = [c for c in classes if used[c] == 0]
+    if unused:
+        log.warning("  curate: classes declared but never used (not trained): %s", ", ".join(unused))
+    final_classes = [c for c in classes if used[c] > 0]
+    version = _version(kept_samples, final_classes)
+    exports = _export_coco(kept_samples, final_classes, work / "export", list(sp["ratios"]))
+
+    boxes_kept = sum(len(s.boxes) for s in kept_samples)
+    boxes_dedup = sum(r["boxes"] for r in dedup_rows)
+    metrics = {
+        "images_in": images_in,
+        "images_kept": len(kept_samples),
+        "images_quarantined": ledger.count("image"),
+        "images_deduplicated": len(dedup_rows),
+        "empty_images": sum(1 for s in kept_samples if not s.boxes),
+        "boxes_in": boxes_in,
+        "boxes_kept": boxes_kept,
+        "boxes_quarantined": ledger.boxes(),
+        "boxes_deduplicated": boxes_dedup,
+        "boxes_clipped": clipped,
+        "classes": final_classes,
+        "unused_classes": unused,
+        "splits": {k: splits.count(k) for k in sp["ratios"]},
+        "cross_split_near_duplicates": cross,
+        "normalised_images": sum(1 for s in kept_samples if s.normalised),
+        "videos_unreadable": ledger.count("video"),
+        "dataset_version": version,
+    }
+    _conserve(metrics)
+    dataset = _fiftyone(project, version, kept_samples, final_classes, metrics)
+    metrics["dataset_name"] = dataset
+
+    _write_quarantine(work / "quarantine.csv", ledger.rows + dedup_rows)
+    plots = _plots(kept_samples, final_classes, work / "report")
+    run_report = ctx.run_dir / "curate"
+    run_report.mkdir(parents=True, exist_ok=True)
+    for p in plots + [work / "quarantine.csv"]:
+        shutil.copy2(p, run_report / p.name)
+    (work / "summary.json").write_text(json.dumps({**metrics, "exports": exports}, indent=2))
+    log.info("  curate: %d images in -> %d kept, %d quarantined, %d duplicates; boxes %d -> %d; splits %s; "
+             "dataset %s", images_in, len(kept_samples), metrics["images_quarantined"], len(dedup_rows), boxes_in,
+             boxes_kept, metrics["splits"], dataset)
+    artifacts = {f"coco_{k}": f"export/{k}.json" for k in exports}
+    artifacts.update({"quarantine": "quarantine.csv", "summary": "summary.json", "report": "report"})
+    return StageResult(artifacts, metrics)
+
+
+def _conserve(m: Dict[str, Any]) -> None:
+    """The counts must add up; if they do not, cvops has a bug, not the data."""
+    if m["images_in"] != m["images_kept"] + m["images_quarantined"] + m["images_deduplicated"]:
+        raise AssertionError(f"image counts do not add up: {m}")
+    if m["boxes_in"] != m["boxes_kept"] + m["boxes_quarantined"] + m["boxes_deduplicated"]:
+        raise AssertionError(f"box counts do not add up: {m}")
+
+
+def _cross_split_near_dups(samples: List[Sample], threshold: int) -> int:
+    index = dedup.HammingIndex(threshold)
+    for i, s in enumerate(samples):
+        index.add(s.phash, i)
+    pairs = 0
+    for i, s in enumerate(samples):
+        pairs += sum(1 for j, _ in index.query(s.phash) if j > i and samples[j].split != s.split)
+    return pairs
+
+
+def _version(samples: List[Sample], classes: List[str]) -> str:
+    h = hashlib.sha256(json.dumps(classes).encode())
+    for s in sorted(samples, key=lambda s: (s.sha256, s.item.ref)):
+        boxes = sorted((b.label, round(b.x, 2), round(b.y, 2), round(b.w, 2), round(b.h, 2)) for b in s.boxes)
+        h.update(json.dumps([s.sha256, s.split, boxes]).encode())
+    return h.hexdigest()
+
+
+def _export_coco(samples: List[Sample], classes: List[str], out: Path, split_names: List[str]) -> Dict[str, int]:
+    out.mkdir(parents=True, exist_ok=True)
+    cat = {c: i + 1 for i, c in enumerate(classes)}
+    counts = {}
+    for name in split_names:
+        coco: Dict[str, Any] = {"images": [], "annotations": [],
+                                "categories": [{"id": i, "name": c} for c, i in cat.items()]}
+        for s in (s for s in samples if s.split == name):
+            image_id = len(coco["images"]) + 1
+            coco["images"].append({"id": image_id, "file_name": str(s.filepath), "width": s.width, "height": s.height})
+            for b in s.boxes:
+                coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
+                                            "category_id": cat[b.label], "bbox": [b.x, b.y, b.w, b.h],
+                                            "area": b.w * b.h, "iscrowd": 0})
+        (out / f"{name}.json").write_text(json.dumps(coco))
+        counts[name] = len(coco["images"])
+    return counts
+
+
+def _write_quarantine(path: Path, rows: List[Dict[str, Any]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["kind", "file", "reason", "detail", "boxes"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _fiftyone(project: str, version: str, samples: List[Sample], classes: List[str], metrics: Dict[str, Any]) -> str:
+    from cvops.fo import connect
+
+    fo = connect()
+    name = f"{project}-{version[:12]}"
+    if fo.dataset_exists(name):  # left by a killed run, or the artifact is being rebuilt
+        fo.delete_dataset(name)
+    ds = fo.Dataset(name, persistent=True)
+    ds.default_classes = classes
+    fo_samples = []
+    for s in samples:
+        dets = [fo.Detection(label=b.label, bounding_box=[b.x / s.width, b.y / s.height, b.w / s.width,
+                                                          b.h / s.height]) for b in s.boxes]
+        fields: Dict[str, Any] = {"ground_truth": fo.Detections(detections=dets), "split": s.split,
+                                  "source": s.item.source, "original_path": str(s.item.ref),
+                                  "sha256": s.sha256, "normalised": s.normalised}
+        if s.item.group:
+            fields["group"] = s.item.group
+        for k in ("video", "frame_index", "timestamp"):
+            if k in s.item.meta:
+                fields[k] = s.item.meta[k]
+        fo_samples.append(fo.Sample(filepath=str(s.filepath), tags=[s.split], **fields))
+    ds.add_samples(fo_samples, progress=False)
+    ds.info = {"project": project, "version": version, "curate": {k: v for k, v in metrics.items()}}
+    ds.save()
+    return name
+
+
+def _plots(samples: List[Sample], classes: List[str], out: Path) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    splits = sorted({s.split for s in samples if s.split})
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bottom = np.zeros(len(classes))
+    for sp in splits:
+        counts = np.array([sum(1 for s in samples if s.split == sp for b in s.boxes if b.label == c) for c in classes])
+        ax.bar(classes, counts, bottom=bottom, label=sp)
+        bottom += counts
+    ax.set_title("boxes per class")
+    ax.legend()
+    paths.append(_save(fig, out / "class_histogram.png"))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    n = [len(s.boxes) for s in samples]
+    ax.hist(n, bins=range(0, max(n + [1]) + 2), align="left")
+    ax.set_title("boxes per image")
+    ax.set_xlabel("boxes")
+    paths.append(_save(fig, out / "boxes_per_image.png"))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    sizes = [np.sqrt(b.w * b.h) for s in samples for b in s.boxes]
+    ax.hist(sizes or [0], bins=30)
+    ax.set_title("box size (sqrt of area, px)")
+    paths.append(_save(fig, out / "box_sizes.png"))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
