@@ -248,6 +248,11 @@ def _unknown_key_message(parts: List[str], where: str) -> str:
     parent, leaf = parts[:-1], parts[-1]
     fields = _schema_fields(parent)
     msg = f"unknown key '{key}' ({where})."
+    grand = _schema_fields(parent[:-1]) if parent else None
+    if fields is None and grand and parent[-1] in grand and "Dict" in str(grand[parent[-1]]):
+        mapping = ".".join(parent)
+        return (f"cannot add '{leaf}' to the mapping '{mapping}' with a plain override ({where}). "
+                f"Add entries with ++{mapping}.{leaf}=<value>, or set the whole mapping with ++{mapping}={{...}}")
     if fields:
         close = difflib.get_close_matches(leaf, list(fields), n=3, cutoff=0.6)
         prefix = ".".join(parent) + "." if parent else ""
@@ -269,10 +274,10 @@ def _expected_type(parts: Sequence[str]) -> Optional[str]:
 def _origin(parts: Sequence[str], overrides: Sequence[str]) -> str:
     """Where a key was set: the command line, or ``file, line N``."""
     key = ".".join(parts)
-    for o in overrides:
-        k = o.lstrip("+~").split("=", 1)[0]
-        if k == key or key.startswith(k + ".") or k.startswith(key + "."):
-            return f"command line: {o}"
+    hits = [(len(k), o) for o in overrides for k in [o.lstrip("+~").split("=", 1)[0]]
+            if k == key or key.startswith(k + ".") or k.startswith(key + ".")]
+    if hits:
+        return f"command line: {max(hits)[1]}"
     for path, inner in _candidate_files(overrides):
         sub = list(parts[len(inner) :]) if list(parts[: len(inner)]) == inner else None
         if sub is None:

@@ -95,7 +95,7 @@ def read_coco(json_path: Path, images_root: Optional[Path], source: str, ledger:
                         group=str(video), meta={"video": str(root / video), "frame_index": int(frame),
                                                 "timestamp": im.get("timestamp")})
         else:
-            path = root / name
+            path = _coco_image(name, root, json_path, images_root is not None)
             item = Item(path, str(path), source, [], (im.get("width"), im.get("height")), split=_split_of(Path(name)))
         if item.declared_size == (None, None):
             item.declared_size = None
@@ -117,6 +117,18 @@ def read_coco(json_path: Path, images_root: Optional[Path], source: str, ledger:
             continue
         item.boxes.append(Box(cats[a["category_id"]], x, y, w, h, origin))
     return list(items.values())
+
+
+def _coco_image(name: str, root: Path, json_path: Path, explicit_root: bool) -> Path:
+    """Image path for a COCO file_name: under images_root if given, else beside the
+    json, in images/ beside it, or in images/ one level up (annotations/ + images/)."""
+    if explicit_root or Path(name).is_absolute():
+        return root / name
+    here = json_path.parent
+    for cand in (here / name, here / "images" / name, here.parent / "images" / name):
+        if cand.is_file():
+            return cand
+    return here / name
 
 
 # -------------------------------------------------------------------- YOLO
@@ -146,11 +158,12 @@ def read_yolo(yaml_path: Path, source: str, ledger: Ledger) -> Tuple[List[Item],
                 continue
             seen_dirs.add(img_dir)
             items += _read_yolo_dir(img_dir, names, SPLIT_NAMES.get(split_key, split_key), source, ledger)
-    if not seen_dirs:  # no usable split entries: look for <split>/images beside the yaml
-        for split_dir in sorted(p for p in yaml_path.parent.iterdir() if p.is_dir()):
-            img_dir = split_dir / "images" if (split_dir / "images").is_dir() else None
-            if img_dir is not None:
-                items += _read_yolo_dir(img_dir, names, SPLIT_NAMES.get(split_dir.name.lower()), source, ledger)
+    # splits on disk that data.yaml does not list (exports often omit `test:`)
+    for split_dir in sorted(p for p in yaml_path.parent.iterdir() if p.is_dir()):
+        img_dir = (split_dir / "images").resolve()
+        if img_dir.is_dir() and img_dir not in seen_dirs:
+            seen_dirs.add(img_dir)
+            items += _read_yolo_dir(img_dir, names, SPLIT_NAMES.get(split_dir.name.lower()), source, ledger)
     return items, list(names)
 
 
