@@ -8,6 +8,7 @@
     cvops -m recipe=quickstart train.lr=0.01,0.004   # a sweep (Hydra multirun)
     cvops doctor                                 # what is installed and working
     cvops recipes                                # the recipes cvops can see
+    cvops app recipe=quickstart                  # the curated dataset in the FiftyOne App
 
 Everything after ``cvops`` is a Hydra command line. It is validated first
 (:func:`cvops.config.preflight`): a typo, a wrong type or a disallowed
@@ -77,7 +78,13 @@ def _cmd_recipes(argv: List[str]) -> int:
     return 0
 
 
-COMMANDS: Dict[str, Callable[[List[str]], int]] = {"doctor": _cmd_doctor, "recipes": _cmd_recipes}
+def _cmd_app(argv: List[str]) -> int:
+    from cvops.app import main as app
+
+    return app(argv)
+
+
+COMMANDS: Dict[str, Callable[[List[str]], int]] = {"doctor": _cmd_doctor, "recipes": _cmd_recipes, "app": _cmd_app}
 
 
 def main(argv: Optional[List[str]] = None) -> None:

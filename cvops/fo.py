@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+# cvops runs on offline and shared machines: no usage analytics unless the user opts in.
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 _connected = False
 
 

@@ -6,10 +6,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
+
+# Tests get their own FiftyOne database (a mongod of their own), never the user's datasets.
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="cvops-tests-fiftyone-"))
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

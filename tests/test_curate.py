@@ -249,3 +249,46 @@ def test_phash_survives_recompression_but_not_other_images():
     noisy = np.clip(a + np.random.default_rng(0).normal(0, 3, a.shape), 0, 255)
     assert (phash(a) ^ phash(noisy)).bit_count() <= 4
     assert (phash(a) ^ phash(b)).bit_count() > 8
+
+
+def test_voc_folder_with_splits_broken_xml_and_missing_image(curate, tmp_path):
+    make_data.voc_dataset(tmp_path / "voc")
+    m = curate("data=voc", f"data.path={tmp_path / 'voc'}", "curate.split.respect_source=true")
+    mt = m["metrics"]
+    assert mt["images_in"] == 2 and mt["boxes_kept"] == 4 and mt["classes"] == ["car", "person"]
+    assert mt["splits"] == {"train": 1, "val": 1, "test": 0}
+    reasons = {(r["reason"], Path(r["file"]).name) for r in m["rows"]}
+    assert ("label file does not parse", "broken.xml") in reasons
+    assert ("label file without an image", "lonely.xml") in reasons
+    assert [r["detail"] for r in m["rows"] if r["reason"] == "label file does not parse"][0].startswith("line 2")
+    export = json.loads((m["dir"] / "export" / "train.json").read_text())
+    assert sorted(a["bbox"] for a in export["annotations"]) == [[4.0, 6.0, 26.0, 14.0], [10.0, 10.0, 10.0, 30.0]]
+    _conserved(m)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archives_are_extracted_safely(curate, tmp_path, kind):
+    import shutil
+
+    make_data.voc_dataset(tmp_path / "voc")
+    archive = shutil.make_archive(str(tmp_path / "voc_export"), "zip" if kind == "zip" else "gztar", tmp_path / "voc")
+    m = curate("data=voc", f"data.path={archive}")
+    assert m["metrics"]["images_in"] == 2 and m["metrics"]["boxes_kept"] == 4
+
+
+def test_archive_path_traversal_and_size_limit_are_refused(tmp_path):
+    import zipfile
+
+    from cvops.curate.sources import SourceError, extract
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../../outside.txt", "gotcha")
+    with pytest.raises(SourceError, match="outside the folder"):
+        extract(evil, tmp_path / "x", max_mb=10)
+    assert not (tmp_path.parent / "outside.txt").exists()
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("zeros.bin", b"\0" * (3 * 1024 * 1024))
+    with pytest.raises(SourceError, match="max_archive_mb"):
+        extract(bomb, tmp_path / "y", max_mb=1)

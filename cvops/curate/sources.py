@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
@@ -221,6 +221,150 @@ def _read_yolo_dir(img_dir: Path, names: List[str], split: Optional[str], source
                 rows = sum(1 for line in txt.read_text(errors="replace").splitlines() if line.strip())
                 ledger.add("label", str(txt), "label file without an image", f"{rows} box row(s)", boxes=rows)
     return items
+
+
+# --------------------------------------------------------------------- VOC
+def read_voc(root: Path, source: str, ledger: Ledger) -> Tuple[List[Item], List[str]]:
+    """Pascal VOC: ``Annotations/*.xml`` + ``JPEGImages/`` (splits from
+    ``ImageSets/Main/<split>.txt`` when present), or xml files beside images.
+
+    Box corners are taken as written (xmin, ymin, xmax, ymax in pixels).
+    """
+    import xml.etree.ElementTree as ET
+
+    ann_dir = root / "Annotations" if (root / "Annotations").is_dir() else root
+    img_dirs = [d for d in (root / "JPEGImages", root / "images", ann_dir, root) if d.is_dir()]
+    split_of: Dict[str, str] = {}
+    sets = root / "ImageSets" / "Main"
+    for name in ("train", "val", "test", "trainval"):
+        f = sets / f"{name}.txt"
+        if f.is_file() and name != "trainval":
+            for line in f.read_text().split():
+                split_of.setdefault(line.strip(), name)
+    items: List[Item] = []
+    names: List[str] = []
+    xmls = sorted(ann_dir.rglob("*.xml"))
+    if not xmls:
+        raise SourceError(f"data.path={root}: no VOC .xml annotations (expected Annotations/*.xml)")
+    for xml in xmls:
+        try:
+            tree = ET.parse(xml).getroot()
+        except ET.ParseError as e:
+            line, col = e.position
+            ledger.add("label", str(xml), "label file does not parse", f"line {line}, column {col}: {e}")
+            continue
+        fname = (tree.findtext("filename") or f"{xml.stem}.jpg").strip()
+        img = next((d / fname for d in img_dirs if (d / fname).is_file()), None)
+        if img is None:  # filename tags are often stale: try the xml's stem with image extensions
+            img = next((d / f"{xml.stem}{ext}" for d in img_dirs for ext in IMAGE_EXTS
+                        if (d / f"{xml.stem}{ext}").is_file()), None)
+        objects = tree.findall("object")
+        if img is None:
+            ledger.add("label", str(xml), "label file without an image", f"filename={fname}", boxes=len(objects))
+            continue
+        size = tree.find("size")
+        declared = None
+        if size is not None and size.findtext("width") and size.findtext("height"):
+            declared = (int(float(size.findtext("width"))), int(float(size.findtext("height"))))
+            if declared == (0, 0):
+                declared = None
+        item = Item(img, str(img), source, [], declared, split=split_of.get(xml.stem) or _split_of(img))
+        for k, obj in enumerate(objects, 1):
+            origin = f"{xml}#object-{k}"
+            label = (obj.findtext("name") or "").strip()
+            bb = obj.find("bndbox")
+            try:
+                x0, y0, x1, y1 = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore
+            except (AttributeError, TypeError, ValueError):
+                ledger.add("box", origin, "object without a numeric bndbox", label, boxes=1)
+                continue
+            if label not in names:
+                names.append(label)
+            item.boxes.append(Box(label, x0, y0, x1 - x0, y1 - y0, origin))  # type: ignore[union-attr]
+        items.append(item)
+    return items, names
+
+
+# ---------------------------------------------------------------- archives
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def extract(archive: Path, dest: Path, max_mb: float, max_members: int = 200_000) -> Path:
+    """Extract safely: no absolute paths, no ``..``, no links or devices, and at most
+    ``max_mb`` megabytes written (counted while writing, not trusted from headers)."""
+    import tarfile
+    import zipfile
+
+    budget = int(max_mb * 1024 * 1024)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+
+    def target(name: str) -> Path:
+        p = Path(name)
+        if p.is_absolute() or ".." in p.parts or not name.strip("/"):
+            raise SourceError(f"{archive}: member '{name}' would extract outside the folder; archive refused")
+        out = (root / p).resolve()
+        if root not in out.parents and out != root:
+            raise SourceError(f"{archive}: member '{name}' escapes the extraction folder; archive refused")
+        return out
+
+    def copy(src: Any, out: Path) -> None:
+        nonlocal budget
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as f:
+            while True:
+                chunk = src.read(1 << 20)
+                if not chunk:
+                    break
+                budget -= len(chunk)
+                if budget < 0:
+                    raise SourceError(f"{archive}: more than curate.max_archive_mb={max_mb:g} MB uncompressed; "
+                                      "raise the limit if this archive is expected to be that large")
+                f.write(chunk)
+
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            members = z.infolist()
+            if len(members) > max_members:
+                raise SourceError(f"{archive}: {len(members)} members, more than {max_members}")
+            for m in members:
+                out = target(m.filename)
+                if m.is_dir():
+                    out.mkdir(parents=True, exist_ok=True)
+                    continue
+                if (m.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise SourceError(f"{archive}: member '{m.filename}' is a symbolic link; archive refused")
+                with z.open(m) as src:
+                    copy(src, out)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as t:
+            for n, m in enumerate(t):
+                if n >= max_members:
+                    raise SourceError(f"{archive}: more than {max_members} members")
+                out = target(m.name)
+                if m.isdir():
+                    out.mkdir(parents=True, exist_ok=True)
+                elif m.isfile():
+                    src = t.extractfile(m)
+                    if src is not None:
+                        copy(src, out)
+                else:
+                    raise SourceError(f"{archive}: member '{m.name}' is a link or device; archive refused")
+    else:
+        raise SourceError(f"{archive}: not a zip or tar archive")
+    return root
+
+
+def find_in(root: Path, patterns: Sequence[str], what: str) -> Path:
+    """The one file matching ``patterns`` inside an extracted archive."""
+    hits = sorted({p for pat in patterns for p in root.rglob(pat)}, key=lambda p: (len(p.parts), str(p)))
+    if not hits:
+        raise SourceError(f"archive extracted to {root} has no {what} ({', '.join(patterns)})")
+    return hits[0]
 
 
 # ------------------------------------------------------------ images/video

@@ -31,8 +31,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from cvops.curate import dedup, split
-from cvops.curate.sources import (Item, Ledger, SourceError, iter_sources, read_coco, read_images, read_video,
-                                  read_yolo, video_files)
+from cvops.curate.sources import (Item, Ledger, SourceError, extract, find_in, is_archive, iter_sources, read_coco,
+                                  read_images, read_video, read_voc, read_yolo, video_files)
 from cvops.curate.validate import Sample, check_boxes, open_image, phash, sharpness, yolo_boxes
 from cvops.runner import StageContext, StageResult
 
@@ -40,7 +40,7 @@ log = logging.getLogger("cvops")
 
 
 # ------------------------------------------------------------------ gather
-def gather(data: Dict[str, Any], workdir: Path, ledger: Ledger) -> Tuple[List[Item], List[str]]:
+def gather(data: Dict[str, Any], workdir: Path, ledger: Ledger, max_archive_mb: float = 4096) -> Tuple[List[Item], List[str]]:
     """Items from every configured source, and the class names they declare."""
     items: List[Item] = []
     declared: List[str] = []
@@ -52,6 +52,10 @@ def gather(data: Dict[str, Any], workdir: Path, ledger: Ledger) -> Tuple[List[It
                 raise SourceError(f"data.path is required for format '{fmt}'")
             if not path.exists():
                 raise SourceError(f"data.path={path} does not exist (format {fmt}); check the path or mount")
+        if path is not None and is_archive(path):
+            root = extract(path, workdir / "source" / f"archive-{i}", float(max_archive_mb))
+            path = {"coco": lambda: find_in(root, ["*.json"], "COCO .json file"),
+                    "yolo": lambda: find_in(root, ["data.yaml", "*.yaml"], "YOLO data.yaml")}.get(fmt, lambda: root)()
         if fmt == "synthetic":
             from cvops.curate.synthetic import generate, spec_from_config
 
@@ -72,6 +76,10 @@ def gather(data: Dict[str, Any], workdir: Path, ledger: Ledger) -> Tuple[List[It
             got, names = read_yolo(path, "yolo", ledger)
             items += got
             declared += names
+        elif fmt == "voc":
+            got, names = read_voc(path, "voc", ledger)
+            items += got
+            declared += names
         elif fmt == "images":
             items += read_images(path, "images")
         elif fmt == "video":
@@ -81,7 +89,7 @@ def gather(data: Dict[str, Any], workdir: Path, ledger: Ledger) -> Tuple[List[It
             for v in vids:
                 items += read_video(v, "video", ledger, src.get("fps"), src.get("every_n"), src.get("max_frames"))
         else:
-            raise SourceError(f"data.format='{fmt}' is not supported yet; use synthetic, coco, yolo, images or video")
+            raise SourceError(f"data.format='{fmt}' is not a source format; use synthetic, coco, voc, yolo, images or video")
     seen = set()
     declared = [c for c in declared if not (c in seen or seen.add(c))]
     return items, declared
@@ -139,7 +147,7 @@ def run(ctx: StageContext) -> StageResult:
     data, cur, project = ctx.section["data"], ctx.section["curate"], ctx.section["project"]
     work = ctx.workdir
     ledger = Ledger()
-    items, declared = gather(data, work, ledger)
+    items, declared = gather(data, work, ledger, cur["max_archive_mb"])
     if not items:
         raise SourceError(f"no images found in data.path={data.get('path')} (format {data.get('format')})")
     images_in = len(items)

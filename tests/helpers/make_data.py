@@ -110,3 +110,23 @@ def yolo_dataset(root: Path, foreign_paths: bool = True) -> None:
     (root / "train" / "labels" / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")  # no image
     base = "/home/someone/datasets/cells" if foreign_paths else str(root)
     (root / "data.yaml").write_text(f"train: {base}/train/images\nval: {base}/valid/images\nnc: 2\nnames: ['a', 'b']\n")
+
+
+def voc_dataset(root: Path) -> None:
+    """VOC folder: two images with xml, ImageSets splits, a broken xml, an xml without image."""
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for n, seed in (("a", 30), ("b", 31)):
+        Image.fromarray(picture(64, 48, seed)).save(root / "JPEGImages" / f"{n}.jpg")
+        (root / "Annotations" / f"{n}.xml").write_text(
+            f"<annotation><filename>{n}.jpg</filename><size><width>64</width><height>48</height><depth>3</depth></size>"
+            "<object><name>car</name><bndbox><xmin>4</xmin><ymin>6</ymin><xmax>30</xmax><ymax>20</ymax></bndbox></object>"
+            "<object><name>person</name><bndbox><xmin>10</xmin><ymin>10</ymin><xmax>20</xmax><ymax>40</ymax></bndbox></object>"
+            "</annotation>")
+    (root / "Annotations" / "broken.xml").write_text("<annotation><filename>x.jpg</filename>\n<size>")
+    (root / "Annotations" / "lonely.xml").write_text(
+        "<annotation><filename>lonely.jpg</filename><object><name>car</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+        "<xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
+    (root / "ImageSets" / "Main" / "train.txt").write_text("a\n")
+    (root / "ImageSets" / "Main" / "val.txt").write_text("b\n")

@@ -1,0 +1,74 @@
+"""``cvops app``: open a recipe's curated dataset in the FiftyOne App.
+
+::
+
+    cvops app recipe=bccd                       # http://localhost:5151
+    cvops app recipe=bccd --address 0.0.0.0 --port 5151   # reachable from other machines
+    cvops app recipe=bccd --dataset bccd-481cebafda26     # a specific version
+
+It opens the dataset curated for the recipe as configured now (the curate
+artifact of the current config); if that was not built yet, the project's most
+recently created dataset, and says so. On a remote machine, forward the port
+(``ssh -L 5151:localhost:5151 host``) or pass ``--address 0.0.0.0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def resolve_dataset(overrides: List[str], dataset: Optional[str] = None) -> tuple:
+    """(dataset name, how it was chosen) for a recipe command line."""
+    from cvops.artifacts import ArtifactStore
+    from cvops.config import compose_config, preflight
+    from cvops.fo import connect
+    from cvops.runner import fingerprints
+
+    fo = connect()
+    if dataset:
+        if not fo.dataset_exists(dataset):
+            raise SystemExit(f"cvops app: no FiftyOne dataset '{dataset}'; have: {', '.join(fo.list_datasets())}")
+        return dataset, "as asked"
+    preflight(overrides)
+    cfg = compose_config(overrides)
+    fp = fingerprints(cfg)["curate"]["fingerprint"]
+    art = ArtifactStore(cfg.paths.store).get("curate", fp)
+    if art is not None and fo.dataset_exists(art.metrics.get("dataset_name", "")):
+        return art.metrics["dataset_name"], f"curated for this config (curate {fp})"
+    project = str(cfg.project)
+    mine = [d for d in fo.list_datasets(info=True) if d["name"].startswith(f"{project}-")]
+    if not mine:
+        raise SystemExit(f"cvops app: project '{project}' has no curated dataset yet; "
+                         f"run: cvops {' '.join(overrides)} stages=[curate]")
+    latest = max(mine, key=lambda d: d.get("created_at") or 0)
+    return latest["name"], f"latest of project '{project}' (this config's curate {fp} is not built yet)"
+
+
+def main(argv: List[str]) -> int:
+    ap = argparse.ArgumentParser(prog="cvops app", description="Open a recipe's dataset in the FiftyOne App.")
+    ap.add_argument("--port", type=int, default=5151)
+    ap.add_argument("--address", default="localhost", help="bind address; 0.0.0.0 to serve other machines")
+    ap.add_argument("--dataset", default=None, help="open this FiftyOne dataset instead")
+    args, overrides = ap.parse_known_args(argv)
+    from cvops.config import ConfigError
+
+    try:
+        name, why = resolve_dataset(overrides, args.dataset)
+    except ConfigError as e:
+        print(f"cvops: error: {e}", file=sys.stderr)
+        return 2
+    from cvops.fo import connect
+
+    fo = connect()
+    ds = fo.load_dataset(name)
+    session = fo.launch_app(ds, port=args.port, address=args.address, remote=True, auto=False)
+    host = "localhost" if args.address in ("0.0.0.0", "::") else args.address
+    print(f"FiftyOne App: http://{host}:{args.port}/  dataset {name} ({len(ds)} samples; {why}). Ctrl-C stops it.",
+          flush=True)
+    try:
+        session.wait(-1)
+    except KeyboardInterrupt:
+        pass
+    return 0
