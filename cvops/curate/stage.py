@@ -96,20 +96,45 @@ def gather(data: Dict[str, Any], workdir: Path, ledger: Ledger, max_archive_mb: 
 
 
 # ------------------------------------------------------------------ decode
-def _decode(items: List[Item], workdir: Path, ledger: Ledger) -> List[Tuple[Item, Path, np.ndarray, List[str], list]]:
-    """Decode every item: stills via PIL (normalised), frames sequentially per video."""
+Decoded = Tuple[Item, Path, int, int, List[str], list, str, int, float]
+
+
+def _features(item: Item, path: Path, rgb: np.ndarray, changes: List[str], boxes: list, sha: str,
+              want_sharpness: bool) -> Decoded:
+    """What curate keeps of a decoded image (the pixels themselves are dropped)."""
+    import cv2
+
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    h, w = gray.shape
+    return (item, path, w, h, changes, boxes, sha, phash(gray), sharpness(gray) if want_sharpness else 0.0)
+
+
+def _decode(items: List[Item], workdir: Path, ledger: Ledger, want_sharpness: bool = False) -> List[Decoded]:
+    """Decode every item: stills via PIL on a thread pool (decoders release the GIL),
+    frames sequentially per video. Unreadable ones go to the ledger."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     import cv2
     from tqdm import tqdm
 
-    out = []
+    out: List[Decoded] = []
     frames_by_video: Dict[Path, List[Item]] = defaultdict(list)
     stills = []
     for it in items:
         (frames_by_video[it.path] if "frame_index" in it.meta else stills).append(it)
-    for it in tqdm(stills, desc="curate: images", leave=False):
+
+    def still(it: Item) -> Optional[Decoded]:
         got = open_image(it, workdir, ledger)
-        if got is not None:
-            out.append((it, *got))
+        if got is None:
+            return None
+        path, rgb, changes, boxes = got
+        return _features(it, path, rgb, changes, boxes, hashlib.sha256(path.read_bytes()).hexdigest(), want_sharpness)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for r in tqdm(pool.map(still, stills), total=len(stills), desc="curate: images", leave=False):
+            if r is not None:
+                out.append(r)
     for video, frame_items in frames_by_video.items():
         want = {it.meta["frame_index"]: it for it in frame_items}
         fdir = workdir / "frames" / f"{video.stem}-{hashlib.sha256(str(video).encode()).hexdigest()[:8]}"
@@ -129,8 +154,9 @@ def _decode(items: List[Item], workdir: Path, ledger: Ledger) -> List[Tuple[Item
                         it = want.pop(idx)
                         path = fdir / f"{idx:06d}.jpg"
                         cv2.imwrite(str(path), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
-                        out.append((it, path, frame[..., ::-1].copy(), [], list(it.boxes or [])))
                         it.path = path
+                        sha = hashlib.sha256(frame.tobytes()).hexdigest()
+                        out.append(_features(it, path, frame[..., ::-1], [], list(it.boxes or []), sha, want_sharpness))
                         bar.update()
                     idx += 1
         finally:
@@ -142,12 +168,12 @@ def _decode(items: List[Item], workdir: Path, ledger: Ledger) -> List[Tuple[Item
 
 # ---------------------------------------------------------------- the stage
 def run(ctx: StageContext) -> StageResult:
-    import cv2
-
     data, cur, project = ctx.section["data"], ctx.section["curate"], ctx.section["project"]
     work = ctx.workdir
     ledger = Ledger()
+    clock = _Clock()
     items, declared = gather(data, work, ledger, cur["max_archive_mb"])
+    clock.lap("read")
     if not items:
         raise SourceError(f"no images found in data.path={data.get('path')} (format {data.get('format')})")
     images_in = len(items)
@@ -158,8 +184,10 @@ def run(ctx: StageContext) -> StageResult:
 
     samples: List[Sample] = []
     clipped = 0
-    for it, path, arr, changes, boxes in _decode(items, work, ledger):
-        h, w = arr.shape[:2]
+    dd = cur["dedup"]
+    if dd["policy"] not in ("keep_first", "keep_sharpest"):
+        raise SourceError(f"curate.dedup.policy='{dd['policy']}': use keep_first or keep_sharpest")
+    for it, path, w, h, changes, boxes, sha, ph, sharp in _decode(items, work, ledger, dd["policy"] == "keep_sharpest"):
         if it.declared_size and tuple(it.declared_size) != (w, h):
             ledger.add("image", it.ref, "image size differs from the annotation",
                        f"image {w}x{h}, annotation {it.declared_size[0]}x{it.declared_size[1]}",
@@ -172,18 +200,14 @@ def run(ctx: StageContext) -> StageResult:
         if not kept and not cur["keep_empty"] and it.boxes is not None:
             ledger.add("image", it.ref, "no boxes left (curate.keep_empty=false)", boxes=0)
             continue
-        gray = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
-        sha = hashlib.sha256(path.read_bytes() if "frame_index" not in it.meta else arr.tobytes()).hexdigest()
-        samples.append(Sample(path, it, w, h, kept, sha, changes, phash(gray), sharpness(gray)))
+        samples.append(Sample(path, it, w, h, kept, sha, changes, ph, sharp))
+    clock.lap("decode")
 
     # --- dedup: exact by content hash, then near by perceptual hash
     dedup_rows: List[Dict[str, Any]] = []
-    dd = cur["dedup"]
     order = list(range(len(samples)))
     if dd["policy"] == "keep_sharpest":
         order.sort(key=lambda i: -samples[i].sharpness)
-    elif dd["policy"] != "keep_first":
-        raise SourceError(f"curate.dedup.policy='{dd['policy']}': use keep_first or keep_sharpest")
     drop: Dict[int, Tuple[int, int, str]] = {}
     if dd["enabled"]:
         first: Dict[str, int] = {}
@@ -222,6 +246,7 @@ def run(ctx: StageContext) -> StageResult:
     final_classes = [c for c in classes if used[c] > 0]
     version = _version(kept_samples, final_classes)
     exports = _export_coco(kept_samples, final_classes, work / "export", list(sp["ratios"]))
+    clock.lap("dedup_split_export")
 
     boxes_kept = sum(len(s.boxes) for s in kept_samples)
     boxes_dedup = sum(r["boxes"] for r in dedup_rows)
@@ -247,6 +272,7 @@ def run(ctx: StageContext) -> StageResult:
     _conserve(metrics)
     dataset = _fiftyone(project, version, kept_samples, final_classes, metrics)
     metrics["dataset_name"] = dataset
+    clock.lap("fiftyone")
 
     _write_quarantine(work / "quarantine.csv", ledger.rows + dedup_rows)
     plots = _plots(kept_samples, final_classes, work / "report")
@@ -254,6 +280,8 @@ def run(ctx: StageContext) -> StageResult:
     run_report.mkdir(parents=True, exist_ok=True)
     for p in plots + [work / "quarantine.csv"]:
         shutil.copy2(p, run_report / p.name)
+    clock.lap("report")
+    metrics["seconds_by_phase"] = clock.laps
     (work / "summary.json").write_text(json.dumps({**metrics, "exports": exports}, indent=2))
     log.info("  curate: %d images in -> %d kept, %d quarantined, %d duplicates; boxes %d -> %d; splits %s; "
              "dataset %s", images_in, len(kept_samples), metrics["images_quarantined"], len(dedup_rows), boxes_in,
@@ -261,6 +289,20 @@ def run(ctx: StageContext) -> StageResult:
     artifacts = {f"coco_{k}": f"export/{k}.json" for k in exports}
     artifacts.update({"quarantine": "quarantine.csv", "summary": "summary.json", "report": "report"})
     return StageResult(artifacts, metrics)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        import time
+
+        self._time = time.perf_counter
+        self._t = self._time()
+        self.laps: Dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        t = self._time()
+        self.laps[name] = round(t - self._t, 3)
+        self._t = t
 
 
 def _conserve(m: Dict[str, Any]) -> None:
@@ -312,7 +354,7 @@ def _write_quarantine(path: Path, rows: List[Dict[str, Any]]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["kind", "file", "reason", "detail", "boxes"])
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(sorted(rows, key=lambda r: (r["kind"], str(r["file"]), r["reason"])))
 
 
 def _fiftyone(project: str, version: str, samples: List[Sample], classes: List[str], metrics: Dict[str, Any]) -> str:
@@ -337,37 +379,39 @@ def _fiftyone(project: str, version: str, samples: List[Sample], classes: List[s
             if k in s.item.meta:
                 fields[k] = s.item.meta[k]
         fo_samples.append(fo.Sample(filepath=str(s.filepath), tags=[s.split], **fields))
-    ds.add_samples(fo_samples, progress=False)
+    ds.add_samples(fo_samples, progress=False, validate=False)  # built from validated data above
     ds.info = {"project": project, "version": version, "curate": {k: v for k, v in metrics.items()}}
     ds.save()
     return name
 
 
 def _plots(samples: List[Sample], classes: List[str], out: Path) -> List[Path]:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def subplots() -> Tuple[Any, Any]:
+        fig = Figure(figsize=(6, 3.5))
+        return fig, fig.add_subplot()
 
     out.mkdir(parents=True, exist_ok=True)
     splits = sorted({s.split for s in samples if s.split})
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots()
     bottom = np.zeros(len(classes))
     for sp in splits:
         counts = np.array([sum(1 for s in samples if s.split == sp for b in s.boxes if b.label == c) for c in classes])
         ax.bar(classes, counts, bottom=bottom, label=sp)
         bottom += counts
     ax.set_title("boxes per class")
-    ax.legend()
+    if splits:
+        ax.legend()
     paths.append(_save(fig, out / "class_histogram.png"))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots()
     n = [len(s.boxes) for s in samples]
     ax.hist(n, bins=range(0, max(n + [1]) + 2), align="left")
     ax.set_title("boxes per image")
     ax.set_xlabel("boxes")
     paths.append(_save(fig, out / "boxes_per_image.png"))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots()
     sizes = [np.sqrt(b.w * b.h) for s in samples for b in s.boxes]
     ax.hist(sizes or [0], bins=30)
     ax.set_title("box size (sqrt of area, px)")
@@ -376,9 +420,6 @@ def _plots(samples: List[Sample], classes: List[str], out: Path) -> List[Path]:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
