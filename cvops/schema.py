@@ -49,12 +49,12 @@ class SyntheticConfig:
 class DataConfig:
     """Where the data comes from: one source, or several under ``sources``."""
 
-    format: str = MISSING  # synthetic | coco | voc | yolo | images | video
+    format: str = MISSING  # synthetic | coco | voc | yolo | images | video | sources
     path: Optional[str] = MISSING  # file or folder of the source (null for synthetic)
     images_root: Optional[str] = None  # COCO: image root if not beside the json
     classes: Optional[List[str]] = None  # fixes class list and order
     class_map: Dict[str, str] = field(default_factory=dict)  # rename / merge
-    sources: List[Dict[str, Any]] = field(default_factory=list)
+    sources: List[Dict[str, Any]] = field(default_factory=list)  # data=sources: [{format, path, ...}, ...]
     fps: Optional[float] = None  # video: sample this many frames per second
     every_n: Optional[int] = None  # video: or every N-th frame
     max_frames: Optional[int] = None

@@ -98,6 +98,17 @@ def test_yolo_foreign_absolute_paths_splits_and_bad_lines(curate, tmp_path):
     assert mt["classes"] == ["a", "b"]
 
 
+def test_mixed_sources_merge_into_one_class_list(curate, tmp_path):
+    make_data.yolo_dataset(tmp_path / "y", foreign_paths=False)
+    make_data.voc_dataset(tmp_path / "voc")
+    m = curate("data=sources", f"data.sources=[{{format: yolo, path: '{tmp_path / 'y' / 'data.yaml'}'}},"
+               f"{{format: voc, path: '{tmp_path / 'voc'}'}}]", "++data.class_map={car: a}")
+    mt = m["metrics"]
+    assert mt["classes"] == ["a", "b", "person"]  # declared order, car merged into a
+    assert mt["images_in"] == 5 + 2
+    _conserved(m)
+
+
 def test_class_map_merges_and_unused_classes_are_reported(curate, tmp_path):
     make_data.yolo_dataset(tmp_path / "y", foreign_paths=False)
     m = curate("data=yolo", f"data.path={tmp_path / 'y' / 'data.yaml'}", "++data.class_map={b: a}",
@@ -228,6 +239,13 @@ def test_grouped_stratified_split():
     assert {"train", "val", "test"} <= set(rare)  # the rare class reaches every split
     assert out == split.assign(groups, labels, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
     assert out != split.assign(groups, labels, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=1)
+
+
+def test_few_groups_still_fill_every_split():
+    out = split.assign(["a"] * 31 + ["b"] * 31, [[]] * 62, {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
+    assert sorted(set(out)) == ["train", "val"]
+    out = split.assign(list("abcdefghij"), [[]] * 10, {"train": 0.7, "val": 0.15, "test": 0.15}, 0)
+    assert sorted(out.count(s) for s in ("train", "val", "test")) == [1, 2, 7]
 
 
 def test_respect_source_keeps_given_splits():

@@ -411,8 +411,13 @@ def read_video(path: Path, source: str, ledger: Ledger, fps: Optional[float], ev
 
 
 def iter_sources(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
-    """The configured sources: ``data.sources`` entries, else ``data`` itself."""
-    if data.get("sources"):
+    """The configured sources: ``data.sources`` entries (``data=sources``), else ``data`` itself."""
+    if data.get("sources") and data.get("format") != "sources":
+        raise SourceError(f"data.sources is set but data.format={data.get('format')}; select data=sources "
+                          "to merge several sources")
+    if data.get("format") == "sources":
+        if not data.get("sources"):
+            raise SourceError("data=sources needs a non-empty data.sources list")
         for i, s in enumerate(data["sources"]):
             if "format" not in s:
                 raise SourceError(f"data.sources[{i}] has no 'format' (one of coco, yolo, images, video, synthetic)")

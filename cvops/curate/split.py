@@ -5,7 +5,9 @@ The unit of assignment is a group (all frames of one video, or whatever
 are stratified by their rarest class (empty units form their own stratum) and
 shuffled with the seed; each stratum's units go, largest first, to the split
 furthest below its target share of images, so ratios hold per stratum and no
-group straddles two splits.
+group straddles two splits. When a stratum has only as many units left as it
+has empty splits, those units go one to each empty split (two videos give a
+train and a val split, not two train videos).
 """
 
 from __future__ import annotations
@@ -56,9 +58,13 @@ def assign(groups: Sequence[str], labels: Sequence[Sequence[str]], ratios: Dict[
         rng.shuffle(keys)
         keys.sort(key=lambda g: -len(units[g]))  # big groups first, ties in shuffled order
         c = counts[stratum]
-        for g in keys:
+        for k, g in enumerate(keys):
             n = sum(c.values()) + len(units[g])
-            split = max(target, key=lambda s: (target[s] * n - c[s], target[s]))
+            empty = [s for s in target if target[s] > 0 and c[s] == 0]
+            if empty and len(keys) - k <= len(empty):  # few units left: give every split one
+                split = max(empty, key=lambda s: target[s])
+            else:
+                split = max(target, key=lambda s: (target[s] * n - c[s], target[s]))
             for i in units[g]:
                 out[i] = split
             c[split] += len(units[g])

@@ -237,6 +237,10 @@ def run(ctx: StageContext) -> StageResult:
     for s, name in zip(kept_samples, splits):
         s.split = name
     cross = _cross_split_near_dups(kept_samples, int(dd["hamming_threshold"]))
+    empty_splits = [k for k, v in sp["ratios"].items() if v > 0 and k not in splits]
+    if empty_splits:
+        log.warning("  curate: split(s) %s got no images (%d groups for %d splits); add data or change "
+                    "curate.split.ratios", empty_splits, len(set(groups)), len(sp["ratios"]))
 
     # --- classes actually used, version, exports
     used = Counter(b.label for s in kept_samples for b in s.boxes)
