@@ -310,3 +310,49 @@ def test_archive_path_traversal_and_size_limit_are_refused(tmp_path):
         z.writestr("zeros.bin", b"\0" * (3 * 1024 * 1024))
     with pytest.raises(SourceError, match="max_archive_mb"):
         extract(bomb, tmp_path / "y", max_mb=1)
+
+
+def test_small_and_unclipped_boxes_are_quarantined(curate, tmp_path):
+    make_data.coco_with_defects(tmp_path / "coco")
+    m = curate("data=coco", f"data.path={tmp_path / 'coco' / 'annotations.json'}", "data.classes=[cat,dog]",
+               "curate.clip_boxes=false")
+    reasons = {r["reason"] for r in m["rows"]}
+    assert "box extends outside the image (curate.clip_boxes=false)" in reasons
+    assert m["metrics"]["boxes_kept"] == 1 and m["metrics"]["boxes_clipped"] == 0
+    m2 = curate("data=coco", f"data.path={tmp_path / 'coco' / 'annotations.json'}", "data.classes=[cat,dog]",
+                "curate.min_box_size=15", store=tmp_path / "s2")
+    assert any(r["reason"] == "box smaller than curate.min_box_size" and "14.00x8.00" in r["detail"] for r in m2["rows"])
+    _conserved(m)
+    _conserved(m2)
+
+
+@pytest.mark.slow
+def test_killed_curate_process_rerun_gives_the_same_dataset(cvops):
+    import signal
+    import time
+
+    import fiftyone as fo
+
+    args = ("project=killcheck", "stages=[curate]", "data.synthetic.num_images=300", "data.synthetic.videos=0")
+    proc = cvops.popen(*args)
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        line = proc.stdout.readline()
+        if "curate    running" in line:
+            break
+    time.sleep(1.0)  # mid-stage: generating or decoding
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not list(cvops.store.glob("curate/*/manifest.json"))
+    r = cvops(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (manifest,) = list(cvops.store.glob("curate/*/manifest.json"))
+    metrics = json.loads(manifest.read_text())["metrics"]
+    assert len(fo.load_dataset(metrics["dataset_name"])) == metrics["images_kept"]
+    other = cvops.workdir / "clean"
+    other.mkdir()
+    clean = cvops("paths.store=" + str(other / "store"), *args)
+    assert clean.returncode == 0
+    (m2,) = list((other / "store").glob("curate/*/manifest.json"))
+    assert json.loads(m2.read_text())["metrics"]["dataset_version"] == metrics["dataset_version"]
+    fo.delete_dataset(metrics["dataset_name"])
