@@ -159,12 +159,13 @@ def fingerprints(cfg: DictConfig, stages: Sequence[str] = ORDER) -> Dict[str, Di
     for name in ORDER:
         spec = SPECS[name]
         section = {key: to_container(cfg, key) for key in spec.sections}
+        keyed = json.loads(json.dumps(section))
         for ex in spec.exclude:
-            _drop(section, ex)
+            _drop(keyed, ex)
         fn = implementation(name)
         payload = {
             "stage": name,
-            "config": section,
+            "config": keyed,
             "inputs": {i: out[i]["fingerprint"] for i in spec.inputs},
             "code": code_version(name, fn),
         }

@@ -47,6 +47,10 @@ class NullTracker:
     def finish(self) -> None:
         pass
 
+    def mmengine_backends(self, name: str, config: Dict[str, Any]) -> list:
+        """mmengine visualizer backends that feed this tracker during training."""
+        return []
+
     @property
     def run_ref(self) -> Optional[str]:
         """Where to look at the run (URL or local directory), if any."""
@@ -69,6 +73,12 @@ class WandbTracker(NullTracker):
     def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
         super().log(metrics, step)
         self.run.log(metrics, step=step)
+
+    def mmengine_backends(self, name: str, config: Dict[str, Any]) -> list:
+        """mmengine's own W&B backend: losses, lr and val metrics as training logs them."""
+        init = dict(project=self.project, group=self.group, name=name, config=config,
+                    mode=os.environ.get("WANDB_MODE") or self.mode or "offline", tags=self.tags or None)
+        return [dict(type="WandbVisBackend", init_kwargs=init)]
 
     def summary(self, values: Dict[str, Any]) -> None:
         super().summary(values)

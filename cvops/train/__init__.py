@@ -1,0 +1,1 @@
+"""Train: mmdet 3 detectors on mmengine, configured from the recipe."""

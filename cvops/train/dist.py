@@ -1,0 +1,32 @@
+"""Worker entry for distributed training: ``torchrun ... -m cvops.train.dist config.py``.
+
+mmengine's launcher (``launcher='pytorch'``) reads the rank and world size
+torchrun sets; each process builds the same Runner from the dumped config.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config")
+    ap.add_argument("--resume", default=None)
+    args = ap.parse_args()
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from cvops.train import hooks  # noqa: F401  (registers CvopsFiniteLossHook)
+    from cvops.train.checkpoint import allow_mmengine_checkpoints
+
+    allow_mmengine_checkpoints()
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = "pytorch"
+    if args.resume:
+        cfg.load_from, cfg.resume = args.resume, True
+    Runner.from_cfg(cfg).train()
+
+
+if __name__ == "__main__":
+    main()

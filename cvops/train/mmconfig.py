@@ -1,0 +1,237 @@
+"""Recipe -> mmengine ``Config`` for an mmdet 3 detector.
+
+The base config is the one ``model.mmdet_config`` names inside the installed
+mmdet package. cvops fills in what depends on the project: classes and their
+count, the curated COCO exports of each split, image size (every size in the
+pipelines scaled from the base config's test size), batch size and workers,
+schedule (epochs, lr scaled by batch, optimiser, warm-up then cosine), AMP,
+seed, checkpoints (best by val mAP, last), logging and the tracker.
+``model.cfg_options`` is applied last, as mmengine ``--cfg-options``.
+The result is dumped as ``config.py`` beside the checkpoints, for anyone who
+wants to drop to raw mmdet (``Runner.from_cfg(Config.fromfile(...))``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+log = logging.getLogger("cvops")
+
+SIZE_KEYS = ("scale", "img_scale", "crop_size", "size")
+
+
+class TrainConfigError(ValueError):
+    """The recipe cannot be turned into a training config (with the fix)."""
+
+
+def base_config_path(name: str) -> Path:
+    """``mmdet::rtmdet/x.py`` -> the file inside the installed mmdet package."""
+    import mmdet
+
+    scope, sep, rel = name.partition("::")
+    if not sep:
+        path = Path(name).expanduser()
+    elif scope == "mmdet":
+        path = Path(mmdet.__file__).parent / ".mim" / "configs" / rel
+    else:
+        raise TrainConfigError(f"model.mmdet_config={name}: only the mmdet:: scope or a file path is supported")
+    if not path.is_file():
+        raise TrainConfigError(f"model.mmdet_config={name}: {path} does not exist in mmdet {mmdet.__version__}")
+    return path
+
+
+def _walk(node: Any):
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _walk(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            yield from _walk(v)
+
+
+def _canonical_size(cfg: Any) -> Tuple[float, float]:
+    for t in cfg.get("test_pipeline", []) or []:
+        if t.get("type") == "Resize" and t.get("scale"):
+            return tuple(float(v) for v in t["scale"])  # type: ignore[return-value]
+    return (640.0, 640.0)
+
+
+def _rescale(node: Any, rx: float, ry: float) -> None:
+    """Scale every size-like entry of every transform (and batch resize ranges)."""
+    for d in _walk(node):
+        if "type" not in d:
+            continue
+        for k in SIZE_KEYS:
+            v = d.get(k)
+            if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
+                d[k] = (max(32, int(round(v[0] * rx / 32)) * 32), max(32, int(round(v[1] * ry / 32)) * 32))
+        if d.get("type") == "BatchSyncRandomResize" and d.get("random_size_range"):
+            lo, hi = d["random_size_range"]
+            s = (rx + ry) / 2
+            d["random_size_range"] = (max(32, int(lo * s)), max(64, int(hi * s)))
+
+
+def _innermost_dataset(ds: Dict[str, Any]) -> Dict[str, Any]:
+    while "dataset" in ds and "ann_file" not in ds:
+        ds = ds["dataset"]
+    return ds
+
+
+def _set_num_classes(node: Any, n: int) -> int:
+    count = 0
+    for d in _walk(node):
+        if "num_classes" in d:
+            d["num_classes"] = n
+            count += 1
+    return count
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """A checkpoint URL is usable if torch's cache has it or the host answers."""
+    import urllib.request
+
+    import torch
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
+    if cached.is_file():
+        return True
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return True
+    except Exception:
+        return False
+
+
+def _pretrained(model_cfg: Any, load_from: Optional[str]) -> Tuple[Optional[str], List[str]]:
+    """Drop unreachable pretrained weights (saying so); check a given load_from."""
+    notes = []
+    for d in _walk(model_cfg):
+        init = d.get("init_cfg")
+        if isinstance(init, dict) and init.get("type") == "Pretrained":
+            ckpt = str(init.get("checkpoint", ""))
+            if ckpt.startswith(("http://", "https://")) and not _reachable(ckpt):
+                d["init_cfg"] = None
+                notes.append(f"pretrained backbone weights {ckpt} are unreachable (offline?): "
+                             "training the backbone from scratch")
+    if load_from:
+        if load_from.startswith(("http://", "https://")):
+            if not _reachable(load_from):
+                notes.append(f"model.load_from={load_from} is unreachable (offline?): training from scratch")
+                load_from = None
+        elif not Path(load_from).expanduser().is_file():
+            raise TrainConfigError(f"model.load_from={load_from} does not exist; give a checkpoint path or URL")
+        else:
+            from cvops.train.checkpoint import load
+
+            load(str(Path(load_from).expanduser()))  # a corrupt file fails here, before anything is written
+    return load_from, notes
+
+
+def build(model: Dict[str, Any], train: Dict[str, Any], classes: Sequence[str], exports: Dict[str, Path],
+          work_dir: Path, vis_backends: Sequence[Dict[str, Any]], cuda: bool) -> Tuple[Any, List[str]]:
+    """The mmengine Config for one training run, and notes worth telling the user."""
+    from mmengine.config import Config, ConfigDict
+
+    if not classes:
+        raise TrainConfigError("the curated dataset has no classes with boxes: nothing to train")
+    for split in ("train", "val"):
+        import json
+
+        n = len(json.loads(Path(exports[split]).read_text())["images"])
+        if n == 0:
+            raise TrainConfigError(f"the curated '{split}' split has zero images; change curate.split.ratios "
+                                   "or add data")
+    cfg = Config.fromfile(str(base_config_path(model["mmdet_config"])))
+    notes: List[str] = []
+
+    # classes
+    if _set_num_classes(cfg.model, len(classes)) == 0:
+        raise TrainConfigError(f"{model['mmdet_config']} has no num_classes to set; cvops cannot train it")
+    metainfo = dict(classes=tuple(classes))
+
+    # image size
+    w, h = (float(v) for v in model["image_size"])
+    bw, bh = _canonical_size(cfg)
+    rx, ry = w / bw, h / bh
+    for key in ("train_pipeline", "test_pipeline", "train_dataloader", "val_dataloader", "test_dataloader",
+                "custom_hooks", "model"):
+        if key in cfg:
+            _rescale(cfg[key], rx, ry)
+    if "img_scale" in cfg:
+        cfg.img_scale = (int(w), int(h))
+
+    # data
+    workers = int(train["num_workers"])
+    for split, loader in (("train", "train_dataloader"), ("val", "val_dataloader"), ("test", "test_dataloader")):
+        dl = cfg[loader]
+        ds = _innermost_dataset(dl["dataset"])
+        ds.update(data_root="", ann_file=str(exports[split]), data_prefix=dict(img=""), metainfo=metainfo,
+                  backend_args=None)
+        if split == "train":
+            ds["filter_cfg"] = dict(filter_empty_gt=False, min_size=1)
+            dl["batch_size"] = int(train["batch_size"])
+        else:
+            ds["test_mode"] = True
+            dl["batch_size"] = 1
+        dl["num_workers"] = workers
+        dl["persistent_workers"] = workers > 0
+        if split != "train" or "sampler" not in dl:
+            dl["sampler"] = dict(type="DefaultSampler", shuffle=split == "train")
+    for ev, split in (("val_evaluator", "val"), ("test_evaluator", "test")):
+        cfg[ev] = dict(type="CocoMetric", ann_file=str(exports[split]), metric="bbox", format_only=False,
+                       classwise=True, backend_args=None)
+
+    # schedule
+    epochs = int(train["max_epochs"])
+    gpus = int(train["gpus"]) if train["launcher"] != "none" else 1
+    lr = float(train["lr"]) * int(train["batch_size"]) * gpus / float(train["base_batch_size"])
+    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=int(train["val_interval"]))
+    opt = dict(type=train["optimizer"], lr=lr, weight_decay=float(train["weight_decay"]))
+    if train["optimizer"] == "SGD":
+        opt["momentum"] = 0.9
+    wrapper = dict(type="AmpOptimWrapper" if (train["amp"] and cuda) else "OptimWrapper", optimizer=opt)
+    if "paramwise_cfg" in cfg.get("optim_wrapper", {}):
+        wrapper["paramwise_cfg"] = cfg.optim_wrapper.paramwise_cfg
+    if "clip_grad" in cfg.get("optim_wrapper", {}):
+        wrapper["clip_grad"] = cfg.optim_wrapper.clip_grad
+    cfg.optim_wrapper = wrapper
+    cfg.auto_scale_lr = dict(enable=False, base_batch_size=int(train["base_batch_size"]))
+    cfg.param_scheduler = [
+        dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=max(1, int(train["warmup_iters"]))),
+        dict(type="CosineAnnealingLR", eta_min=lr * 0.05, begin=0, end=epochs, T_max=epochs, by_epoch=True,
+             convert_to_iter_based=True),
+    ]
+    for hook in cfg.get("custom_hooks", []) or []:  # schedules written for 300 epochs
+        if hook.get("type") == "PipelineSwitchHook":
+            hook["switch_epoch"] = max(1, epochs - max(1, round(epochs * 20 / 300)))
+        if hook.get("type") == "YOLOXModeSwitchHook":
+            hook["num_last_epochs"] = max(1, round(epochs * 15 / 300))
+    cfg.custom_hooks = list(cfg.get("custom_hooks", []) or []) + [dict(type="CvopsFiniteLossHook")]
+
+    # hooks, logging, checkpoints
+    cfg.default_hooks.logger = dict(type="LoggerHook", interval=int(train["log_interval"]))
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, max_keep_ckpts=2, save_last=True,
+                                        save_best="coco/bbox_mAP", rule="greater")
+    cfg.log_processor = dict(type="LogProcessor", window_size=int(train["log_interval"]), by_epoch=True)
+    cfg.visualizer = dict(type="DetLocalVisualizer", name="visualizer",
+                          vis_backends=[dict(type="LocalVisBackend"), *vis_backends])
+    cfg.randomness = dict(seed=int(train["seed"]), deterministic=bool(train["deterministic"]))
+    cfg.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                       dist_cfg=dict(backend="nccl" if cuda else "gloo"))
+    cfg.launcher = train["launcher"]
+    cfg.work_dir = str(work_dir)
+    cfg.load_from, more = _pretrained(cfg.model, model.get("load_from"))
+    notes += more
+    cfg.resume = False
+    cfg.default_scope = "mmdet"
+
+    if model.get("cfg_options"):
+        cfg.merge_from_dict(copy.deepcopy(dict(model["cfg_options"])))
+    if not isinstance(cfg.model, ConfigDict):
+        cfg.model = ConfigDict(cfg.model)
+    return cfg, notes

@@ -1,0 +1,199 @@
+"""The train stage: the recipe's detector trained on the curated COCO exports.
+
+Artifacts (``train/<fingerprint>/``, mmengine's work dir): ``best.pth`` (best
+val mAP) and ``last.pth`` (links to mmengine's checkpoints), ``config.py`` (the
+resolved mmengine config: ``Runner.from_cfg(Config.fromfile("config.py"))``
+reproduces the run in raw mmdet), ``metrics.jsonl`` (every logged scalar),
+``curves.png`` (loss, lr, val mAP per epoch) and the W&B run directory.
+
+Resume (``train.resume=true``): a run killed mid-training continues from its
+last checkpoint (same fingerprint, the artifact directory is kept); with a
+raised ``train.max_epochs`` (a new fingerprint), the newest checkpoint of the
+same lineage (same data, model and schedule apart from epochs) is the start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from cvops.runner import StageContext, StageResult
+
+log = logging.getLogger("cvops")
+LINEAGE = "lineage.json"
+
+
+def _lineage(ctx: StageContext) -> str:
+    """Same data, model and schedule except max_epochs: checkpoints can continue each other."""
+    section = json.loads(json.dumps(ctx.section))
+    for key in ("max_epochs", "resume"):
+        section.get("train", {}).pop(key, None)
+    payload = {"curate": ctx.inputs["curate"].fingerprint, "config": section}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _resume_point(ctx: StageContext, lineage: str) -> Optional[str]:
+    """Checkpoint to resume from: this artifact's own, else the newest of its lineage."""
+    own = ctx.workdir / "last_checkpoint"
+    if ctx.resuming and own.is_file() and Path(own.read_text().strip()).is_file():
+        return own.read_text().strip()
+    best, newest = None, 0.0
+    for other in ctx.workdir.parent.iterdir():
+        marker = other / LINEAGE
+        if other == ctx.workdir or not marker.is_file():
+            continue
+        if json.loads(marker.read_text()).get("lineage") != lineage:
+            continue
+        last = other / "last_checkpoint"
+        if last.is_file() and Path(last.read_text().strip()).is_file() and last.stat().st_mtime > newest:
+            best, newest = last.read_text().strip(), last.stat().st_mtime
+    return best
+
+
+def _scalars(work: Path) -> List[Dict[str, Any]]:
+    rows: List[Dict[str, Any]] = []
+    for f in sorted(work.glob("*/vis_data/scalars.json"), key=lambda p: p.parent.parent.name):
+        for line in f.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
+                continue
+    return rows
+
+
+def _curves(rows: List[Dict[str, Any]], out: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3))
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "coco/bbox_mAP" in r]
+    ax1.plot([r["iter"] for r in train], [r["loss"] for r in train])
+    ax1.set_title("train loss")
+    ax1.set_xlabel("iteration")
+    ax2.plot([r["iter"] for r in train], [r["lr"] for r in train])
+    ax2.set_title("learning rate")
+    ax3.plot([r["step"] for r in val], [r["coco/bbox_mAP"] for r in val], marker="o", label="mAP")
+    ax3.plot([r["step"] for r in val], [r["coco/bbox_mAP_50"] for r in val], marker="o", label="mAP50")
+    ax3.set_title("val")
+    ax3.set_xlabel("epoch")
+    ax3.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    return out
+
+
+def run(ctx: StageContext) -> StageResult:
+    model, train = ctx.section["model"], ctx.section["train"]
+    if train["device"] == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch initialises CUDA
+    import torch
+
+    from cvops.instantiate import instantiate
+    from cvops.train import hooks  # noqa: F401  (registers CvopsFiniteLossHook)
+    from cvops.train import mmconfig
+    from cvops.train.checkpoint import allow_mmengine_checkpoints
+
+    cuda = torch.cuda.is_available() and train["device"] != "cpu"
+    if train["device"] == "cuda" and not cuda:
+        raise RuntimeError("train.device=cuda but torch sees no CUDA device; use train.device=auto or cpu")
+    work = ctx.workdir
+    curate = ctx.inputs["curate"]
+    classes = list(curate.metrics["classes"])
+    exports = {s: curate.path(f"coco_{s}") for s in ("train", "val", "test")}
+
+    tracker = instantiate(ctx.cfg.tracker)
+    name = f"{model['name']}-{ctx.fingerprint[:8]}"
+    from cvops.config import to_container
+
+    run_config = {"recipe": to_container(ctx.cfg), "dataset_version": curate.metrics.get("dataset_version"),
+                  "curate": {k: v for k, v in curate.metrics.items() if k != "seconds_by_phase"},
+                  "fingerprint": ctx.fingerprint}
+    vis = tracker.mmengine_backends(name, run_config)
+    cfg, notes = mmconfig.build(model, train, classes, exports, work, vis, cuda)
+    for n in notes:
+        log.warning("  train: %s", n)
+    lineage = _lineage(ctx)
+    if train["resume"]:
+        start = _resume_point(ctx, lineage)
+        if start:
+            cfg.load_from, cfg.resume = start, True
+            log.info("  train: resuming from %s", start)
+        else:
+            log.info("  train: train.resume=true but no checkpoint of this lineage exists: starting fresh")
+    (work / LINEAGE).write_text(json.dumps({"lineage": lineage, "fingerprint": ctx.fingerprint}))
+    cfg.dump(str(work / "config.py"))
+    allow_mmengine_checkpoints()
+    t0 = time.perf_counter()
+    if train["launcher"] == "pytorch":
+        _torchrun(work / "config.py", int(train["gpus"]), cfg.resume, cfg.load_from)
+    else:
+        from mmengine.runner import Runner
+
+        Runner.from_cfg(cfg).train()
+    seconds = time.perf_counter() - t0
+    return _collect(ctx, work, tracker, seconds)
+
+
+def _torchrun(config: Path, nproc: int, resume: bool, load_from: Optional[str]) -> None:
+    """Data-parallel training through mmengine's launcher, one process per GPU (gloo on CPU)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
+           "-m", "cvops.train.dist", str(config)]
+    if resume:
+        cmd += ["--resume", str(load_from)]
+    log.info("  train: %s", " ".join(cmd))
+    r = subprocess.run(cmd)
+    if r.returncode != 0:
+        raise RuntimeError(f"distributed training failed (torchrun exit {r.returncode}); see the log above")
+
+
+def _collect(ctx: StageContext, work: Path, tracker: Any, seconds: float) -> StageResult:
+    rows = _scalars(work)
+    with open(work / "metrics.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    best = sorted(work.glob("best_coco_bbox_mAP_epoch_*.pth"), key=lambda p: p.stat().st_mtime)
+    last_file = work / "last_checkpoint"
+    last = Path(last_file.read_text().strip()) if last_file.is_file() else None
+    if last is None or not last.is_file():
+        raise RuntimeError(f"training finished without a checkpoint in {work}")
+    best_ckpt = best[-1] if best else last
+    for link, target in (("best.pth", best_ckpt), ("last.pth", last)):
+        (work / link).unlink(missing_ok=True)
+        (work / link).symlink_to(target.name)
+    val = [r for r in rows if "coco/bbox_mAP" in r]
+    train_rows = [r for r in rows if "loss" in r]
+    artifacts = {"checkpoint": "best.pth", "last_checkpoint": "last.pth", "config": "config.py",
+                 "metrics": "metrics.jsonl"}
+    if rows:
+        artifacts["curves"] = _curves(rows, work / "curves.png").name
+    wandb_runs = sorted(work.glob("**/wandb/*run-*"))
+    if wandb_runs:
+        artifacts["wandb_run"] = str(wandb_runs[-1].relative_to(work))
+    run_dir = ctx.run_dir / "train"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("config.py", "curves.png"):
+        if (work / name).exists():
+            (run_dir / name).write_bytes((work / name).read_bytes())
+    for name in ("best.pth", "last.pth"):
+        (run_dir / name).unlink(missing_ok=True)
+        (run_dir / name).symlink_to((work / name).resolve())
+    best_row = max(val, key=lambda r: r["coco/bbox_mAP"]) if val else {}
+    metrics = {
+        "epochs": max((r.get("epoch", 0) for r in train_rows), default=0),
+        "iterations": max((r.get("iter", 0) for r in train_rows), default=0),
+        "final_loss": train_rows[-1]["loss"] if train_rows else None,
+        "best_val_mAP": best_row.get("coco/bbox_mAP"),
+        "best_val_mAP50": best_row.get("coco/bbox_mAP_50"),
+        "best_epoch": best_row.get("step"),
+        "seconds": round(seconds, 1),
+        "best_checkpoint": best_ckpt.name,
+    }
+    return StageResult(artifacts, metrics)
