@@ -5,6 +5,14 @@ unless the type is allow-listed. mmengine checkpoints also carry numpy scalars
 and dtypes (epoch counters, best scores) and the MessageHub's HistoryBuffer
 objects. :func:`allow_mmengine_checkpoints` allow-lists exactly those types;
 everything else (``os.system`` in a crafted file, say) is still refused.
+
+One more thing stands in the way: mmengine pickles each HistoryBuffer's
+statistics functions (``min``, ``max``, ``current``, ``mean``) as
+``getattr(HistoryBuffer, "min")``, and allowing ``getattr`` would let a
+crafted file reach any attribute of any allowed type. Those four are rebuilt
+by HistoryBuffer itself when it is unpickled, so cvops stops writing them:
+checkpoints saved by cvops need no ``getattr``. A checkpoint saved by plain
+mmengine that has them is refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -26,13 +34,25 @@ def safe_globals() -> List[Any]:
     return [HistoryBuffer, scalar, _reconstruct, np.ndarray, np.dtype, *dtypes]
 
 
+DEFAULT_STATISTICS = ("min", "max", "current", "mean")
+
+
+def _portable_getstate(self: Any) -> dict:
+    """HistoryBuffer state without the default statistics (rebuilt on load)."""
+    state = {k: v for k, v in self.__dict__.items() if k != "statistics_methods"}
+    state["statistics_methods"] = {k: v for k, v in self._statistics_methods.items() if k not in DEFAULT_STATISTICS}
+    return state
+
+
 def allow_mmengine_checkpoints() -> None:
-    """Allow-list the types mmengine stores in checkpoints (idempotent)."""
+    """Allow-list the types mmengine stores in checkpoints, and save them portably (idempotent)."""
     global _done
     if _done:
         return
     import torch
+    from mmengine.logging.history_buffer import HistoryBuffer
 
+    HistoryBuffer.__getstate__ = _portable_getstate  # type: ignore[method-assign]
     torch.serialization.add_safe_globals(safe_globals())
     _done = True
 
@@ -49,4 +69,9 @@ def load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a loadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        detail = str(e)
+        if "GLOBAL getattr" in detail or "builtins.getattr" in detail:
+            raise ValueError(f"{path} was saved by plain mmengine (it pickles HistoryBuffer statistics through "
+                             "getattr, which cvops does not allow-list); load it once with a trusted "
+                             "torch.load(weights_only=False) and re-save its state_dict") from e
+        raise ValueError(f"{path} is not a loadable checkpoint ({type(e).__name__}: {detail.splitlines()[0]})") from e

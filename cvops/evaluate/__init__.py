@@ -1,0 +1,1 @@
+"""Evaluate: COCO mAP, predictions and TP/FP/FN back into FiftyOne."""

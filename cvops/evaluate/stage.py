@@ -1,0 +1,223 @@
+"""The evaluate stage: COCO mAP on val and test, predictions into FiftyOne.
+
+One metric contract: cvops' mAP *is* pycocotools' COCOeval (IoU 0.50:0.95,
+101-point interpolated precision, maxDets 100, area "all") on the exported
+predictions; the same predictions are written to the project's FiftyOne
+dataset and scored there with ``evaluate_detections(method="coco",
+compute_mAP=True)``, and both numbers are recorded (``fiftyone_mAP``,
+``contract_abs_diff``) so any disagreement is visible, not hidden.
+
+Artifacts: ``predictions_<split>.json`` (COCO results format), ``per_class_ap.csv``
+and ``.md``, ``pr_curves.png`` (IoU 0.5), ``confusion_matrix.png`` (from
+FiftyOne's matching), also copied into the run dir's ``evaluate/``.
+In the App, the predictions field ``pred_<model>_<train fp>`` and the evaluation
+``eval_<model>_<train fp>`` show TP/FP/FN per box.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from cvops.runner import StageContext, StageResult
+
+log = logging.getLogger("cvops")
+
+
+def predict(config: Path, checkpoint: Path, ann_file: Path, device: str, score_thr: float,
+            max_det: int) -> List[Dict[str, Any]]:
+    """COCO-format detections of a checkpoint on one exported split."""
+    import torch
+    from mmdet.apis import init_detector
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    from tqdm import tqdm
+
+    from cvops.train.checkpoint import allow_mmengine_checkpoints
+
+    register_all_modules()
+    allow_mmengine_checkpoints()
+    cfg = Config.fromfile(str(config))
+    loader_cfg = cfg.test_dataloader
+    loader_cfg.dataset.ann_file = str(ann_file)
+    loader_cfg.num_workers, loader_cfg.persistent_workers = 0, False
+    model = init_detector(cfg, str(checkpoint), device=device)
+    loader = Runner.build_dataloader(loader_cfg)
+    cat_ids = [c["id"] for c in json.loads(Path(ann_file).read_text())["categories"]]
+    out: List[Dict[str, Any]] = []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=f"evaluate: {Path(ann_file).stem}", leave=False):
+            for sample in model.test_step(batch):
+                p = sample.pred_instances
+                keep = p.scores >= score_thr
+                boxes, scores, labels = p.bboxes[keep], p.scores[keep], p.labels[keep]
+                order = scores.argsort(descending=True)[:max_det]
+                for b, s, lab in zip(boxes[order].tolist(), scores[order].tolist(), labels[order].tolist()):
+                    out.append({"image_id": int(sample.img_id), "category_id": cat_ids[lab],
+                                "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)})
+    return out
+
+
+def coco_eval(ann_file: Path, dets: List[Dict[str, Any]]) -> Tuple[Dict[str, Any], Any]:
+    """pycocotools' COCOeval: headline numbers, per-class AP and the evaluator."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_file))
+        dt = gt.loadRes(dets) if dets else COCO()
+        if not dets:
+            dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
+            dt.createIndex()
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
+    per_class = {}
+    for k, cat in enumerate(ev.params.catIds):
+        prec = ev.eval["precision"][:, :, k, 0, -1]  # IoU x recall, area all, maxDets 100
+        valid = prec[prec > -1]
+        per_class[names[cat]] = float(valid.mean()) if valid.size else None
+    s = ev.stats
+    stats = {"mAP": _num(s[0]), "mAP50": _num(s[1]), "mAP75": _num(s[2]), "per_class_AP": per_class}
+    return stats, ev
+
+
+def _num(x: float) -> float:
+    return float(max(x, 0.0))  # pycocotools reports -1 when a split has no ground truth
+
+
+def _to_fiftyone(dataset: str, field: str, key: str, exports: Dict[str, Path], preds: Dict[str, List[Dict[str, Any]]],
+                 classes: List[str]) -> Tuple[float, Any]:
+    """Write predictions as ``field`` and run FiftyOne's COCO evaluation on the test split."""
+    from cvops.fo import connect
+
+    fo = connect()
+    ds = fo.load_dataset(dataset)
+    names = {}
+    by_path: Dict[str, Any] = {}
+    for split, dets in preds.items():
+        gt = json.loads(exports[split].read_text())
+        names = {c["id"]: c["name"] for c in gt["categories"]}
+        images = {im["id"]: im for im in gt["images"]}
+        per_image: Dict[int, list] = {i: [] for i in images}
+        for d in dets:
+            per_image[d["image_id"]].append(d)
+        for image_id, ds_ in per_image.items():
+            im = images[image_id]
+            w, h = im["width"], im["height"]
+            by_path[im["file_name"]] = fo.Detections(detections=[
+                fo.Detection(label=names[d["category_id"]], confidence=d["score"],
+                             bounding_box=[d["bbox"][0] / w, d["bbox"][1] / h, d["bbox"][2] / w, d["bbox"][3] / h])
+                for d in ds_])
+    view = ds.select_by("filepath", list(by_path))
+    view.set_values(field, by_path, key_field="filepath")
+    if key in ds.list_evaluations():
+        ds.delete_evaluation(key)
+    test = ds.select_by("filepath", [im["file_name"] for im in json.loads(exports["test"].read_text())["images"]])
+    results = test.evaluate_detections(field, gt_field="ground_truth", eval_key=key, method="coco",
+                                       compute_mAP=True, classes=classes, progress=False)
+    return float(results.mAP()), results
+
+
+def run(ctx: StageContext) -> StageResult:
+    import torch
+
+    ev = ctx.section["evaluate"]
+    curate, train = ctx.inputs["curate"], ctx.inputs["train"]
+    work = ctx.workdir
+    classes = list(curate.metrics["classes"])
+    exports = {s: curate.path(f"coco_{s}") for s in ("train", "val", "test")}
+    device = "cuda:0" if torch.cuda.is_available() and ctx.cfg.train.device != "cpu" else "cpu"
+    preds, stats, evals = {}, {}, {}
+    for split in ev["splits"]:
+        if split not in exports:
+            raise ValueError(f"evaluate.splits: no '{split}' split; curated splits are {list(exports)}")
+        preds[split] = predict(train.path("config"), train.path("checkpoint"), exports[split], device,
+                               float(ev["score_thr"]), int(ev["max_det"]))
+        (work / f"predictions_{split}.json").write_text(json.dumps(preds[split]))
+        stats[split], evals[split] = coco_eval(exports[split], preds[split])
+    model_tag = re.sub(r"[^A-Za-z0-9_]", "_", f"{ctx.cfg.model.name}_{train.fingerprint[:8]}")
+    field, key = f"pred_{model_tag}", f"eval_{model_tag}"
+    test = stats.get("test", {})
+    metrics: Dict[str, Any] = {
+        "mAP": test.get("mAP"), "mAP50": test.get("mAP50"), "mAP75": test.get("mAP75"),
+        "per_class_AP": test.get("per_class_AP"),
+        "val_mAP": stats.get("val", {}).get("mAP"), "val_mAP50": stats.get("val", {}).get("mAP50"),
+        "predictions_field": field, "eval_key": key,
+    }
+    artifacts = {f"predictions_{s}": f"predictions_{s}.json" for s in preds}
+    if "test" in preds:
+        fo_map, results = _to_fiftyone(curate.metrics["dataset_name"], field, key, exports, preds, classes)
+        metrics["fiftyone_mAP"] = fo_map
+        metrics["contract_abs_diff"] = abs(fo_map - (test["mAP"] or 0.0))
+        if ev["plots"]:
+            artifacts.update(_plots(work, classes, evals["test"], results, test["per_class_AP"]))
+    out = ctx.run_dir / "evaluate"
+    out.mkdir(parents=True, exist_ok=True)
+    for rel in artifacts.values():
+        if not rel.startswith("predictions_"):
+            shutil.copy2(work / rel, out / rel)
+    log.info("  evaluate: test mAP %.4f (mAP50 %.4f), val mAP %.4f; FiftyOne mAP %.4f; field %s",
+             metrics["mAP"] or 0, metrics["mAP50"] or 0, metrics["val_mAP"] or 0, metrics.get("fiftyone_mAP") or 0,
+             field)
+    return StageResult(artifacts, metrics)
+
+
+def _plots(work: Path, classes: List[str], ev: Any, results: Any, per_class: Dict[str, Any]) -> Dict[str, str]:
+    from matplotlib.figure import Figure
+
+    rows = ["| class | AP | AP50 |", "|---|---:|---:|"]
+    csv_rows = ["class,AP,AP50"]
+    recall = ev.params.recThrs
+    fig = Figure(figsize=(5, 4))
+    ax = fig.add_subplot()
+    for k, cat in enumerate(ev.params.catIds):
+        name = ev.cocoGt.cats[cat]["name"]
+        p50 = ev.eval["precision"][0, :, k, 0, -1]
+        ap50 = float(p50[p50 > -1].mean()) if (p50 > -1).any() else None
+        ap = per_class.get(name)
+        rows.append(f"| {name} | {ap if ap is None else f'{ap:.4f}'} | {ap50 if ap50 is None else f'{ap50:.4f}'} |")
+        csv_rows.append(f"{name},{'' if ap is None else ap},{'' if ap50 is None else ap50}")
+        if ap50 is not None:
+            ax.plot(recall, np.clip(p50, 0, 1), label=f"{name} (AP50 {ap50:.2f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("PR curves, IoU 0.5 (test)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(work / "pr_curves.png", dpi=100)
+    (work / "per_class_ap.md").write_text("\n".join(rows) + "\n")
+    (work / "per_class_ap.csv").write_text("\n".join(csv_rows) + "\n")
+    labels = classes + ["(none)"]
+    cm = np.asarray(results.confusion_matrix(classes=classes, other_label="(none)"))
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.add_subplot()
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.colorbar(im, ax=ax)
+    ax.set_title("confusion matrix (test, FiftyOne matching)")
+    fig.tight_layout()
+    fig.savefig(work / "confusion_matrix.png", dpi=100)
+    return {"per_class_ap": "per_class_ap.md", "per_class_ap_csv": "per_class_ap.csv", "pr_curves": "pr_curves.png",
+            "confusion_matrix": "confusion_matrix.png"}

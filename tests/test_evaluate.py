@@ -1,0 +1,79 @@
+"""The metric contract: cvops' mAP == pycocotools' == FiftyOne's on the same predictions."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+
+from cvops.curate.synthetic import SyntheticSpec, generate
+from cvops.evaluate.stage import _to_fiftyone, coco_eval
+
+TOLERANCE = 1e-3  # measured difference is far smaller; see README "One metric contract"
+
+
+@pytest.fixture
+def fixed_predictions(tmp_path):
+    """GT from the generator; predictions = jittered GT, some misses, some false positives."""
+    import fiftyone as fo
+
+    gen = generate(tmp_path / "d", SyntheticSpec(num_images=30, videos=0, seed=5), progress=False)
+    coco = json.loads(open(gen["annotations"]).read())
+    for im in coco["images"]:
+        im["file_name"] = str(tmp_path / "d" / im["file_name"])
+    ann_file = tmp_path / "test.json"
+    ann_file.write_text(json.dumps(coco))
+    rng = np.random.default_rng(0)
+    dets = []
+    for a in coco["annotations"]:
+        if rng.random() < 0.15:
+            continue  # missed
+        x, y, w, h = a["bbox"]
+        j = rng.normal(0, 0.08, 4) * [w, h, w, h]
+        cat = a["category_id"] if rng.random() > 0.1 else 1 + (a["category_id"] % 3)  # some wrong labels
+        dets.append({"image_id": a["image_id"], "category_id": cat, "bbox": [x + j[0], y + j[1], w + j[2], h + j[3]],
+                     "score": float(rng.uniform(0.3, 1.0))})
+    for im in coco["images"][::3]:  # false positives
+        dets.append({"image_id": im["id"], "category_id": int(rng.integers(1, 4)), "bbox": [5, 5, 30, 30],
+                     "score": float(rng.uniform(0.05, 0.6))})
+    name = f"contract-{uuid.uuid4().hex[:6]}"
+    ds = fo.Dataset(name)
+    ds.add_samples([fo.Sample(filepath=im["file_name"], ground_truth=fo.Detections(detections=[
+        fo.Detection(label=coco["categories"][a["category_id"] - 1]["name"],
+                     bounding_box=[a["bbox"][0] / im["width"], a["bbox"][1] / im["height"],
+                                   a["bbox"][2] / im["width"], a["bbox"][3] / im["height"]])
+        for a in coco["annotations"] if a["image_id"] == im["id"]])) for im in coco["images"]])
+    yield name, ann_file, dets, [c["name"] for c in coco["categories"]]
+    fo.delete_dataset(name)
+
+
+def test_cvops_map_equals_pycocotools_and_fiftyone(fixed_predictions):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    name, ann_file, dets, classes = fixed_predictions
+    stats, _ = coco_eval(ann_file, dets)
+    gt = COCO(str(ann_file))
+    ref = COCOeval(gt, gt.loadRes(dets), "bbox")
+    ref.evaluate(), ref.accumulate(), ref.summarize()
+    assert stats["mAP"] == pytest.approx(ref.stats[0], abs=1e-12)
+    assert stats["mAP50"] == pytest.approx(ref.stats[1], abs=1e-12)
+    assert 0.2 < stats["mAP"] < 0.95  # a real, imperfect score
+    fo_map, results = _to_fiftyone(name, "pred_contract", "eval_contract", {"test": ann_file}, {"test": dets},
+                                   classes)
+    assert abs(fo_map - stats["mAP"]) <= TOLERANCE, (fo_map, stats["mAP"])
+    per_class = stats["per_class_AP"]
+    assert set(per_class) == set(classes) and abs(np.mean(list(per_class.values())) - stats["mAP"]) < 1e-9
+    import fiftyone as fo
+
+    ds = fo.load_dataset(name)
+    assert ds.count("pred_contract.detections") == len(dets)
+    assert ds.sum("eval_contract_tp") + ds.sum("eval_contract_fn") == ds.count("ground_truth.detections")
+
+
+def test_empty_predictions_score_zero(fixed_predictions):
+    name, ann_file, dets, classes = fixed_predictions
+    stats, _ = coco_eval(ann_file, [])
+    assert stats["mAP"] == 0.0 and stats["mAP50"] == 0.0

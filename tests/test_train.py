@@ -1,0 +1,166 @@
+"""Train: configs for every model, the checkpoint allow-list, resume, NaN guard, W&B offline."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cvops.config import compose_config
+from cvops.recipes import CONF_DIR
+
+TINY = ["data.synthetic.num_images=24", "data.synthetic.videos=0", "data.synthetic.empty_fraction=0",
+        "model.image_size=[128,128]", "train.batch_size=4", "train.base_batch_size=4", "train.lr=0.002",
+        "train.warmup_iters=5", "train.log_interval=2", "tracker=none"]
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    """One tiny curated dataset shared by the tests of this module."""
+    from cvops.runner import Runner
+
+    store = tmp_path_factory.mktemp("store")
+    cfg = compose_config(["project=traintest", "stages=[curate]", f"paths.store={store}", *TINY])
+    m = Runner(cfg, store.parent / "curate_run").run()
+    return store, m.data["stages"]["curate"]
+
+
+@pytest.mark.parametrize("model", [p.stem for p in sorted((CONF_DIR / "model").glob("*.yaml"))])
+def test_every_model_config_builds_and_runs_a_forward_pass(model, curated, tmp_path):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.runner import Runner
+
+    from cvops.artifacts import ArtifactStore
+    from cvops.train import mmconfig
+
+    register_all_modules()
+    store, cur = curated
+    art = ArtifactStore(store).get("curate", cur["fingerprint"])
+    cfg_all = compose_config(["project=traintest", f"model={model}", *TINY])
+    exports = {s: art.path(f"coco_{s}") for s in ("train", "val", "test")}
+    cfg, notes = mmconfig.build(dict(cfg_all.model), dict(cfg_all.train), art.metrics["classes"], exports, tmp_path,
+                                [], cuda=False)
+    assert all(n.endswith("from scratch") for n in notes)  # offline: says so instead of failing
+    heads = [d for d in mmconfig._walk(cfg.model) if "num_classes" in d]
+    assert heads and all(d["num_classes"] == 3 for d in heads)
+    assert cfg.train_dataloader.batch_size == 4
+    net = MODELS.build(cfg.model)
+    loader = Runner.build_dataloader(cfg.val_dataloader)
+    batch = next(iter(loader))
+    net.eval()
+    with torch.no_grad():
+        out = net.test_step(batch)
+    assert out[0].pred_instances.bboxes.shape[-1] == 4
+    assert max(out[0].metainfo["batch_input_shape"]) <= 160  # the recipe's image size, not the base config's
+
+
+def test_checkpoint_allow_list_loads_mmengine_but_refuses_code(tmp_path):
+    import numpy as np
+    from mmengine.logging import MessageHub
+
+    from cvops.train.checkpoint import allow_mmengine_checkpoints, load
+
+    allow_mmengine_checkpoints()  # what every cvops training process does before saving
+    hub = MessageHub.get_instance("allowlist")
+    hub.update_scalar("train/loss", 1.0)
+    good = tmp_path / "good.pth"
+    torch.save({"meta": {"epoch": np.int64(3), "best": np.float64(0.5)}, "message_hub": hub.state_dict(),
+                "state_dict": {"w": torch.ones(2)}}, good)
+    ckpt = load(str(good))
+    assert int(ckpt["meta"]["epoch"]) == 3
+    assert ckpt["message_hub"]["log_scalars"]["train/loss"].mean() == 1.0  # statistics rebuilt on load
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.pth"
+    with open(bad, "wb") as f:
+        pickle.dump({"x": Evil()}, f)
+    with pytest.raises(ValueError, match="not a loadable checkpoint"):
+        load(str(bad))
+    (tmp_path / "corrupt.pth").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(ValueError, match="corrupt.pth"):
+        load(str(tmp_path / "corrupt.pth"))
+
+
+def _train_cmd(*extra):
+    return ("project=traintest", "stages=[curate,train]", *TINY, *extra)
+
+
+@pytest.mark.slow
+def test_train_then_kill_and_resume_then_extend(cvops):
+    proc = cvops.popen(*_train_cmd("train.max_epochs=3", "train.val_interval=3"))
+    t0 = time.time()
+    store = cvops.store
+    while time.time() - t0 < 240:  # wait for the first checkpoint, then kill mid-training
+        if list(store.glob("train/*/epoch_1.pth")):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    (work,) = [p for p in store.glob("train/*") if p.is_dir()]
+    assert not (work / "manifest.json").exists() and (work / "epoch_1.pth").exists()
+
+    r = cvops(*_train_cmd("train.max_epochs=3", "train.val_interval=3", "train.resume=true"), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Resumed" in r.stdout or "resuming from" in r.stdout
+    m = json.loads((work / "manifest.json").read_text())["metrics"]
+    assert m["epochs"] == 3 and m["best_val_mAP"] is not None
+    rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+    assert min(r["epoch"] for r in rows if "loss" in r) == 1  # the first run's log is kept
+    assert (work / "best.pth").resolve().is_file() and (work / "config.py").is_file()
+
+    r = cvops(*_train_cmd("train.max_epochs=4", "train.val_interval=3", "train.resume=true"), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"resuming from {work}" in r.stdout
+    new = [p for p in store.glob("train/*") if p.is_dir() and p != work]
+    assert len(new) == 1
+    m2 = json.loads((new[0] / "manifest.json").read_text())["metrics"]
+    assert m2["epochs"] == 4
+    trained = [json.loads(l)["epoch"] for l in (new[0] / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    assert set(trained) == {4}  # only the extra epoch ran
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_epoch_and_iteration(cvops):
+    r = cvops(*_train_cmd("train.max_epochs=1", "train.lr=1e12", "train.warmup_iters=1"), timeout=600)
+    assert r.returncode != 0
+    assert "loss is nan at epoch 1, iteration" in (r.stdout + r.stderr).replace("inf", "nan")
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_is_readable_by_wandb(cvops):
+    r = cvops(*_train_cmd("train.max_epochs=1", "tracker=wandb"), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = cvops.run_jsons()[-1]
+    wandb_dir = Path(run["stages"]["train"]["artifacts"]["wandb_run"])
+    (log_file,) = list(wandb_dir.glob("*.wandb"))
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    ds = datastore.DataStore()
+    ds.open_for_scan(str(log_file))
+    keys, config = set(), None
+    while True:
+        data = ds.scan_data()
+        if data is None:
+            break
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(data)
+        kind = rec.WhichOneof("record_type")
+        if kind == "history":
+            keys.update(item.key or "/".join(item.nested_key) for item in rec.history.item)
+        elif kind == "config" and config is None:
+            config = {item.key: item.value_json for item in rec.config.update}
+    assert {"loss", "lr"} <= keys and any(k.startswith("coco/bbox_mAP") for k in keys)
+    assert config and "dataset_version" in config and "recipe" in config
+    sync = __import__("subprocess").run([str(Path(cvops.cmd([])[0]).parent / "wandb"), "sync", "--help"],
+                                        capture_output=True, text=True)
+    assert sync.returncode == 0
