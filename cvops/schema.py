@@ -112,6 +112,7 @@ class TrainConfig:
     optimizer: str = "AdamW"
     weight_decay: float = 0.05
     warmup_iters: int = 100
+    mosaic_epochs: Optional[int] = None  # epochs with mosaic/mixup before the simpler pipeline; null: base config's share
     amp: bool = False  # only takes effect on CUDA
     seed: int = 0
     deterministic: bool = False

@@ -164,3 +164,23 @@ def test_wandb_offline_run_is_readable_by_wandb(cvops):
     sync = __import__("subprocess").run([str(Path(cvops.cmd([])[0]).parent / "wandb"), "sync", "--help"],
                                         capture_output=True, text=True)
     assert sync.returncode == 0
+
+
+@pytest.mark.slow
+def test_two_job_training_sweep_shares_curate_and_ranks_by_val_map(cvops):
+    import csv
+
+    r = cvops("-m", "project=traintest", "stages=[curate,train,evaluate]", *TINY, "train.max_epochs=1",
+              "train.lr=0.001,0.003", timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (sweep,) = list(cvops.workdir.glob("outputs/traintest/multirun/*/*"))
+    rows = list(csv.DictReader(open(sweep / "leaderboard.csv")))
+    assert len(rows) == 2 and {row["status"] for row in rows} == {"ok"}
+    scores = [float(row["evaluate.val_mAP"]) for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    runs = [json.loads((sweep / j / "run.json").read_text()) for j in ("0", "1")]
+    assert {r["stages"]["curate"]["status"] for r in runs} == {"ran", "cached"}
+    for run in runs:
+        ev = run["stages"]["evaluate"]["metrics"]
+        assert {"mAP", "mAP50", "mAP75", "per_class_AP", "val_mAP"} <= set(ev)
+        assert ev["contract_abs_diff"] <= 1e-3

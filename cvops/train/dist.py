@@ -15,7 +15,6 @@ def main() -> None:
     ap.add_argument("--resume", default=None)
     args = ap.parse_args()
     from mmengine.config import Config
-    from mmengine.runner import Runner
 
     from cvops.train import hooks  # noqa: F401  (registers CvopsFiniteLossHook)
     from cvops.train.checkpoint import allow_mmengine_checkpoints
@@ -25,7 +24,9 @@ def main() -> None:
     cfg.launcher = "pytorch"
     if args.resume:
         cfg.load_from, cfg.resume = args.resume, True
-    Runner.from_cfg(cfg).train()
+    from cvops.train.stage import quiet_runner
+
+    quiet_runner(cfg).train()
 
 
 if __name__ == "__main__":

@@ -206,11 +206,12 @@ def build(model: Dict[str, Any], train: Dict[str, Any], classes: Sequence[str], 
         dict(type="CosineAnnealingLR", eta_min=lr * 0.05, begin=0, end=epochs, T_max=epochs, by_epoch=True,
              convert_to_iter_based=True),
     ]
-    for hook in cfg.get("custom_hooks", []) or []:  # schedules written for 300 epochs
+    strong = train.get("mosaic_epochs")
+    for hook in cfg.get("custom_hooks", []) or []:  # base schedules are written for 300 epochs
         if hook.get("type") == "PipelineSwitchHook":
-            hook["switch_epoch"] = max(1, epochs - max(1, round(epochs * 20 / 300)))
+            hook["switch_epoch"] = int(strong) if strong is not None else max(1, epochs - max(1, round(epochs * 20 / 300)))
         if hook.get("type") == "YOLOXModeSwitchHook":
-            hook["num_last_epochs"] = max(1, round(epochs * 15 / 300))
+            hook["num_last_epochs"] = max(0, epochs - int(strong)) if strong is not None else max(1, round(epochs * 15 / 300))
     cfg.custom_hooks = list(cfg.get("custom_hooks", []) or []) + [dict(type="CvopsFiniteLossHook")]
 
     # hooks, logging, checkpoints

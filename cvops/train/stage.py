@@ -135,11 +135,24 @@ def run(ctx: StageContext) -> StageResult:
     if train["launcher"] == "pytorch":
         _torchrun(work / "config.py", int(train["gpus"]), cfg.resume, cfg.load_from)
     else:
-        from mmengine.runner import Runner
-
-        Runner.from_cfg(cfg).train()
+        quiet_runner(cfg).train()
     seconds = time.perf_counter() - t0
     return _collect(ctx, work, tracker, seconds)
+
+
+def quiet_runner(cfg: Any) -> Any:
+    """mmengine's Runner without the multi-page config and environment dumps in the log
+    (the config is in ``config.py``; the environment in ``run.json`` and ``cvops doctor``)."""
+    from mmengine.runner import Runner
+
+    class _Runner(Runner):
+        def build_logger(self, *args: Any, **kwargs: Any) -> Any:
+            logger = super().build_logger(*args, **kwargs)
+            logger.addFilter(lambda r: not (str(r.msg).startswith("Config:")
+                                            or "System environment:" in str(r.msg)[:100]))
+            return logger
+
+    return _Runner.from_cfg(cfg)
 
 
 def _torchrun(config: Path, nproc: int, resume: bool, load_from: Optional[str]) -> None:
