@@ -73,6 +73,23 @@ def test_cvops_map_equals_pycocotools_and_fiftyone(fixed_predictions):
     assert ds.sum("eval_contract_tp") + ds.sum("eval_contract_fn") == ds.count("ground_truth.detections")
 
 
+def test_evaluate_plots(fixed_predictions, tmp_path):
+    from cvops.evaluate.stage import _plots
+
+    name, ann_file, dets, classes = fixed_predictions
+    stats, ev = coco_eval(ann_file, dets)
+    _, results = _to_fiftyone(name, "pred_p", "eval_p", {"test": ann_file}, {"test": dets}, classes)
+    out = _plots(tmp_path, classes, ev, results, stats["per_class_AP"])
+    assert set(out) == {"per_class_ap", "per_class_ap_csv", "pr_curves", "confusion_matrix"}
+    table = (tmp_path / "per_class_ap.md").read_text()
+    assert all(c in table for c in classes)
+    from PIL import Image
+
+    for png in ("pr_curves.png", "confusion_matrix.png"):
+        with Image.open(tmp_path / png) as im:
+            assert im.size[0] > 300
+
+
 def test_empty_predictions_score_zero(fixed_predictions):
     name, ann_file, dets, classes = fixed_predictions
     stats, _ = coco_eval(ann_file, [])

@@ -184,3 +184,14 @@ def test_two_job_training_sweep_shares_curate_and_ranks_by_val_map(cvops):
         ev = run["stages"]["evaluate"]["metrics"]
         assert {"mAP", "mAP50", "mAP75", "per_class_AP", "val_mAP"} <= set(ev)
         assert ev["contract_abs_diff"] <= 1e-3
+
+
+@pytest.mark.slow
+def test_distributed_training_on_cpu_with_gloo(cvops):
+    r = cvops(*_train_cmd("train.max_epochs=1", "train.launcher=pytorch", "train.gpus=2"), timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "torch.distributed.run --nproc_per_node=2" in out
+    run = cvops.run_jsons()[-1]
+    assert run["stages"]["train"]["status"] == "ran"
+    assert run["stages"]["train"]["metrics"]["epochs"] == 1

@@ -202,8 +202,8 @@ def _plots(work: Path, classes: List[str], ev: Any, results: Any, per_class: Dic
     fig.savefig(work / "pr_curves.png", dpi=100)
     (work / "per_class_ap.md").write_text("\n".join(rows) + "\n")
     (work / "per_class_ap.csv").write_text("\n".join(csv_rows) + "\n")
-    labels = classes + ["(none)"]
-    cm = np.asarray(results.confusion_matrix(classes=classes, other_label="(none)"))
+    labels = classes + ["(none)"]  # unmatched boxes: FN in the last column, FP in the last row
+    cm = np.asarray(results.confusion_matrix(classes=classes, include_missing=True))
     fig = Figure(figsize=(5, 4.5))
     ax = fig.add_subplot()
     im = ax.imshow(cm, cmap="Blues")
