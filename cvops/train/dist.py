@@ -22,6 +22,14 @@ def main() -> None:
     allow_mmengine_checkpoints()
     cfg = Config.fromfile(args.config)
     cfg.launcher = "pytorch"
+    import torch
+
+    if not torch.cuda.is_available():
+        # CPU data parallel (gloo): mmengine's pytorch launcher always calls
+        # torch.cuda.set_device and gives DDP a CUDA device id; neither exists here.
+        torch.cuda.set_device = lambda *_: None  # type: ignore[assignment]
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+                                     find_unused_parameters=False)
     if args.resume:
         cfg.load_from, cfg.resume = args.resume, True
     from cvops.train.stage import quiet_runner

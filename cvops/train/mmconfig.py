@@ -154,6 +154,13 @@ def build(model: Dict[str, Any], train: Dict[str, Any], classes: Sequence[str], 
         raise TrainConfigError(f"{model['mmdet_config']} has no num_classes to set; cvops cannot train it")
     metainfo = dict(classes=tuple(classes))
 
+    if not cuda:  # SyncBN needs CUDA; plain BN on CPU (also for gloo data parallel)
+        for d in _walk(cfg.model):
+            if d.get("type") == "SyncBN":
+                d["type"] = "BN"
+        if cfg.model.get("type") == "RTMDet":  # it converts its BNs to SyncBN itself when distributed
+            cfg.model["use_syncbn"] = False
+
     # image size
     w, h = (float(v) for v in model["image_size"])
     bw, bh = _canonical_size(cfg)

@@ -157,7 +157,7 @@ def quiet_runner(cfg: Any) -> Any:
 
 def _torchrun(config: Path, nproc: int, resume: bool, load_from: Optional[str]) -> None:
     """Data-parallel training through mmengine's launcher, one process per GPU (gloo on CPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "cvops.train.dist", str(config)]
     if resume:
         cmd += ["--resume", str(load_from)]
