@@ -99,8 +99,8 @@ def test_train_then_kill_and_resume_then_extend(cvops):
     proc = cvops.popen(*_train_cmd("train.max_epochs=3", "train.val_interval=3"))
     t0 = time.time()
     store = cvops.store
-    while time.time() - t0 < 240:  # wait for the first checkpoint, then kill mid-training
-        if list(store.glob("train/*/epoch_1.pth")):
+    while time.time() - t0 < 240:  # wait for the first complete checkpoint, then kill mid-training
+        if list(store.glob("train/*/last_checkpoint")):
             break
         time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
