@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -86,8 +87,10 @@ def update_leaderboard(sweep_dir: Path, cfg: Optional[DictConfig] = None) -> Opt
         ]
         for i, r in enumerate(rows, 1):
             err = str(r.get("error", "")).replace("|", "\\|").replace("\n", " ")[:200]
+            link = os.path.relpath(r.get("run_dir", ""), sweep_dir) if r.get("run_dir") else ""
+            wandb = f" ([W&B]({os.path.relpath(r['wandb'], sweep_dir)}))" if r.get("wandb") else ""
             lines.append(f"| {i} | {r['job']} | `{r.get('overrides', '')}` | {r['status']} | {_fmt(r.get('value'))} "
-                         f"| [{r['job']}]({r.get('run_dir', '')}) | {err} |")
+                         f"| [{r['job']}]({link}){wandb} | {err} |")
         out = sweep_dir / "leaderboard.md"
         out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out

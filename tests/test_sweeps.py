@@ -48,3 +48,17 @@ def test_local_parallel_launcher_runs_jobs_in_worker_processes(cvops):
     runs = [json.loads((sweep / j / "run.json").read_text()) for j in ("0", "1")]
     assert runs[0]["stages"]["curate"]["fingerprint"] != runs[1]["stages"]["curate"]["fingerprint"]
     assert {r["stages"]["curate"]["status"] for r in runs} == {"ran"}
+
+
+def test_optuna_sweeper_preset_maximises_the_headline_metric(cvops):
+    r = cvops("-m", "hydra/sweeper=tpe", "hydra.sweeper.n_trials=4", "train.lr=interval(0.01,0.09)",
+              "recipe=quickstart", "stages=[curate,train,evaluate]", test_stages=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sweep = _sweep_dir(cvops)
+    rows = list(csv.DictReader(open(sweep / "leaderboard.csv")))
+    assert len(rows) == 4
+    import yaml
+
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(float(row["evaluate.val_mAP"]) for row in rows)
+    assert [c.split()[0] for c in cvops.calls()].count("curate") == 1
