@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train.py overhead [--repeats 3] [--epochs 2]
     .venv/bin/python benchmarks/train.py quickstart
-    .venv/bin/python benchmarks/train.py bccd [--epochs 12]
+    .venv/bin/python benchmarks/train.py bccd [--epochs 12] [--size 416,320]
 
 overhead    cvops' train stage vs raw mmdet on the identical resolved config and
             data: ``Runner.from_cfg(Config.fromfile(config.py)).train()`` in a
@@ -82,17 +82,17 @@ def quickstart() -> None:
           f"FiftyOne mAP {ev['fiftyone_mAP']:.3f}")
 
 
-def bccd(epochs: int, data: Path) -> None:
+def bccd(epochs: int, data: Path, size: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "CVOPS_STORE": f"{tmp}/store"}
         args = ["recipe=bccd", f"data.path={data / 'bccd_yolo/Yolov5/dataset/data.yaml'}", "train=cpu_smoke",
-                f"train.max_epochs={epochs}", f"train.val_interval={max(1, epochs // 3)}", "model.image_size=[640,480]",
+                f"train.max_epochs={epochs}", f"train.val_interval={max(1, epochs // 3)}", f"model.image_size=[{size}]",
                 "tracker=none", "stages=[curate,train,evaluate]"]
         total = _cvops(args, tmp, env)
         (run,) = list(Path(tmp).glob("outputs/bccd/*/*/run.json"))
         st = json.loads(run.read_text())["stages"]
     ev = st["evaluate"]["metrics"]
-    print(f"BCCD rtmdet_tiny, cpu_smoke x {epochs} epochs at 640x480: train {st['train']['seconds']:.0f} s, "
+    print(f"BCCD rtmdet_tiny, cpu_smoke x {epochs} epochs at {size}: train {st['train']['seconds']:.0f} s, "
           f"total {total:.0f} s; test mAP {ev['mAP']:.3f}, mAP50 {ev['mAP50']:.3f}; per class {ev['per_class_AP']}")
 
 
@@ -102,13 +102,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--size", default="416,320", help="bccd: model.image_size as W,H")
     a = ap.parse_args()
     if a.which == "overhead":
         overhead(a.repeats, a.epochs)
     elif a.which == "quickstart":
         quickstart()
     else:
-        bccd(a.epochs, a.data)
+        bccd(a.epochs, a.data, a.size)
 
 
 if __name__ == "__main__":
