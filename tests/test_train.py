@@ -193,3 +193,17 @@ def test_distributed_training_on_cpu_with_gloo(cvops):
     run = cvops.run_jsons()[-1]
     assert run["stages"]["train"]["status"] == "ran"
     assert run["stages"]["train"]["metrics"]["epochs"] == 1
+
+
+def test_corrupt_load_from_is_refused_before_training(tmp_path):
+    from cvops.train.mmconfig import TrainConfigError, _pretrained
+
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="weights.pth"):
+        _pretrained({}, str(bad))
+    with pytest.raises(TrainConfigError, match="does not exist"):
+        _pretrained({}, str(tmp_path / "missing.pth"))
+    url, notes = _pretrained({"backbone": {"init_cfg": {"type": "Pretrained", "checkpoint": "https://invalid.invalid/x.pth"}}},
+                             "https://invalid.invalid/y.pth")
+    assert url is None and len(notes) == 2 and all("from scratch" in n for n in notes)

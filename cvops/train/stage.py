@@ -124,6 +124,13 @@ def run(ctx: StageContext) -> StageResult:
     if train["resume"]:
         start = _resume_point(ctx, lineage)
         if start:
+            from cvops.train.checkpoint import load
+
+            try:
+                load(start)  # a corrupt checkpoint fails here, before mmengine touches the work dir
+            except ValueError as e:
+                raise ValueError(f"cannot resume: {e}. Delete it (or its run) to resume from an earlier "
+                                 "checkpoint, or drop train.resume to start fresh") from e
             cfg.load_from, cfg.resume = start, True
             log.info("  train: resuming from %s", start)
         else:
