@@ -132,6 +132,7 @@ class EvaluateConfig:
     score_thr: float = 0.05
     max_det: int = 100
     plots: bool = True
+    confusion_score_thr: float = 0.3  # predictions counted in the confusion matrix
 
 
 # ------------------------------------------------------------------- export

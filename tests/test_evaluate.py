@@ -85,6 +85,14 @@ def test_evaluate_plots(fixed_predictions, tmp_path):
     assert all(c in table for c in classes)
     from PIL import Image
 
+    from cvops.evaluate.stage import _confusion
+
+    everything = _confusion(results, classes, 0.0)
+    confident = _confusion(results, classes, 0.9)
+    n_gt = sum(1 for t in results.ytrue if t != results.missing)
+    assert everything[:-1].sum() == confident[:-1].sum() == n_gt  # every ground truth counted once
+    assert confident[-1].sum() < everything[-1].sum()  # low-score false positives drop out
+    assert np.trace(confident) < np.trace(everything)  # low-score matches become misses
     for png in ("pr_curves.png", "confusion_matrix.png"):
         with Image.open(tmp_path / png) as im:
             assert im.size[0] > 300

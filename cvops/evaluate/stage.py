@@ -163,7 +163,8 @@ def run(ctx: StageContext) -> StageResult:
         metrics["fiftyone_mAP"] = fo_map
         metrics["contract_abs_diff"] = abs(fo_map - (test["mAP"] or 0.0))
         if ev["plots"]:
-            artifacts.update(_plots(work, classes, evals["test"], results, test["per_class_AP"]))
+            artifacts.update(_plots(work, classes, evals["test"], results, test["per_class_AP"],
+                                    float(ev["confusion_score_thr"])))
     out = ctx.run_dir / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
     for rel in artifacts.values():
@@ -175,7 +176,29 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(artifacts, metrics)
 
 
-def _plots(work: Path, classes: List[str], ev: Any, results: Any, per_class: Dict[str, Any]) -> Dict[str, str]:
+def _confusion(results: Any, classes: List[str], conf_thr: float) -> np.ndarray:
+    """Confusion matrix of FiftyOne's COCO matching, counting predictions >= conf_thr.
+
+    A matched pair whose prediction is below the threshold counts as a missed
+    ground truth; an unmatched prediction below it is not counted at all, so
+    the (none) row shows the false positives a user would actually see.
+    """
+    idx = {c: i for i, c in enumerate(classes)}
+    none = len(classes)
+    cm = np.zeros((none + 1, none + 1), dtype=int)
+    for t, p, c in zip(results.ytrue, results.ypred, results.confs):
+        ti = idx.get(t, none) if t != results.missing else none
+        pi = idx.get(p, none) if p != results.missing else none
+        if pi != none and (c is None or c < conf_thr):
+            if ti == none:
+                continue
+            pi = none
+        cm[ti, pi] += 1
+    return cm
+
+
+def _plots(work: Path, classes: List[str], ev: Any, results: Any, per_class: Dict[str, Any],
+           conf_thr: float = 0.3) -> Dict[str, str]:
     from matplotlib.figure import Figure
 
     rows = ["| class | AP | AP50 |", "|---|---:|---:|"]
@@ -203,7 +226,7 @@ def _plots(work: Path, classes: List[str], ev: Any, results: Any, per_class: Dic
     (work / "per_class_ap.md").write_text("\n".join(rows) + "\n")
     (work / "per_class_ap.csv").write_text("\n".join(csv_rows) + "\n")
     labels = classes + ["(none)"]  # unmatched boxes: FN in the last column, FP in the last row
-    cm = np.asarray(results.confusion_matrix(classes=classes, include_missing=True))
+    cm = _confusion(results, classes, conf_thr)
     fig = Figure(figsize=(5, 4.5))
     ax = fig.add_subplot()
     im = ax.imshow(cm, cmap="Blues")
@@ -216,7 +239,7 @@ def _plots(work: Path, classes: List[str], ev: Any, results: Any, per_class: Dic
             ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     fig.colorbar(im, ax=ax)
-    ax.set_title("confusion matrix (test, FiftyOne matching)")
+    ax.set_title(f"confusion matrix (test, score >= {conf_thr:g})")
     fig.tight_layout()
     fig.savefig(work / "confusion_matrix.png", dpi=100)
     return {"per_class_ap": "per_class_ap.md", "per_class_ap_csv": "per_class_ap.csv", "pr_curves": "pr_curves.png",
