@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cvops.schema import SyntheticConfig
+
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
 BACKGROUNDS = ("noise", "stripes", "gradient")
 MIN_VISIBLE = 0.25
@@ -48,19 +50,9 @@ class Shift:
 
 
 @dataclass
-class SyntheticSpec:
-    num_images: int = 120
-    image_size: Tuple[int, int] = (320, 240)  # width, height
-    classes: Sequence[str] = ("circle", "square", "triangle")
-    max_objects: int = 4
-    min_size: int = 24
-    max_size: int = 96
-    empty_fraction: float = 0.1
-    occlusion: bool = True
-    videos: int = 1
-    video_frames: int = 48
-    video_fps: float = 8.0
-    seed: int = 0
+class SyntheticSpec(SyntheticConfig):
+    """What to generate: the ``data.synthetic`` keys (:class:`cvops.schema.SyntheticConfig`) plus a shift."""
+
     shift: Shift = field(default_factory=Shift)
 
 

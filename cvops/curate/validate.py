@@ -106,12 +106,11 @@ def open_image(item: Item, out_dir: Path, ledger: Ledger) -> Optional[Tuple[Path
             if orientation not in (1, None):
                 im = ImageOps.exif_transpose(im)
                 changes.append(f"EXIF orientation {orientation} applied")
-                if item.declared_size == (raw_w, raw_h) and im.size != (raw_w, raw_h) or \
-                        item.declared_size == (raw_w, raw_h) and orientation in (2, 3, 4):
+                # Labels drawn on the stored pixels (their declared size is the stored size) follow the
+                # rotation; relative YOLO boxes and labels made on the displayed image stay as they are.
+                if item.declared_size == (raw_w, raw_h) and (im.size != (raw_w, raw_h) or orientation in (2, 3, 4)):
                     boxes = _exif_boxes(boxes, orientation, raw_w, raw_h)
                     item.declared_size = im.size
-                elif item.declared_size is None and item.meta.get("normalized_boxes"):
-                    pass  # YOLO boxes are relative: taken in the displayed frame
             im, conv = _to_rgb8(im)
             changes += conv
             arr = np.asarray(im)
