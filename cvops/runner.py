@@ -47,6 +47,7 @@ class StageSpec:
     libraries: Tuple[str, ...] = ()  # distributions whose versions enter the fingerprint
     cacheable: bool = True  # serve is a process, not an artifact
     exclude: Tuple[str, ...] = ()  # keys that do not change the result (train.resume)
+    resume_key: Optional[str] = None  # when this key is true, an unfinished build is kept to resume from
     issue: Optional[int] = None  # where an unimplemented stage is tracked
 
 
@@ -54,7 +55,8 @@ SPECS: Dict[str, StageSpec] = {
     s.name: s
     for s in (
         StageSpec("curate", ("project", "data", "curate"), (), ("fiftyone", "pillow", "opencv-python-headless"), issue=3),
-        StageSpec("train", ("model", "train"), ("curate",), ("torch", "mmcv", "mmdet", "mmengine"), exclude=("train.resume",), issue=4),
+        StageSpec("train", ("model", "train"), ("curate",), ("torch", "mmcv", "mmdet", "mmengine"), exclude=("train.resume",),
+                  resume_key="train.resume", issue=4),
         StageSpec("evaluate", ("evaluate",), ("curate", "train"), ("pycocotools", "fiftyone"), issue=4),
         StageSpec("export", ("export",), ("curate", "train"), ("torch", "onnx", "onnxruntime"), issue=5),
         StageSpec("serve", ("serve",), ("export",), cacheable=False, issue=6),
@@ -286,7 +288,7 @@ class Runner:
         if existing is not None:
             self._cached(existing, t0, "in the store")
             return existing
-        keep = bool(OmegaConf.select(self.cfg, "train.resume")) if name == "train" else False
+        keep = bool(OmegaConf.select(self.cfg, spec.resume_key)) if spec.resume_key else False
 
         def waiting(d: Path) -> None:
             log.info("  %-9s waiting  another run is building %s", name, d)
