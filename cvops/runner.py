@@ -58,7 +58,8 @@ SPECS: Dict[str, StageSpec] = {
         StageSpec("train", ("model", "train"), ("curate",), ("torch", "mmcv", "mmdet", "mmengine"), exclude=("train.resume",),
                   resume_key="train.resume", issue=4),
         StageSpec("evaluate", ("evaluate",), ("curate", "train"), ("pycocotools", "fiftyone"), issue=4),
-        StageSpec("export", ("export",), ("curate", "train"), ("torch", "onnx", "onnxruntime"), issue=5),
+        StageSpec("export", ("export",), ("curate", "train"),
+                  ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "tensorrt"), issue=5),
         StageSpec("serve", ("serve",), ("export",), cacheable=False, issue=6),
         StageSpec("monitor", ("monitor",), ("curate", "train", "export"), issue=6),
     )
@@ -112,6 +113,9 @@ class StageResult:
 
     artifacts: Dict[str, str] = field(default_factory=dict)
     metrics: Dict[str, Any] = field(default_factory=dict)
+    #: set when part of the stage could not run on this host (e.g. no GPU for TensorRT): the artifact is
+    #: kept and used downstream, the stage is recorded ``skipped`` with this reason
+    skipped: Optional[str] = None
 
 
 class UpstreamMissing(ConfigError):
@@ -315,10 +319,16 @@ class Runner:
                     "code": info["code"],
                     "artifacts": result.artifacts,
                     "metrics": result.metrics,
+                    **({"skipped": result.skipped} if result.skipped else {}),
                 })
             except BaseException as e:
                 self._failed(name, fp, t0, e)
                 raise
+        if result.skipped:
+            self.manifest.stage(name, status="skipped", fingerprint=fp, seconds=secs, artifacts=self._abs(art),
+                                metrics=art.metrics, reason=result.skipped)
+            log.info("  %-9s skipped  %6.1fs  (partly: %s) fp %s -> %s", name, secs, result.skipped, fp, art.dir)
+            return art
         self.manifest.stage(name, status="ran", fingerprint=fp, seconds=secs,
                             artifacts=self._abs(art), metrics=art.metrics)
         log.info("  %-9s ran      %6.1fs  fp %s -> %s", name, secs, fp, art.dir)
@@ -326,6 +336,12 @@ class Runner:
 
     def _cached(self, art: Artifact, t0: float, why: str) -> None:
         secs = time.perf_counter() - t0
+        if art.manifest.get("skipped"):  # still partly skipped: say so again, from the cache
+            self.manifest.stage(art.stage, status="skipped", fingerprint=art.fingerprint, seconds=secs,
+                                artifacts=self._abs(art), metrics=art.metrics,
+                                reason=f"{art.manifest['skipped']} (cached: {why})")
+            log.info("  %-9s skipped  (cached, partly: %s) -> %s", art.stage, art.manifest["skipped"], art.dir)
+            return
         self.manifest.stage(art.stage, status="cached", fingerprint=art.fingerprint, seconds=secs,
                             artifacts=self._abs(art), metrics=art.metrics,
                             reason=f"{why} (built {art.manifest.get('created', '?')} by {art.manifest.get('run_dir', '?')})")

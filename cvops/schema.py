@@ -156,13 +156,15 @@ class TensorRTConfig:
 @dataclass
 class ExportConfig:
     format: str = "onnx"  # onnx | tensorrt
-    opset: int = 17
+    opset: int = 18  # the dynamo exporter writes opset >= 18
     batch: str = "dynamic"  # dynamic | an integer as text, e.g. "1"
     max_det: int = 100
     score_thr: float = 0.05
     iou_thr: float = 0.6
     int8: bool = False
-    calib_images: int = 64
+    calib_images: int = 64  # INT8 calibration images from the curated train split (every class represented)
+    calib_method: str = "percentile"  # percentile | minmax | entropy (onnxruntime.quantization)
+    latency_repeats: int = 20  # timed runs per (runtime, batch) in the latency table
     gate: GateConfig = field(default_factory=GateConfig)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
     triton: bool = True

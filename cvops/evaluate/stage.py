@@ -21,7 +21,7 @@ import logging
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -31,8 +31,12 @@ log = logging.getLogger("cvops")
 
 
 def predict(config: Path, checkpoint: Path, ann_file: Path, device: str, score_thr: float,
-            max_det: int) -> List[Dict[str, Any]]:
-    """COCO-format detections of a checkpoint on one exported split."""
+            max_det: int, iou_thr: Optional[float] = None) -> List[Dict[str, Any]]:
+    """COCO-format detections of a checkpoint on one exported split.
+
+    With ``iou_thr``, the model's own post-processing uses (score_thr, iou_thr,
+    max_det) too: the like-for-like reference for an exported graph.
+    """
     import torch
     from mmdet.apis import init_detector
     from mmdet.utils import register_all_modules
@@ -45,6 +49,10 @@ def predict(config: Path, checkpoint: Path, ann_file: Path, device: str, score_t
     register_all_modules()
     allow_mmengine_checkpoints()
     cfg = Config.fromfile(str(config))
+    if iou_thr is not None:
+        from cvops.export.build import apply_test_cfg
+
+        apply_test_cfg(cfg, score_thr, iou_thr, max_det)
     loader_cfg = cfg.test_dataloader
     loader_cfg.dataset.ann_file = str(ann_file)
     loader_cfg.num_workers, loader_cfg.persistent_workers = 0, False

@@ -1,0 +1,76 @@
+"""From a trained mmdet checkpoint to ``model.onnx`` + ``preprocess.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from cvops.config import ConfigError
+from cvops.export.graph import DetectorGraph, Thresholds, UnsupportedModel, export_onnx, family
+from cvops.export.runtime import Preprocess
+
+
+class ExportError(ConfigError):
+    """An export the user has to change something for (the message says what)."""
+
+
+def load_model(config: Path, checkpoint: Optional[Path], device: str = "cpu",
+               test_cfg: Optional[Dict[str, Any]] = None) -> Tuple[Any, Any]:
+    """The mmengine Config and the built detector with its weights (eval mode)."""
+    from mmdet.apis import init_detector
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from cvops.train.checkpoint import allow_mmengine_checkpoints
+
+    register_all_modules()
+    allow_mmengine_checkpoints()
+    cfg = Config.fromfile(str(config))
+    if test_cfg:
+        apply_test_cfg(cfg, **test_cfg)
+    model = init_detector(cfg, str(checkpoint) if checkpoint else None, device=device)
+    model.eval()
+    return cfg, model
+
+
+def apply_test_cfg(cfg: Any, score_thr: float, iou_thr: float, max_det: int) -> None:
+    """Make mmdet's own post-processing use the export thresholds (for a like-for-like reference)."""
+    tc = cfg.model.get("test_cfg")
+    if tc is None:
+        return
+    tc["score_thr"] = float(score_thr)
+    tc["max_per_img"] = int(max_det)
+    tc["nms"] = dict(type="nms", iou_threshold=float(iou_thr))
+    if "min_bbox_size" in tc:
+        tc["min_bbox_size"] = 0
+
+
+def export_model(model: Any, cfg: Any, out: Path, image_size: Sequence[int], thresholds: Thresholds,
+                 classes: Sequence[str], batch: str = "dynamic", opset: int = 18,
+                 metadata: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Write ``out`` (ONNX) and ``preprocess.json`` beside it; returns the export's description.
+
+    Raises:
+        ExportError: the model type cannot be exported (named, with the reason).
+    """
+    try:
+        kind = family(model)
+    except UnsupportedModel as e:
+        raise ExportError(str(e)) from None
+    pre = Preprocess.from_mmdet(cfg, image_size)
+    graph = DetectorGraph(model, (int(image_size[0]), int(image_size[1])), thresholds)
+    meta = {
+        "cvops.preprocess": json.dumps(pre.to_dict()),
+        "cvops.classes": json.dumps(list(classes)),
+        "cvops.thresholds": json.dumps(vars(thresholds)),
+        "cvops.family": kind,
+        **{f"cvops.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()},
+    }
+    info = export_onnx(graph, str(out), opset=opset, batch=batch, metadata=meta)
+    contract = {"preprocess": pre.to_dict(), "classes": list(classes), "thresholds": vars(thresholds),
+                "family": kind, **info,
+                "boxes": "x1y1x2y2 in input pixels; divide by (new_w / w, new_h / h) and clip to the original image",
+                "rows": "rows past num_dets are zero"}
+    (out.parent / "preprocess.json").write_text(json.dumps(contract, indent=1))
+    return contract

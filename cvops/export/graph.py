@@ -1,0 +1,276 @@
+"""One ONNX graph per detector: normalised image tensor in, final detections out.
+
+::
+
+    images (B, 3, H, W) float32, letterboxed + normalised (see preprocess.json)
+      -> backbone, neck, head                       (the trained mmdet model)
+      -> box decoding against constant priors       (per head family below)
+      -> ONNX NonMaxSuppression, per class          (cvops::nms_keep)
+      -> top ``max_det`` per image
+    num_dets (B, 1) int32, boxes (B, max_det, 4) float32 x1y1x2y2 in input
+    pixels, scores (B, max_det) float32, labels (B, max_det) int32
+
+The image size is fixed by the recipe (``model.image_size``), so the priors
+are constants and only the batch is dynamic. Rows past ``num_dets`` are zero.
+
+Head families (what mmdet's ``predict_by_feat`` does, written out so it traces):
+
+* RTMDet (``RTMDetHead``/``RTMDetSepBNHead``): distances already scaled by the
+  stride, ``distance2bbox`` around the point priors, clipped to the input;
+  sigmoid scores, every class above the threshold is a candidate.
+* YOLOX (``YOLOXHead``): centre offset and log size in stride units;
+  score = sigmoid(cls) x sigmoid(objectness); one label per box (the best class),
+  as mmdet does.
+* RetinaNet (``RetinaHead``): anchors + ``DeltaXYWHBBoxCoder`` deltas, clipped;
+  sigmoid scores. mmdet's per-level ``nms_pre`` pre-selection is not reproduced
+  (every anchor above ``score_thr`` enters NMS), which can only add candidates.
+
+Two-stage detectors are refused: their second stage pools features for a
+data-dependent number of proposals (RoIAlign), which has no standard ONNX op.
+
+The graph is produced by torch's dynamo exporter (``torch.onnx.export(...,
+dynamo=True)``); NMS is a torch custom op whose ONNX translation is the
+standard ``NonMaxSuppression`` followed by a ``ScatterND`` into a keep mask, so
+the rest of the graph has static shapes. onnxslim then folds constants.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+SINGLE_STAGE = {"RTMDetHead": "rtmdet", "RTMDetSepBNHead": "rtmdet", "YOLOXHead": "yolox", "RetinaHead": "retinanet"}
+OUTPUTS = ("num_dets", "boxes", "scores", "labels")
+INPUT = "images"
+
+
+class UnsupportedModel(ValueError):
+    """The detector cannot be exported as one end-to-end graph (the message says why)."""
+
+
+# ---------------------------------------------------------------- NMS op
+@torch.library.custom_op("cvops::nms_keep", mutates_args=())
+def nms_keep(boxes: Tensor, scores: Tensor, max_per_class: int, iou_thr: float, score_thr: float) -> Tensor:
+    """Keep mask (B, C, N) of per-class NMS, like ONNX ``NonMaxSuppression``.
+
+    Args:
+        boxes: (B, N, 4) x1y1x2y2.
+        scores: (B, C, N).
+    """
+    from mmcv.ops import nms
+
+    keep = torch.zeros_like(scores)
+    for b in range(scores.shape[0]):
+        for c in range(scores.shape[1]):
+            s = scores[b, c]
+            idx = torch.nonzero(s > score_thr).flatten()
+            if idx.numel() == 0:
+                continue
+            _, kept = nms(boxes[b, idx].float().contiguous(), s[idx].float().contiguous(), iou_thr)
+            keep[b, c, idx[kept[:max_per_class]]] = 1.0
+    return keep
+
+
+@nms_keep.register_fake
+def _(boxes: Tensor, scores: Tensor, max_per_class: int, iou_thr: float, score_thr: float) -> Tensor:
+    return torch.empty_like(scores)
+
+
+def _nms_keep_onnx(boxes: Any, scores: Any, max_per_class: int, iou_thr: float, score_thr: float) -> Any:
+    """ONNX translation of :func:`nms_keep` (onnxscript, traced by the exporter)."""
+    from onnxscript import opset18 as op
+
+    selected = op.NonMaxSuppression(
+        boxes, scores,
+        op.Constant(value_ints=[max_per_class]),
+        op.Constant(value_floats=[iou_thr]),
+        op.Constant(value_floats=[score_thr]),
+    )  # (K, 3): batch, class, box
+    zeros = op.ConstantOfShape(op.Shape(scores), value=_float_tensor(0.0))
+    count = op.Slice(op.Shape(selected), op.Constant(value_ints=[0]), op.Constant(value_ints=[1]))
+    ones = op.ConstantOfShape(count, value=_float_tensor(1.0))
+    return op.ScatterND(zeros, selected, ones)
+
+
+def _float_tensor(v: float) -> Any:
+    import numpy as np
+    import onnx
+
+    return onnx.numpy_helper.from_array(np.array([v], dtype=np.float32))
+
+
+# ---------------------------------------------------------------- graph
+@dataclass
+class Thresholds:
+    max_det: int = 100
+    score_thr: float = 0.05
+    iou_thr: float = 0.6
+
+
+class DetectorGraph(nn.Module):
+    """mmdet single-stage detector + decoding + NMS, as one traceable module.
+
+    Args:
+        model: a built mmdet detector (eval mode, weights loaded).
+        image_size: (width, height) of the input tensor.
+        thresholds: NMS / output settings written into the graph.
+    """
+
+    def __init__(self, model: nn.Module, image_size: Tuple[int, int], thresholds: Thresholds) -> None:
+        super().__init__()
+        self.kind = family(model)
+        self.model = model
+        self.width, self.height = int(image_size[0]), int(image_size[1])
+        self.t = thresholds
+        head = model.bbox_head
+        self.num_classes = int(head.num_classes)
+        sizes = [(math.ceil(self.height / s[1]), math.ceil(self.width / s[0])) for s in head.prior_generator.strides]
+        with torch.no_grad():
+            if self.kind == "retinanet":
+                priors = torch.cat(head.prior_generator.grid_priors(sizes, device="cpu"))
+                self.register_buffer("means", torch.tensor(head.bbox_coder.means, dtype=torch.float32), persistent=False)
+                self.register_buffer("stds", torch.tensor(head.bbox_coder.stds, dtype=torch.float32), persistent=False)
+                self.max_ratio = abs(math.log(head.bbox_coder.wh_ratio_clip if hasattr(head.bbox_coder, "wh_ratio_clip")
+                                              else 16 / 1000))
+            else:
+                priors = torch.cat(head.prior_generator.grid_priors(sizes, device="cpu", with_stride=True))
+        self.register_buffer("priors", priors.float(), persistent=False)
+        bound = torch.tensor([self.width, self.height, self.width, self.height], dtype=torch.float32)
+        self.register_buffer("bound", bound, persistent=False)
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        feats = self.model.extract_feat(images)
+        outs = self.model.bbox_head(feats)
+        boxes, scores = getattr(self, f"_decode_{self.kind}")(*outs)  # (B, N, 4), (B, N, C)
+        scores_cn = scores.transpose(1, 2).contiguous()  # (B, C, N)
+        keep = torch.ops.cvops.nms_keep(boxes, scores_cn, self.t.max_det, self.t.iou_thr, self.t.score_thr)
+        flat = (scores_cn * keep).flatten(1)  # (B, C*N), zero where not kept
+        k = min(self.t.max_det, flat.shape[1])
+        top_scores, top_idx = flat.topk(k, dim=1)
+        n = boxes.shape[1]
+        labels = torch.div(top_idx, n, rounding_mode="floor")
+        box_idx = top_idx - labels * n
+        top_boxes = torch.gather(boxes, 1, box_idx.unsqueeze(-1).expand(-1, -1, 4))
+        valid = top_scores > 0
+        num_dets = valid.sum(dim=1, keepdim=True).to(torch.int32)
+        top_boxes = top_boxes * valid.unsqueeze(-1).to(top_boxes.dtype)
+        labels = (labels * valid.to(labels.dtype)).to(torch.int32)
+        return num_dets, top_boxes, top_scores, labels
+
+    # -- decoders: (per-level head outputs) -> boxes (B, N, 4), scores (B, N, C)
+    def _flatten(self, maps: Sequence[Tensor], channels: int) -> Tensor:
+        b = maps[0].shape[0]
+        return torch.cat([m.permute(0, 2, 3, 1).reshape(b, -1, channels) for m in maps], dim=1)
+
+    def _clip(self, boxes: Tensor) -> Tensor:
+        return torch.minimum(torch.relu(boxes), self.bound)
+
+    def _decode_rtmdet(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+        scores = self._flatten(cls_scores, self.num_classes).sigmoid()
+        dist = self._flatten(bbox_preds, 4)
+        p = self.priors[:, :2]
+        boxes = torch.cat([p - dist[..., :2], p + dist[..., 2:]], dim=-1)
+        return self._clip(boxes), scores
+
+    def _decode_yolox(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor],
+                      objectness: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+        cls = self._flatten(cls_scores, self.num_classes).sigmoid()
+        obj = self._flatten(objectness, 1).sigmoid()
+        pred = self._flatten(bbox_preds, 4)
+        stride = self.priors[:, 2:]
+        xy = pred[..., :2] * stride + self.priors[:, :2]
+        wh = pred[..., 2:].exp() * stride
+        boxes = torch.cat([xy - wh / 2, xy + wh / 2], dim=-1)
+        best = cls.max(dim=-1, keepdim=True).values
+        scores = torch.where(cls >= best, cls, torch.zeros_like(cls)) * obj  # one label per box, as mmdet
+        return boxes, scores
+
+    def _decode_retinanet(self, cls_scores: Sequence[Tensor], bbox_preds: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
+        scores = self._flatten(cls_scores, self.num_classes).sigmoid()
+        d = self._flatten(bbox_preds, 4) * self.stds + self.means
+        a = self.priors
+        aw, ah = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+        ax, ay = (a[:, 0] + a[:, 2]) * 0.5, (a[:, 1] + a[:, 3]) * 0.5
+        dw = d[..., 2].clamp(-self.max_ratio, self.max_ratio)
+        dh = d[..., 3].clamp(-self.max_ratio, self.max_ratio)
+        cx, cy = ax + d[..., 0] * aw, ay + d[..., 1] * ah
+        w, h = aw * dw.exp(), ah * dh.exp()
+        boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+        return self._clip(boxes), scores
+
+
+def family(model: nn.Module) -> str:
+    """The head family cvops knows how to decode, or :class:`UnsupportedModel`."""
+    name = type(model).__name__
+    head = getattr(model, "bbox_head", None)
+    if head is None or getattr(model, "with_rpn", False) or hasattr(model, "roi_head"):
+        raise UnsupportedModel(
+            f"{name} is a two-stage detector: its second stage pools features for a data-dependent number of "
+            "proposals (RoIAlign), which has no standard ONNX operator, so cvops cannot export it as one "
+            "end-to-end graph. Export a single-stage model instead: model=rtmdet_tiny, model=yolox_tiny or "
+            "model=retinanet_r18")
+    kind = SINGLE_STAGE.get(type(head).__name__)
+    if kind is None:
+        raise UnsupportedModel(f"{name} with head {type(head).__name__} has no cvops box decoder; supported heads: "
+                               f"{', '.join(sorted(SINGLE_STAGE))}")
+    return kind
+
+
+def export_onnx(graph: DetectorGraph, path: str, opset: int = 18, batch: str = "dynamic",
+                metadata: Dict[str, str] | None = None) -> Dict[str, Any]:
+    """Export ``graph`` to ``path``; returns what it wrote (batch mode, opset, IO shapes).
+
+    Args:
+        batch: "dynamic" (any batch >= 1) or a fixed batch size as text.
+        metadata: written into the model's ``metadata_props``.
+    """
+    import onnx
+
+    graph.eval()
+    fixed = None if str(batch) == "dynamic" else int(batch)
+    example_batch = fixed or 2
+    x = torch.zeros(example_batch, 3, graph.height, graph.width)
+    dynamic_shapes = None if fixed else {"images": {0: torch.export.Dim("batch", min=1, max=1024)}}
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph, (x,), dynamo=True, opset_version=max(int(opset), 18), input_names=[INPUT],
+            output_names=list(OUTPUTS), dynamic_shapes=dynamic_shapes, external_data=False,
+            custom_translation_table={torch.ops.cvops.nms_keep.default: _nms_keep_onnx}, report=False, verify=False)
+    model = program.model_proto
+    model = _slim(model)
+    if fixed is None:
+        for v in list(model.graph.input) + list(model.graph.output):
+            v.type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.checker.check_model(model, full_check=True)
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    for k, v in (metadata or {}).items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, path)
+    return {"opset": model.opset_import[0].version, "batch": "dynamic" if fixed is None else fixed,
+            "io": io_spec(model)}
+
+
+def _slim(model: Any) -> Any:
+    """Constant folding and dead-node removal with onnxslim (a maintained graph tool)."""
+    import onnxslim
+
+    try:
+        return onnxslim.slim(model)
+    except Exception:  # a slimming failure must not cost the export; the unslimmed graph is valid
+        return model
+
+
+def io_spec(model: Any) -> Dict[str, List[Dict[str, Any]]]:
+    """Names, element types and shapes (dim names for dynamic axes) of a model's inputs and outputs."""
+    import onnx
+
+    def one(v: Any) -> Dict[str, Any]:
+        t = v.type.tensor_type
+        dims = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+        return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims}
+
+    return {"inputs": [one(v) for v in model.graph.input], "outputs": [one(v) for v in model.graph.output]}

@@ -1,0 +1,196 @@
+"""Running an exported detector: the preprocessing contract and an ONNX Runtime session.
+
+The graph expects exactly what mmdet's test pipeline feeds the trained model,
+written down in ``preprocess.json`` (and the ONNX ``metadata_props`` key
+``cvops.preprocess``) so any runtime can reproduce it:
+
+1. decode to 8-bit, 3 channels, in ``channel_order`` (mmdet reads BGR);
+2. resize keeping the aspect ratio with ``scale = min(width / w, height / h)``,
+   new size ``(int(w * scale + 0.5), int(h * scale + 0.5))``, bilinear;
+3. pad bottom/right to ``(height, width)`` with ``pad_value`` (raw pixel values);
+4. ``(x - mean) / std`` per channel, HWC -> CHW, float32, batch on axis 0.
+
+Boxes come back in input pixels; divide by ``(new_w / w, new_h / h)`` and clip
+to the original image to get original pixels (:meth:`Preprocess.unletterbox`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from cvops.export.graph import INPUT, OUTPUTS
+
+
+@dataclass
+class Preprocess:
+    """The input contract of an exported graph (see the module docstring)."""
+
+    width: int
+    height: int
+    mean: List[float]
+    std: List[float]
+    channel_order: str = "BGR"  # of the tensor the graph takes
+    pad_value: List[float] = field(default_factory=lambda: [114.0, 114.0, 114.0])
+    resize: str = "keep_ratio_bilinear"
+    pad: str = "bottom_right"
+    layout: str = "NCHW"
+    dtype: str = "float32"
+
+    @classmethod
+    def from_mmdet(cls, cfg: Any, image_size: Sequence[int]) -> "Preprocess":
+        """Read the contract from a trained model's mmengine config."""
+        dp = cfg.model.data_preprocessor
+        mean = [float(v) for v in dp.get("mean", [0.0, 0.0, 0.0]) or [0.0, 0.0, 0.0]]
+        std = [float(v) for v in dp.get("std", [1.0, 1.0, 1.0]) or [1.0, 1.0, 1.0]]
+        order = "RGB" if dp.get("bgr_to_rgb", False) or dp.get("rgb_to_bgr", False) else "BGR"
+        pad_value = list(mean)  # no Pad transform: mmdet pads after normalising, with 0 (= the mean pixel)
+        for t in cfg.test_pipeline if "test_pipeline" in cfg else cfg.test_dataloader.dataset.pipeline:
+            if t.get("type") == "Pad":
+                pv = t.get("pad_val", 0)
+                pv = pv.get("img", 0) if isinstance(pv, dict) else pv
+                pad_value = [float(v) for v in (pv if isinstance(pv, (list, tuple)) else [pv] * 3)]
+        w, h = (int(v) for v in image_size)
+        return cls(width=w, height=h, mean=mean, std=std, channel_order=order, pad_value=pad_value)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Preprocess":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def __call__(self, bgr: np.ndarray) -> Tuple[np.ndarray, Tuple[float, float]]:
+        """(3, H, W) float32 tensor of one BGR uint8 image, and its (x, y) scale factor."""
+        import cv2
+
+        if bgr.ndim == 2:
+            bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+        h, w = bgr.shape[:2]
+        s = min(self.width / w, self.height / h)
+        nw, nh = min(int(w * s + 0.5), self.width), min(int(h * s + 0.5), self.height)
+        img = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nw, nh) != (w, h) else bgr
+        if self.channel_order == "RGB":
+            img = img[..., ::-1]
+        canvas = np.empty((self.height, self.width, 3), np.float32)
+        canvas[...] = np.asarray(self.pad_value, np.float32)
+        canvas[:nh, :nw] = img
+        canvas -= np.asarray(self.mean, np.float32)
+        canvas /= np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(canvas.transpose(2, 0, 1)), (nw / w, nh / h)
+
+    def batch(self, images: Sequence[np.ndarray]) -> Tuple[np.ndarray, List[Tuple[float, float]]]:
+        tensors, scales = zip(*(self(im) for im in images))
+        return np.stack(tensors), list(scales)
+
+    @staticmethod
+    def unletterbox(boxes: np.ndarray, scale: Tuple[float, float], size: Tuple[int, int]) -> np.ndarray:
+        """Boxes from input pixels back to the original (width, height) image."""
+        out = boxes / np.array([scale[0], scale[1], scale[0], scale[1]], np.float32)
+        out[:, 0::2] = out[:, 0::2].clip(0, size[0])
+        out[:, 1::2] = out[:, 1::2].clip(0, size[1])
+        return out
+
+
+@dataclass
+class Detections:
+    """Detections of one image in original pixels."""
+
+    boxes: np.ndarray  # (n, 4) x1y1x2y2
+    scores: np.ndarray  # (n,)
+    labels: np.ndarray  # (n,) class indices
+
+    def to_json(self, classes: Sequence[str]) -> List[Dict[str, Any]]:
+        return [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "label": int(lab),
+                 "class": classes[int(lab)] if int(lab) < len(classes) else str(int(lab))}
+                for b, s, lab in zip(self.boxes, self.scores, self.labels)]
+
+
+def split_outputs(outputs: Sequence[np.ndarray], scales: Sequence[Tuple[float, float]],
+                  sizes: Sequence[Tuple[int, int]], pre: Preprocess) -> List[Detections]:
+    """The graph's padded (num_dets, boxes, scores, labels) per image, in original pixels."""
+    num, boxes, scores, labels = outputs
+    out = []
+    for i, (scale, size) in enumerate(zip(scales, sizes)):
+        n = int(num[i].reshape(-1)[0])
+        out.append(Detections(pre.unletterbox(np.asarray(boxes[i, :n], np.float32), scale, size),
+                              np.asarray(scores[i, :n], np.float32), np.asarray(labels[i, :n], np.int64)))
+    return out
+
+
+class OnnxDetector:
+    """An exported cvops graph in an ONNX Runtime session.
+
+    Args:
+        path: ``model.onnx`` (or ``model_int8.onnx``) written by the export stage.
+        threads: intra-op threads (None: ONNX Runtime's default, one per core).
+        providers: ONNX Runtime execution providers (default CPU).
+    """
+
+    def __init__(self, path: str | Path, threads: Optional[int] = None, providers: Optional[List[str]] = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:  # NOT_IMPLEMENTED: an operator (or type) this ONNX Runtime lacks
+            msg = str(e)
+            raise RuntimeError(f"ONNX Runtime {ort.__version__} cannot load {self.path}: {missing_operator(msg)}") from e
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.preprocess = Preprocess.from_dict(json.loads(meta["cvops.preprocess"]))
+        self.classes: List[str] = json.loads(meta.get("cvops.classes", "[]"))
+        self.metadata = dict(meta)
+        shape = self.session.get_inputs()[0].shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+
+    def run(self, tensor: np.ndarray) -> List[np.ndarray]:
+        """The raw graph outputs for a preprocessed (B, 3, H, W) batch."""
+        return self.session.run(list(OUTPUTS), {INPUT: tensor})
+
+    def predict(self, images: Sequence[np.ndarray]) -> List[Detections]:
+        """Detections for BGR uint8 images (any sizes), in original pixels."""
+        tensor, scales = self.preprocess.batch(images)
+        sizes = [(im.shape[1], im.shape[0]) for im in images]
+        if self.fixed_batch and len(images) != self.fixed_batch:
+            outs = [self.run(tensor[i:i + 1]) for i in range(len(images))]
+            outputs = [np.concatenate([o[k] for o in outs]) for k in range(4)]
+        else:
+            outputs = self.run(tensor)
+        return split_outputs(outputs, scales, sizes, self.preprocess)
+
+
+def missing_operator(message: str) -> str:
+    """Name the operator ONNX Runtime could not find, from its error text."""
+    import re
+
+    m = re.search(r"Could not find an implementation for (\S+)\((\d+)\) node with name '([^']*)'", message)
+    if m:
+        return (f"it has no kernel for operator {m.group(1)} (opset {m.group(2)}, node '{m.group(3)}'); "
+                "upgrade onnxruntime or export with a lower export.opset")
+    m = re.search(r"No Op registered for (\S+) with domain_version of (\d+)", message)
+    if m:
+        return (f"it does not know operator {m.group(1)} (opset {m.group(2)}); upgrade onnxruntime or export with "
+                "a lower export.opset")
+    return message.strip().splitlines()[0] if message.strip() else "unknown error"
+
+
+def latency(fn: Any, warmup: int = 3, repeats: int = 20) -> Dict[str, float]:
+    """Median and p90 wall time of ``fn()`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    a = np.asarray(times)
+    return {"median_ms": round(float(np.median(a)), 2), "p90_ms": round(float(np.percentile(a, 90)), 2)}

@@ -1,0 +1,371 @@
+"""The export stage: ONNX (+ INT8, + TensorRT), proven to be the trained model.
+
+1. **Export**: one ONNX graph, image tensor -> ``num_dets, boxes, scores,
+   labels`` with decoding and NMS inside (:mod:`cvops.export.graph`), the
+   preprocessing contract beside it (``preprocess.json``) and in its metadata.
+2. **Parity gate**: the exported model, run by ONNX Runtime on the curated test
+   split (val when test is empty), is scored by the evaluate stage's COCO
+   evaluator against the PyTorch model with the same thresholds; a drop above
+   ``export.gate.max_map_drop`` mAP points fails the stage. Images where the
+   two disagree (a box above ``evaluate.confusion_score_thr`` without a
+   same-class IoU >= 0.5 partner) are tagged ``export_mismatch:<format>`` in
+   the FiftyOne dataset and listed in ``disagreements.csv``.
+3. **INT8** (``export.int8``): QDQ model calibrated on curated train images
+   (``calibration.json``), gated by ``export.gate.int8_max_map_drop``.
+4. **TensorRT** (``export.format=tensorrt``): engine(s) with a fingerprint;
+   recorded ``skipped`` (with the command to run on a GPU host) where TensorRT or
+   a GPU is missing. The ONNX artifacts are still built and used downstream.
+5. **Latency**: PyTorch eager vs ONNX Runtime FP32 vs INT8 (vs TensorRT) at
+   batch 1 and 8 on the same preprocessed images: ``latency.md``/``.csv``/``.png``.
+6. **Triton**: a model repository under ``triton/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from cvops.export.build import ExportError, export_model, load_model
+from cvops.export.graph import Thresholds
+from cvops.export.runtime import Detections, OnnxDetector, Preprocess, latency, split_outputs
+from cvops.runner import StageContext, StageResult
+
+log = logging.getLogger("cvops")
+GPU_CHECK = "benchmarks/gpu_export_check.py"
+
+
+# ------------------------------------------------------------ prediction
+def read_split(ann_file: Path) -> Tuple[List[Dict[str, Any]], List[int]]:
+    coco = json.loads(Path(ann_file).read_text())
+    return coco["images"], [c["id"] for c in coco["categories"]]
+
+
+def predict_split(run: Any, pre: Preprocess, images: Sequence[Dict[str, Any]], cat_ids: Sequence[int],
+                  batch: int = 8) -> List[Dict[str, Any]]:
+    """COCO-format detections of a raw-output runner (``run(tensor) -> outputs``) on a split."""
+    import cv2
+    from tqdm import tqdm
+
+    out: List[Dict[str, Any]] = []
+    for i in tqdm(range(0, len(images), batch), desc="export: parity", leave=False):
+        chunk = images[i:i + batch]
+        bgr = [cv2.imread(im["file_name"], cv2.IMREAD_COLOR) for im in chunk]
+        tensor, scales = pre.batch(bgr)
+        dets = split_outputs(run(tensor), scales, [(b.shape[1], b.shape[0]) for b in bgr], pre)
+        for im, d in zip(chunk, dets):
+            out.extend(to_coco(d, im["id"], cat_ids))
+    return out
+
+
+def to_coco(d: Detections, image_id: int, cat_ids: Sequence[int]) -> List[Dict[str, Any]]:
+    return [{"image_id": int(image_id), "category_id": int(cat_ids[int(lab)]),
+             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(s)}
+            for b, s, lab in zip(d.boxes, d.scores, d.labels)]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of xywh boxes."""
+    ax1, ay1, ax2, ay2 = a[:, 0], a[:, 1], a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
+    bx1, by1, bx2, by2 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    iw = (np.minimum(ax2[:, None], bx2[None]) - np.maximum(ax1[:, None], bx1[None])).clip(0)
+    ih = (np.minimum(ay2[:, None], by2[None]) - np.maximum(ay1[:, None], by1[None])).clip(0)
+    inter = iw * ih
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def disagreements(reference: List[Dict[str, Any]], exported: List[Dict[str, Any]], images: Sequence[Dict[str, Any]],
+                  score_thr: float, iou_thr: float = 0.5) -> List[Dict[str, Any]]:
+    """Per image: reference boxes the export missed and boxes it added (score >= score_thr)."""
+    def by_image(dets: List[Dict[str, Any]]) -> Dict[int, List[Dict[str, Any]]]:
+        out: Dict[int, List[Dict[str, Any]]] = {}
+        for d in dets:
+            if d["score"] >= score_thr:
+                out.setdefault(d["image_id"], []).append(d)
+        return out
+
+    ref, exp = by_image(reference), by_image(exported)
+    rows = []
+    for im in images:
+        r, e = ref.get(im["id"], []), exp.get(im["id"], [])
+        matched_r, matched_e = set(), set()
+        if r and e:
+            iou = _iou(np.array([d["bbox"] for d in r]), np.array([d["bbox"] for d in e]))
+            same = np.array([[a["category_id"] == b["category_id"] for b in e] for a in r])
+            iou = np.where(same, iou, 0.0)
+            for i, j in sorted(np.argwhere(iou >= iou_thr).tolist(), key=lambda ij: -iou[ij[0], ij[1]]):
+                if i not in matched_r and j not in matched_e:
+                    matched_r.add(i)
+                    matched_e.add(j)
+        missed, extra = len(r) - len(matched_r), len(e) - len(matched_e)
+        if missed or extra:
+            rows.append({"file_name": im["file_name"], "image_id": im["id"], "missed": missed, "extra": extra})
+    return rows
+
+
+# ------------------------------------------------------------ latency
+def torch_runner(model: Any, pre: Preprocess) -> Any:
+    """PyTorch eager inference (network + mmdet post-processing) on a preprocessed batch."""
+    import torch
+    from mmdet.structures import DetDataSample
+
+    def run(tensor: np.ndarray) -> Any:
+        x = torch.from_numpy(tensor)
+        samples = []
+        for _ in range(x.shape[0]):
+            s = DetDataSample()
+            shape = (pre.height, pre.width)
+            s.set_metainfo(dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape,
+                                scale_factor=(1.0, 1.0)))
+            samples.append(s)
+        with torch.no_grad():
+            return model.predict(x, samples, rescale=False)
+
+    return run
+
+
+def latency_table(runners: Dict[str, Any], pre: Preprocess, images: List[np.ndarray], repeats: int) -> List[Dict[str, Any]]:
+    rows = []
+    for name, run in runners.items():
+        for b in (1, 8):
+            batch = [images[i % len(images)] for i in range(b)]
+            tensor, _ = pre.batch(batch)
+            r = latency(lambda: run(tensor), warmup=2, repeats=repeats if b == 1 else max(3, repeats // 4))
+            rows.append({"runtime": name, "batch": b, **r, "per_image_ms": round(r["median_ms"] / b, 2)})
+            log.info("  export: latency %-16s batch %d  median %.1f ms  p90 %.1f ms", name, b, r["median_ms"], r["p90_ms"])
+    return rows
+
+
+def _plot_latency(path: Path, rows: List[Dict[str, Any]], maps: Dict[str, Optional[float]]) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    names = list(dict.fromkeys(r["runtime"] for r in rows))
+    x = np.arange(len(names))
+    for k, b in enumerate((1, 8)):
+        vals = [next((r["per_image_ms"] for r in rows if r["runtime"] == n and r["batch"] == b), 0) for n in names]
+        ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label=f"batch {b} (per image)")
+    ax.set_xticks(x, [f"{n}\nmAP {maps.get(n):.3f}" if maps.get(n) is not None else n for n in names], fontsize=8)
+    ax.set_ylabel("ms per image (median)")
+    ax.set_title("export latency (CPU unless TensorRT)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+# ------------------------------------------------------------ FiftyOne
+def tag_disagreements(dataset: str, rows: List[Dict[str, Any]], tag: str) -> int:
+    """Tag the images where the export disagrees with PyTorch; returns how many were tagged."""
+    from cvops.fo import connect
+
+    fo = connect()
+    ds = fo.load_dataset(dataset)
+    ds.untag_samples(tag)
+    if rows:
+        ds.select_by("filepath", [r["file_name"] for r in rows]).tag_samples(tag)
+    return len(rows)
+
+
+# ------------------------------------------------------------ stage
+def run(ctx: StageContext) -> StageResult:
+    import torch
+
+    ex = ctx.section["export"]
+    curate, train = ctx.inputs["curate"], ctx.inputs["train"]
+    work = ctx.workdir
+    classes = list(curate.metrics["classes"])
+    size = [int(v) for v in ctx.cfg.model.image_size]
+    thr = Thresholds(max_det=int(ex["max_det"]), score_thr=float(ex["score_thr"]), iou_thr=float(ex["iou_thr"]))
+    if str(ex["batch"]) != "dynamic" and not str(ex["batch"]).isdigit():
+        raise ExportError(f"export.batch={ex['batch']!r}: use 'dynamic' or a batch size such as 1")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg, model = load_model(train.path("config"), train.path("checkpoint"), "cpu", test_cfg=vars(thr))
+
+    # 1. ONNX
+    meta = {"project": ctx.cfg.project, "dataset_version": curate.metrics.get("dataset_version"),
+            "train_fingerprint": train.fingerprint, "export_fingerprint": ctx.fingerprint, "model": ctx.cfg.model.name}
+    contract = export_model(model, cfg, work / "model.onnx", size, thr, classes, batch=str(ex["batch"]),
+                            opset=int(ex["opset"]), metadata=meta)
+    pre = Preprocess.from_dict(contract["preprocess"])
+    onnx_det = OnnxDetector(work / "model.onnx")
+    log.info("  export: model.onnx (%s, opset %s, batch %s) %.1f MB", contract["family"], contract["opset"],
+             contract["batch"], (work / "model.onnx").stat().st_size / 2**20)
+
+    # 2. parity gate on test (val when test is empty)
+    split = "test" if read_split(curate.path("coco_test"))[0] else "val"
+    ann = curate.path(f"coco_{split}")
+    images, cat_ids = read_split(ann)
+    if not images:
+        raise ExportError("the curated test and val splits are empty: nothing to check the export on")
+    from cvops.evaluate.stage import coco_eval, predict
+
+    torch_dets = predict(train.path("config"), train.path("checkpoint"), ann, "cpu", thr.score_thr, thr.max_det,
+                         iou_thr=thr.iou_thr)
+    torch_map = coco_eval(ann, torch_dets)[0]["mAP"]
+    results: Dict[str, Dict[str, Any]] = {}
+    runners: Dict[str, Any] = {"pytorch": torch_runner(model, pre)}
+    conf_thr = float(ctx.cfg.evaluate.confusion_score_thr)
+
+    def gate(name: str, run_fn: Any, max_drop: float) -> None:
+        dets = predict_split(run_fn, pre, images, cat_ids)
+        m = coco_eval(ann, dets)[0]["mAP"]
+        rows = disagreements(torch_dets, dets, images, conf_thr)
+        drop = round((torch_map - m) * 100, 3)
+        results[name] = {"mAP": m, "map_drop": drop, "max_drop": max_drop, "pass": drop <= max_drop,
+                         "disagreeing_images": len(rows), "rows": rows}
+        runners[name] = run_fn
+        log.info("  export: %-8s mAP %.4f vs PyTorch %.4f: drop %.2f points (limit %.2f) -> %s; %d image(s) disagree",
+                 name, m, torch_map, drop, max_drop, "pass" if drop <= max_drop else "FAIL", len(rows))
+
+    gate("onnx", onnx_det.run, float(ex["gate"]["max_map_drop"]))
+
+    # 3. INT8
+    artifacts = {"onnx": "model.onnx", "preprocess": "preprocess.json"}
+    if ex["int8"]:
+        from cvops.export.quantize import quantize, select_calibration, write_calibration
+
+        sel = select_calibration(json.loads(curate.path("coco_train").read_text()), int(ex["calib_images"]),
+                                 int(ctx.cfg.curate.seed) if "seed" in ctx.cfg.curate else 0)
+        write_calibration(work / "calibration.json", sel)
+        log.info("  export: INT8 calibration on %d train images (%s)", len(sel["images"]),
+                 ", ".join(f"{k} {v}" for k, v in sel["per_class"].items()))
+        quantize(work / "model.onnx", work / "model_int8.onnx", sel["images"], pre, method=str(ex["calib_method"]))
+        gate("int8", OnnxDetector(work / "model_int8.onnx").run, float(ex["gate"]["int8_max_map_drop"]))
+        artifacts.update({"onnx_int8": "model_int8.onnx", "calibration": "calibration.json"})
+
+    # 4. TensorRT
+    skipped: Optional[str] = None
+    engine: Optional[Path] = None
+    if ex["format"] == "tensorrt":
+        from cvops.export import tensorrt as trt
+
+        why = trt.unavailable()
+        if why:
+            skipped = (f"TensorRT engine not built: {why}. On a GPU host with TensorRT 10+ "
+                       f"(pip install -e '.[tensorrt]') run: cvops {' '.join(_recipe_args(ctx))} stages=[export] "
+                       f"(or python {GPU_CHECK} for build, parity and latency in one go). The ONNX models are built "
+                       "and gated.")
+            log.warning("  export: %s", skipped)
+        else:
+            t = ex["tensorrt"]
+            int8 = bool(t["int8"]) and (work / "model_int8.onnx").exists()
+            if int8:
+                quantize(work / "model.onnx", work / "model_int8_trt.onnx", sel["images"], pre,
+                         method=str(ex["calib_method"]), target="tensorrt")
+                artifacts["onnx_int8_trt"] = "model_int8_trt.onnx"
+            src = work / ("model_int8_trt.onnx" if int8 else "model.onnx")
+            engine = work / ("model_int8.engine" if int8 else "model.engine")
+            info = trt.build_engine(src, engine, input_shape=[3, size[1], size[0]], fp16=bool(t["fp16"]), int8=int8,
+                                    workspace_gb=float(t["workspace_gb"]), min_batch=int(t["min_batch"]),
+                                    opt_batch=int(t["opt_batch"]), max_batch=int(t["max_batch"]),
+                                    timing_cache=work / "timing.cache" if t["timing_cache"] else None)
+            log.info("  export: TensorRT %s engine built in %.1f s on %s", info["tensorrt"], info["build_seconds"], info["gpu"])
+            gate("tensorrt", trt.TrtDetector(engine, src).run,
+                 float(ex["gate"]["int8_max_map_drop"] if int8 else ex["gate"]["max_map_drop"]))
+            artifacts.update({"engine": engine.name, "engine_fingerprint": engine.with_suffix(".json").name})
+
+    # 5. latency
+    import cv2
+
+    lat_images = [cv2.imread(im["file_name"], cv2.IMREAD_COLOR) for im in images[:8]]
+    rows = latency_table(runners, pre, lat_images, int(ex["latency_repeats"]))
+    maps = {"pytorch": torch_map, **{k: v["mAP"] for k, v in results.items()}}
+    _write_latency(work, rows, maps, results)
+    _plot_latency(work / "latency.png", rows, maps)
+    artifacts.update({"latency": "latency.md", "latency_csv": "latency.csv", "latency_plot": "latency.png"})
+
+    # disagreements: CSV + FiftyOne tags
+    lines = ["runtime,file_name,missed,extra"]
+    for name, r in results.items():
+        lines += [f"{name},{row['file_name']},{row['missed']},{row['extra']}" for row in r["rows"]]
+        tag_disagreements(curate.metrics["dataset_name"], r["rows"], f"export_mismatch:{name}")
+    (work / "disagreements.csv").write_text("\n".join(lines) + "\n")
+    artifacts["disagreements"] = "disagreements.csv"
+
+    # 6. Triton
+    if ex["triton"]:
+        repo = work / "triton"
+        models = triton_repo(repo, ctx.cfg.project, work / "model.onnx", contract["io"], int(ex["tensorrt"]["max_batch"]),
+                             json.dumps(contract["preprocess"]), engine)
+        artifacts["triton"] = "triton"
+        log.info("  export: Triton model repository %s (%s)", repo, ", ".join(models))
+
+    def ms(name: str, b: int = 1) -> Optional[float]:
+        return next((r["median_ms"] for r in rows if r["runtime"] == name and r["batch"] == b), None)
+
+    passed = all(r["pass"] for r in results.values())
+    metrics: Dict[str, Any] = {
+        "gate": "pass" if passed else "fail", "gate_split": split,
+        "torch_map": torch_map, "onnx_map": results["onnx"]["mAP"], "map_drop": results["onnx"]["map_drop"],
+        "int8_map": results.get("int8", {}).get("mAP"), "int8_map_drop": results.get("int8", {}).get("map_drop"),
+        "torch_ms": ms("pytorch"), "onnx_ms": ms("onnx"), "int8_ms": ms("int8"),
+        "torch_ms_b8": ms("pytorch", 8), "onnx_ms_b8": ms("onnx", 8), "int8_ms_b8": ms("int8", 8),
+        "onnx_speedup": _ratio(ms("pytorch"), ms("onnx")), "int8_speedup": _ratio(ms("pytorch"), ms("int8")),
+        "disagreeing_images": {k: v["disagreeing_images"] for k, v in results.items()},
+        "family": contract["family"], "opset": contract["opset"], "batch": contract["batch"],
+        "onnx_mb": round((work / "model.onnx").stat().st_size / 2**20, 2),
+    }
+    if "tensorrt" in results:
+        metrics.update({"trt_map": results["tensorrt"]["mAP"], "trt_map_drop": results["tensorrt"]["map_drop"],
+                        "trt_ms": ms("tensorrt"), "trt_ms_b8": ms("tensorrt", 8)})
+    if ex["format"] == "tensorrt":
+        metrics["tensorrt"] = "skipped" if skipped else "built"
+    out = ctx.run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    for rel in ("latency.md", "latency.csv", "latency.png", "disagreements.csv", "preprocess.json"):
+        shutil.copy2(work / rel, out / rel)
+    if not passed:
+        failed = [f"{k}: {v['map_drop']:.2f} mAP points below PyTorch (limit {v['max_drop']:.2f})"
+                  for k, v in results.items() if not v["pass"]]
+        raise ExportError(
+            f"export gate failed on the {split} split: {'; '.join(failed)}. The images where the export disagrees "
+            f"are tagged export_mismatch:<runtime> in FiftyOne dataset {curate.metrics['dataset_name']} "
+            f"(cvops app recipe=...) and listed in {out / 'disagreements.csv'}; latency and mAP in {out / 'latency.md'}")
+    return StageResult(artifacts, metrics, skipped=skipped)
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return round(a / b, 2) if a and b else None
+
+
+def _recipe_args(ctx: StageContext) -> List[str]:
+    """The command-line choices that reproduce this run (recipe + overrides)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        args = [f"recipe={hc.runtime.choices.get('recipe')}"] if hc.runtime.choices.get("recipe") else []
+        return args + [o for o in hc.overrides.task if not o.startswith(("stages=", "recipe="))]
+    except Exception:
+        return [f"project={ctx.cfg.project}", f"export=tensorrt_{'int8' if ctx.cfg.export.tensorrt.int8 else 'fp16'}"]
+
+
+def triton_repo(root: Path, project: str, onnx_path: Path, io: Dict[str, Any], max_batch: int, pre_json: str,
+                engine: Optional[Path]) -> Dict[str, str]:
+    from cvops.export.triton import write_repository
+
+    return write_repository(root, project, onnx_path, io, max_batch, pre_json, engine)
+
+
+def _write_latency(work: Path, rows: List[Dict[str, Any]], maps: Dict[str, Optional[float]],
+                   results: Dict[str, Dict[str, Any]]) -> None:
+    md = ["| runtime | batch | median ms | p90 ms | ms / image | mAP | mAP drop (points) | gate |",
+          "|---|---:|---:|---:|---:|---:|---:|---|"]
+    csv = ["runtime,batch,median_ms,p90_ms,per_image_ms,mAP,map_drop,gate"]
+    for r in rows:
+        res = results.get(r["runtime"], {})
+        m = maps.get(r["runtime"])
+        drop = res.get("map_drop")
+        g = "" if not res else ("pass" if res["pass"] else "FAIL")
+        md.append(f"| {r['runtime']} | {r['batch']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['per_image_ms']:.1f} | "
+                  f"{'' if m is None else f'{m:.4f}'} | {'' if drop is None else f'{drop:.2f}'} | {g} |")
+        csv.append(f"{r['runtime']},{r['batch']},{r['median_ms']},{r['p90_ms']},{r['per_image_ms']},"
+                   f"{'' if m is None else m},{'' if drop is None else drop},{g}")
+    (work / "latency.md").write_text("\n".join(md) + "\n")
+    (work / "latency.csv").write_text("\n".join(csv) + "\n")

@@ -1,0 +1,1 @@
+"""Production monitoring: per-image statistics and drift tests against a reference profile."""

@@ -1,0 +1,101 @@
+"""A small, randomly initialised RTMDet-tiny, saved like the train stage does and exported to ONNX.
+
+Used by export/serve/monitor tests that need a real model but not a trained one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Sequence
+
+CLASSES = ("circle", "square", "triangle")
+
+
+def _coco(path: Path) -> Path:
+    path.write_text(json.dumps({"images": [], "annotations": [],
+                                "categories": [{"id": i + 1, "name": c} for i, c in enumerate(CLASSES)]}))
+    return path
+
+
+def make_checkpoint(out: Path, model: str = "rtmdet_tiny", size: Sequence[int] = (128, 128), seed: int = 0) -> Dict[str, Path]:
+    """config.py + checkpoint.pth of an untrained detector of the given cvops model option."""
+    import torch
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from cvops.config import compose_config
+    from cvops.train import mmconfig
+
+    register_all_modules()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_all = compose_config(["project=tiny", f"model={model}", f"model.image_size=[{size[0]},{size[1]}]",
+                              "train=cpu_smoke"])
+    exports = {s: _coco(out / f"{s}.json") for s in ("train", "val", "test")}
+    import mmdet  # noqa: F401  (mmconfig.build checks the splits are not empty; give it one image each)
+    for p in exports.values():
+        d = json.loads(p.read_text())
+        d["images"] = [{"id": 1, "file_name": "x.jpg", "width": size[0], "height": size[1]}]
+        p.write_text(json.dumps(d))
+    cfg, _ = mmconfig.build(dict(cfg_all.model), dict(cfg_all.train), list(CLASSES), exports, out, [], cuda=False)
+    torch.manual_seed(seed)
+    net = MODELS.build(cfg.model)
+    _spread_head(net, size)
+    cfg.dump(str(out / "config.py"))
+    torch.save({"state_dict": net.state_dict(), "meta": {}}, out / "checkpoint.pth")
+    return {"config": out / "config.py", "checkpoint": out / "checkpoint.pth"}
+
+
+def _spread_head(net: "torch.nn.Module", size: Sequence[int] = (128, 128)) -> None:
+    """Diverse scores and well-formed boxes from an untrained head (no ties, no inverted boxes).
+
+    A freshly initialised head gives every location nearly the same score (the
+    prior bias dominates), so comparing two runtimes would hinge on tie-breaking,
+    and untrained box branches can overflow ``exp``. The last classification
+    and regression convolutions get weights scaled to their measured input, so
+    class logits vary with unit spread and box offsets stay small.
+    """
+    import torch
+    from torch import nn
+
+    if not hasattr(net, "bbox_head"):  # two-stage: nothing to spread
+        return
+    cls_keys = ("rtm_cls", "retina_cls", "multi_level_conv_cls", "multi_level_conv_obj")
+    reg_keys = ("rtm_reg", "retina_reg", "multi_level_conv_reg")
+    targets = {name: m for name, m in net.bbox_head.named_modules()
+               if isinstance(m, nn.Conv2d) and any(k in name for k in cls_keys + reg_keys)}
+    spread: dict = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, n=name: [spread.setdefault(n, float(inp[0].std()))] and None)
+             for name, m in targets.items()]
+    g = torch.Generator().manual_seed(0)
+    net.eval()
+    with torch.no_grad():
+        x = torch.rand(1, 3, size[1], size[0], generator=g) * 255  # pixel values, normalised as the model does
+        dp = net.data_preprocessor
+        if getattr(dp, "_enable_normalize", False):
+            x = (x - dp.mean) / dp.std
+        net.bbox_head(net.extract_feat(x))
+        for h in hooks:
+            h.remove()
+        for name, m in targets.items():
+            fan_in = m.weight[0].numel()
+            unit = 1.0 / (max(spread.get(name, 1.0), 1e-6) * fan_in ** 0.5)
+            if any(k in name for k in cls_keys):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * unit)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5 + (2.0 if "obj" in name else -1.0))
+            else:
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * unit * 0.1)
+                m.bias.fill_(0.5 if "rtm_reg" in name else 0.0)
+
+
+def make_onnx(out: Path, size: Sequence[int] = (128, 128), batch: str = "dynamic", score_thr: float = 0.05,
+              max_det: int = 100) -> Path:
+    """``out/model.onnx`` (+ preprocess.json) of an untrained RTMDet-tiny; the classes are :data:`CLASSES`."""
+    from cvops.export.build import export_model, load_model
+    from cvops.export.graph import Thresholds
+
+    files = make_checkpoint(out, size=size)
+    cfg, model = load_model(files["config"], files["checkpoint"])
+    export_model(model, cfg, out / "model.onnx", size, Thresholds(max_det=max_det, score_thr=score_thr, iou_thr=0.6),
+                 CLASSES, batch=batch)
+    return out / "model.onnx"

@@ -1,0 +1,275 @@
+"""Export: ONNX graph == PyTorch, dynamic batch, refusals, INT8 calibration set, Triton config, TensorRT skip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers.tiny_model import CLASSES, make_checkpoint
+
+SIZE = (128, 128)
+
+
+def _images(n: int, seed: int = 0):
+    """Images of different sizes and aspect ratios with a few bright shapes (letterboxing is exercised)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        h, w = int(rng.integers(90, 200)), int(rng.integers(90, 200))
+        img = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+        for _ in range(3):
+            x, y = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+            cv2.rectangle(img, (x, y), (x + int(rng.integers(8, 30)), y + int(rng.integers(8, 30))),
+                          tuple(int(v) for v in rng.integers(120, 255, 3)), -1)
+        out.append(img)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """An untrained RTMDet-tiny (spread head), its mmdet model with the export thresholds, and model.onnx."""
+    from cvops.export.build import export_model, load_model
+    from cvops.export.graph import Thresholds
+
+    out = tmp_path_factory.mktemp("export")
+    files = make_checkpoint(out, size=SIZE)
+    thr = Thresholds(max_det=50, score_thr=0.2, iou_thr=0.6)
+    cfg, model = load_model(files["config"], files["checkpoint"], test_cfg=vars(thr))
+    contract = export_model(model, cfg, out / "model.onnx", SIZE, thr, CLASSES)
+    return out, cfg, model, contract
+
+
+def _torch_dets(model, pre, images, max_det=None):
+    """mmdet's own predict() (its post-processing, mmcv NMS) on the same preprocessed tensors.
+
+    mmdet's YOLOX head returns every NMS survivor; like the evaluate stage, keep the top ``max_det``.
+    """
+    from cvops.export.runtime import Detections
+    from cvops.export.stage import torch_runner
+
+    tensor, scales = pre.batch(images)
+    out = []
+    for sample, scale, im in zip(torch_runner(model, pre)(tensor), scales, images):
+        p = sample.pred_instances
+        order = p.scores.argsort(descending=True)[:max_det]
+        boxes = pre.unletterbox(p.bboxes[order].numpy(), scale, (im.shape[1], im.shape[0]))
+        out.append(Detections(boxes, p.scores[order].numpy(), p.labels[order].numpy()))
+    return out
+
+
+def _assert_same(a, b, atol=1e-2):
+    """Same detections (as sets, order by score): same labels, scores and boxes within tolerance."""
+    assert len(a.scores) == len(b.scores), (len(a.scores), len(b.scores))
+    for d in (a, b):
+        r = np.round(d.boxes)
+        key = np.lexsort((r[:, 3], r[:, 2], r[:, 1], r[:, 0], d.labels, -np.round(d.scores, 3)))
+        d.boxes, d.scores, d.labels = d.boxes[key], d.scores[key], d.labels[key]
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=atol)
+
+
+def test_onnx_equals_pytorch_at_batch_1_and_4(exported):
+    from cvops.export.runtime import OnnxDetector
+
+    out, _, model, contract = exported
+    det = OnnxDetector(out / "model.onnx")
+    assert det.classes == list(CLASSES)
+    assert contract["io"]["inputs"][0]["shape"] == ["batch", 3, SIZE[1], SIZE[0]]
+    images = _images(4)
+    ref = _torch_dets(model, det.preprocess, images)
+    assert sum(len(r.scores) for r in ref) > 10  # the comparison has something to compare
+    for batch in (1, 4):
+        got = []
+        for i in range(0, 4, batch):
+            got += det.predict(images[i:i + batch])
+        for g, r in zip(got, ref):
+            _assert_same(g, r)
+    # the graph's own outputs for batch 4: fixed shapes, zero rows past num_dets
+    num, boxes, scores, labels = det.run(det.preprocess.batch(images)[0])
+    assert num.shape == (4, 1) and num.dtype == np.int32 and labels.dtype == np.int32
+    assert boxes.shape == (4, 50, 4) and scores.shape == (4, 50)
+    for i, n in enumerate(num[:, 0]):
+        assert (scores[i, n:] == 0).all() and (scores[i, :n] >= 0.2).all()
+
+
+def test_preprocessing_contract_travels_with_the_model(exported):
+    import onnx
+
+    out, cfg, _, contract = exported
+    written = json.loads((out / "preprocess.json").read_text())
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert json.loads(meta["cvops.preprocess"]) == written["preprocess"] == contract["preprocess"]
+    pre = written["preprocess"]
+    assert (pre["width"], pre["height"]) == SIZE
+    assert pre["mean"] == list(cfg.model.data_preprocessor.mean) and pre["channel_order"] == "BGR"
+    assert pre["pad_value"] == [114.0, 114.0, 114.0]  # RTMDet's Pad(pad_val=114)
+    assert json.loads(meta["cvops.classes"]) == list(CLASSES)
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+
+
+def test_fixed_batch_export(exported, tmp_path):
+    from cvops.export.build import export_model
+    from cvops.export.graph import Thresholds
+    from cvops.export.runtime import OnnxDetector
+
+    _, cfg, model, _ = exported
+    contract = export_model(model, cfg, tmp_path / "model.onnx", SIZE, Thresholds(max_det=50, score_thr=0.2), CLASSES,
+                            batch="1")
+    assert contract["io"]["inputs"][0]["shape"] == [1, 3, SIZE[1], SIZE[0]]
+    det = OnnxDetector(tmp_path / "model.onnx")
+    assert len(det.predict(_images(3))) == 3  # runs image by image
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["yolox_tiny", "retinanet_r18"])
+def test_other_single_stage_families_match_pytorch(model_name, tmp_path):
+    from cvops.export.build import export_model, load_model
+    from cvops.export.graph import Thresholds
+    from cvops.export.runtime import OnnxDetector
+
+    files = make_checkpoint(tmp_path, model=model_name, size=SIZE)
+    thr = Thresholds(max_det=30, score_thr=0.3, iou_thr=0.6)
+    cfg, model = load_model(files["config"], files["checkpoint"], test_cfg=vars(thr))
+    if model_name == "retinanet_r18":
+        cfg.model.test_cfg["nms_pre"] = 100000  # mmdet's per-level pre-selection is not part of the graph
+        model.test_cfg["nms_pre"] = 100000
+    export_model(model, cfg, tmp_path / "model.onnx", SIZE, thr, CLASSES)
+    det = OnnxDetector(tmp_path / "model.onnx")
+    images = _images(2, seed=1)
+    ref = _torch_dets(model, det.preprocess, images, max_det=30)
+    assert sum(len(r.scores) for r in ref) > 0
+    for g, r in zip(det.predict(images), ref):
+        _assert_same(g, r)
+
+
+def test_two_stage_model_is_refused_with_the_reason(tmp_path):
+    from cvops.export.build import ExportError, export_model, load_model
+    from cvops.export.graph import Thresholds
+
+    files = make_checkpoint(tmp_path, model="faster_rcnn_r50", size=SIZE)
+    cfg, model = load_model(files["config"], files["checkpoint"])
+    with pytest.raises(ExportError, match=r"FasterRCNN is a two-stage detector.*RoIAlign.*model=rtmdet_tiny"):
+        export_model(model, cfg, tmp_path / "model.onnx", SIZE, Thresholds(), CLASSES)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_missing_operator_is_named(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from cvops.export.runtime import OnnxDetector
+
+    node = helper.make_node("FancyNMS", ["images"], ["num_dets"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("num_dets", TensorProto.INT32, [1, 1])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "m.onnx"))
+    with pytest.raises(RuntimeError, match=r"cannot load .*m\.onnx: it does not know operator FancyNMS \(opset 18\)"):
+        OnnxDetector(tmp_path / "m.onnx")
+
+
+# ---------------------------------------------------------------- INT8
+def _coco(n_images: int, per_class: dict):
+    cats = [{"id": i + 1, "name": c} for i, c in enumerate(CLASSES)]
+    images = [{"id": i, "file_name": f"/data/{i}.jpg", "width": 64, "height": 64} for i in range(n_images)]
+    anns, k = [], 0
+    for c, ids in per_class.items():
+        for i in ids:
+            anns.append({"id": k, "image_id": i, "category_id": CLASSES.index(c) + 1, "bbox": [1, 1, 5, 5]})
+            k += 1
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def test_calibration_set_covers_every_class_and_is_versioned():
+    from cvops.export.quantize import select_calibration
+
+    coco = _coco(100, {"circle": range(0, 90), "square": range(0, 90), "triangle": [97]})  # triangle: one image
+    sel = select_calibration(coco, 16, seed=3)
+    assert len(sel["images"]) == len(set(sel["images"])) == 16
+    assert "/data/97.jpg" in sel["images"] and all(v >= 1 for v in sel["per_class"].values())
+    again = select_calibration(coco, 16, seed=3)
+    assert again == sel and len(sel["sha256"]) == 64
+    assert select_calibration(coco, 16, seed=4)["sha256"] != sel["sha256"]
+
+
+@pytest.mark.parametrize("coco, n, message", [
+    (_coco(5, {"circle": [0], "square": [1], "triangle": [2]}), 16, r"has 5 images but export.calib_images=16"),
+    (_coco(50, {"circle": [0], "square": [1]}), 16, r"no image of class\(es\) \['triangle'\]"),
+    (_coco(50, {"circle": [0], "square": [1], "triangle": [2]}), 4, r"needs at least 8 images"),
+])
+def test_calibration_refuses_bad_splits(coco, n, message):
+    from cvops.export.quantize import CalibrationError, select_calibration
+
+    with pytest.raises(CalibrationError, match=message):
+        select_calibration(coco, n, seed=0)
+
+
+def test_int8_model_is_qdq_and_keeps_the_contract(exported, tmp_path):
+    import cv2
+    import onnx
+
+    from cvops.export.quantize import quantize
+    from cvops.export.runtime import OnnxDetector
+
+    out, _, _, contract = exported
+    files = []
+    for i, im in enumerate(_images(8, seed=5)):
+        files.append(str(tmp_path / f"{i}.png"))
+        cv2.imwrite(files[-1], im)
+    from cvops.export.runtime import Preprocess
+
+    quantize(out / "model.onnx", tmp_path / "int8.onnx", files, Preprocess.from_dict(contract["preprocess"]))
+    m = onnx.load(str(tmp_path / "int8.onnx"))
+    ops = {n.op_type for n in m.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "NonMaxSuppression"} <= ops
+    det = OnnxDetector(tmp_path / "int8.onnx")
+    assert det.metadata["cvops.precision"] == "int8-qdq" and det.classes == list(CLASSES)
+    assert len(det.predict(_images(2))) == 2
+
+
+# ---------------------------------------------------------------- Triton + TensorRT
+def test_triton_config_parses_into_tritons_model_config(exported, tmp_path):
+    import onnx
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from cvops.export.triton import write_repository
+
+    out, _, _, contract = exported
+    written = write_repository(tmp_path / "triton", "my-project", out / "model.onnx", contract["io"], 8,
+                               json.dumps(contract["preprocess"]))
+    assert list(written) == ["my_project_onnx"]
+    cfg = text_format.Parse((tmp_path / written["my_project_onnx"]).read_text(), mc.ModelConfig())
+    assert (tmp_path / "triton/my_project_onnx/1/model.onnx").exists()
+    assert cfg.name == "my_project_onnx" and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 8
+    model = onnx.load(str(out / "model.onnx"))
+    types = {onnx.TensorProto.FLOAT: mc.TYPE_FP32, onnx.TensorProto.INT32: mc.TYPE_INT32}
+    for ours, theirs in ((model.graph.input, cfg.input), (model.graph.output, cfg.output)):
+        assert [v.name for v in ours] == [t.name for t in theirs]
+        for v, t in zip(ours, theirs):
+            dims = [d.dim_value for d in v.type.tensor_type.shape.dim]
+            assert list(t.dims) == dims[1:]  # batch axis is Triton's
+            assert t.data_type == types[v.type.tensor_type.elem_type]
+    assert json.loads(cfg.parameters["cvops.preprocess"].string_value) == contract["preprocess"]
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
+
+
+def test_tensorrt_is_skipped_with_its_reason_without_a_gpu():
+    from cvops.export import tensorrt
+
+    why = tensorrt.unavailable()
+    try:
+        import tensorrt as _trt  # noqa: F401
+        import torch
+
+        usable = torch.cuda.is_available()
+    except Exception:
+        usable = False
+    if usable:
+        pytest.skip("TensorRT and a GPU are present: the engine tests in test_export_gpu.py run instead")
+    assert why and ("TensorRT" in why or "CUDA" in why)

@@ -1,0 +1,560 @@
+"""The serving application on a real exported model: predictions, limits, metrics, auth and the request log.
+
+Everything runs for real: the tiny RTMDet exported to ONNX, ONNX Runtime, the
+FastAPI app through Starlette's TestClient, and once a uvicorn server in a
+subprocess reached over TCP.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import resource
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers.tiny_model import make_onnx  # noqa: E402
+
+from cvops.export.runtime import OnnxDetector  # noqa: E402
+from cvops.serve.app import create_app  # noqa: E402
+from cvops.serve.requestlog import RequestLog, log_files, read_log  # noqa: E402
+
+INFO = {"fingerprint": "fp-test-123", "recipe": "tiny", "dataset_version": "tiny-0001"}
+ROOT = Path(__file__).resolve().parent.parent
+STATS = ("brightness", "contrast", "sharpness", "saturation", "aspect")
+
+
+# ---------------------------------------------------------------------------
+# Fixtures and helpers
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_onnx(tmp_path_factory.mktemp("serve-model"))
+
+
+@pytest.fixture(scope="session")
+def detector(model_path: Path) -> OnnxDetector:
+    return OnnxDetector(model_path)
+
+
+@pytest.fixture
+def make_client(detector: OnnxDetector) -> Iterator[Callable[..., TestClient]]:
+    """A factory of started TestClients over ``create_app(detector, **kwargs)``."""
+    clients: list[TestClient] = []
+
+    def make(**kwargs: Any) -> TestClient:
+        kwargs.setdefault("info", INFO)
+        kwargs.setdefault("log", None)
+        client = TestClient(create_app(detector, **kwargs))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A BGR image with a gradient background and a few filled shapes."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[...] = np.linspace(40, 200, w, dtype=np.uint8)[None, :, None]
+    for _ in range(4):
+        x, y = int(rng.integers(0, w - 10)), int(rng.integers(0, h - 10))
+        color = tuple(int(c) for c in rng.integers(0, 255, 3))
+        cv2.rectangle(img, (x, y), (x + int(rng.integers(5, w // 3)), y + int(rng.integers(5, h // 3))), color, -1)
+    return img
+
+
+def encode(bgr: np.ndarray, ext: str = ".jpg") -> bytes:
+    ok, buf = cv2.imencode(ext, bgr)
+    assert ok
+    return buf.tobytes()
+
+
+def pil_bytes(image: Image.Image, fmt: str = "PNG", **kwargs: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def huge_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid 1-bit grayscale PNG of ``width x height`` (about 50 KB), built without holding its pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    rows_per_block = 1000
+    idat = b"".join(z.compress(row * min(rows_per_block, height - i)) for i in range(0, height, rows_per_block))
+    idat += z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def check_detections(body: dict, width: int, height: int, classes: list[str]) -> None:
+    assert body["width"] == width and body["height"] == height
+    assert body["model"] == INFO["fingerprint"]
+    assert re.fullmatch(r"[0-9a-f]{32}", body["id"])
+    assert body["latency_ms"] > 0
+    dets = body["detections"]
+    assert dets, "the random tiny model scores every anchor around 0.5: there must be detections"
+    for d in dets:
+        x1, y1, x2, y2 = d["box"]
+        assert 0 <= x1 <= width and 0 <= x2 <= width and 0 <= y1 <= height and 0 <= y2 <= height, d
+        assert 0 <= d["score"] <= 1
+        assert d["class"] == classes[d["label"]]
+
+
+def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """``{(sample name, labels): value}`` of a Prometheus text exposition."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def ok_request(client: TestClient, **headers: str) -> None:
+    """A good request answered 200 (the server still serves)."""
+    r = client.post("/v1/predict", content=encode(scene(48, 64, seed=9)),
+                    headers={"Content-Type": "image/jpeg", **headers})
+    assert r.status_code == 200, r.text
+    assert r.json()["width"] == 64
+
+
+# ---------------------------------------------------------------------------
+# Predictions
+# ---------------------------------------------------------------------------
+
+
+def test_predict_png_matches_the_detector(make_client: Callable[..., TestClient], detector: OnnxDetector) -> None:
+    client = make_client()
+    img = scene(96, 160, seed=1)
+    png = encode(img, ".png")
+    expected = detector.predict([img])[0].to_json(detector.classes)
+    multipart = client.post("/v1/predict", files={"image": ("x.png", png, "image/png")})
+    raw = client.post("/v1/predict", content=png, headers={"Content-Type": "image/png"})
+    for r in (multipart, raw):
+        assert r.status_code == 200, r.text
+        check_detections(r.json(), 160, 96, detector.classes)
+        assert r.json()["detections"] == expected  # lossless: same pixels, same BGR order, same boxes
+    assert multipart.json()["id"] != raw.json()["id"]
+
+
+def test_predict_jpeg_multipart_and_raw(make_client: Callable[..., TestClient], detector: OnnxDetector) -> None:
+    client = make_client()
+    jpg = encode(scene(120, 90, seed=2))
+    for r in (client.post("/v1/predict", files={"image": ("x.jpg", jpg, "image/jpeg")}),
+              client.post("/v1/predict", files={"image": ("blob", jpg, "application/octet-stream")}),
+              client.post("/v1/predict", content=jpg, headers={"Content-Type": "image/jpeg"})):
+        assert r.status_code == 200, r.text
+        check_detections(r.json(), 90, 120, detector.classes)
+
+
+def test_decoding_exif_gray_alpha_palette_16bit(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "log", sample_rate=0.0)
+    client = make_client(log=log)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed rotated by 90 degrees
+    rotated = pil_bytes(Image.fromarray(scene(40, 80)[..., ::-1].copy()), "JPEG", exif=exif.tobytes())
+    r = client.post("/v1/predict", content=rotated, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["width"], r.json()["height"]) == (40, 80)
+
+    gray8 = pil_bytes(Image.fromarray(np.full((50, 70), 100, np.uint8)))
+    gray16 = pil_bytes(Image.fromarray(np.full((50, 70), 100 * 257, np.uint16)))
+    assert Image.open(io.BytesIO(gray16)).mode.startswith("I")
+    rgb = np.zeros((50, 70, 3), np.uint8)
+    rgb[...] = (200, 50, 10)
+    rgba = np.dstack([rgb, np.zeros((50, 70), np.uint8)])  # fully transparent: alpha is dropped, not composited
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    for data in (gray8, gray16, pil_bytes(Image.fromarray(rgb)), pil_bytes(Image.fromarray(rgba, "RGBA")),
+                 pil_bytes(palette), pil_bytes(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=100)):
+        r = client.post("/v1/predict", files={"image": ("x", data, "image/png")})
+        assert r.status_code == 200, r.text
+        assert (r.json()["width"], r.json()["height"]) == (70, 50)
+
+    records, skipped = read_log(tmp_path / "log")
+    assert skipped == 0 and [r["status"] for r in records] == [200] * 7
+    g8, g16, color, alpha, pal, cmyk = records[1:]
+    assert g8["brightness"] == pytest.approx(100, abs=0.5)
+    assert g16["brightness"] == pytest.approx(g8["brightness"], abs=0.5)  # scaled to 8 bits, not clipped at 255
+    assert g8["saturation"] == 0 and color["saturation"] > 100
+    for other in (alpha, pal, cmyk):
+        assert other["brightness"] == pytest.approx(color["brightness"], abs=3)
+        assert other["saturation"] == pytest.approx(color["saturation"], abs=6)
+
+
+def test_health_and_model_info(make_client: Callable[..., TestClient], detector: OnnxDetector) -> None:
+    client = make_client(max_upload_mb=3, max_pixels=1234)
+    assert client.get("/healthz").json() == {"status": "ok"}
+    info = client.get("/v1/model").json()
+    assert {k: info[k] for k in INFO} == INFO
+    assert info["classes"] == list(detector.classes) == ["circle", "square", "triangle"]
+    assert info["preprocess"] == detector.preprocess.to_dict()
+    assert info["limits"] == {"max_upload_mb": 3, "max_pixels": 1234}
+
+
+# ---------------------------------------------------------------------------
+# Metrics and drift
+# ---------------------------------------------------------------------------
+
+
+def test_metrics_and_drift_gauges(make_client: Callable[..., TestClient]) -> None:
+    seen: list[int] = []
+
+    def drift(records: list[dict]) -> dict[str, float]:
+        seen.append(len(records))
+        return {"drift_detected": True, "window": len(records),
+                "brightness_mean": float(np.mean([r["brightness"] for r in records])), "note": "ignored"}
+
+    client = make_client(drift=drift, window=4, drift_every=3)
+    watch = client.app.state.drift
+    before = metric_samples(client.get("/metrics").text)
+    assert before[("cvops_drift_detected", frozenset())] == 0
+    for i in range(6):
+        r = client.post("/v1/predict", content=encode(scene(60, 80, seed=i)), headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200
+        watch.join(timeout=10)
+    assert client.post("/v1/predict", content=b"GARBAGE" * 20, headers={"Content-Type": "image/png"}).status_code == 400
+    assert client.post("/v1/predict", content=b"{}", headers={"Content-Type": "application/json"}).status_code == 415
+    assert seen == [3, 4]  # every 3 requests, the last (at most) 4
+
+    m = metric_samples(client.get("/metrics").text)
+    assert m[("cvops_requests_total", frozenset({("status", "200")}))] == 6
+    assert m[("cvops_requests_total", frozenset({("status", "400")}))] == 1
+    assert m[("cvops_requests_total", frozenset({("status", "415")}))] == 1
+    assert m[("cvops_errors_total", frozenset({("reason", "bad_image")}))] == 1
+    assert m[("cvops_errors_total", frozenset({("reason", "unsupported_media_type")}))] == 1
+    assert m[("cvops_request_latency_seconds_count", frozenset())] == 6
+    assert 0 < m[("cvops_request_latency_seconds_sum", frozenset())] < 6 * 2
+    buckets = sorted((float(dict(k[1])["le"]), v) for k, v in m.items() if k[0] == "cvops_request_latency_seconds_bucket")
+    assert buckets[0][0] == 0.001 and buckets[-2][0] == 2.0 and buckets[-1] == (float("inf"), 6)
+    assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
+    assert m[("cvops_drift_detected", frozenset())] == 1
+    assert m[("cvops_drift_feature", frozenset({("feature", "window")}))] == 4
+    assert 40 < m[("cvops_drift_feature", frozenset({("feature", "brightness_mean")}))] < 220
+    assert ("cvops_drift_feature", frozenset({("feature", "note")})) not in m
+    assert m[("cvops_drift_checks_total", frozenset())] == 2
+
+
+def test_failing_drift_check_is_counted_and_serving_goes_on(make_client: Callable[..., TestClient]) -> None:
+    def broken(records: list[dict]) -> dict[str, float]:
+        raise RuntimeError("no reference profile")
+
+    client = make_client(drift=broken, window=2, drift_every=1)
+    ok_request(client)
+    client.app.state.drift.join(timeout=10)
+    ok_request(client)
+    client.app.state.drift.join(timeout=10)
+    m = metric_samples(client.get("/metrics").text)
+    assert m[("cvops_errors_total", frozenset({("reason", "drift_check")}))] == 2
+    assert m[("cvops_requests_total", frozenset({("status", "200")}))] == 2
+
+
+# ---------------------------------------------------------------------------
+# Bad input: a 4xx JSON error, then the server still serves
+# ---------------------------------------------------------------------------
+
+JPG = encode(scene(64, 64, seed=3))
+PNG = encode(scene(64, 64, seed=3), ".png")
+BAD_INPUTS = {
+    "garbage": (dict(content=b"GARBAGE" + os.urandom(2000), headers={"Content-Type": "image/jpeg"}),
+                400, "not a JPEG or PNG"),
+    "garbage-multipart": (dict(files={"image": ("x.jpg", b"\x00" * 500, "image/jpeg")}), 400, "not a JPEG or PNG"),
+    "truncated-jpeg": (dict(content=JPG[: len(JPG) // 2], headers={"Content-Type": "image/jpeg"}), 400, "truncated"),
+    "truncated-jpeg-header": (dict(content=JPG[:300], headers={"Content-Type": "image/jpeg"}), 400, "truncated"),
+    "truncated-png": (dict(content=PNG[: len(PNG) // 2], headers={"Content-Type": "image/png"}), 400, "truncated"),
+    "corrupt-png": (dict(content=PNG[:60] + bytes(len(PNG) - 60), headers={"Content-Type": "image/png"}),
+                    400, "PNG"),
+    "empty": (dict(content=b"", headers={"Content-Type": "image/jpeg"}), 400, "no image bytes"),
+    "empty-multipart-file": (dict(files={"image": ("x.jpg", b"", "image/jpeg")}), 400, "no image bytes"),
+    "wrong-type": (dict(content=JPG, headers={"Content-Type": "text/plain"}), 415, "text/plain"),
+    "json": (dict(json={"image": "aGVsbG8="}), 415, "application/json"),
+    "no-type": (dict(content=JPG), 415, "no Content-Type"),
+    "multipart-text-part": (dict(files={"image": ("x.txt", JPG, "text/plain")}), 415, "text/plain"),
+    "multipart-no-image-field": (dict(files={"photo": ("x.jpg", JPG, "image/jpeg")}), 400, "'image'"),
+    "multipart-text-field": (dict(data={"image": "not a file"}, files={"other": ("x.jpg", JPG, "image/jpeg")}),
+                             400, "'image'"),
+    "broken-multipart": (dict(content=b"--nope\r\ngarbage", headers={"Content-Type": "multipart/form-data"}),
+                         400, "multipart"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_refused_and_serving_goes_on(make_client: Callable[..., TestClient], case: str) -> None:
+    kwargs, status, fragment = BAD_INPUTS[case]
+    client = make_client()
+    r = client.post("/v1/predict", **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert set(r.json()) == {"error"} and fragment in r.json()["error"], r.json()
+    ok_request(client)
+
+
+def test_oversize_upload_is_refused(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_upload_mb=0.05)
+    big = encode(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8))
+    assert len(big) > 0.05 * 2**20
+    r = client.post("/v1/predict", content=big, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 413 and "0.05 MB" in r.json()["error"] and str(len(big)) in r.json()["error"]
+    r = client.post("/v1/predict", files={"image": ("big.jpg", big, "image/jpeg")})
+    assert r.status_code == 413
+    ok_request(client)
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the size is checked while reading
+        for i in range(0, len(big), 8192):
+            yield big[i:i + 8192]
+
+    r = client.post("/v1/predict", content=chunks(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 413 and "limit" in r.json()["error"], r.text
+    ok_request(client)
+
+
+def test_too_many_pixels_is_refused_before_decoding(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_pixels=64 * 64 - 1)
+    r = client.post("/v1/predict", content=JPG, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 413 and "64x64 = 4096 pixels" in r.json()["error"] and "4095" in r.json()["error"]
+    r = client.post("/v1/predict", content=encode(scene(40, 60)), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200
+
+    client = make_client()  # default max_pixels=40M
+    bomb = huge_png()
+    assert bomb[12:24] == b"IHDR" + struct.pack(">II", 20000, 20000) and len(bomb) < 100_000
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for send in (dict(content=bomb, headers={"Content-Type": "image/png"}),
+                 dict(files={"image": ("bomb.png", bomb, "image/png")})):
+        start = time.perf_counter()
+        r = client.post("/v1/predict", **send)
+        assert r.status_code == 413, r.text
+        assert time.perf_counter() - start < 1.0
+        assert "40000000 pixels" in r.json()["error"]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 100 * 1024  # KiB: 400M pixels never allocated
+    ok_request(client)
+
+
+def test_bearer_token(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(token="s3cret")
+    assert client.get("/healthz").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"},
+                    {"Authorization": "s3cret"}):
+        r = client.post("/v1/predict", content=JPG, headers={"Content-Type": "image/jpeg", **headers})
+        assert r.status_code == 401 and "Bearer" in r.json()["error"]
+        assert r.headers["www-authenticate"] == "Bearer"
+    for path in ("/v1/model", "/metrics", "/docs", "/nowhere"):
+        assert client.get(path).status_code == 401, path
+    ok_request(client, Authorization="Bearer s3cret")
+    auth = {"Authorization": "bearer s3cret"}
+    assert client.get("/v1/model", headers=auth).json()["fingerprint"] == INFO["fingerprint"]
+    m = metric_samples(client.get("/metrics", headers=auth).text)
+    assert m[("cvops_requests_total", frozenset({("status", "401")}))] == 4
+    assert m[("cvops_requests_total", frozenset({("status", "200")}))] == 1
+    assert m[("cvops_errors_total", frozenset({("reason", "unauthorized")}))] == 8
+    r = client.get("/nowhere", headers=auth)
+    assert r.status_code == 404 and "error" in r.json()
+
+
+# ---------------------------------------------------------------------------
+# The request log
+# ---------------------------------------------------------------------------
+
+
+def test_app_writes_the_request_log(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
+    client = make_client(log=RequestLog(tmp_path, sample_rate=1.0))
+    jpg, png = encode(scene(70, 90, seed=4)), encode(scene(30, 50, seed=5), ".png")
+    a = client.post("/v1/predict", files={"image": ("a.jpg", jpg, "image/jpeg")}).json()
+    b = client.post("/v1/predict", content=png, headers={"Content-Type": "image/png"}).json()
+    assert client.post("/v1/predict", content=JPG[:200], headers={"Content-Type": "image/jpeg"}).status_code == 400
+    records, skipped = read_log(tmp_path)
+    assert skipped == 0 and len(records) == 3
+    ra, rb, bad = records
+    for rec, resp, data, ctype in ((ra, a, jpg, "image/jpeg"), (rb, b, png, "image/png")):
+        assert rec["id"] == resp["id"] and rec["status"] == 200 and rec["model"] == INFO["fingerprint"]
+        assert rec["detections"] == resp["detections"] and rec["content_type"] == ctype
+        assert (rec["width"], rec["height"]) == (resp["width"], resp["height"])
+        assert rec["latency_ms"] > 0 and all(isinstance(rec[k], float) for k in STATS)
+        assert (tmp_path / rec["image_path"]).read_bytes() == data
+    assert ra["image_path"].endswith(".jpg") and rb["image_path"].endswith(".png")
+    assert rb["aspect"] == pytest.approx(50 / 30)
+    assert bad["status"] == 400 and bad["error"] == "truncated_image" and "detections" not in bad
+    assert "image_path" not in bad
+
+
+def test_request_log_append_and_read(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "log", sample_rate=0.0)
+    start = datetime.now().astimezone()
+    ids = [log.append({"n": i, "x": np.float32(0.5), "v": np.arange(2), "bad": float("nan")}, image=JPG)
+           for i in range(5)]
+    assert log.append({"id": "mine", "n": 5}) == "mine"
+    records, skipped = read_log(tmp_path / "log")
+    assert skipped == 0 and [r["n"] for r in records] == list(range(6))
+    assert [r["id"] for r in records] == ids + ["mine"] and len(set(ids)) == 5
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    for r in records:
+        t = datetime.fromisoformat(r["time"])
+        assert t.utcoffset() == timedelta(0) and abs(t - start) < timedelta(minutes=1)
+    assert records[0]["x"] == 0.5 and records[0]["v"] == [0, 1] and records[0]["bad"] is None
+    assert not any("image_path" in r for r in records) and not (tmp_path / "log" / "images").exists()
+    assert read_log(tmp_path / "missing") == ([], 0)
+
+
+def test_request_log_samples_images(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path / "all", sample_rate=1.0)
+    jid, pid = log.append({"k": "j"}, image=JPG), log.append({"k": "p"}, image=PNG)
+    log.append({"k": "none"})
+    assert (tmp_path / "all" / "images" / f"{jid}.jpg").read_bytes() == JPG
+    assert (tmp_path / "all" / "images" / f"{pid}.png").read_bytes() == PNG
+    records, _ = read_log(tmp_path / "all")
+    assert [r.get("image_path") for r in records] == [f"images/{jid}.jpg", f"images/{pid}.png", None]
+
+    def sampled(directory: Path, seed: int) -> list[int]:
+        log = RequestLog(directory, sample_rate=0.3, seed=seed)
+        for i in range(200):
+            log.append({"n": i}, image=JPG)
+        return [r["n"] for r in read_log(directory)[0] if "image_path" in r]
+
+    first = sampled(tmp_path / "s1", 7)
+    assert 30 <= len(first) <= 90 and len(list((tmp_path / "s1" / "images").iterdir())) == len(first)
+    assert sampled(tmp_path / "s2", 7) == first and sampled(tmp_path / "s3", 8) != first
+
+
+def test_request_log_rotation(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path, max_bytes=400, sample_rate=0.0)
+    for i in range(30):
+        log.append({"n": i, "pad": "x" * 20})
+    files = log_files(tmp_path)
+    assert len(files) >= 5 and files[-1].name == "requests.jsonl"
+    assert all(re.fullmatch(r"requests\.\d{8}T\d{12}Z\.\d+\.jsonl", f.name) for f in files[:-1])
+    assert all(f.stat().st_size <= 400 for f in files)
+    records, skipped = read_log(tmp_path)
+    assert skipped == 0 and [r["n"] for r in records] == list(range(30))
+
+
+def test_request_log_cut_mid_line(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path, sample_rate=0.0)
+    for i in range(5):
+        log.append({"n": i, "detections": [{"box": [1.0, 2.0, 3.0, 4.0], "score": 0.9}]})
+    log.close()
+    path = tmp_path / "requests.jsonl"
+    data = path.read_bytes()
+    last_start = data.rstrip(b"\n").rfind(b"\n") + 1
+    path.write_bytes(data[: last_start + (len(data) - last_start) // 2])  # a server killed mid-write
+    records, skipped = read_log(tmp_path)
+    assert [r["n"] for r in records] == [0, 1, 2, 3] and skipped == 1
+
+    RequestLog(tmp_path).append({"n": 99})  # the restarted server does not glue its record onto the cut line
+    records, skipped = read_log(tmp_path)
+    assert [r["n"] for r in records] == [0, 1, 2, 3, 99] and skipped == 1
+
+
+def test_request_log_is_thread_safe(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path, max_bytes=3000, sample_rate=0.5)
+
+    def writer(t: int) -> None:
+        for i in range(40):
+            log.append({"thread": t, "i": i, "pad": "y" * 30}, image=PNG)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    records, skipped = read_log(tmp_path)
+    assert skipped == 0 and len(records) == 320 and len({r["id"] for r in records}) == 320
+    for t in range(8):
+        assert [r["i"] for r in records if r["thread"] == t] == list(range(40))
+    assert len(log_files(tmp_path)) > 3
+    assert len(list((tmp_path / "images").iterdir())) == sum("image_path" in r for r in records)
+
+
+# ---------------------------------------------------------------------------
+# A real server
+# ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_server_in_a_subprocess(model_path: Path, tmp_path: Path) -> None:
+    import httpx
+
+    port = free_port()
+    script = ("import sys\nfrom cvops.serve.server import serve\n"
+              "serve(sys.argv[1], host='127.0.0.1', port=int(sys.argv[2]), info={'fingerprint': 'subprocess'}, "
+              "log_dir=sys.argv[3], sample_rate=0.0, max_upload_mb=5, max_pixels=10_000_000, "
+              "token_env='CVOPS_TEST_SERVE_TOKEN')\n")
+    out = tmp_path / "server.out"
+    env = {**os.environ, "CVOPS_TEST_SERVE_TOKEN": "tok-42", "PYTHONPATH": str(ROOT)}
+    with open(out, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", script, str(model_path), str(port), str(tmp_path / "log")],
+                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, out.read_text()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.2)
+        auth = {"Authorization": "Bearer tok-42"}
+        jpg = encode(scene(120, 160, seed=6))
+        r = httpx.post(f"{url}/v1/predict", content=jpg, headers={"Content-Type": "image/jpeg", **auth}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == "subprocess" and (r.json()["width"], r.json()["height"]) == (160, 120)
+        assert httpx.post(f"{url}/v1/predict", content=jpg, headers={"Content-Type": "image/jpeg"},
+                          timeout=30).status_code == 401
+
+        def one(i: int) -> int:
+            return httpx.post(f"{url}/v1/predict", files={"image": ("x.jpg", jpg, "image/jpeg")}, headers=auth,
+                              timeout=30).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(one, range(4))) == [200] * 4
+        metrics = metric_samples(httpx.get(f"{url}/metrics", headers=auth, timeout=10).text)
+        assert metrics[("cvops_requests_total", frozenset({("status", "200")}))] == 5
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    text = out.read_text()
+    assert f"cvops serve: {url}" in text and "curl" in text and "$CVOPS_TEST_SERVE_TOKEN" in text
+    assert "tok-42" not in text
+    records, skipped = read_log(tmp_path / "log")
+    assert skipped == 0 and [r["status"] for r in records] == [200] * 5
+    assert json.loads(json.dumps(records))  # plain JSON all the way
