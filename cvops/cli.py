@@ -84,7 +84,20 @@ def _cmd_app(argv: List[str]) -> int:
     return app(argv)
 
 
-COMMANDS: Dict[str, Callable[[List[str]], int]] = {"doctor": _cmd_doctor, "recipes": _cmd_recipes, "app": _cmd_app}
+def _cmd_serve(argv: List[str]) -> int:
+    from cvops.serve.cli import main as serve
+
+    return serve(argv)
+
+
+def _cmd_review(argv: List[str]) -> int:
+    from cvops.monitor.review import main as review
+
+    return review(argv)
+
+
+COMMANDS: Dict[str, Callable[[List[str]], int]] = {"doctor": _cmd_doctor, "recipes": _cmd_recipes, "app": _cmd_app,
+                                                   "serve": _cmd_serve, "review": _cmd_review}
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -55,6 +55,7 @@ class DataConfig:
     classes: Optional[List[str]] = None  # fixes class list and order
     class_map: Dict[str, str] = field(default_factory=dict)  # rename / merge
     sources: List[Dict[str, Any]] = field(default_factory=list)  # data=sources: [{format, path, ...}, ...]
+    extra: List[Dict[str, Any]] = field(default_factory=list)  # added to any source, e.g. reviewed edge cases (cvops review)
     fps: Optional[float] = None  # video: sample this many frames per second
     every_n: Optional[int] = None  # video: or every N-th frame
     max_frames: Optional[int] = None
@@ -185,15 +186,36 @@ class ServeConfig:
 
 # ------------------------------------------------------------------ monitor
 @dataclass
+class ShiftConfig:
+    """A shift applied to a generated window (``monitor.source=synthetic``); identity by default."""
+
+    brightness: float = 1.0  # multiply pixel values
+    blur: float = 0.0  # Gaussian sigma in px
+    noise: float = 0.0  # additive Gaussian noise (grey levels)
+    background: Optional[str] = None  # one background style for every frame, e.g. checker (unseen in training)
+
+
+@dataclass
 class MonitorConfig:
-    source: Optional[str] = None  # default: the serve request log
-    window: int = 500
-    p_value: float = 0.01
-    psi_threshold: float = 0.2
-    mmd_permutations: int = 200
-    low_confidence: float = 0.3
-    max_edge_cases: int = 200
-    on_drift: Optional[str] = None  # a recipe to run when drift is detected
+    # what to monitor: null = the serve request log; a folder of images; a video file or folder of videos;
+    # "synthetic" = videos from data.synthetic (new seed) with monitor.shift applied
+    source: Optional[str] = None
+    window: int = 500  # the most recent N requests / images / frames
+    fps: float = 2.0  # video sources: frames sampled per second
+    seed: int = 1  # synthetic windows: generator seed (the training data used data.synthetic.seed)
+    shift: ShiftConfig = field(default_factory=ShiftConfig)
+    p_value: float = 0.01  # per-test significance (Bonferroni-corrected over the tests run)
+    psi_threshold: float = 0.2  # a numeric feature drifts when KS p < p_value AND PSI > this
+    mmd_permutations: int = 200  # embedding test (raised automatically so the corrected p can reach p_value)
+    low_confidence: float = 0.3  # edge case: no box at or above this score
+    near_threshold: float = 0.1  # edge case: a box within this distance of low_confidence
+    overlap_iou: float = 0.5  # edge case: two boxes of different classes overlapping this much
+    embedding_quantile: float = 0.99  # edge case: farther from the reference than this quantile of its own NN distances
+    max_edge_cases: int = 50  # the most telling ones (most reasons, lowest confidence first)
+    review_dataset: Optional[str] = None  # FiftyOne dataset for edge cases; default <project>-review
+    on_drift: Optional[str] = None  # a recipe to run (cvops recipe=<on_drift>) when drift is detected
+    drift_window: int = 200  # serve: live drift gauges over the last N requests
+    drift_every: int = 50  # serve: recompute them every N requests
 
 
 # ------------------------------------------------------------------ tracker

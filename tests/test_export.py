@@ -91,7 +91,8 @@ def test_onnx_equals_pytorch_at_batch_1_and_4(exported):
         for g, r in zip(got, ref):
             _assert_same(g, r)
     # the graph's own outputs for batch 4: fixed shapes, zero rows past num_dets
-    num, boxes, scores, labels = det.run(det.preprocess.batch(images)[0])
+    num, boxes, scores, labels, emb = det.run(det.preprocess.batch(images)[0])
+    assert emb.shape[0] == 4 and emb.ndim == 2 and np.isfinite(emb).all()
     assert num.shape == (4, 1) and num.dtype == np.int32 and labels.dtype == np.int32
     assert boxes.shape == (4, 50, 4) and scores.shape == (4, 50)
     for i, n in enumerate(num[:, 0]):
@@ -273,3 +274,49 @@ def test_tensorrt_is_skipped_with_its_reason_without_a_gpu():
     if usable:
         pytest.skip("TensorRT and a GPU are present: the engine tests in test_export_gpu.py run instead")
     assert why and ("TensorRT" in why or "CUDA" in why)
+
+
+# ---------------------------------------------------------------- parity gate
+def test_gate_passes_the_export_and_fails_a_broken_one(exported, tmp_path):
+    """Ground truth = PyTorch's own confident predictions, so PyTorch scores ~1.0 and any deviation shows.
+
+    The broken export is the same graph fed with the wrong channel order (a classic deployment bug).
+    """
+    import cv2
+
+    from cvops.evaluate.stage import coco_eval
+    from cvops.export.runtime import OnnxDetector, Preprocess
+    from cvops.export.stage import parity, to_coco
+
+    out, _, model, _ = exported
+    det = OnnxDetector(out / "model.onnx")
+    images = _images(6, seed=7)
+    ref = _torch_dets(model, det.preprocess, images)
+    # a confidence level well inside the top max_det of every image, so no tie at the max_det cut matters
+    conf = max(float(np.sort(r.scores)[::-1][min(15, len(r.scores) - 1)]) for r in ref) + 1e-4
+    coco = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(CLASSES)]}
+    torch_dets = []
+    for i, (im, r) in enumerate(zip(images, ref)):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), im)
+        coco["images"].append({"id": i, "file_name": str(path), "width": im.shape[1], "height": im.shape[0]})
+        for d in to_coco(r, i, [1, 2, 3]):
+            torch_dets.append(d)
+            if d["score"] >= conf:
+                coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i, "iscrowd": 0,
+                                            "category_id": d["category_id"], "bbox": d["bbox"],
+                                            "area": d["bbox"][2] * d["bbox"][3]})
+    assert len(coco["annotations"]) >= 6
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps(coco))
+    torch_map = coco_eval(ann, torch_dets)[0]["mAP"]
+    assert torch_map > 0.9
+
+    good = parity(det.run, det.preprocess, ann, torch_dets, torch_map, max_drop=0.5, conf_thr=conf)
+    # an untrained head has exact score ties that two NMS implementations may break differently
+    assert good["pass"] and abs(good["map_drop"]) < 0.5 and good["disagreeing_images"] <= 1, good["rows"]
+
+    wrong = Preprocess.from_dict({**det.preprocess.to_dict(), "channel_order": "RGB"})  # runtime feeds RGB
+    bad = parity(det.run, wrong, ann, torch_dets, torch_map, max_drop=0.5, conf_thr=conf)
+    assert not bad["pass"] and bad["map_drop"] > 0.5
+    assert bad["disagreeing_images"] > good["disagreeing_images"] and {r["file_name"] for r in bad["rows"]} <= {im["file_name"] for im in coco["images"]}

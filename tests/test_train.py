@@ -208,22 +208,3 @@ def test_corrupt_load_from_is_refused_before_training(tmp_path):
                              "https://invalid.invalid/y.pth")
     assert url is None and len(notes) == 2 and all("from scratch" in n for n in notes)
 
-
-@pytest.mark.slow
-def test_quickstart_recipe_end_to_end_then_everything_cached(cvops):
-    small = ("recipe=quickstart", "data.synthetic.num_images=24", "data.synthetic.videos=1",
-             "data.synthetic.video_frames=12", "model.image_size=[128,128]", "train.max_epochs=1", "tracker=none")
-    first = cvops(*small, timeout=900)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    t0 = time.time()
-    again = cvops(*small, timeout=300)
-    seconds = time.time() - t0
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    a, b = cvops.run_jsons()[-2:]
-    assert [a["stages"][s]["status"] for s in ("curate", "train", "evaluate")] == ["ran"] * 3
-    assert [b["stages"][s]["status"] for s in ("curate", "train", "evaluate")] == ["cached"] * 3
-    assert b["stages"]["export"]["status"] == "skipped" and "issue #5" in b["stages"]["export"]["reason"]
-    assert a["headline"]["value"] == b["headline"]["value"] is not None
-    assert seconds < 10  # a cached rerun imports nothing heavy
-    ev = b["stages"]["evaluate"]["metrics"]
-    assert {"mAP", "mAP50", "mAP75", "per_class_AP", "val_mAP"} <= set(ev)

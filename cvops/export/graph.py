@@ -8,7 +8,9 @@
       -> ONNX NonMaxSuppression, per class          (cvops::nms_keep)
       -> top ``max_det`` per image
     num_dets (B, 1) int32, boxes (B, max_det, 4) float32 x1y1x2y2 in input
-    pixels, scores (B, max_det) float32, labels (B, max_det) int32
+    pixels, scores (B, max_det) float32, labels (B, max_det) int32,
+    embedding (B, C) float32: the coarsest feature map, average-pooled (what the
+    monitor compares with the training data's embeddings; no extra model needed)
 
 The image size is fixed by the recipe (``model.image_size``), so the priors
 are constants and only the batch is dynamic. Rows past ``num_dets`` are zero.
@@ -44,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 SINGLE_STAGE = {"RTMDetHead": "rtmdet", "RTMDetSepBNHead": "rtmdet", "YOLOXHead": "yolox", "RetinaHead": "retinanet"}
-OUTPUTS = ("num_dets", "boxes", "scores", "labels")
+OUTPUTS = ("num_dets", "boxes", "scores", "labels", "embedding")
 INPUT = "images"
 
 
@@ -142,8 +144,9 @@ class DetectorGraph(nn.Module):
         bound = torch.tensor([self.width, self.height, self.width, self.height], dtype=torch.float32)
         self.register_buffer("bound", bound, persistent=False)
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         feats = self.model.extract_feat(images)
+        embedding = feats[-1].mean(dim=(2, 3))
         outs = self.model.bbox_head(feats)
         boxes, scores = getattr(self, f"_decode_{self.kind}")(*outs)  # (B, N, 4), (B, N, C)
         scores_cn = scores.transpose(1, 2).contiguous()  # (B, C, N)
@@ -159,7 +162,7 @@ class DetectorGraph(nn.Module):
         num_dets = valid.sum(dim=1, keepdim=True).to(torch.int32)
         top_boxes = top_boxes * valid.unsqueeze(-1).to(top_boxes.dtype)
         labels = (labels * valid.to(labels.dtype)).to(torch.int32)
-        return num_dets, top_boxes, top_scores, labels
+        return num_dets, top_boxes, top_scores, labels, embedding
 
     # -- decoders: (per-level head outputs) -> boxes (B, N, 4), scores (B, N, C)
     def _flatten(self, maps: Sequence[Tensor], channels: int) -> Tensor:
@@ -230,6 +233,9 @@ def export_onnx(graph: DetectorGraph, path: str, opset: int = 18, batch: str = "
     """
     import onnx
 
+    import logging
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notes
     graph.eval()
     fixed = None if str(batch) == "dynamic" else int(batch)
     example_batch = fixed or 2
@@ -239,7 +245,8 @@ def export_onnx(graph: DetectorGraph, path: str, opset: int = 18, batch: str = "
         program = torch.onnx.export(
             graph, (x,), dynamo=True, opset_version=max(int(opset), 18), input_names=[INPUT],
             output_names=list(OUTPUTS), dynamic_shapes=dynamic_shapes, external_data=False,
-            custom_translation_table={torch.ops.cvops.nms_keep.default: _nms_keep_onnx}, report=False, verify=False)
+            custom_translation_table={torch.ops.cvops.nms_keep.default: _nms_keep_onnx}, report=False, verify=False,
+            verbose=False)
     model = program.model_proto
     model = _slim(model)
     if fixed is None:

@@ -104,6 +104,7 @@ class Detections:
     boxes: np.ndarray  # (n, 4) x1y1x2y2
     scores: np.ndarray  # (n,)
     labels: np.ndarray  # (n,) class indices
+    embedding: Optional[np.ndarray] = None  # (C,) pooled features of the image (graph output ``embedding``)
 
     def to_json(self, classes: Sequence[str]) -> List[Dict[str, Any]]:
         return [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "label": int(lab),
@@ -114,12 +115,14 @@ class Detections:
 def split_outputs(outputs: Sequence[np.ndarray], scales: Sequence[Tuple[float, float]],
                   sizes: Sequence[Tuple[int, int]], pre: Preprocess) -> List[Detections]:
     """The graph's padded (num_dets, boxes, scores, labels) per image, in original pixels."""
-    num, boxes, scores, labels = outputs
+    num, boxes, scores, labels = outputs[:4]
+    emb = outputs[4] if len(outputs) > 4 else None
     out = []
     for i, (scale, size) in enumerate(zip(scales, sizes)):
         n = int(num[i].reshape(-1)[0])
         out.append(Detections(pre.unletterbox(np.asarray(boxes[i, :n], np.float32), scale, size),
-                              np.asarray(scores[i, :n], np.float32), np.asarray(labels[i, :n], np.int64)))
+                              np.asarray(scores[i, :n], np.float32), np.asarray(labels[i, :n], np.int64),
+                              None if emb is None else np.asarray(emb[i], np.float32)))
     return out
 
 
@@ -151,10 +154,12 @@ class OnnxDetector:
         self.metadata = dict(meta)
         shape = self.session.get_inputs()[0].shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        names = [o.name for o in self.session.get_outputs()]
+        self.outputs = [n for n in OUTPUTS if n in names]  # graphs exported before ``embedding`` have four
 
     def run(self, tensor: np.ndarray) -> List[np.ndarray]:
         """The raw graph outputs for a preprocessed (B, 3, H, W) batch."""
-        return self.session.run(list(OUTPUTS), {INPUT: tensor})
+        return self.session.run(self.outputs, {INPUT: tensor})
 
     def predict(self, images: Sequence[np.ndarray]) -> List[Detections]:
         """Detections for BGR uint8 images (any sizes), in original pixels."""
@@ -162,7 +167,7 @@ class OnnxDetector:
         sizes = [(im.shape[1], im.shape[0]) for im in images]
         if self.fixed_batch and len(images) != self.fixed_batch:
             outs = [self.run(tensor[i:i + 1]) for i in range(len(images))]
-            outputs = [np.concatenate([o[k] for o in outs]) for k in range(4)]
+            outputs = [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
         else:
             outputs = self.run(tensor)
         return split_outputs(outputs, scales, sizes, self.preprocess)

@@ -108,6 +108,24 @@ def disagreements(reference: List[Dict[str, Any]], exported: List[Dict[str, Any]
     return rows
 
 
+def parity(run_fn: Any, pre: Preprocess, ann: Path, torch_dets: List[Dict[str, Any]], torch_map: float,
+           max_drop: float, conf_thr: float) -> Dict[str, Any]:
+    """The gate for one runtime: its mAP on ``ann`` vs PyTorch's, and where they disagree.
+
+    Returns:
+        ``{"mAP", "map_drop" (points), "max_drop", "pass", "disagreeing_images", "rows"}``.
+    """
+    from cvops.evaluate.stage import coco_eval
+
+    images, cat_ids = read_split(ann)
+    dets = predict_split(run_fn, pre, images, cat_ids)
+    m = coco_eval(ann, dets)[0]["mAP"]
+    rows = disagreements(torch_dets, dets, images, conf_thr)
+    drop = round((torch_map - m) * 100, 3)
+    return {"mAP": m, "map_drop": drop, "max_drop": max_drop, "pass": drop <= max_drop,
+            "disagreeing_images": len(rows), "rows": rows}
+
+
 # ------------------------------------------------------------ latency
 def torch_runner(model: Any, pre: Preprocess) -> Any:
     """PyTorch eager inference (network + mmdet post-processing) on a preprocessed batch."""
@@ -213,15 +231,12 @@ def run(ctx: StageContext) -> StageResult:
     conf_thr = float(ctx.cfg.evaluate.confusion_score_thr)
 
     def gate(name: str, run_fn: Any, max_drop: float) -> None:
-        dets = predict_split(run_fn, pre, images, cat_ids)
-        m = coco_eval(ann, dets)[0]["mAP"]
-        rows = disagreements(torch_dets, dets, images, conf_thr)
-        drop = round((torch_map - m) * 100, 3)
-        results[name] = {"mAP": m, "map_drop": drop, "max_drop": max_drop, "pass": drop <= max_drop,
-                         "disagreeing_images": len(rows), "rows": rows}
+        results[name] = parity(run_fn, pre, ann, torch_dets, torch_map, max_drop, conf_thr)
         runners[name] = run_fn
+        r = results[name]
         log.info("  export: %-8s mAP %.4f vs PyTorch %.4f: drop %.2f points (limit %.2f) -> %s; %d image(s) disagree",
-                 name, m, torch_map, drop, max_drop, "pass" if drop <= max_drop else "FAIL", len(rows))
+                 name, r["mAP"], torch_map, r["map_drop"], max_drop, "pass" if r["pass"] else "FAIL",
+                 r["disagreeing_images"])
 
     gate("onnx", onnx_det.run, float(ex["gate"]["max_map_drop"]))
 

@@ -476,6 +476,8 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None, ma
         record = {"id": rid, "status": 200, "latency_ms": round(latency_ms, 3), "content_type": mime,
                   "upload": upload, **image_stats(bgr), "width": w, "height": h, "model": fingerprint,
                   "detections": detections}
+        if dets.embedding is not None:  # what the monitor's embedding test compares
+            record["embedding"] = [round(float(v), 5) for v in dets.embedding]
         if request_log is not None:
             try:
                 request_log.append(record, image=data)

@@ -40,7 +40,7 @@ def model_fingerprint(path: str | Path) -> str:
 def build_app(model_path: str | Path, *, info: dict | None = None, log_dir: str | Path | None = None,
               sample_rate: float = 0.1, max_upload_mb: float = 20, max_pixels: int = 40_000_000,
               token: str | None = None, drift: Callable[[list[dict]], dict[str, float]] | None = None,
-              threads: int | None = None, seed: int = 0) -> Any:
+              threads: int | None = None, seed: int = 0, drift_window: int = 200, drift_every: int = 50) -> Any:
     """Load the model, open the request log and build the application.
 
     Args:
@@ -74,7 +74,7 @@ def build_app(model_path: str | Path, *, info: dict | None = None, log_dir: str 
     info.setdefault("model_path", str(model_path))
     log = RequestLog(log_dir, sample_rate=sample_rate, seed=seed) if log_dir else None
     return create_app(detector, info=info, log=log, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-                      token=token or None, drift=drift)
+                      token=token or None, drift=drift, window=drift_window, drift_every=drift_every)
 
 
 def app_from_env() -> Any:
@@ -93,7 +93,8 @@ def _display_host(host: str) -> str:
 def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, info: dict | None = None,
           log_dir: str | Path | None = None, sample_rate: float = 0.1, max_upload_mb: float = 20,
           max_pixels: int = 40_000_000, token_env: str = "CVOPS_SERVE_TOKEN",
-          drift: Callable[[list[dict]], dict[str, float]] | None = None, workers: int = 1) -> None:
+          drift: Callable[[list[dict]], dict[str, float]] | None = None, workers: int = 1,
+          drift_window: int = 200, drift_every: int = 50) -> None:
     """Serve an exported model over HTTP until interrupted (uvicorn, log level info, no reload).
 
     Args:
@@ -118,7 +119,8 @@ def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     auth = f"-H \"Authorization: Bearer ${token_env}\" " if token else ""
     config: dict[str, Any] = dict(model_path=str(model_path), info=info,
                                   log_dir=None if log_dir is None else str(log_dir), sample_rate=sample_rate,
-                                  max_upload_mb=max_upload_mb, max_pixels=max_pixels, drift=drift)
+                                  max_upload_mb=max_upload_mb, max_pixels=max_pixels, drift=drift,
+                                  drift_window=drift_window, drift_every=drift_every)
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         os.environ[CONFIG_ENV] = base64.b64encode(pickle.dumps({**config, "threads": threads,

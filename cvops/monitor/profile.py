@@ -1,0 +1,262 @@
+"""Per-image records, the reference profile, production windows and edge cases.
+
+A *record* describes one image the model saw: image statistics
+(:func:`cvops.monitor.drift.image_stats`), prediction statistics
+(:func:`cvops.monitor.drift.prediction_stats` at ``monitor.low_confidence``) and
+the model's pooled embedding (the exported graph's ``embedding`` output). The
+serve request log stores exactly these; folders, videos and generated windows
+are turned into them by running the exported model.
+
+The *reference profile* is the records of the curated val and test images
+(never trained on) under the exported model. It depends only on the curated
+data and the exported model, so it is built once per export and cached in the
+store under ``reference/<export fingerprint>-<code>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from cvops.export.runtime import Detections, OnnxDetector
+from cvops.monitor.drift import Profile, image_stats, prediction_stats
+
+log = logging.getLogger("cvops")
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
+
+
+@dataclass
+class Seen:
+    """One image of a window: where it is (if kept), its record and its detections."""
+
+    name: str  # file path, "video.mp4#frame", or request id
+    record: Dict[str, Any]
+    dets: Optional[Detections] = None
+    path: Optional[str] = None  # an image file FiftyOne can show (None: not kept, e.g. unsampled request)
+    frame: Optional[np.ndarray] = field(default=None, repr=False)  # decoded frame to write if it becomes an edge case
+
+
+def record_of(bgr: np.ndarray, dets: Detections, classes: Sequence[str], low: float) -> Dict[str, Any]:
+    h, w = bgr.shape[:2]
+    names = [classes[int(i)] if int(i) < len(classes) else str(int(i)) for i in dets.labels]
+    rec: Dict[str, Any] = {**image_stats(bgr), **prediction_stats(dets.scores, np.asarray(names, dtype=object),
+                                                                  dets.boxes, w, h, low)}
+    rec["detections"] = dets.to_json(classes)
+    if dets.embedding is not None:
+        rec["embedding"] = [float(v) for v in dets.embedding]
+    return rec
+
+
+def record_from_log(r: Dict[str, Any], low: float) -> Tuple[Dict[str, Any], Detections]:
+    """A request-log record completed with prediction statistics (the log keeps the raw detections)."""
+    d = r.get("detections") or []
+    dets = Detections(np.array([x["box"] for x in d], np.float32).reshape(-1, 4),
+                      np.array([x["score"] for x in d], np.float32),
+                      np.array([x.get("label", 0) for x in d], np.int64),
+                      np.asarray(r["embedding"], np.float32) if r.get("embedding") else None)
+    names = np.asarray([x.get("class", str(x.get("label"))) for x in d], dtype=object)
+    rec = {**r, **prediction_stats(dets.scores, names, dets.boxes, int(r["width"]), int(r["height"]), low)}
+    return rec, dets
+
+
+def profile_of(seen: Sequence[Seen]) -> Profile:
+    """A drift profile (numeric features, class counts, embeddings) from a window's records."""
+    keys = ("brightness", "contrast", "sharpness", "saturation", "width", "height", "aspect", "num_boxes",
+            "max_score", "mean_score", "empty", "box_area_frac", "labels")
+    recs = [{k: s.record[k] for k in keys if k in s.record} for s in seen]
+    embs = [s.record.get("embedding") for s in seen]
+    emb = np.asarray(embs, np.float32) if embs and all(e is not None for e in embs) else None
+    return Profile.from_records(recs, embeddings=emb)
+
+
+def run_images(detector: OnnxDetector, frames: Iterator[Tuple[str, Optional[str], np.ndarray]], low: float,
+               keep_frames: bool = False, batch: int = 8, desc: str = "monitor") -> List[Seen]:
+    """Run the exported model over (name, path, bgr) items; returns their records."""
+    from tqdm import tqdm
+
+    out: List[Seen] = []
+    chunk: List[Tuple[str, Optional[str], np.ndarray]] = []
+
+    def flush() -> None:
+        dets = detector.predict([c[2] for c in chunk])
+        for (name, path, bgr), d in zip(chunk, dets):
+            out.append(Seen(name, record_of(bgr, d, detector.classes, low), d, path, bgr if keep_frames else None))
+        chunk.clear()
+
+    for item in tqdm(frames, desc=desc, leave=False):
+        chunk.append(item)
+        if len(chunk) == batch:
+            flush()
+    if chunk:
+        flush()
+    return out
+
+
+# ------------------------------------------------------------ reference
+def _code_hash() -> str:
+    h = hashlib.sha256()
+    for mod in ("profile.py", "drift.py"):
+        h.update((Path(__file__).parent / mod).read_bytes())
+    return h.hexdigest()[:8]
+
+
+def reference(store_root: Path, export_fp: str, onnx_path: Path, coco_files: Sequence[Path], low: float,
+              timeout: float = 3600.0) -> Tuple[Profile, List[Seen], Path]:
+    """The reference profile of an exported model: built once, then read from the store.
+
+    Returns:
+        (profile, its records, the cache directory).
+    """
+    import cv2
+    from filelock import FileLock
+
+    d = Path(store_root) / "reference" / f"{export_fp}-{_code_hash()}"
+    d.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(d) + ".lock", timeout=timeout):
+        if (d / "records.jsonl").exists() and (d / "profile.npz").exists():
+            recs = [json.loads(line) for line in (d / "records.jsonl").read_text().splitlines() if line.strip()]
+            return Profile.from_npz(d / "profile.npz"), [Seen(r["name"], r, path=r["name"]) for r in recs], d
+        images: List[str] = []
+        for f in coco_files:
+            images += [im["file_name"] for im in json.loads(Path(f).read_text())["images"]]
+        if not images:
+            raise ValueError("the curated val and test splits are empty: no reference to monitor against")
+        det = OnnxDetector(onnx_path)
+        frames = ((p, p, cv2.imread(p, cv2.IMREAD_COLOR)) for p in images)
+        seen = run_images(det, frames, low, desc="monitor: reference")
+        prof = profile_of(seen)
+        tmp = d / "profile.tmp.npz"
+        prof.to_npz(tmp)
+        tmp.rename(d / "profile.npz")
+        lines = [json.dumps({"name": s.name, **{k: v for k, v in s.record.items() if k != "detections"}}) for s in seen]
+        (d / "records.tmp").write_text("\n".join(lines) + "\n")
+        (d / "records.tmp").rename(d / "records.jsonl")
+        log.info("  monitor: reference profile of %d val/test images -> %s", len(seen), d)
+        return prof, seen, d
+
+
+# ------------------------------------------------------------ windows
+def iter_folder(root: Path, window: int) -> Iterator[Tuple[str, Optional[str], np.ndarray]]:
+    """The newest ``window`` images of a folder (by modification time), oldest first."""
+    import cv2
+
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS), key=lambda p: (p.stat().st_mtime, str(p)))
+    for p in files[-window:]:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            log.warning("  monitor: skipped %s (cannot decode)", p)
+            continue
+        yield str(p), str(p), img
+
+
+def iter_videos(paths: Sequence[Path], fps: float, window: int) -> Iterator[Tuple[str, Optional[str], np.ndarray]]:
+    """Frames sampled at ``fps`` from each video in turn, at most ``window`` in all."""
+    import cv2
+
+    n = 0
+    for path in paths:
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            raise ValueError(f"monitor.source: cannot open video {path}")
+        native = cap.get(cv2.CAP_PROP_FPS) or fps
+        step = max(1, round(native / fps)) if fps else 1
+        f = 0
+        try:
+            while n < window:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                if f % step == 0:
+                    yield f"{path}#{f}", None, frame
+                    n += 1
+                f += 1
+        finally:
+            cap.release()
+
+
+def window_from_log(log_dir: Path, window: int, low: float) -> Tuple[List[Seen], int]:
+    """The newest ``window`` successful requests of a serve request log; also how many lines were unreadable."""
+    from cvops.serve.requestlog import read_log
+
+    records, skipped = read_log(log_dir)
+    ok = [r for r in records if r.get("status") == 200 and "width" in r]
+    seen = []
+    for r in ok[-window:]:
+        rec, dets = record_from_log(r, low)
+        img = r.get("image_path")
+        path = str(log_dir / img) if img else None
+        seen.append(Seen(r.get("id", "?"), rec, dets, path if path and Path(path).exists() else None))
+    return seen, skipped
+
+
+# ------------------------------------------------------------ edge cases
+def _iou_xyxy(b: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(b[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(b[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(b[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(b[:, None, 3], b[None, :, 3])
+    inter = (x2 - x1).clip(0) * (y2 - y1).clip(0)
+    area = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    return inter / np.maximum(area[:, None] + area[None] - inter, 1e-9)
+
+
+def nn_distances(ref: np.ndarray, x: np.ndarray, leave_one_out: bool = False) -> np.ndarray:
+    """Distance of each row of ``x`` to its nearest row of ``ref`` (standardised by the reference)."""
+    mu, sd = ref.mean(0), ref.std(0) + 1e-6
+    r, q = (ref - mu) / sd, (x - mu) / sd
+    d2 = (q ** 2).sum(1)[:, None] + (r ** 2).sum(1)[None] - 2 * q @ r.T
+    if leave_one_out:
+        np.fill_diagonal(d2, np.inf)
+    return np.sqrt(np.maximum(d2.min(1), 0))
+
+
+def edge_reasons(seen: Sequence[Seen], ref_embeddings: Optional[np.ndarray], low: float, near: float,
+                 overlap_iou: float, quantile: float) -> List[List[str]]:
+    """Why each image needs a human (empty list: it does not).
+
+    * ``low_confidence``: no box scores ``low`` or more, but the model saw something (a box >= low / 2);
+    * ``near_threshold``: a box within ``near`` of ``low`` that is not a weaker duplicate (IoU >=
+      ``overlap_iou``) of a box scoring ``low + near`` or more (the model hesitates on an object);
+    * ``overlap``: two boxes scoring ``low + near`` or more, of different classes, overlap with IoU >=
+      ``overlap_iou`` (class confusion);
+    * ``far_embedding``: farther from every reference image than ``quantile`` of the reference's own
+      nearest-neighbour distances (content unlike the training data).
+    """
+    far = np.zeros(len(seen), bool)
+    embs = [s.record.get("embedding") for s in seen]
+    if ref_embeddings is not None and len(ref_embeddings) > 2 and embs and all(e is not None for e in embs):
+        limit = np.quantile(nn_distances(ref_embeddings, ref_embeddings, leave_one_out=True), quantile)
+        far = nn_distances(ref_embeddings, np.asarray(embs, np.float32)) > limit
+    out = []
+    for s, f in zip(seen, far):
+        reasons = []
+        d = s.dets
+        scores = d.scores if d is not None else np.zeros(0)
+        if scores.size and scores.max() < low and scores.max() >= low / 2:
+            reasons.append("low_confidence")
+        if d is not None and scores.size:
+            sure = scores >= low + near
+            unsure = np.abs(scores - low) < near
+            if unsure.any():
+                iou = _iou_xyxy(d.boxes)
+                # an unsure box that is not just a weaker duplicate of a confident one: the model hesitates
+                if not sure.any() or (iou[np.ix_(unsure, sure)].max(1) < overlap_iou).any():
+                    reasons.append("near_threshold")
+            confident = scores >= low + near
+            if confident.sum() > 1:
+                b, lab = d.boxes[confident], d.labels[confident]
+                iou = _iou_xyxy(b)
+                np.fill_diagonal(iou, 0)
+                if ((iou >= overlap_iou) & (lab[:, None] != lab[None])).any():
+                    reasons.append("overlap")
+        if f:
+            reasons.append("far_embedding")
+        out.append(reasons)
+    return out

@@ -1,0 +1,326 @@
+"""The monitor stage: is production still the data the model was trained for?
+
+1. **Reference** (cached per exported model): records of the curated val + test
+   images under the exported model (:func:`cvops.monitor.profile.reference`).
+2. **Window**: the newest ``monitor.window`` images of ``monitor.source``: the
+   serve request log (default), a folder of images, a video file or folder of
+   videos (``monitor.fps``), or ``synthetic``: new videos from ``data.synthetic``
+   (seed ``monitor.seed``) with ``monitor.shift`` applied (darker, blurred,
+   noisy or an unseen background), the quickstart's stand-in for production.
+3. **Drift**: per feature KS + PSI (image brightness, contrast, sharpness,
+   saturation, size; boxes per image, max/mean score, empty rate, box sizes),
+   chi-square on the class mix, MMD on the embeddings, Bonferroni-corrected
+   (:func:`cvops.monitor.drift.compare`). Degradation proxies without labels:
+   mean max score, empty-prediction rate, boxes per image (window vs reference).
+4. **Edge cases** (:func:`cvops.monitor.profile.edge_reasons`) go to the FiftyOne
+   review dataset ``<project>-review`` with the predictions as ``prelabels``;
+   ``cvops review recipe=X`` turns reviewed ones into the next curate version.
+5. **Report**: ``report.html`` (verdicts + plots), ``drift.json``, W&B, and
+   ``run.json`` metrics ``drift_detected, drift_features, edge_cases,
+   window_images`` and more. ``monitor.on_drift`` starts ``cvops recipe=<it>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from cvops.config import ConfigError
+from cvops.monitor.drift import DriftReport, Profile, compare
+from cvops.monitor.profile import (IMAGE_EXTS, VIDEO_EXTS, Seen, edge_reasons, iter_folder, iter_videos, profile_of,
+                                   reference, run_images, window_from_log)
+from cvops.runner import StageContext, StageResult
+
+log = logging.getLogger("cvops")
+DEGRADATION = ("max_score", "empty", "num_boxes")
+
+
+class MonitorError(ConfigError):
+    """A monitor input the user has to fix (the message says how)."""
+
+
+def request_log_dir(cfg: Any) -> Path:
+    """Where ``cvops serve`` writes its request log for this recipe (``serve.log_dir`` or the store's default)."""
+    if cfg.serve.log_dir:
+        return Path(cfg.serve.log_dir)
+    return Path(cfg.paths.store).resolve() / "requests" / str(cfg.project)
+
+
+def load_window(ctx: StageContext, detector: Any, low: float) -> tuple[List[Seen], str, Dict[str, Any]]:
+    """The production window as records; also a description of the source and notes."""
+    mon = ctx.section["monitor"]
+    src, window = mon["source"], int(mon["window"])
+    notes: Dict[str, Any] = {}
+    if src is None:
+        d = request_log_dir(ctx.cfg)
+        if not d.exists():
+            raise MonitorError(
+                f"monitor.source is not set and there is no request log at {d}: serve the model first "
+                f"(cvops serve recipe=...) or point monitor.source at a folder of images or a video")
+        seen, skipped = window_from_log(d, window, low)
+        notes["unreadable_log_lines"] = skipped
+        if not seen:
+            raise MonitorError(f"the request log {d} has no successful requests yet")
+        return seen, f"request log {d}", notes
+    if src == "synthetic":
+        from cvops.curate.synthetic import Shift, generate, spec_from_config
+
+        sh = mon["shift"]
+        shift = Shift(brightness=float(sh["brightness"]), blur=float(sh["blur"]), noise=float(sh["noise"]),
+                      background=sh["background"])
+        spec = spec_from_config(ctx.cfg.data.synthetic, shift)
+        spec.seed = int(ctx.cfg.data.synthetic.seed) + 1000 + int(mon["seed"])
+        spec.num_images, spec.videos = window, 0  # fresh independent draws of the training generator
+        out = ctx.workdir / "window"
+        generate(out, spec, progress=False)
+        desc = f"synthetic window: {window} new generated images (seed {spec.seed}), shift " + (
+            "none" if shift.is_identity() else ", ".join(f"{k}={v}" for k, v in vars(shift).items() if v not in (None, 0.0, 1.0)))
+        return run_images(detector, iter_folder(out / "images", window), low, desc="monitor: window"), desc, notes
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise MonitorError(f"monitor.source={src}: no such file or folder")
+    if path.is_file() and path.suffix.lower() in VIDEO_EXTS:
+        return run_images(detector, iter_videos([path], float(mon["fps"]), window), low, keep_frames=True,
+                          desc="monitor: window"), f"video {path}", notes
+    if path.is_dir():
+        vids = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTS)
+        imgs = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS]
+        if imgs:
+            return run_images(detector, iter_folder(path, window), low, desc="monitor: window"), f"folder {path}", notes
+        if vids:
+            return run_images(detector, iter_videos(vids, float(mon["fps"]), window), low, keep_frames=True,
+                              desc="monitor: window"), f"videos in {path}", notes
+    raise MonitorError(f"monitor.source={src}: neither a video ({', '.join(sorted(VIDEO_EXTS))}) nor a folder "
+                       f"with images ({', '.join(sorted(IMAGE_EXTS))}) or videos")
+
+
+def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Path, fingerprint: str,
+              source: str) -> int:
+    """Add edge cases (Seen, reasons) to the persistent FiftyOne review dataset; returns how many went in."""
+    import cv2
+
+    from cvops.fo import connect
+
+    fo = connect()
+    ds = fo.load_dataset(dataset) if fo.dataset_exists(dataset) else fo.Dataset(dataset, persistent=True)
+    if "ground_truth" not in ds.get_field_schema():
+        ds.add_sample_field("ground_truth", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    ds.default_classes = list(classes)
+    frames = work / "edge_cases"
+    frames.mkdir(exist_ok=True)
+    samples = []
+    for k, (s, reasons) in enumerate(edge):
+        path = s.path
+        if path is None and s.frame is not None:
+            path = str(frames / f"{k:05d}.jpg")
+            cv2.imwrite(path, s.frame)
+        if path is None:
+            continue  # a request whose image was not sampled: counted, not reviewable
+        h, w = int(s.record.get("height", 1)), int(s.record.get("width", 1))
+        dets = []
+        if s.dets is not None:
+            for b, sc, lab in zip(s.dets.boxes, s.dets.scores, s.dets.labels):
+                dets.append(fo.Detection(label=classes[int(lab)] if int(lab) < len(classes) else str(int(lab)),
+                                         confidence=float(sc),
+                                         bounding_box=[float(b[0]) / w, float(b[1]) / h, float(b[2] - b[0]) / w,
+                                                       float(b[3] - b[1]) / h]))
+        sample = fo.Sample(filepath=str(Path(path).resolve()), tags=["needs_review", *reasons])
+        sample["prelabels"] = fo.Detections(detections=dets)
+        sample["edge_reasons"] = list(reasons)
+        sample["monitor_fingerprint"] = fingerprint
+        sample["window_source"] = source
+        sample["window_item"] = s.name
+        sample["max_score"] = float(s.record.get("max_score", 0.0))
+        samples.append(sample)
+    if samples:
+        known = set(ds.distinct("filepath")) if len(ds) else set()
+        new = [x for x in samples if x.filepath not in known]
+        if new:
+            ds.add_samples(new, progress=False)
+    return len(samples)
+
+
+def _plots(work: Path, ref: Profile, win: Profile, report: DriftReport) -> Dict[str, str]:
+    from matplotlib.figure import Figure
+
+    out: Dict[str, str] = {}
+    names = [f.name for f in report.features if f.test in ("ks", "ks+psi") and f.name in ref.features]
+    names = names or [k for k in ref.features if k in win.features]
+    cols = 4
+    rows = max(1, -(-len(names) // cols))
+    fig = Figure(figsize=(3.2 * cols, 2.4 * rows))
+    drifted = set(report.drift_features)
+    for i, n in enumerate(names):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        a, b = np.asarray(ref.features[n], float), np.asarray(win.features[n], float)
+        a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+        if a.size and b.size:
+            lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+            bins = np.linspace(lo, hi if hi > lo else lo + 1, 25)
+            ax.hist(a, bins=bins, density=True, alpha=0.5, label="reference")
+            ax.hist(b, bins=bins, density=True, alpha=0.5, label="window")
+        ax.set_title(f"{n}{'  DRIFT' if n in drifted else ''}", fontsize=9, color="red" if n in drifted else "black")
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(work / "features.png", dpi=90)
+    out["features_plot"] = "features.png"
+    if ref.embeddings is not None and win.embeddings is not None:
+        both = np.vstack([ref.embeddings, win.embeddings]).astype(np.float64)
+        mu, sd = both.mean(0), both.std(0) + 1e-9
+        z = (both - mu) / sd
+        _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
+        p = z @ vt[:2].T
+        fig = Figure(figsize=(4.5, 4))
+        ax = fig.add_subplot()
+        n = len(ref.embeddings)
+        ax.scatter(p[:n, 0], p[:n, 1], s=8, alpha=0.6, label="reference")
+        ax.scatter(p[n:, 0], p[n:, 1], s=8, alpha=0.6, label="window")
+        ax.set_title("embeddings (PCA of pooled model features)", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(work / "embeddings.png", dpi=90)
+        out["embeddings_plot"] = "embeddings.png"
+    return out
+
+
+def _html(work: Path, title: str, metrics: Dict[str, Any], report: DriftReport, plots: Dict[str, str]) -> None:
+    import html
+
+    rows = []
+    for f in report.features:
+        p = "" if f.p_value is None else f"{f.p_value:.3g}"
+        pa = "" if getattr(f, "p_adjusted", None) is None else f"{f.p_adjusted:.3g}"
+        psi = "" if f.psi is None or not np.isfinite(f.psi) else f"{f.psi:.3f}"
+        rm = "" if f.ref_mean is None else f"{f.ref_mean:.4g}"
+        cm = "" if f.cur_mean is None else f"{f.cur_mean:.4g}"
+        style = ' style="background:#fdd"' if f.drifted else ""
+        rows.append(f"<tr{style}><td>{html.escape(f.name)}</td><td>{f.test}</td><td>{p}</td><td>{pa}</td><td>{psi}</td>"
+                    f"<td>{rm}</td><td>{cm}</td><td>{'DRIFT' if f.drifted else 'ok'}</td></tr>")
+    imgs = "".join(f'<p><img src="data:image/png;base64,{base64.b64encode((work / p).read_bytes()).decode()}"></p>'
+                   for p in plots.values())
+    verdict = "DRIFT DETECTED" if metrics["drift_detected"] else "no drift"
+    deg = "".join(f"<li>{html.escape(k)}: reference {v['reference']:.3f}, window {v['window']:.3f}</li>"
+                  for k, v in metrics["degradation"].items())
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<h2 style="color:{'#c00' if metrics['drift_detected'] else '#070'}">{verdict}</h2>
+<p>window: {metrics['window_images']} images from {html.escape(metrics['window_source'])};
+reference: {metrics['reference_images']} curated val/test images. Drifted: {', '.join(report.drift_features) or 'none'}.
+Tests are Bonferroni-corrected over {report.num_tests} tests at p &lt; {report.p_value}; a numeric feature drifts when
+its corrected KS p-value is below that <i>and</i> PSI &gt; {report.psi_threshold}.</p>
+<h3>Degradation proxies (no labels needed)</h3><ul>{deg}</ul>
+<h3>Edge cases</h3><p>{metrics['edge_cases']} image(s) sent to FiftyOne dataset <b>{html.escape(str(metrics['review_dataset']))}</b>
+({', '.join(f'{k}: {v}' for k, v in metrics['edge_case_reasons'].items()) or 'none'}).
+Review them with <code>cvops app --dataset {html.escape(str(metrics["review_dataset"]))}</code>, tag the ones you
+fixed <code>reviewed</code>, then <code>cvops review recipe=...</code>.</p>
+<h3>Per-feature verdicts</h3>
+<table><tr><th>feature</th><th>test</th><th>p</th><th>p corrected</th><th>PSI</th><th>reference mean</th><th>window mean</th><th>verdict</th></tr>
+{''.join(rows)}</table>
+{imgs}
+</body></html>"""
+    (work / "report.html").write_text(doc)
+
+
+def run(ctx: StageContext) -> StageResult:
+    from cvops.export.runtime import OnnxDetector
+
+    mon = ctx.section["monitor"]
+    curate, export = ctx.inputs["curate"], ctx.inputs["export"]
+    work = ctx.workdir
+    low = float(mon["low_confidence"])
+    onnx_path = export.path("onnx")
+    store_root = Path(ctx.cfg.paths.store)
+    ref, ref_seen, ref_dir = reference(store_root, export.fingerprint, onnx_path,
+                                       [curate.path("coco_val"), curate.path("coco_test")], low,
+                                       timeout=float(ctx.cfg.lock_timeout_s))
+    detector = OnnxDetector(onnx_path)
+    seen, source, notes = load_window(ctx, detector, low)
+    win = profile_of(seen)
+    report = compare(ref, win, p_value=float(mon["p_value"]), psi_threshold=float(mon["psi_threshold"]),
+                     permutations=int(mon["mmd_permutations"]), seed=int(mon["seed"]))
+    reasons = edge_reasons(seen, ref.embeddings, low, float(mon["near_threshold"]), float(mon["overlap_iou"]),
+                           float(mon["embedding_quantile"]))
+    edge = [(s, r) for s, r in zip(seen, reasons) if r]
+    edge.sort(key=lambda e: (-len(e[1]), float(e[0].record.get("max_score", 0.0))))
+    edge = edge[: int(mon["max_edge_cases"])]
+    counts: Dict[str, int] = {}
+    for _, r in edge:
+        for x in r:
+            counts[x] = counts.get(x, 0) + 1
+    review = mon["review_dataset"] or f"{ctx.cfg.project}-review"
+    classes = list(curate.metrics["classes"])
+    added = to_review(review, edge, classes, work, ctx.fingerprint, source)
+
+    def mean(p: Profile, k: str) -> float:
+        v = np.asarray(p.features.get(k, []), float)
+        return float(v[np.isfinite(v)].mean()) if v.size else float("nan")
+
+    metrics: Dict[str, Any] = {
+        "drift_detected": bool(report.drift_detected),
+        "drift_features": list(report.drift_features),
+        "edge_cases": len(edge),
+        "edge_cases_in_review": added,
+        "edge_case_reasons": counts,
+        "window_images": len(seen),
+        "window_source": source,
+        "reference_images": len(ref_seen),
+        "review_dataset": review,
+        "degradation": {k: {"reference": mean(ref, k), "window": mean(win, k)} for k in DEGRADATION},
+        "p_values": {f.name: f.p_value for f in report.features if f.p_value is not None},
+        **notes,
+    }
+    (work / "drift.json").write_text(json.dumps({"report": report.to_dict(), "metrics": metrics}, indent=1, default=str))
+    plots = _plots(work, ref, win, report)
+    _html(work, f"cvops monitor · {ctx.cfg.project}", metrics, report, plots)
+    _track(ctx, metrics, report)
+    if report.drift_detected and mon["on_drift"]:
+        metrics["retrain"] = _retrain(ctx, str(mon["on_drift"]))
+    out = ctx.run_dir / "monitor"
+    out.mkdir(parents=True, exist_ok=True)
+    for rel in ("report.html", "drift.json", *plots.values()):
+        (out / rel).write_bytes((work / rel).read_bytes())
+    log.info("  monitor: %s on %d images (%s): %s; %d edge case(s) -> FiftyOne %s; report %s",
+             "DRIFT" if report.drift_detected else "no drift", len(seen), source,
+             ", ".join(report.drift_features) or "nothing drifted", len(edge), review, out / "report.html")
+    metrics["reference_dir"] = str(ref_dir)
+    return StageResult({"report": "report.html", "drift": "drift.json", **plots}, metrics)
+
+
+def _track(ctx: StageContext, metrics: Dict[str, Any], report: DriftReport) -> None:
+    from cvops.instantiate import instantiate
+
+    try:
+        tracker = instantiate(ctx.cfg.tracker)
+        tracker.start(ctx.workdir, f"{ctx.cfg.project}-monitor", {"monitor": ctx.section["monitor"]})
+        tracker.log({"monitor/drift_detected": int(metrics["drift_detected"]), "monitor/edge_cases": metrics["edge_cases"],
+                     "monitor/window_images": metrics["window_images"],
+                     **{f"monitor/p/{k}": v for k, v in metrics["p_values"].items()}})
+        tracker.summary({"drift_detected": metrics["drift_detected"], "drift_features": ",".join(metrics["drift_features"])})
+        tracker.finish()
+    except Exception as e:  # tracking must not hide the verdict
+        log.warning("  monitor: tracker failed: %s", e)
+
+
+def _retrain(ctx: StageContext, recipe: str) -> Dict[str, Any]:
+    """Start ``cvops recipe=<recipe>`` in the background (monitor.on_drift)."""
+    from cvops.recipes import available_recipes
+
+    if recipe not in available_recipes():
+        raise MonitorError(f"monitor.on_drift={recipe}: no such recipe; choose from {available_recipes()}")
+    logf = ctx.run_dir / "monitor" / f"on_drift_{recipe}.log"
+    logf.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "cvops", f"recipe={recipe}"]
+    with open(logf, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(Path.cwd()))
+    log.info("  monitor: drift -> started %s (pid %d, log %s)", " ".join(cmd[2:]), proc.pid, logf)
+    return {"recipe": recipe, "command": "cvops " + " ".join(cmd[3:]), "pid": proc.pid, "log": str(logf)}

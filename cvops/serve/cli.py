@@ -1,0 +1,90 @@
+"""``cvops serve recipe=X``: the HTTP endpoint on the recipe's exported model.
+
+::
+
+    cvops serve recipe=bccd                      # http://127.0.0.1:8000 (serve.host / serve.port)
+    cvops serve recipe=bccd serve.port=9000 --workers 2
+    curl -F image=@cell.jpg localhost:8000/v1/predict
+
+It serves the export artifact of the recipe as configured now (its
+fingerprint in the store; if it is not built, it says which stages to run),
+logs requests to ``serve.log_dir`` (default ``<store>/requests/<project>``,
+where ``cvops recipe=X stages=[monitor]`` reads them) and keeps live drift
+gauges against the model's reference profile on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+
+class DriftGauges:
+    """The live drift check the server runs over its sliding window of request records (picklable)."""
+
+    def __init__(self, reference: Any, p_value: float, psi_threshold: float, permutations: int, low: float) -> None:
+        self.reference, self.p_value, self.psi_threshold = reference, p_value, psi_threshold
+        self.permutations, self.low = permutations, low
+
+    def __call__(self, records: List[dict]) -> Dict[str, float]:
+        from cvops.monitor.drift import compare
+        from cvops.monitor.profile import Seen, profile_of, record_from_log
+
+        seen = [Seen(r.get("id", "?"), record_from_log(r, self.low)[0]) for r in records if "width" in r]
+        if len(seen) < 20:  # too few to say anything
+            return {}
+        rep = compare(self.reference, profile_of(seen), p_value=self.p_value, psi_threshold=self.psi_threshold,
+                      permutations=self.permutations)
+        out: Dict[str, float] = {"drift_detected": float(rep.drift_detected)}
+        out.update({f.name: float(f.drifted) for f in rep.features if f.test != "skipped"})
+        return out
+
+
+def main(argv: List[str]) -> int:
+    ap = argparse.ArgumentParser(prog="cvops serve", description="Serve a recipe's exported model over HTTP.")
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    args, overrides = ap.parse_known_args(argv)
+    from pathlib import Path
+
+    from cvops.artifacts import ArtifactStore
+    from cvops.config import ConfigError, compose_config, preflight
+    from cvops.runner import fingerprints
+
+    try:
+        preflight(overrides)
+        cfg = compose_config(overrides)
+        fps = fingerprints(cfg)
+        store = ArtifactStore(cfg.paths.store)
+        export = store.get("export", fps["export"]["fingerprint"])
+        if export is None:
+            raise ConfigError(f"no exported model for this config (export {fps['export']['fingerprint']}) in "
+                              f"{store.root}; build it first: cvops {' '.join(overrides)} stages=[curate,train,export]")
+    except ConfigError as e:
+        print(f"cvops: error: {e}", file=sys.stderr)
+        return 2
+    from cvops.monitor.profile import reference
+    from cvops.monitor.stage import request_log_dir
+    from cvops.serve.server import serve
+
+    curate = store.get("curate", fps["curate"]["fingerprint"])
+    mon, sv = cfg.monitor, cfg.serve
+    drift: Optional[Callable[[List[dict]], Dict[str, float]]] = None
+    if curate is not None:
+        ref, _, _ = reference(Path(cfg.paths.store), export.fingerprint, export.path("onnx"),
+                              [curate.path("coco_val"), curate.path("coco_test")], float(mon.low_confidence))
+        drift = DriftGauges(ref, float(mon.p_value), float(mon.psi_threshold), int(mon.mmd_permutations),
+                            float(mon.low_confidence))
+    model = export.path("onnx")
+    if sv.backend == "tensorrt":
+        print("cvops serve: serve.backend=tensorrt serves the engine through Triton: tritonserver "
+              f"--model-repository {export.dir / 'triton'}; this endpoint runs ONNX Runtime", file=sys.stderr)
+    info = {"project": str(cfg.project), "recipe": next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None),
+            "dataset_version": curate.metrics.get("dataset_version") if curate else None,
+            "fingerprint": export.fingerprint, "train_fingerprint": fps["train"]["fingerprint"],
+            "model": str(cfg.model.name), "onnx": str(model)}
+    serve(model, host=str(sv.host), port=int(sv.port), info=info, log_dir=request_log_dir(cfg),
+          sample_rate=float(sv.sample_rate), max_upload_mb=float(sv.max_upload_mb), max_pixels=int(sv.max_pixels),
+          token_env=str(sv.token_env), drift=drift, workers=args.workers, drift_window=int(mon.drift_window),
+          drift_every=int(mon.drift_every))
+    return 0

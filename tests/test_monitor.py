@@ -1,0 +1,102 @@
+"""Monitor: windows from a folder / request log, edge-case selection, arrival in FiftyOne."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cvops.export.runtime import Detections
+from cvops.monitor.profile import Seen, edge_reasons, nn_distances
+
+
+def _seen(scores, labels, boxes, emb=None, name="x"):
+    d = Detections(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
+                   np.asarray(labels, np.int64), None if emb is None else np.asarray(emb, np.float32))
+    rec = {"max_score": float(max(scores, default=0.0)), "width": 100, "height": 100}
+    if emb is not None:
+        rec["embedding"] = list(emb)
+    return Seen(name, rec, d)
+
+
+def test_edge_case_reasons():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 8)).astype(np.float32)
+    far = np.full(8, 8.0)
+    cases = [
+        _seen([0.9], [0], [[10, 10, 40, 40]], ref[0] + 0.01),  # confident, typical: not an edge case
+        _seen([0.22], [1], [[10, 10, 40, 40]], ref[1]),  # nothing confident, something seen
+        _seen([0.9, 0.32], [0, 1], [[10, 10, 40, 40], [60, 60, 90, 90]], ref[2]),  # a hesitant second object
+        _seen([0.9, 0.33], [0, 0], [[10, 10, 40, 40], [11, 11, 41, 41]], ref[3]),  # weaker duplicate: fine
+        _seen([0.9, 0.85], [0, 2], [[10, 10, 40, 40], [12, 12, 40, 40]], ref[4]),  # two classes, one object
+        _seen([0.9], [0], [[10, 10, 40, 40]], far),  # unlike anything in the reference
+    ]
+    reasons = edge_reasons(cases, ref, low=0.3, near=0.1, overlap_iou=0.5, quantile=0.99)
+    assert reasons[0] == [] and reasons[3] == []
+    assert "low_confidence" in reasons[1] and "near_threshold" in reasons[1]
+    assert reasons[2] == ["near_threshold"]
+    assert reasons[4] == ["overlap"]
+    assert reasons[5] == ["far_embedding"]
+
+
+def test_nn_distances_leave_one_out():
+    ref = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
+    d = nn_distances(ref, ref, leave_one_out=True)
+    assert (d > 0).all()
+    assert nn_distances(ref, ref).max() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_edge_cases_arrive_in_fiftyone_with_prelabels(tmp_path):
+    import cv2
+
+    from cvops.fo import connect
+    from cvops.monitor.stage import to_review
+
+    frame = np.full((100, 100, 3), 90, np.uint8)
+    path = tmp_path / "a.jpg"
+    cv2.imwrite(str(path), frame)
+    a = _seen([0.2], [1], [[10, 10, 40, 40]], name=str(path))
+    a.path = str(path)
+    b = _seen([0.9, 0.85], [0, 2], [[10, 10, 40, 40], [12, 12, 40, 40]], name="video.mp4#7")
+    b.frame = frame  # a decoded frame: written next to the artifact
+    c = _seen([0.25], [0], [[0, 0, 5, 5]], name="request-1")  # an unsampled request: not reviewable
+    n = to_review("monitor-test-review", [(a, ["low_confidence"]), (b, ["overlap"]), (c, ["low_confidence"])],
+                  ["circle", "square", "triangle"], tmp_path, "fp123", "test window")
+    assert n == 2
+    fo = connect()
+    ds = fo.load_dataset("monitor-test-review")
+    assert len(ds) == 2 and ds.persistent
+    s = ds.match_tags("overlap").first()
+    assert s.edge_reasons == ["overlap"] and s.monitor_fingerprint == "fp123" and "needs_review" in s.tags
+    labels = sorted(d.label for d in s.prelabels.detections)
+    assert labels == ["circle", "triangle"]
+    box = s.prelabels.detections[0].bounding_box
+    assert all(0 <= v <= 1 for v in box)
+    assert (tmp_path / "edge_cases").is_dir()
+    # the same images again: not duplicated
+    to_review("monitor-test-review", [(a, ["low_confidence"])], ["circle", "square", "triangle"], tmp_path, "fp", "w")
+    assert len(fo.load_dataset("monitor-test-review")) == 2
+
+
+def test_window_from_a_request_log_cut_mid_line(tmp_path):
+    from cvops.monitor.profile import window_from_log
+
+    recs = [{"id": f"r{i}", "status": 200, "width": 64, "height": 48, "brightness": 100.0 + i,
+             "detections": [{"box": [1, 2, 30, 40], "score": 0.8, "label": 1, "class": "square"}],
+             "embedding": [0.1 * i, 0.2]} for i in range(5)]
+    recs.insert(2, {"id": "bad", "status": 400, "error": "bad_image"})
+    text = "\n".join(json.dumps(r) for r in recs) + "\n" + json.dumps(recs[0])[:25]  # killed mid-write
+    (tmp_path / "requests.jsonl").write_text(text)
+    seen, skipped = window_from_log(tmp_path, window=3, low=0.3)
+    assert skipped == 1
+    assert [s.name for s in seen] == ["r2", "r3", "r4"]  # newest 3 successful requests
+    r = seen[0].record
+    assert r["num_boxes"] == 1 and r["max_score"] == pytest.approx(0.8) and r["labels"] == ["square"]
+    assert seen[0].dets.embedding.tolist() == pytest.approx([0.2, 0.2])
+
+
+def test_monitor_without_request_log_or_source_says_what_to_do(cvops, tmp_path):
+    r = cvops("project=mon", "data=synthetic", "stages=[monitor]", f"paths.store={tmp_path / 'store'}")
+    assert r.returncode == 2
+    assert "needs the 'export' artifact" in r.stderr or "needs the" in r.stderr
