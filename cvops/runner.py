@@ -212,15 +212,25 @@ class Runner:
             UpstreamMissing: naming the stage to run first and the command to do it.
         """
         fps = fingerprints(self.cfg)
-        for name in self.requested:
-            for up in SPECS[name].inputs:
-                if up in self.requested or self.store.is_complete(up, fps[up]["fingerprint"]):
+
+        def missing(stage: str, seen: set) -> List[str]:  # upstream stages neither requested nor stored
+            out: List[str] = []
+            for up in SPECS[stage].inputs:
+                if up in seen or up in self.requested or self.store.is_complete(up, fps[up]["fingerprint"]):
                     continue
-                need = [s for s in ORDER if s in self.requested or s == up]
+                seen.add(up)
+                out += [up, *missing(up, seen)]
+            return out
+
+        for name in self.requested:
+            absent = missing(name, set())
+            if absent:
+                need = [s for s in ORDER if s in self.requested or s in absent]
+                what = ", ".join(f"'{u}' (fingerprint {fps[u]['fingerprint']})" for u in ORDER if u in absent)
                 raise UpstreamMissing(
-                    f"stage '{name}' needs the '{up}' artifact for this config (fingerprint "
-                    f"{fps[up]['fingerprint']}), which is not in the store {self.store.root}. "
-                    f"Run it in the same command: stages=[{','.join(need)}]"
+                    f"stage '{name}' needs the {what} artifact{'s' if len(absent) > 1 else ''} for this config, "
+                    f"which {'are' if len(absent) > 1 else 'is'} not in the store {self.store.root}. "
+                    f"Run {'them' if len(absent) > 1 else 'it'} in the same command: stages=[{','.join(need)}]"
                 )
         return fps
 

@@ -320,3 +320,27 @@ def test_gate_passes_the_export_and_fails_a_broken_one(exported, tmp_path):
     bad = parity(det.run, wrong, ann, torch_dets, torch_map, max_drop=0.5, conf_thr=conf)
     assert not bad["pass"] and bad["map_drop"] > 0.5
     assert bad["disagreeing_images"] > good["disagreeing_images"] and {r["file_name"] for r in bad["rows"]} <= {im["file_name"] for im in coco["images"]}
+
+
+def test_engine_fingerprint_mismatch_means_rebuild(tmp_path):
+    """An engine built for another TensorRT / GPU architecture is stale (TrtDetector rebuilds it from the ONNX)."""
+    from cvops.export.tensorrt import stale
+
+    here = {"tensorrt": "10.13.0", "cuda": "12.8", "gpu": "NVIDIA H100", "compute_capability": "9.0"}
+    engine = tmp_path / "model.engine"
+    assert "does not exist" in stale(engine, here)
+    engine.write_bytes(b"\0")
+    assert "fingerprint) is missing" in stale(engine, here)
+    engine.with_suffix(".json").write_text(json.dumps({**here, "gpu": "NVIDIA H100 80GB HBM3"}))
+    assert stale(engine, here) is None  # same architecture and versions: the GPU's marketing name may differ
+    engine.with_suffix(".json").write_text(json.dumps({**here, "compute_capability": "8.0"}))
+    assert "compute_capability: built '8.0', here '9.0'" in stale(engine, here)
+    engine.with_suffix(".json").write_text(json.dumps({**here, "tensorrt": "10.3.0"}))
+    assert "tensorrt" in stale(engine, here)
+
+
+def test_export_without_a_trained_model_says_which_stages_to_run(cvops):
+    r = cvops("project=noexport", "data=synthetic", "stages=[export]")
+    assert r.returncode == 2
+    assert "needs the 'curate' (fingerprint" in r.stderr and "'train' (fingerprint" in r.stderr
+    assert "stages=[curate,train,export]" in r.stderr

@@ -99,4 +99,4 @@ def test_window_from_a_request_log_cut_mid_line(tmp_path):
 def test_monitor_without_request_log_or_source_says_what_to_do(cvops, tmp_path):
     r = cvops("project=mon", "data=synthetic", "stages=[monitor]", f"paths.store={tmp_path / 'store'}")
     assert r.returncode == 2
-    assert "needs the 'export' artifact" in r.stderr or "needs the" in r.stderr
+    assert "'export' (fingerprint" in r.stderr and "stages=[curate,train,export,monitor]" in r.stderr

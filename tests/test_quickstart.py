@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -58,6 +59,19 @@ def test_quickstart_end_to_end_cached_rerun_drift_and_serving(cvops):
     assert quiet.returncode == 0, quiet.stdout[-3000:] + quiet.stderr[-3000:]
     q = cvops.run_jsons()[-1]["stages"]["monitor"]
     assert q["status"] == "ran" and q["metrics"]["drift_detected"] is False, q["metrics"]["drift_features"]
+
+    # TensorRT on a host without it: ONNX still built and gated, the stage says what to run where
+    from cvops.export.tensorrt import unavailable
+
+    trt = cvops(*SMALL, "stages=[export,monitor]", "export=tensorrt_fp16", timeout=300)
+    assert trt.returncode == 0, trt.stdout[-3000:] + trt.stderr[-3000:]
+    r = cvops.run_jsons()[-1]["stages"]
+    if unavailable():
+        assert r["export"]["status"] == "skipped", r["export"]
+        reason = r["export"]["reason"]
+        assert "TensorRT engine not built" in reason and "export=tensorrt_fp16" in reason and "stages=[export]" in reason
+        assert r["export"]["metrics"]["tensorrt"] == "skipped" and r["export"]["metrics"]["gate"] == "pass"
+    assert Path(r["export"]["artifacts"]["onnx"]).exists() and r["monitor"]["status"] == "ran"
 
     # serve the exported model, send traffic, monitor the request log
     import cv2

@@ -92,5 +92,5 @@ def test_unwritable_store(cvops):
 
 def test_upstream_missing_says_what_to_run(cvops):
     r = cvops("recipe=quickstart", "stages=[train]", test_stages=True)
-    _fails(r, "needs the 'curate' artifact", "stages=[curate,train]")
+    _fails(r, "needs the 'curate' (fingerprint", "stages=[curate,train]")
     assert cvops.calls() == []

@@ -411,7 +411,18 @@ def read_video(path: Path, source: str, ledger: Ledger, fps: Optional[float], ev
 
 
 def iter_sources(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
-    """The configured sources: ``data.sources`` entries (``data=sources``), else ``data`` itself."""
+    """The configured sources, in order: ``data.sources`` entries (``data=sources``), else
+    ``data`` itself; then each ``data.extra`` entry (e.g. reviewed edge cases from
+    ``cvops review``), which is added to whatever the main source is.
+
+    Entries of ``sources`` and ``extra`` inherit the other ``data`` keys (``classes``,
+    ``class_map``, ``fps``, ...) and override them with their own.
+
+    Raises:
+        SourceError: an entry without ``format`` (or an ``extra`` entry without ``path``),
+            or ``sources`` set without ``data=sources``.
+    """
+    common = {k: v for k, v in data.items() if k not in ("sources", "extra")}
     if data.get("sources") and data.get("format") != "sources":
         raise SourceError(f"data.sources is set but data.format={data.get('format')}; select data=sources "
                           "to merge several sources")
@@ -421,6 +432,15 @@ def iter_sources(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
         for i, s in enumerate(data["sources"]):
             if "format" not in s:
                 raise SourceError(f"data.sources[{i}] has no 'format' (one of coco, yolo, images, video, synthetic)")
-            yield {**{k: v for k, v in data.items() if k != "sources"}, **s}
+            yield {**common, **s}
     else:
         yield data
+    for i, e in enumerate(data.get("extra") or []):
+        if "format" not in e:
+            raise SourceError(f"data.extra[{i}] has no 'format' (one of coco, yolo, voc, images, video, synthetic)")
+        if e["format"] == "sources":
+            raise SourceError(f"data.extra[{i}]: format 'sources' cannot be nested; list each source in data.extra")
+        if e["format"] != "synthetic" and not e.get("path"):
+            # without this, the entry would silently re-read the main data.path in another format
+            raise SourceError(f"data.extra[{i}] (format {e['format']}) has no 'path'")
+        yield {**common, **e}

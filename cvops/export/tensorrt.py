@@ -104,15 +104,22 @@ def build_engine(onnx_path: Path, engine_path: Path, *, input_shape: Sequence[in
     return info
 
 
-def stale(engine_path: Path) -> Optional[str]:
-    """Why an engine does not fit this machine (None when it does)."""
+def stale(engine_path: Path, here: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    """Why an engine does not fit this machine (None when it does).
+
+    Args:
+        here: the machine's fingerprint (default: :func:`machine_fingerprint`).
+    """
     meta = engine_path.with_suffix(".json")
     if not engine_path.exists():
         return f"{engine_path} does not exist"
     if not meta.exists():
         return f"{meta} (the engine's fingerprint) is missing"
-    built = json.loads(meta.read_text())
-    here = machine_fingerprint()
+    try:
+        built = json.loads(meta.read_text())
+    except ValueError:
+        return f"{meta} (the engine's fingerprint) is unreadable"
+    here = here if here is not None else machine_fingerprint()
     diff = [f"{k}: built {built.get(k)!r}, here {v!r}" for k, v in here.items() if k != "gpu" and built.get(k) != v]
     return "; ".join(diff) or None
 
@@ -169,3 +176,32 @@ class TrtDetector:
             raise RuntimeError(f"TensorRT execution of {self.path} failed")
         self.stream.synchronize()
         return [outs[n].cpu().numpy() for n in OUTPUTS]
+
+
+class EngineDetector:
+    """:class:`cvops.export.runtime.OnnxDetector`'s interface over a TensorRT engine (what ``cvops serve`` uses).
+
+    The preprocessing contract and class names come from the ONNX the engine was built from.
+    """
+
+    def __init__(self, engine_path: Path, onnx_path: Path) -> None:
+        import onnx
+
+        from cvops.export.runtime import Preprocess
+
+        self.path = Path(engine_path)
+        self.engine = TrtDetector(self.path, Path(onnx_path))
+        meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+        self.metadata = meta
+        self.preprocess = Preprocess.from_dict(json.loads(meta["cvops.preprocess"]))
+        self.classes: List[str] = json.loads(meta.get("cvops.classes", "[]"))
+        self.fixed_batch = None
+
+    def run(self, tensor: np.ndarray) -> List[np.ndarray]:
+        return self.engine.run(tensor)
+
+    def predict(self, images: Sequence[np.ndarray]) -> List[Any]:
+        from cvops.export.runtime import split_outputs
+
+        tensor, scales = self.preprocess.batch(images)
+        return split_outputs(self.run(tensor), scales, [(im.shape[1], im.shape[0]) for im in images], self.preprocess)

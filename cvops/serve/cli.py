@@ -76,9 +76,22 @@ def main(argv: List[str]) -> int:
         drift = DriftGauges(ref, float(mon.p_value), float(mon.psi_threshold), int(mon.mmd_permutations),
                             float(mon.low_confidence))
     model = export.path("onnx")
+    engine = None
     if sv.backend == "tensorrt":
-        print("cvops serve: serve.backend=tensorrt serves the engine through Triton: tritonserver "
-              f"--model-repository {export.dir / 'triton'}; this endpoint runs ONNX Runtime", file=sys.stderr)
+        from cvops.export.tensorrt import unavailable
+
+        names = export.manifest.get("artifacts", {})
+        why = unavailable() or (None if "engine" in names else
+                                "the export has no engine (export with export=tensorrt_fp16 or tensorrt_int8)")
+        if why:
+            print(f"cvops: error: serve.backend=tensorrt: {why}; use serve.backend=onnxruntime", file=sys.stderr)
+            return 2
+        engine = export.path("engine")
+        src = export.path("onnx_int8_trt") if "onnx_int8_trt" in names and "int8" in engine.name else model
+        model = src
+    elif sv.backend != "onnxruntime":
+        print(f"cvops: error: serve.backend={sv.backend}: use onnxruntime or tensorrt", file=sys.stderr)
+        return 2
     info = {"project": str(cfg.project), "recipe": next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None),
             "dataset_version": curate.metrics.get("dataset_version") if curate else None,
             "fingerprint": export.fingerprint, "train_fingerprint": fps["train"]["fingerprint"],
@@ -86,5 +99,5 @@ def main(argv: List[str]) -> int:
     serve(model, host=str(sv.host), port=int(sv.port), info=info, log_dir=request_log_dir(cfg),
           sample_rate=float(sv.sample_rate), max_upload_mb=float(sv.max_upload_mb), max_pixels=int(sv.max_pixels),
           token_env=str(sv.token_env), drift=drift, workers=args.workers, drift_window=int(mon.drift_window),
-          drift_every=int(mon.drift_every))
+          drift_every=int(mon.drift_every), engine_path=engine)
     return 0

@@ -40,7 +40,8 @@ def model_fingerprint(path: str | Path) -> str:
 def build_app(model_path: str | Path, *, info: dict | None = None, log_dir: str | Path | None = None,
               sample_rate: float = 0.1, max_upload_mb: float = 20, max_pixels: int = 40_000_000,
               token: str | None = None, drift: Callable[[list[dict]], dict[str, float]] | None = None,
-              threads: int | None = None, seed: int = 0, drift_window: int = 200, drift_every: int = 50) -> Any:
+              threads: int | None = None, seed: int = 0, drift_window: int = 200, drift_every: int = 50,
+              engine_path: str | Path | None = None) -> Any:
     """Load the model, open the request log and build the application.
 
     Args:
@@ -65,7 +66,12 @@ def build_app(model_path: str | Path, *, info: dict | None = None, log_dir: str 
     from cvops.serve.app import create_app
     from cvops.serve.requestlog import RequestLog
 
-    detector = OnnxDetector(model_path, threads=threads)
+    if engine_path:  # TensorRT where an engine runs (built by export=tensorrt_*; rebuilt if from another machine)
+        from cvops.export.tensorrt import EngineDetector
+
+        detector: Any = EngineDetector(Path(engine_path), Path(model_path))
+    else:
+        detector = OnnxDetector(model_path, threads=threads)
     pre = detector.preprocess
     detector.predict([np.zeros((pre.height, pre.width, 3), np.uint8)] * (detector.fixed_batch or 1))  # fail early
     info = dict(info or {})
@@ -94,7 +100,7 @@ def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
           log_dir: str | Path | None = None, sample_rate: float = 0.1, max_upload_mb: float = 20,
           max_pixels: int = 40_000_000, token_env: str = "CVOPS_SERVE_TOKEN",
           drift: Callable[[list[dict]], dict[str, float]] | None = None, workers: int = 1,
-          drift_window: int = 200, drift_every: int = 50) -> None:
+          drift_window: int = 200, drift_every: int = 50, engine_path: str | Path | None = None) -> None:
     """Serve an exported model over HTTP until interrupted (uvicorn, log level info, no reload).
 
     Args:
@@ -120,7 +126,8 @@ def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
     config: dict[str, Any] = dict(model_path=str(model_path), info=info,
                                   log_dir=None if log_dir is None else str(log_dir), sample_rate=sample_rate,
                                   max_upload_mb=max_upload_mb, max_pixels=max_pixels, drift=drift,
-                                  drift_window=drift_window, drift_every=drift_every)
+                                  drift_window=drift_window, drift_every=drift_every,
+                                  engine_path=None if engine_path is None else str(engine_path))
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         os.environ[CONFIG_ENV] = base64.b64encode(pickle.dumps({**config, "threads": threads,

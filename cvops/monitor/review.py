@@ -1,0 +1,300 @@
+"""``cvops review``: reviewed edge cases -> a new, immutable COCO source for curate.
+
+The monitor stage puts edge cases into the FiftyOne review dataset
+(``monitor.review_dataset``, default ``<project>-review``) with the model's
+predictions as ``prelabels``. A person opens it in the App
+(``cvops app --dataset <project>-review``), corrects the boxes in
+``ground_truth`` (or leaves them empty to accept the prelabels) and tags each
+finished sample ``reviewed`` (``rejected`` ones are left out). Then::
+
+    cvops review recipe=quickstart                  # -> <store>/../reviewed/quickstart/<version>/annotations.json
+    cvops review recipe=quickstart --out /data/reviewed
+
+writes the reviewed samples as a COCO file in a folder named by its content
+hash, and prints the command that curates the next dataset version with them
+added (``data.extra``)::
+
+    cvops recipe=quickstart 'data.extra=[{format: coco, path: /abs/.../annotations.json}]'
+
+The same reviewed content always gives the same folder; any change (one more
+reviewed sample, one corrected box) gives a new one, and folders are never
+rewritten with other content, so every curate version points at a fixed file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shlex
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+REVIEWED_TAG = "reviewed"
+REJECTED_TAG = "rejected"
+ANNOTATIONS = "annotations.json"
+
+_HOW_TO_TAG = ("open it with `cvops app --dataset {name}`, correct the boxes in the '{field}' field (or keep the "
+               "'{fallback}' predictions), select the finished samples and tag them '{tag}' with the tag button "
+               "above the grid (tag '{rejected}' to leave one out)")
+
+
+# ------------------------------------------------------------------ export
+def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequence[str]] = None,
+                    label_field: str = "ground_truth", fallback_field: str = "prelabels") -> Dict[str, Any]:
+    """Write the reviewed samples of a FiftyOne review dataset as a COCO detection file.
+
+    Samples tagged ``reviewed`` and not ``rejected`` are exported. Each takes its
+    boxes from ``label_field`` when that is set on the sample (a human labelled it;
+    an empty ``Detections`` means "no objects"), else from ``fallback_field`` (the
+    prelabels were accepted as they are). Relative FiftyOne boxes become pixel
+    boxes using the sample's metadata, or the image file (EXIF orientation applied,
+    as the App shows it) when there is none.
+
+    The file goes to ``out_root/<version>/annotations.json`` where ``version`` is
+    the first 12 hex digits of the SHA-256 of the file's content (sorted image
+    paths, sizes, labels and boxes, categories): the same reviewed content lands in
+    the same folder, a change in a new one, and an existing version is never
+    rewritten with other content.
+
+    Args:
+        dataset_name: the FiftyOne review dataset.
+        out_root: parent folder of the version folders (created).
+        classes: the category list and order; labels outside it are not
+            exported but counted in ``skipped_unknown_labels``. ``None``: the
+            sorted labels seen.
+        label_field: the reviewed labels (``Detections``).
+        fallback_field: labels used when ``label_field`` is unset (``Detections``).
+
+    Returns:
+        ``{"path", "images", "boxes", "from_ground_truth", "from_prelabels",
+        "skipped_unknown_labels", "version"}`` plus ``dataset``,
+        ``skipped_missing_files`` (reviewed samples whose image file is gone),
+        ``skipped_invalid_boxes`` (detections without a 4-number box) and ``new``
+        (False when this version had been exported before).
+
+    Raises:
+        ValueError: the dataset does not exist, has no usable reviewed sample, or
+            a label field does not hold detections.
+    """
+    from cvops.fo import connect
+
+    fo = connect()
+    if not fo.dataset_exists(dataset_name):
+        raise ValueError(f"review dataset '{dataset_name}' does not exist (FiftyOne has: "
+                         f"{', '.join(sorted(fo.list_datasets())) or 'no datasets'}); the monitor stage creates it "
+                         "when it finds edge cases (set monitor.review_dataset to use another one)")
+    ds = fo.load_dataset(dataset_name)
+    how = _HOW_TO_TAG.format(name=dataset_name, field=label_field, fallback=fallback_field, tag=REVIEWED_TAG,
+                             rejected=REJECTED_TAG)
+    view = ds.match_tags(REVIEWED_TAG).match_tags(REJECTED_TAG, bool=False)
+    if len(view) == 0:
+        reviewed = len(ds.match_tags(REVIEWED_TAG))
+        detail = f" ({reviewed} tagged '{REVIEWED_TAG}' are also tagged '{REJECTED_TAG}')" if reviewed else ""
+        raise ValueError(f"review dataset '{dataset_name}' has no samples tagged '{REVIEWED_TAG}' out of "
+                         f"{len(ds)}{detail}; to review: {how}")
+    schema = ds.get_field_schema()
+    if label_field not in schema and fallback_field not in schema:
+        raise ValueError(f"review dataset '{dataset_name}' has neither a '{label_field}' nor a '{fallback_field}' "
+                         f"field (fields: {', '.join(sorted(schema))})")
+
+    n = len(view)
+    filepaths: List[str] = view.values("filepath")
+    primary = view.values(label_field) if label_field in schema else [None] * n
+    fallback = view.values(fallback_field) if fallback_field in schema else [None] * n
+    metadata = view.values("metadata")
+
+    unknown: Counter = Counter()
+    missing: List[str] = []
+    invalid = 0
+    from_gt = from_pre = 0
+    records: List[Tuple[str, int, int, str, List[Tuple[str, List[float]]]]] = []
+    for fp, gt, pre, meta in zip(filepaths, primary, fallback, metadata):
+        path = os.path.abspath(fp)
+        if not Path(path).is_file():
+            missing.append(path)
+            continue
+        if gt is not None:
+            dets, source = gt, label_field
+            from_gt += 1
+        else:
+            dets, source = pre, fallback_field
+            from_pre += 1
+        if dets is not None and not isinstance(dets, fo.Detections):
+            raise ValueError(f"review dataset '{dataset_name}': field '{source}' of {fp} holds "
+                             f"{type(dets).__name__}, not Detections")
+        w, h = _size(path, meta)
+        boxes: List[Tuple[str, List[float]]] = []
+        for det in (dets.detections if dets is not None else []):
+            label = str(det.label)
+            bb = det.bounding_box
+            if bb is None or len(bb) != 4:
+                invalid += 1
+                continue
+            if classes is not None and label not in classes:
+                unknown[label] += 1
+                continue
+            x, y, bw, bh = (float(v) for v in bb)
+            boxes.append((label, [round(x * w, 3), round(y * h, 3), round(bw * w, 3), round(bh * h, 3)]))
+        boxes.sort()
+        records.append((path, w, h, source, boxes))
+    if not records:
+        raise ValueError(f"review dataset '{dataset_name}': none of the {n} reviewed sample(s) has its image file "
+                         f"any more (first: {missing[0]})")
+    records.sort(key=lambda r: (r[0], json.dumps(r[4])))
+
+    categories = list(classes) if classes is not None else sorted({lab for r in records for lab, _ in r[4]})
+    coco = _coco(records, categories)
+    content = json.dumps(coco, sort_keys=True, separators=(",", ":"))
+    version = hashlib.sha256(content.encode()).hexdigest()[:12]
+    out_dir = Path(out_root).expanduser().absolute() / version
+    target = out_dir / ANNOTATIONS
+    new = not _same_content(target, coco)
+    if new:  # write once, atomically: a reader never sees a partial file
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".{ANNOTATIONS}.{os.getpid()}.tmp"
+        tmp.write_text(content, encoding="utf-8")
+        os.replace(tmp, target)
+    return {
+        "path": str(target),
+        "images": len(records),
+        "boxes": len(coco["annotations"]),
+        "from_ground_truth": from_gt,
+        "from_prelabels": from_pre,
+        "skipped_unknown_labels": dict(sorted(unknown.items())),
+        "version": version,
+        "dataset": dataset_name,
+        "skipped_missing_files": missing,
+        "skipped_invalid_boxes": invalid,
+        "new": new,
+    }
+
+
+def _size(path: str, meta: Any) -> Tuple[int, int]:
+    """(width, height) as the App shows the image: FiftyOne metadata, else the file
+    with its EXIF orientation applied (90° rotations swap the sides)."""
+    if meta is not None and getattr(meta, "width", None) and getattr(meta, "height", None):
+        return int(meta.width), int(meta.height)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+        if im.getexif().get(0x0112) in (5, 6, 7, 8):
+            w, h = h, w
+    return int(w), int(h)
+
+
+def _coco(records: List[Tuple[str, int, int, str, List[Tuple[str, List[float]]]]],
+          categories: List[str]) -> Dict[str, Any]:
+    """COCO detection dict; nothing time- or machine-dependent beyond the paths."""
+    cat = {c: i + 1 for i, c in enumerate(categories)}
+    images: List[Dict[str, Any]] = []
+    annotations: List[Dict[str, Any]] = []
+    for path, w, h, source, boxes in records:
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": path, "width": w, "height": h, "label_source": source})
+        for label, (x, y, bw, bh) in boxes:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat[label],
+                                "bbox": [x, y, bw, bh], "area": round(bw * bh, 3), "iscrowd": 0})
+    return {"info": {"description": "reviewed edge cases exported by cvops review"},
+            "images": images, "annotations": annotations,
+            "categories": [{"id": i, "name": c} for c, i in cat.items()]}
+
+
+def _same_content(path: Path, coco: Dict[str, Any]) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) == coco
+    except (OSError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------ command line
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_/.\-+@%]*")
+_KEYWORDS = {"true", "false", "null", "nan", "inf"}
+
+
+def hydra_value(v: Any) -> str:
+    """``v`` written in Hydra's override grammar (strings quoted where they must be)."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {hydra_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(hydra_value(x) for x in v) + "]"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    s = str(v)
+    if _PLAIN.fullmatch(s) and s.lower() not in _KEYWORDS:
+        return s
+    q = '"' if '"' not in s else "'"
+    # Hydra: escape the quote, and double backslashes that precede a quote (or the closing one)
+    s = re.sub(rf"(\\*){q}", lambda m: m.group(1) * 2 + "\\" + q, s)
+    s = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, s)
+    s = s.replace("${", "\\${")  # a literal ${, not an interpolation
+    return f"{q}{s}{q}"
+
+
+def _within(path: str, root: Path) -> bool:
+    try:
+        return Path(path).expanduser().absolute().is_relative_to(root)
+    except (TypeError, ValueError):
+        return False
+
+
+def next_command(overrides: Sequence[str], extra: Sequence[Dict[str, Any]], json_path: str, out_root: Path) -> str:
+    """The ``cvops`` command line that curates with the export added to ``data.extra``.
+
+    Earlier exports under ``out_root`` are replaced (the new one holds every
+    reviewed sample); other ``data.extra`` entries are kept.
+    """
+    keep = [dict(e) for e in extra if not (e.get("path") and _within(str(e["path"]), out_root))]
+    entries = keep + [{"format": "coco", "path": json_path}]
+    args = [o for o in overrides if not re.match(r"^[+~]*data\.extra(=|$)", o)]
+    return " ".join(["cvops", *(shlex.quote(a) for a in args), shlex.quote(f"data.extra={hydra_value(entries)}")])
+
+
+def main(argv: List[str]) -> int:
+    """``cvops review recipe=X [overrides] [--out DIR]``; returns the exit status."""
+    ap = argparse.ArgumentParser(prog="cvops review",
+                                 description="Export reviewed edge cases as a COCO source for the next curate.")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="parent folder of the version folders (default: <paths.store>/../reviewed/<project>)")
+    args, overrides = ap.parse_known_args(argv)
+    from omegaconf import OmegaConf
+
+    from cvops.config import compose_config, preflight
+
+    try:
+        preflight(overrides)
+        cfg = compose_config(overrides)
+        dataset = cfg.monitor.review_dataset or f"{cfg.project}-review"
+        out_root = (args.out or Path(cfg.paths.store).expanduser().absolute().parent / "reviewed" / str(cfg.project))
+        out_root = Path(out_root).expanduser().absolute()
+        classes = list(cfg.data.classes) if cfg.data.classes else None
+        res = export_reviewed(dataset, out_root, classes)
+    except ValueError as e:  # ConfigError is one
+        print(f"cvops: error: {e}", file=sys.stderr)
+        return 2
+    extra = OmegaConf.to_container(cfg.data.extra, resolve=True) or []
+    print(f"cvops review: {res['images']} reviewed image(s), {res['boxes']} box(es) from FiftyOne dataset "
+          f"'{dataset}' ({res['from_ground_truth']} labelled in ground_truth, {res['from_prelabels']} with "
+          "prelabels accepted)")
+    state = "new version" if res["new"] else "unchanged since the last export: same version"
+    print(f"  -> {res['path']} ({state} {res['version']})")
+    if res["skipped_unknown_labels"]:
+        n = sum(res["skipped_unknown_labels"].values())
+        print(f"  left out {n} box(es) whose label is not in data.classes: {res['skipped_unknown_labels']}")
+    if res["skipped_invalid_boxes"]:
+        print(f"  left out {res['skipped_invalid_boxes']} detection(s) without a bounding box")
+    if res["skipped_missing_files"]:
+        print(f"  left out {len(res['skipped_missing_files'])} sample(s) whose image file is gone, e.g. "
+              f"{res['skipped_missing_files'][0]}")
+    print("Next: curate them into a new dataset version (add stages=[curate] to stop after curate):")
+    print(f"  {next_command(overrides, extra, res['path'], out_root)}")
+    return 0
