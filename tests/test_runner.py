@@ -78,13 +78,41 @@ def test_subset_pulls_cached_upstream(run):
     assert run.calls() == ["curate", "train", "evaluate"]
 
 
-def test_not_implemented_stage_is_skipped_with_reason_and_blocks_dependants(run):
+def test_not_implemented_stage_is_skipped_with_reason_and_blocks_dependants(run, monkeypatch):
+    import cvops.runner as runner
+
+    real = runner.implementation
+    monkeypatch.setattr(runner, "implementation", lambda name: None if name == "export" else real(name))
     m = run(stages=("curate", "train", "evaluate", "export", "monitor"))
     assert m["stages"]["export"]["status"] == "skipped"
     assert "not implemented" in m["stages"]["export"]["reason"] and "issue #5" in m["stages"]["export"]["reason"]
     assert m["stages"]["monitor"]["status"] == "skipped"
     assert "input 'export'" in m["stages"]["monitor"]["reason"]
     assert m["status"] == "ok"
+
+
+def test_partly_skipped_stage_keeps_its_artifact_and_says_so_again_from_cache(run):
+    from cvops.runner import StageResult, register_stage
+
+    built = []
+
+    def export(ctx):
+        built.append(ctx.fingerprint)
+        (ctx.workdir / "model.onnx").write_text("graph")
+        return StageResult({"onnx": "model.onnx"}, {"gate": "pass"}, skipped="no GPU here; run X on a GPU host")
+
+    register_stage("export", export)
+    try:
+        first = run(stages=("curate", "train", "export"))
+        second = run(stages=("curate", "train", "export"))
+    finally:
+        register_stage("export", None)
+    for m in (first, second):
+        ex = m["stages"]["export"]
+        assert ex["status"] == "skipped" and "no GPU here" in ex["reason"]
+        assert ex["metrics"] == {"gate": "pass"} and open(ex["artifacts"]["onnx"]).read() == "graph"
+    assert "cached" in second["stages"]["export"]["reason"]
+    assert len(built) == 1 and run.calls() == ["curate", "train"]  # built once, then reused
 
 
 def test_failed_stage_is_recorded_and_nothing_is_complete(run):
