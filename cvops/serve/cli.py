@@ -41,12 +41,56 @@ class DriftGauges:
         return out
 
 
+def serve_export(cfg: Any, export: Any, curate: Optional[Any], recipe: Optional[str], train_fp: Optional[str],
+                 workers: int = 1) -> None:
+    """Serve an export artifact until interrupted (``cvops serve`` and ``stages=[..., serve]``).
+
+    Raises:
+        ConfigError: ``serve.backend`` cannot be served here (named, with the alternative).
+    """
+    from pathlib import Path
+
+    from cvops.config import ConfigError
+    from cvops.monitor.profile import reference
+    from cvops.monitor.stage import request_log_dir
+    from cvops.serve.server import serve
+
+    mon, sv = cfg.monitor, cfg.serve
+    drift: Optional[Callable[[List[dict]], Dict[str, float]]] = None
+    if curate is not None:  # live drift gauges against the model's reference profile
+        ref, _, _ = reference(Path(cfg.paths.store), export.fingerprint, export.path("onnx"),
+                              [curate.path("coco_val"), curate.path("coco_test")], float(mon.low_confidence))
+        drift = DriftGauges(ref, float(mon.p_value), float(mon.psi_threshold), int(mon.mmd_permutations),
+                            float(mon.low_confidence))
+    model = export.path("onnx")
+    engine = None
+    if sv.backend == "tensorrt":
+        from cvops.export.tensorrt import unavailable
+
+        names = export.manifest.get("artifacts", {})
+        why = unavailable() or (None if "engine" in names else
+                                "the export has no engine (export with export=tensorrt_fp16 or tensorrt_int8)")
+        if why:
+            raise ConfigError(f"serve.backend=tensorrt: {why}; use serve.backend=onnxruntime")
+        engine = export.path("engine")
+        if "onnx_int8_trt" in names and "int8" in engine.name:
+            model = export.path("onnx_int8_trt")
+    elif sv.backend != "onnxruntime":
+        raise ConfigError(f"serve.backend={sv.backend}: use onnxruntime or tensorrt")
+    info = {"project": str(cfg.project), "recipe": recipe,
+            "dataset_version": curate.metrics.get("dataset_version") if curate else None,
+            "fingerprint": export.fingerprint, "train_fingerprint": train_fp,
+            "model": str(cfg.model.name), "onnx": str(model)}
+    serve(model, host=str(sv.host), port=int(sv.port), info=info, log_dir=request_log_dir(cfg),
+          sample_rate=float(sv.sample_rate), max_upload_mb=float(sv.max_upload_mb), max_pixels=int(sv.max_pixels),
+          token_env=str(sv.token_env), drift=drift, workers=workers, drift_window=int(mon.drift_window),
+          drift_every=int(mon.drift_every), engine_path=engine)
+
+
 def main(argv: List[str]) -> int:
     ap = argparse.ArgumentParser(prog="cvops serve", description="Serve a recipe's exported model over HTTP.")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     args, overrides = ap.parse_known_args(argv)
-    from pathlib import Path
-
     from cvops.artifacts import ArtifactStore
     from cvops.config import ConfigError, compose_config, preflight
     from cvops.runner import fingerprints
@@ -63,41 +107,11 @@ def main(argv: List[str]) -> int:
     except ConfigError as e:
         print(f"cvops: error: {e}", file=sys.stderr)
         return 2
-    from cvops.monitor.profile import reference
-    from cvops.monitor.stage import request_log_dir
-    from cvops.serve.server import serve
-
     curate = store.get("curate", fps["curate"]["fingerprint"])
-    mon, sv = cfg.monitor, cfg.serve
-    drift: Optional[Callable[[List[dict]], Dict[str, float]]] = None
-    if curate is not None:
-        ref, _, _ = reference(Path(cfg.paths.store), export.fingerprint, export.path("onnx"),
-                              [curate.path("coco_val"), curate.path("coco_test")], float(mon.low_confidence))
-        drift = DriftGauges(ref, float(mon.p_value), float(mon.psi_threshold), int(mon.mmd_permutations),
-                            float(mon.low_confidence))
-    model = export.path("onnx")
-    engine = None
-    if sv.backend == "tensorrt":
-        from cvops.export.tensorrt import unavailable
-
-        names = export.manifest.get("artifacts", {})
-        why = unavailable() or (None if "engine" in names else
-                                "the export has no engine (export with export=tensorrt_fp16 or tensorrt_int8)")
-        if why:
-            print(f"cvops: error: serve.backend=tensorrt: {why}; use serve.backend=onnxruntime", file=sys.stderr)
-            return 2
-        engine = export.path("engine")
-        src = export.path("onnx_int8_trt") if "onnx_int8_trt" in names and "int8" in engine.name else model
-        model = src
-    elif sv.backend != "onnxruntime":
-        print(f"cvops: error: serve.backend={sv.backend}: use onnxruntime or tensorrt", file=sys.stderr)
+    recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None)
+    try:
+        serve_export(cfg, export, curate, recipe, fps["train"]["fingerprint"], workers=args.workers)
+    except ConfigError as e:
+        print(f"cvops: error: {e}", file=sys.stderr)
         return 2
-    info = {"project": str(cfg.project), "recipe": next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None),
-            "dataset_version": curate.metrics.get("dataset_version") if curate else None,
-            "fingerprint": export.fingerprint, "train_fingerprint": fps["train"]["fingerprint"],
-            "model": str(cfg.model.name), "onnx": str(model)}
-    serve(model, host=str(sv.host), port=int(sv.port), info=info, log_dir=request_log_dir(cfg),
-          sample_rate=float(sv.sample_rate), max_upload_mb=float(sv.max_upload_mb), max_pixels=int(sv.max_pixels),
-          token_env=str(sv.token_env), drift=drift, workers=args.workers, drift_window=int(mon.drift_window),
-          drift_every=int(mon.drift_every), engine_path=engine)
     return 0

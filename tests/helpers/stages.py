@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 from cvops.runner import StageContext, StageResult, register_stage
 
