@@ -53,6 +53,10 @@ def test_edge_cases_arrive_in_fiftyone_with_prelabels(tmp_path):
     from cvops.fo import connect
     from cvops.monitor.stage import to_review
 
+    name = f"monitor-test-review-{tmp_path.name}"
+    fo = connect()
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
     frame = np.full((100, 100, 3), 90, np.uint8)
     path = tmp_path / "a.jpg"
     cv2.imwrite(str(path), frame)
@@ -61,11 +65,10 @@ def test_edge_cases_arrive_in_fiftyone_with_prelabels(tmp_path):
     b = _seen([0.9, 0.85], [0, 2], [[10, 10, 40, 40], [12, 12, 40, 40]], name="video.mp4#7")
     b.frame = frame  # a decoded frame: written next to the artifact
     c = _seen([0.25], [0], [[0, 0, 5, 5]], name="request-1")  # an unsampled request: not reviewable
-    n = to_review("monitor-test-review", [(a, ["low_confidence"]), (b, ["overlap"]), (c, ["low_confidence"])],
+    n = to_review(name, [(a, ["low_confidence"]), (b, ["overlap"]), (c, ["low_confidence"])],
                   ["circle", "square", "triangle"], tmp_path, "fp123", "test window")
     assert n == 2
-    fo = connect()
-    ds = fo.load_dataset("monitor-test-review")
+    ds = fo.load_dataset(name)
     assert len(ds) == 2 and ds.persistent
     s = ds.match_tags("overlap").first()
     assert s.edge_reasons == ["overlap"] and s.monitor_fingerprint == "fp123" and "needs_review" in s.tags
@@ -75,8 +78,8 @@ def test_edge_cases_arrive_in_fiftyone_with_prelabels(tmp_path):
     assert all(0 <= v <= 1 for v in box)
     assert (tmp_path / "edge_cases").is_dir()
     # the same images again: not duplicated
-    to_review("monitor-test-review", [(a, ["low_confidence"])], ["circle", "square", "triangle"], tmp_path, "fp", "w")
-    assert len(fo.load_dataset("monitor-test-review")) == 2
+    to_review(name, [(a, ["low_confidence"])], ["circle", "square", "triangle"], tmp_path, "fp", "w")
+    assert len(fo.load_dataset(name)) == 2
 
 
 def test_window_from_a_request_log_cut_mid_line(tmp_path):
