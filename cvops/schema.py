@@ -164,7 +164,7 @@ class ExportConfig:
     iou_thr: float = 0.6
     int8: bool = False
     calib_images: int = 64  # INT8 calibration images from the curated train split (every class represented)
-    calib_method: str = "percentile"  # percentile | minmax | entropy (onnxruntime.quantization)
+    calib_method: str = "minmax"  # minmax | percentile | entropy (the last two hold every activation in memory)
     latency_repeats: int = 20  # timed runs per (runtime, batch) in the latency table
     gate: GateConfig = field(default_factory=GateConfig)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)

@@ -45,9 +45,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from cvops.export.runtime import INPUT, OUTPUTS  # noqa: E402  (the I/O contract lives with the runtime: no torch)
+
 SINGLE_STAGE = {"RTMDetHead": "rtmdet", "RTMDetSepBNHead": "rtmdet", "YOLOXHead": "yolox", "RetinaHead": "retinanet"}
-OUTPUTS = ("num_dets", "boxes", "scores", "labels", "embedding")
-INPUT = "images"
 
 
 class UnsupportedModel(ValueError):

@@ -24,7 +24,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cvops.export.graph import INPUT, OUTPUTS
+#: The graph's input and outputs (see :mod:`cvops.export.graph`).
+INPUT = "images"
+OUTPUTS = ("num_dets", "boxes", "scores", "labels", "embedding")
 
 
 @dataclass

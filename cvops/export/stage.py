@@ -30,8 +30,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cvops.export.build import ExportError, export_model, load_model
-from cvops.export.graph import Thresholds
 from cvops.export.runtime import Detections, OnnxDetector, Preprocess, latency, split_outputs
 from cvops.runner import StageContext, StageResult
 
@@ -193,6 +191,9 @@ def tag_disagreements(dataset: str, rows: List[Dict[str, Any]], tag: str) -> int
 # ------------------------------------------------------------ stage
 def run(ctx: StageContext) -> StageResult:
     import torch
+
+    from cvops.export.build import ExportError, export_model, load_model
+    from cvops.export.graph import Thresholds
 
     ex = ctx.section["export"]
     curate, train = ctx.inputs["curate"], ctx.inputs["train"]

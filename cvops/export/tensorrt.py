@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from cvops.export.graph import INPUT, OUTPUTS
+from cvops.export.runtime import INPUT, OUTPUTS
 
 log = logging.getLogger("cvops")
 

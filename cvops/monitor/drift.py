@@ -55,9 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import cv2
 import numpy as np
-from scipy import stats
 
 SHARPNESS_MAX_SIDE = 256
 PSI_EPS = 1e-4
@@ -89,6 +87,8 @@ def image_stats(bgr: np.ndarray) -> dict[str, float]:
     Raises:
         ValueError: If the array is not an image or is empty.
     """
+    import cv2
+
     img = np.asarray(bgr)
     if img.ndim not in (2, 3) or img.shape[0] == 0 or img.shape[1] == 0:
         raise ValueError(f"image_stats: expected an (H, W[, C]) image, got shape {img.shape}")
@@ -204,6 +204,8 @@ def ks(ref: np.ndarray | Sequence[float], cur: np.ndarray | Sequence[float]) -> 
     Raises:
         ValueError: If a sample has no finite value.
     """
+    from scipy import stats
+
     res = stats.ks_2samp(_finite(ref, "ks ref"), _finite(cur, "ks cur"))
     return float(res.statistic), float(res.pvalue)
 
@@ -303,6 +305,8 @@ def chi2(ref_counts: Mapping[str, int | float], cur_counts: Mapping[str, int | f
         return 0.0, 1.0
     be, bo = np.array(buckets_e), np.array(buckets_o)
     statistic = float(np.sum((bo - be) ** 2 / be) / (1.0 + m / n))
+    from scipy import stats
+
     return statistic, float(stats.chi2.sf(statistic, len(be) - 1))
 
 
