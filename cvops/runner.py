@@ -48,6 +48,9 @@ class StageSpec:
     cacheable: bool = True  # serve is a process, not an artifact
     exclude: Tuple[str, ...] = ()  # keys that do not change the result (train.resume)
     resume_key: Optional[str] = None  # when this key is true, an unfinished build is kept to resume from
+    #: "module:function" of ``f(cfg) -> str``: the state of inputs outside the recipe (a request log, a folder,
+    #: the host's TensorRT/GPU), added to the fingerprint so a change there means a new build
+    external: Optional[str] = None
     issue: Optional[int] = None  # where an unimplemented stage is tracked
 
 
@@ -59,9 +62,11 @@ SPECS: Dict[str, StageSpec] = {
                   resume_key="train.resume", issue=4),
         StageSpec("evaluate", ("evaluate",), ("curate", "train"), ("pycocotools", "fiftyone"), issue=4),
         StageSpec("export", ("export",), ("curate", "train"),
-                  ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "tensorrt"), issue=5),
+                  ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "tensorrt"),
+                  external="cvops.export.host:signature", issue=5),
         StageSpec("serve", ("serve",), ("export",), cacheable=False, issue=6),
-        StageSpec("monitor", ("monitor",), ("curate", "train", "export"), issue=6),
+        StageSpec("monitor", ("monitor", "serve.log_dir"), ("curate", "train", "export"),
+                  external="cvops.monitor.source:signature", issue=6),
     )
 }
 ORDER: Tuple[str, ...] = tuple(SPECS)
@@ -175,6 +180,9 @@ def fingerprints(cfg: DictConfig, stages: Sequence[str] = ORDER) -> Dict[str, Di
             "inputs": {i: out[i]["fingerprint"] for i in spec.inputs},
             "code": code_version(name, fn),
         }
+        if spec.external:
+            mod, fun = spec.external.split(":")
+            payload["external"] = getattr(importlib.import_module(mod), fun)(cfg)
         fp = hashlib.sha256(_canonical(payload).encode()).hexdigest()[:16]
         out[name] = {"fingerprint": fp, "section": section, "implementation": fn, **payload}
     return out

@@ -124,6 +124,12 @@ def test_fixed_batch_export(exported, tmp_path):
     assert contract["io"]["inputs"][0]["shape"] == [1, 3, SIZE[1], SIZE[0]]
     det = OnnxDetector(tmp_path / "model.onnx")
     assert len(det.predict(_images(3))) == 3  # runs image by image
+    export_model(model, cfg, tmp_path / "b2.onnx", SIZE, Thresholds(max_det=50, score_thr=0.2), CLASSES, batch="2")
+    det2 = OnnxDetector(tmp_path / "b2.onnx")
+    tensor = det2.preprocess.batch(_images(3))[0]
+    outs = det2.run_any(tensor)  # 2 + (1 padded to 2): padding rows dropped
+    assert [o.shape[0] for o in outs] == [3] * 5
+    np.testing.assert_allclose(outs[2][2], det.run(tensor[2:3])[2][0], atol=1e-5)  # the padded chunk's real row
 
 
 @pytest.mark.slow

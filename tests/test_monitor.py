@@ -91,9 +91,16 @@ def test_window_from_a_request_log_cut_mid_line(tmp_path):
     recs.insert(2, {"id": "bad", "status": 400, "error": "bad_image"})
     text = "\n".join(json.dumps(r) for r in recs) + "\n" + json.dumps(recs[0])[:25]  # killed mid-write
     (tmp_path / "requests.jsonl").write_text(text)
-    seen, skipped = window_from_log(tmp_path, window=3, low=0.3)
+    recs[1]["model"] = "another-export"  # same project, other model: not this model's traffic
+    for r in recs:
+        r.setdefault("model", "this-export")
+    text = "\n".join(json.dumps(r) for r in recs) + "\n" + json.dumps(recs[0])[:25]
+    (tmp_path / "requests.jsonl").write_text(text)
+    everything, _ = window_from_log(tmp_path, window=100, low=0.3)
+    assert len(everything) == 5
+    seen, skipped = window_from_log(tmp_path, window=3, low=0.3, model="this-export")
     assert skipped == 1
-    assert [s.name for s in seen] == ["r2", "r3", "r4"]  # newest 3 successful requests
+    assert [s.name for s in seen] == ["r2", "r3", "r4"]  # newest 3 successful requests of this model
     r = seen[0].record
     assert r["num_boxes"] == 1 and r["max_score"] == pytest.approx(0.8) and r["labels"] == ["square"]
     assert seen[0].dets.embedding.tolist() == pytest.approx([0.2, 0.2])
@@ -103,3 +110,20 @@ def test_monitor_without_request_log_or_source_says_what_to_do(cvops, tmp_path):
     r = cvops("project=mon", "data=synthetic", "stages=[monitor]", f"paths.store={tmp_path / 'store'}")
     assert r.returncode == 2
     assert "'export' (fingerprint" in r.stderr and "stages=[curate,train,export,monitor]" in r.stderr
+
+
+def test_new_traffic_changes_the_monitor_fingerprint(tmp_path):
+    from cvops.config import compose_config
+    from cvops.runner import fingerprints
+
+    cfg = compose_config(["recipe=quickstart", f"paths.store={tmp_path / 'store'}", "monitor.source=null"])
+    log_dir = tmp_path / "store" / "requests" / "quickstart"
+    log_dir.mkdir(parents=True)
+    (log_dir / "requests.jsonl").write_text('{"id": "a"}\n')
+    before = fingerprints(cfg)["monitor"]["fingerprint"]
+    assert fingerprints(cfg)["monitor"]["fingerprint"] == before  # nothing new: cached verdict stands
+    with open(log_dir / "requests.jsonl", "a") as f:
+        f.write('{"id": "b"}\n')
+    assert fingerprints(cfg)["monitor"]["fingerprint"] != before
+    synthetic = compose_config(["recipe=quickstart", f"paths.store={tmp_path / 'store'}"])
+    assert fingerprints(synthetic)["monitor"]["external"] == ""  # generated windows depend on the config only

@@ -59,7 +59,7 @@ def export_model(model: Any, cfg: Any, out: Path, image_size: Sequence[int], thr
     except UnsupportedModel as e:
         raise ExportError(str(e)) from None
     pre = Preprocess.from_mmdet(cfg, image_size)
-    graph = DetectorGraph(model, (int(image_size[0]), int(image_size[1])), thresholds)
+    graph = DetectorGraph(model, (pre.width, pre.height), thresholds)
     meta = {
         "cvops.preprocess": json.dumps(pre.to_dict()),
         "cvops.classes": json.dumps(list(classes)),

@@ -80,18 +80,22 @@ def select_calibration(coco: Dict[str, Any], n: int, seed: int, split: str = "tr
 class _Reader:
     """onnxruntime.quantization CalibrationDataReader over preprocessed images."""
 
-    def __init__(self, files: List[str], pre: Preprocess, input_name: str) -> None:
-        self.files, self.pre, self.input_name = files, pre, input_name
+    def __init__(self, files: List[str], pre: Preprocess, input_name: str, batch: int = 1) -> None:
+        self.files, self.pre, self.input_name, self.batch = files, pre, input_name, max(1, batch)
         self._it: Optional[Iterator[Dict[str, np.ndarray]]] = None
 
     def _gen(self) -> Iterator[Dict[str, np.ndarray]]:
         import cv2
 
-        for f in self.files:
-            img = cv2.imread(f, cv2.IMREAD_COLOR)
-            if img is None:
-                raise CalibrationError(f"calibration image {f} cannot be read")
-            yield {self.input_name: self.pre(img)[0][None]}
+        for i in range(0, len(self.files), self.batch):  # a fixed-batch graph gets full batches (last one wraps)
+            chunk = [self.files[(i + k) % len(self.files)] for k in range(self.batch)]
+            tensors = []
+            for f in chunk:
+                img = cv2.imread(f, cv2.IMREAD_COLOR)
+                if img is None:
+                    raise CalibrationError(f"calibration image {f} cannot be read")
+                tensors.append(self.pre(img)[0])
+            yield {self.input_name: np.stack(tensors)}
 
     def get_next(self) -> Optional[Dict[str, np.ndarray]]:
         if self._it is None:
@@ -127,8 +131,10 @@ def quantize(fp32: Path, out: Path, files: List[str], pre: Preprocess, method: s
     network = network_nodes(model)
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
+    dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
+    batch = dim0.dim_value if dim0.dim_value > 0 else 1
     quantize_static(
-        str(fp32), str(out), _Reader(files, pre, model.graph.input[0].name),
+        str(fp32), str(out), _Reader(files, pre, model.graph.input[0].name, batch),
         quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
         weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=network,
         calibrate_method=methods[method],
@@ -136,7 +142,7 @@ def quantize(fp32: Path, out: Path, files: List[str], pre: Preprocess, method: s
                        "CalibMovingAverage": False,
                        # minmax: ranges are merged every few images instead of keeping every activation of
                        # every calibration image in memory (see _chunk)
-                       "CalibMaxIntermediateOutputs": _chunk(len(files))},
+                       "CalibMaxIntermediateOutputs": _chunk(-(-len(files) // batch))},
     )
     q = onnx.load(str(out))
     q.metadata_props.extend(model.metadata_props)  # keep the preprocessing contract

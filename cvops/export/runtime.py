@@ -46,18 +46,29 @@ class Preprocess:
 
     @classmethod
     def from_mmdet(cls, cfg: Any, image_size: Sequence[int]) -> "Preprocess":
-        """Read the contract from a trained model's mmengine config."""
+        """Read the contract from a trained model's mmengine config.
+
+        The input size is the test pipeline's (``Pad.size``, else ``Resize.scale``): what the model
+        was evaluated at; ``image_size`` (the recipe's ``model.image_size``) only when it has neither.
+        """
         dp = cfg.model.data_preprocessor
         mean = [float(v) for v in dp.get("mean", [0.0, 0.0, 0.0]) or [0.0, 0.0, 0.0]]
         std = [float(v) for v in dp.get("std", [1.0, 1.0, 1.0]) or [1.0, 1.0, 1.0]]
         order = "RGB" if dp.get("bgr_to_rgb", False) or dp.get("rgb_to_bgr", False) else "BGR"
         pad_value = list(mean)  # no Pad transform: mmdet pads after normalising, with 0 (= the mean pixel)
+        w, h = (int(v) for v in image_size)
+        resize = pad = None
         for t in cfg.test_pipeline if "test_pipeline" in cfg else cfg.test_dataloader.dataset.pipeline:
             if t.get("type") == "Pad":
                 pv = t.get("pad_val", 0)
                 pv = pv.get("img", 0) if isinstance(pv, dict) else pv
                 pad_value = [float(v) for v in (pv if isinstance(pv, (list, tuple)) else [pv] * 3)]
-        w, h = (int(v) for v in image_size)
+                pad = t.get("size")
+            if t.get("type") == "Resize" and t.get("scale"):
+                resize = t.get("scale")
+        size = pad or resize  # what the model was trained and evaluated at (sizes are rounded when scaled)
+        if size and len(size) == 2:
+            w, h = int(size[0]), int(size[1])
         return cls(width=w, height=h, mean=mean, std=std, channel_order=order, pad_value=pad_value)
 
     @classmethod
@@ -163,16 +174,30 @@ class OnnxDetector:
         """The raw graph outputs for a preprocessed (B, 3, H, W) batch."""
         return self.session.run(self.outputs, {INPUT: tensor})
 
+    def run_any(self, tensor: np.ndarray) -> List[np.ndarray]:
+        """:meth:`run` for any batch size, also on a fixed-batch graph (chunks, last one zero-padded)."""
+        return run_padded(self.run, tensor, self.fixed_batch)
+
     def predict(self, images: Sequence[np.ndarray]) -> List[Detections]:
         """Detections for BGR uint8 images (any sizes), in original pixels."""
         tensor, scales = self.preprocess.batch(images)
         sizes = [(im.shape[1], im.shape[0]) for im in images]
-        if self.fixed_batch and len(images) != self.fixed_batch:
-            outs = [self.run(tensor[i:i + 1]) for i in range(len(images))]
-            outputs = [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
-        else:
-            outputs = self.run(tensor)
-        return split_outputs(outputs, scales, sizes, self.preprocess)
+        return split_outputs(self.run_any(tensor), scales, sizes, self.preprocess)
+
+
+def run_padded(run: Any, tensor: np.ndarray, fixed: Optional[int]) -> List[np.ndarray]:
+    """Run a graph on a batch of any size: as is for a dynamic batch, else in chunks of ``fixed``
+    (the last chunk padded with zeros, its padding rows dropped from the outputs)."""
+    if not fixed or len(tensor) == fixed:
+        return run(tensor)
+    parts = []
+    for i in range(0, len(tensor), fixed):
+        chunk = tensor[i:i + fixed]
+        n = len(chunk)
+        if n < fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
+        parts.append([o[:n] for o in run(chunk)])
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
 def missing_operator(message: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cvops.export.runtime import Detections, OnnxDetector, Preprocess, latency, split_outputs
+from cvops.export.runtime import Detections, OnnxDetector, Preprocess, latency, run_padded, split_outputs
 from cvops.runner import StageContext, StageResult
 
 log = logging.getLogger("cvops")
@@ -203,6 +203,9 @@ def run(ctx: StageContext) -> StageResult:
     thr = Thresholds(max_det=int(ex["max_det"]), score_thr=float(ex["score_thr"]), iou_thr=float(ex["iou_thr"]))
     if str(ex["batch"]) != "dynamic" and not str(ex["batch"]).isdigit():
         raise ExportError(f"export.batch={ex['batch']!r}: use 'dynamic' or a batch size such as 1")
+    if ex["format"] == "tensorrt" and ex["tensorrt"]["int8"] and not ex["int8"]:
+        raise ExportError("export.tensorrt.int8=true builds the engine from the INT8 (QDQ) model, which needs "
+                          "export.int8=true too (or use export=tensorrt_int8)")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg, model = load_model(train.path("config"), train.path("checkpoint"), "cpu", test_cfg=vars(thr))
 
@@ -212,12 +215,13 @@ def run(ctx: StageContext) -> StageResult:
     contract = export_model(model, cfg, work / "model.onnx", size, thr, classes, batch=str(ex["batch"]),
                             opset=int(ex["opset"]), metadata=meta)
     pre = Preprocess.from_dict(contract["preprocess"])
-    onnx_det = OnnxDetector(work / "model.onnx")
+    onnx_det = OnnxDetector(work / "model.onnx")  # run_any: also for a fixed-batch graph
     log.info("  export: model.onnx (%s, opset %s, batch %s) %.1f MB", contract["family"], contract["opset"],
              contract["batch"], (work / "model.onnx").stat().st_size / 2**20)
 
     # 2. parity gate on test (val when test is empty)
-    split = "test" if read_split(curate.path("coco_test"))[0] else "val"
+    names = curate.manifest.get("artifacts", {})
+    split = "test" if "coco_test" in names and read_split(curate.path("coco_test"))[0] else "val"
     ann = curate.path(f"coco_{split}")
     images, cat_ids = read_split(ann)
     if not images:
@@ -239,7 +243,7 @@ def run(ctx: StageContext) -> StageResult:
                  name, r["mAP"], torch_map, r["map_drop"], max_drop, "pass" if r["pass"] else "FAIL",
                  r["disagreeing_images"])
 
-    gate("onnx", onnx_det.run, float(ex["gate"]["max_map_drop"]))
+    gate("onnx", onnx_det.run_any, float(ex["gate"]["max_map_drop"]))
 
     # 3. INT8
     artifacts = {"onnx": "model.onnx", "preprocess": "preprocess.json"}
@@ -252,7 +256,7 @@ def run(ctx: StageContext) -> StageResult:
         log.info("  export: INT8 calibration on %d train images (%s)", len(sel["images"]),
                  ", ".join(f"{k} {v}" for k, v in sel["per_class"].items()))
         quantize(work / "model.onnx", work / "model_int8.onnx", sel["images"], pre, method=str(ex["calib_method"]))
-        gate("int8", OnnxDetector(work / "model_int8.onnx").run, float(ex["gate"]["int8_max_map_drop"]))
+        gate("int8", OnnxDetector(work / "model_int8.onnx").run_any, float(ex["gate"]["int8_max_map_drop"]))
         artifacts.update({"onnx_int8": "model_int8.onnx", "calibration": "calibration.json"})
 
     # 4. TensorRT
@@ -277,12 +281,13 @@ def run(ctx: StageContext) -> StageResult:
                 artifacts["onnx_int8_trt"] = "model_int8_trt.onnx"
             src = work / ("model_int8_trt.onnx" if int8 else "model.onnx")
             engine = work / ("model_int8.engine" if int8 else "model.engine")
-            info = trt.build_engine(src, engine, input_shape=[3, size[1], size[0]], fp16=bool(t["fp16"]), int8=int8,
+            info = trt.build_engine(src, engine, input_shape=[3, pre.height, pre.width], fp16=bool(t["fp16"]), int8=int8,
                                     workspace_gb=float(t["workspace_gb"]), min_batch=int(t["min_batch"]),
                                     opt_batch=int(t["opt_batch"]), max_batch=int(t["max_batch"]),
                                     timing_cache=work / "timing.cache" if t["timing_cache"] else None)
             log.info("  export: TensorRT %s engine built in %.1f s on %s", info["tensorrt"], info["build_seconds"], info["gpu"])
-            gate("tensorrt", trt.TrtDetector(engine, src).run,
+            trt_det = trt.TrtDetector(engine, src)
+            gate("tensorrt", lambda t: run_padded(trt_det.run, t, trt_det.fixed_batch),
                  float(ex["gate"]["int8_max_map_drop"] if int8 else ex["gate"]["max_map_drop"]))
             artifacts.update({"engine": engine.name, "engine_fingerprint": engine.with_suffix(".json").name})
 

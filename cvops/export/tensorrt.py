@@ -1,4 +1,4 @@
-"""TensorRT engines (TensorRT 10/11 Python API) from the exported ONNX graph.
+"""TensorRT engines (TensorRT 10 Python API) from the exported ONNX graph.
 
 * one optimisation profile for ``images`` with min/opt/max batch from the
   recipe (``export.tensorrt.{min,opt,max}_batch``) at the model's image size;
@@ -13,6 +13,11 @@
 
 Without the ``tensorrt`` package or a CUDA GPU, :func:`unavailable` says why
 and the export stage records TensorRT as skipped.
+
+TensorRT 11 removes ``BuilderFlag.FP16``/``INT8`` (strongly typed networks
+only: precision comes from the ONNX types and Q/DQ nodes); until that path is
+written, :func:`unavailable` reports TensorRT 11 as unsupported instead of
+failing mid-build.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ def unavailable() -> Optional[str]:
         import tensorrt  # noqa: F401
     except Exception as e:  # ImportError, or the PyPI stub failing to find NVIDIA's libraries
         return f"the TensorRT Python package is not usable here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    import tensorrt as trt
+
+    if not hasattr(trt.BuilderFlag, "FP16"):
+        return (f"TensorRT {trt.__version__} has no FP16/INT8 builder flags (TensorRT 11 builds strongly typed "
+                "networks only); install tensorrt>=10,<11")
     import torch
 
     if not torch.cuda.is_available():
@@ -89,7 +99,7 @@ def build_engine(onnx_path: Path, engine_path: Path, *, input_shape: Sequence[in
     if timing_cache is not None:
         blob = timing_cache.read_bytes() if timing_cache.exists() else b""
         cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, ignore_mismatch=True)
+        config.set_timing_cache(cache, ignore_mismatch=False)  # a cache from another device is not reused
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -120,7 +130,10 @@ def stale(engine_path: Path, here: Optional[Dict[str, Any]] = None) -> Optional[
     except ValueError:
         return f"{meta} (the engine's fingerprint) is unreadable"
     here = here if here is not None else machine_fingerprint()
-    diff = [f"{k}: built {built.get(k)!r}, here {v!r}" for k, v in here.items() if k != "gpu" and built.get(k) != v]
+    # an engine is tied to the TensorRT version and the GPU architecture (not to the marketing name, nor to
+    # the CUDA toolkit torch was built with)
+    diff = [f"{k}: built {built.get(k)!r}, here {v!r}" for k, v in here.items()
+            if k in ("tensorrt", "compute_capability") and built.get(k) != v]
     return "; ".join(diff) or None
 
 
@@ -150,32 +163,45 @@ class TrtDetector:
                          fp16=old.get("fp16", True), int8=old.get("int8", False),
                          workspace_gb=old.get("workspace_gb", 2.0), min_batch=prof.get("min", [1])[0],
                          opt_batch=prof.get("opt", [1])[0], max_batch=prof.get("max", [8])[0],
-                         timing_cache=self.path.with_suffix(".timing"))
+                         timing_cache=self.path.parent / "timing.cache")
             self.rebuilt = why
         else:
             self.rebuilt = None
+        import threading
+
         self._trt, self._torch = trt, torch
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
+        self._lock = threading.Lock()  # one execution context: the server's threads take turns
+        batch = self.engine.get_tensor_shape(INPUT)[0]
+        self.fixed_batch: Optional[int] = int(batch) if batch > 0 else None
+        lo, _, hi = self.engine.get_tensor_profile_shape(INPUT, 0)
+        self.batch_range = (int(lo[0]), int(hi[0]))
 
     def run(self, tensor: np.ndarray) -> List[np.ndarray]:
-        """Raw outputs (num_dets, boxes, scores, labels) for a preprocessed batch."""
+        """Raw outputs (num_dets, boxes, scores, labels, embedding) for a preprocessed batch."""
         trt, torch = self._trt, self._torch
-        x = torch.from_numpy(np.ascontiguousarray(tensor)).cuda()
-        self.context.set_input_shape(INPUT, tuple(x.shape))
-        self.context.set_tensor_address(INPUT, x.data_ptr())
-        outs = {}
-        for name in OUTPUTS:
-            shape = tuple(self.context.get_tensor_shape(name))
-            dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
-            outs[name] = torch.empty(shape, dtype=dtype, device="cuda")
-            self.context.set_tensor_address(name, outs[name].data_ptr())
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execution of {self.path} failed")
-        self.stream.synchronize()
-        return [outs[n].cpu().numpy() for n in OUTPUTS]
+        lo, hi = self.batch_range
+        if not lo <= len(tensor) <= hi:
+            raise ValueError(f"batch {len(tensor)} is outside the engine's optimisation profile [{lo}, {hi}] "
+                             f"({self.path}); rebuild with export.tensorrt.min_batch/max_batch covering it")
+        with self._lock, torch.cuda.stream(self.stream):  # copies, allocations and inference on one stream
+            x = torch.from_numpy(np.ascontiguousarray(tensor)).cuda(non_blocking=False)
+            if not self.context.set_input_shape(INPUT, tuple(x.shape)):
+                raise ValueError(f"TensorRT refused input shape {tuple(x.shape)} for {self.path}")
+            self.context.set_tensor_address(INPUT, x.data_ptr())
+            outs = {}
+            for name in OUTPUTS:
+                shape = tuple(self.context.get_tensor_shape(name))
+                dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
+                outs[name] = torch.empty(shape, dtype=dtype, device="cuda")
+                self.context.set_tensor_address(name, outs[name].data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execution of {self.path} failed")
+            self.stream.synchronize()
+            return [outs[n].cpu().numpy() for n in OUTPUTS]
 
 
 class EngineDetector:
@@ -195,7 +221,7 @@ class EngineDetector:
         self.metadata = meta
         self.preprocess = Preprocess.from_dict(json.loads(meta["cvops.preprocess"]))
         self.classes: List[str] = json.loads(meta.get("cvops.classes", "[]"))
-        self.fixed_batch = None
+        self.fixed_batch = self.engine.fixed_batch
 
     def run(self, tensor: np.ndarray) -> List[np.ndarray]:
         return self.engine.run(tensor)
@@ -203,5 +229,9 @@ class EngineDetector:
     def predict(self, images: Sequence[np.ndarray]) -> List[Any]:
         from cvops.export.runtime import split_outputs
 
+        from cvops.export.runtime import run_padded
+
         tensor, scales = self.preprocess.batch(images)
-        return split_outputs(self.run(tensor), scales, [(im.shape[1], im.shape[0]) for im in images], self.preprocess)
+        outputs = run_padded(self.run, tensor, self.fixed_batch or (None if len(tensor) <= self.engine.batch_range[1]
+                                                                    else self.engine.batch_range[1]))
+        return split_outputs(outputs, scales, [(im.shape[1], im.shape[0]) for im in images], self.preprocess)

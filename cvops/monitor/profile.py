@@ -28,8 +28,7 @@ from cvops.export.runtime import Detections, OnnxDetector
 from cvops.monitor.drift import Profile, image_stats, prediction_stats
 
 log = logging.getLogger("cvops")
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
+from cvops.monitor.source import IMAGE_EXTS, VIDEO_EXTS  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -40,7 +39,7 @@ class Seen:
     record: Dict[str, Any]
     dets: Optional[Detections] = None
     path: Optional[str] = None  # an image file FiftyOne can show (None: not kept, e.g. unsampled request)
-    frame: Optional[np.ndarray] = field(default=None, repr=False)  # decoded frame to write if it becomes an edge case
+    frame: Optional[bytes] = field(default=None, repr=False)  # JPEG of a decoded frame, written if it is an edge case
 
 
 def record_of(bgr: np.ndarray, dets: Detections, classes: Sequence[str], low: float) -> Dict[str, Any]:
@@ -78,7 +77,12 @@ def profile_of(seen: Sequence[Seen]) -> Profile:
 
 def run_images(detector: OnnxDetector, frames: Iterator[Tuple[str, Optional[str], np.ndarray]], low: float,
                keep_frames: bool = False, batch: int = 8, desc: str = "monitor") -> List[Seen]:
-    """Run the exported model over (name, path, bgr) items; returns their records."""
+    """Run the exported model over (name, path, bgr) items; returns their records.
+
+    With ``keep_frames``, items without a file (video frames) keep a JPEG of the frame, so
+    edge cases can be shown later without holding decoded frames in memory.
+    """
+    import cv2
     from tqdm import tqdm
 
     out: List[Seen] = []
@@ -87,7 +91,8 @@ def run_images(detector: OnnxDetector, frames: Iterator[Tuple[str, Optional[str]
     def flush() -> None:
         dets = detector.predict([c[2] for c in chunk])
         for (name, path, bgr), d in zip(chunk, dets):
-            out.append(Seen(name, record_of(bgr, d, detector.classes, low), d, path, bgr if keep_frames else None))
+            jpg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() if keep_frames and path is None else None
+            out.append(Seen(name, record_of(bgr, d, detector.classes, low), d, path, jpg))
         chunk.clear()
 
     for item in tqdm(frames, desc=desc, leave=False):
@@ -100,6 +105,12 @@ def run_images(detector: OnnxDetector, frames: Iterator[Tuple[str, Optional[str]
 
 
 # ------------------------------------------------------------ reference
+def held_out(curate: Any) -> List[Path]:
+    """The curated val and test COCO files that exist (a recipe may have no test split)."""
+    names = curate.manifest.get("artifacts", {})
+    return [curate.path(f"coco_{s}") for s in ("val", "test") if f"coco_{s}" in names]
+
+
 def _code_hash() -> str:
     h = hashlib.sha256()
     for mod in ("profile.py", "drift.py"):
@@ -117,7 +128,7 @@ def reference(store_root: Path, export_fp: str, onnx_path: Path, coco_files: Seq
     import cv2
     from filelock import FileLock
 
-    d = Path(store_root) / "reference" / f"{export_fp}-{_code_hash()}"
+    d = Path(store_root) / "reference" / f"{export_fp}-{_code_hash()}-low{low:g}"  # stats depend on ``low``
     d.mkdir(parents=True, exist_ok=True)
     with FileLock(str(d) + ".lock", timeout=timeout):
         if (d / "records.jsonl").exists() and (d / "profile.npz").exists():
@@ -181,12 +192,17 @@ def iter_videos(paths: Sequence[Path], fps: float, window: int) -> Iterator[Tupl
             cap.release()
 
 
-def window_from_log(log_dir: Path, window: int, low: float) -> Tuple[List[Seen], int]:
-    """The newest ``window`` successful requests of a serve request log; also how many lines were unreadable."""
+def window_from_log(log_dir: Path, window: int, low: float, model: Optional[str] = None) -> Tuple[List[Seen], int]:
+    """The newest ``window`` successful requests of a serve request log; also how many lines were unreadable.
+
+    Args:
+        model: keep only requests answered by this model fingerprint (the log directory is shared by every
+            export of a project; another model's embeddings and scores are not this model's traffic).
+    """
     from cvops.serve.requestlog import read_log
 
     records, skipped = read_log(log_dir)
-    ok = [r for r in records if r.get("status") == 200 and "width" in r]
+    ok = [r for r in records if r.get("status") == 200 and "width" in r and (model is None or r.get("model") == model)]
     seen = []
     for r in ok[-window:]:
         rec, dets = record_from_log(r, low)

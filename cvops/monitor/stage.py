@@ -34,23 +34,19 @@ import numpy as np
 
 from cvops.config import ConfigError
 from cvops.monitor.drift import DriftReport, Profile, compare
-from cvops.monitor.profile import (IMAGE_EXTS, VIDEO_EXTS, Seen, edge_reasons, iter_folder, iter_videos, profile_of,
+from cvops.monitor.source import request_log_dir  # noqa: F401  (also used by cvops.serve.cli)
+from cvops.monitor.profile import (IMAGE_EXTS, VIDEO_EXTS, Seen, edge_reasons, held_out, iter_folder, iter_videos,
+                                   profile_of,
                                    reference, run_images, window_from_log)
 from cvops.runner import StageContext, StageResult
 
 log = logging.getLogger("cvops")
 DEGRADATION = ("max_score", "empty", "num_boxes")
+MIN_WINDOW = 20
 
 
 class MonitorError(ConfigError):
     """A monitor input the user has to fix (the message says how)."""
-
-
-def request_log_dir(cfg: Any) -> Path:
-    """Where ``cvops serve`` writes its request log for this recipe (``serve.log_dir`` or the store's default)."""
-    if cfg.serve.log_dir:
-        return Path(cfg.serve.log_dir)
-    return Path(cfg.paths.store).resolve() / "requests" / str(cfg.project)
 
 
 def load_window(ctx: StageContext, detector: Any, low: float) -> tuple[List[Seen], str, Dict[str, Any]]:
@@ -64,10 +60,12 @@ def load_window(ctx: StageContext, detector: Any, low: float) -> tuple[List[Seen
             raise MonitorError(
                 f"monitor.source is not set and there is no request log at {d}: serve the model first "
                 f"(cvops serve recipe=...) or point monitor.source at a folder of images or a video")
-        seen, skipped = window_from_log(d, window, low)
+        fp = ctx.inputs["export"].fingerprint
+        seen, skipped = window_from_log(d, window, low, model=fp)
         notes["unreadable_log_lines"] = skipped
         if not seen:
-            raise MonitorError(f"the request log {d} has no successful requests yet")
+            raise MonitorError(f"the request log {d} has no successful requests answered by this export ({fp}) "
+                               f"yet: serve it (cvops serve recipe=...) and send traffic, or set monitor.source")
         return seen, f"request log {d}", notes
     if src == "synthetic":
         from cvops.curate.synthetic import Shift, generate, spec_from_config
@@ -86,6 +84,9 @@ def load_window(ctx: StageContext, detector: Any, low: float) -> tuple[List[Seen
     path = Path(src).expanduser()
     if not path.exists():
         raise MonitorError(f"monitor.source={src}: no such file or folder")
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTS:
+        raise MonitorError(f"monitor.source={src} is one image; a window needs many: put the images in a folder "
+                           "and point monitor.source at it")
     if path.is_file() and path.suffix.lower() in VIDEO_EXTS:
         return run_images(detector, iter_videos([path], float(mon["fps"]), window), low, keep_frames=True,
                           desc="monitor: window"), f"video {path}", notes
@@ -103,7 +104,11 @@ def load_window(ctx: StageContext, detector: Any, low: float) -> tuple[List[Seen
 
 def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Path, fingerprint: str,
               source: str) -> int:
-    """Add edge cases (Seen, reasons) to the persistent FiftyOne review dataset; returns how many went in."""
+    """Add edge cases (Seen, reasons) to the persistent FiftyOne review dataset; returns how many are new there.
+
+    Images already in the dataset (same file) are not added twice; requests whose image was not
+    sampled by the server have no file and are counted in the metrics only.
+    """
     import cv2
 
     from cvops.fo import connect
@@ -120,7 +125,10 @@ def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Pat
         path = s.path
         if path is None and s.frame is not None:
             path = str(frames / f"{k:05d}.jpg")
-            cv2.imwrite(path, s.frame)
+            if isinstance(s.frame, (bytes, bytearray)):
+                Path(path).write_bytes(s.frame)
+            else:
+                cv2.imwrite(path, s.frame)
         if path is None:
             continue  # a request whose image was not sampled: counted, not reviewable
         h, w = int(s.record.get("height", 1)), int(s.record.get("width", 1))
@@ -139,12 +147,13 @@ def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Pat
         sample["window_item"] = s.name
         sample["max_score"] = float(s.record.get("max_score", 0.0))
         samples.append(sample)
+    new = []
     if samples:
         known = set(ds.distinct("filepath")) if len(ds) else set()
         new = [x for x in samples if x.filepath not in known]
         if new:
             ds.add_samples(new, progress=False)
-    return len(samples)
+    return len(new)
 
 
 def _plots(work: Path, ref: Profile, win: Profile, report: DriftReport) -> Dict[str, str]:
@@ -237,14 +246,25 @@ def run(ctx: StageContext) -> StageResult:
     mon = ctx.section["monitor"]
     curate, export = ctx.inputs["curate"], ctx.inputs["export"]
     work = ctx.workdir
+    if mon["on_drift"]:
+        from cvops.recipes import available_recipes
+
+        if mon["on_drift"] not in available_recipes():
+            raise MonitorError(f"monitor.on_drift={mon['on_drift']}: no such recipe; choose from {available_recipes()}")
     low = float(mon["low_confidence"])
     onnx_path = export.path("onnx")
     store_root = Path(ctx.cfg.paths.store)
     ref, ref_seen, ref_dir = reference(store_root, export.fingerprint, onnx_path,
-                                       [curate.path("coco_val"), curate.path("coco_test")], low,
+                                       held_out(curate), low,
                                        timeout=float(ctx.cfg.lock_timeout_s))
     detector = OnnxDetector(onnx_path)
     seen, source, notes = load_window(ctx, detector, low)
+    if not seen:
+        raise MonitorError(f"the window from {source} is empty: no image or frame could be decoded")
+    if len(seen) < MIN_WINDOW:
+        log.warning("  monitor: only %d images in the window (%s): too few for the drift tests to say much",
+                    len(seen), source)
+        notes["warning"] = f"only {len(seen)} images in the window (fewer than {MIN_WINDOW}): little statistical power"
     win = profile_of(seen)
     report = compare(ref, win, p_value=float(mon["p_value"]), psi_threshold=float(mon["psi_threshold"]),
                      permutations=int(mon["mmd_permutations"]), seed=int(mon["seed"]))
@@ -313,13 +333,10 @@ def _track(ctx: StageContext, metrics: Dict[str, Any], report: DriftReport) -> N
 
 def _retrain(ctx: StageContext, recipe: str) -> Dict[str, Any]:
     """Start ``cvops recipe=<recipe>`` in the background (monitor.on_drift)."""
-    from cvops.recipes import available_recipes
-
-    if recipe not in available_recipes():
-        raise MonitorError(f"monitor.on_drift={recipe}: no such recipe; choose from {available_recipes()}")
     logf = ctx.run_dir / "monitor" / f"on_drift_{recipe}.log"
     logf.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "cvops", f"recipe={recipe}"]
+    # same store (its curate/train artifacts are reused where the retrain recipe agrees with them)
+    cmd = [sys.executable, "-m", "cvops", f"recipe={recipe}", f"paths.store={Path(ctx.cfg.paths.store).resolve()}"]
     with open(logf, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(Path.cwd()))
     log.info("  monitor: drift -> started %s (pid %d, log %s)", " ".join(cmd[2:]), proc.pid, logf)

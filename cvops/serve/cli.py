@@ -51,7 +51,7 @@ def serve_export(cfg: Any, export: Any, curate: Optional[Any], recipe: Optional[
     from pathlib import Path
 
     from cvops.config import ConfigError
-    from cvops.monitor.profile import reference
+    from cvops.monitor.profile import held_out, reference
     from cvops.monitor.stage import request_log_dir
     from cvops.serve.server import serve
 
@@ -59,7 +59,7 @@ def serve_export(cfg: Any, export: Any, curate: Optional[Any], recipe: Optional[
     drift: Optional[Callable[[List[dict]], Dict[str, float]]] = None
     if curate is not None:  # live drift gauges against the model's reference profile
         ref, _, _ = reference(Path(cfg.paths.store), export.fingerprint, export.path("onnx"),
-                              [curate.path("coco_val"), curate.path("coco_test")], float(mon.low_confidence))
+                              held_out(curate), float(mon.low_confidence))
         drift = DriftGauges(ref, float(mon.p_value), float(mon.psi_threshold), int(mon.mmd_permutations),
                             float(mon.low_confidence))
     model = export.path("onnx")

@@ -17,7 +17,6 @@ are serialised with a file lock).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import pickle
@@ -85,7 +84,8 @@ def build_app(model_path: str | Path, *, info: dict | None = None, log_dir: str 
 
 def app_from_env() -> Any:
     """The application of one uvicorn worker process, from :data:`CONFIG_ENV` (set by :func:`serve`)."""
-    config = pickle.loads(base64.b64decode(os.environ[CONFIG_ENV]))  # written by serve() in the parent process
+    with open(os.environ[CONFIG_ENV], "rb") as f:  # written by serve() in the parent process (mode 0600)
+        config = pickle.load(f)
     token_env = config.pop("token_env")
     return build_app(**config, token=os.environ.get(token_env) or None, seed=os.getpid())
 
@@ -130,8 +130,13 @@ def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
                                   engine_path=None if engine_path is None else str(engine_path))
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
-        os.environ[CONFIG_ENV] = base64.b64encode(pickle.dumps({**config, "threads": threads,
-                                                                "token_env": token_env})).decode()
+        # a file, not the variable itself: the reference profile easily exceeds Linux's 128 KiB per variable
+        import tempfile
+
+        fd, cfg_path = tempfile.mkstemp(prefix="cvops-serve-", suffix=".pkl")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump({**config, "threads": threads, "token_env": token_env}, f)
+        os.environ[CONFIG_ENV] = cfg_path
         target: Any = "cvops.serve.server:app_from_env"
     else:
         target = build_app(**config, token=token)

@@ -1,0 +1,20 @@
+"""The host's part of the export fingerprint.
+
+A ``format=tensorrt`` export built where TensorRT or a GPU is missing is a
+partial artifact (ONNX only, TensorRT recorded skipped). Adding whether
+TensorRT is usable here to the fingerprint makes the same recipe on a GPU host
+build the engine instead of reusing that partial artifact. Other formats do not
+depend on the host ("").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def signature(cfg: Any) -> str:
+    if str(cfg.export.format) != "tensorrt":
+        return ""
+    from cvops.export.tensorrt import unavailable
+
+    return "tensorrt-unavailable" if unavailable() else "tensorrt-usable"

@@ -1,0 +1,55 @@
+"""What a monitor window will read, as a cheap signature (stdlib only: computed for every command).
+
+The monitor's result depends on data outside the recipe: the serve request
+log, a folder, a video. The runner adds :func:`signature` to the monitor's
+fingerprint, so new traffic (or a changed folder) means a new monitor run,
+while an unchanged source is reused from the cache like any other stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, List
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
+
+
+def request_log_dir(cfg: Any) -> Path:
+    """Where ``cvops serve`` writes its request log for this recipe (``serve.log_dir`` or the store's default)."""
+    if cfg.serve.log_dir:
+        return Path(cfg.serve.log_dir)
+    return Path(cfg.paths.store).resolve() / "requests" / str(cfg.project)
+
+
+def _stat_lines(paths: List[Path]) -> List[str]:
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        out.append(f"{p}\t{st.st_size}\t{st.st_mtime_ns}")
+    return out
+
+
+def signature(cfg: Any) -> str:
+    """Size + mtime of every file the window could read ("" for generated windows)."""
+    src = cfg.monitor.source
+    if src == "synthetic":
+        return ""
+    if src is None:
+        root = request_log_dir(cfg)
+        files = sorted(root.glob("requests*.jsonl")) if root.is_dir() else []
+    else:
+        root = Path(str(src)).expanduser()
+        if root.is_file():
+            files = [root]
+        elif root.is_dir():
+            files = sorted(Path(d) / f for d, _, fs in os.walk(root) for f in fs
+                           if Path(f).suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
+        else:
+            files = []
+    return hashlib.sha256("\n".join([str(root), *_stat_lines(files)]).encode()).hexdigest()[:16]
