@@ -182,6 +182,8 @@ class ServeConfig:
     log_dir: Optional[str] = None  # default: <store>/requests/<project>
     sample_rate: float = 0.1  # fraction of request images kept for review
     token_env: str = "CVOPS_TOKEN"  # bearer token read from this variable, if set
+    max_batch: int = 8  # dynamic batching: concurrent requests share one inference of up to this many images
+    batch_wait_ms: float = 2.0  # how long the first request of a batch waits for company
 
 
 # ------------------------------------------------------------------ monitor

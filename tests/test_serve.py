@@ -558,3 +558,30 @@ def test_real_server_in_a_subprocess(model_path: Path, tmp_path: Path) -> None:
     records, skipped = read_log(tmp_path / "log")
     assert skipped == 0 and [r["status"] for r in records] == [200] * 5
     assert json.loads(json.dumps(records))  # plain JSON all the way
+
+
+def test_micro_batcher_answers_each_caller_with_its_own_image(detector):
+    """Concurrent requests batched into one inference get exactly the detections of their own image."""
+    import threading
+
+    from cvops.serve.app import MicroBatcher
+
+    det = detector
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (int(rng.integers(60, 140)), int(rng.integers(60, 140)), 3), dtype=np.uint8)
+              for _ in range(12)]
+    expected = [det.predict([im])[0] for im in images]
+    batcher = MicroBatcher(det, max_batch=4, wait_ms=20)
+    got = [None] * len(images)
+
+    def call(i):
+        got[i] = batcher.predict_one(images[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g.scores, e.scores, atol=1e-5)
+        np.testing.assert_allclose(g.boxes, e.boxes, atol=1e-3)

@@ -326,9 +326,55 @@ class BearerAuth:
 # ---------------------------------------------------------------------------
 
 
+class MicroBatcher:
+    """Dynamic batching: concurrent requests share one inference call.
+
+    Request threads call :meth:`predict_one`; one batching thread takes the
+    first waiting image, collects more for up to ``wait_ms`` (at most
+    ``max_batch``), runs ``detector.predict`` on all of them at once and hands
+    each caller its own result. A lone request waits at most ``wait_ms``.
+    """
+
+    def __init__(self, detector: Any, max_batch: int, wait_ms: float) -> None:
+        import queue
+
+        self.detector, self.max_batch, self.wait = detector, max(1, int(max_batch)), max(0.0, wait_ms) / 1000
+        self.queue: "queue.Queue[tuple]" = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name="cvops-batcher", daemon=True)
+        self.thread.start()
+
+    def predict_one(self, bgr: np.ndarray) -> Any:
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+        self.queue.put((bgr, fut))
+        return fut.result()
+
+    def _loop(self) -> None:
+        import queue
+
+        while True:
+            items = [self.queue.get()]
+            deadline = time.perf_counter() + self.wait
+            while len(items) < self.max_batch:
+                left = deadline - time.perf_counter()
+                try:
+                    items.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                results = self.detector.predict([bgr for bgr, _ in items])
+            except Exception as e:  # every caller of this batch gets the error
+                for _, fut in items:
+                    fut.set_exception(e)
+                continue
+            for (_, fut), r in zip(items, results):
+                fut.set_result(r)
+
+
 def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None, max_upload_mb: float = 20,
                max_pixels: int = 40_000_000, token: str | None = None, drift: DriftFn | None = None,
-               window: int = 200, drift_every: int = 50) -> FastAPI:
+               window: int = 200, drift_every: int = 50, max_batch: int = 1, batch_wait_ms: float = 2.0) -> FastAPI:
     """Build the FastAPI application serving ``detector`` (see the module docstring).
 
     Args:
@@ -341,6 +387,8 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None, ma
         max_pixels: the largest ``width * height`` accepted.
         token: when set (and not empty), every endpoint except ``/healthz`` needs
             ``Authorization: Bearer <token>``.
+        max_batch: with more than 1, concurrent requests are batched into one inference
+            (:class:`MicroBatcher`, waiting at most ``batch_wait_ms`` for company).
         drift: called in a background thread with the last ``window`` records of
             successful requests, every ``drift_every`` of them; see
             :class:`DriftWatch` for what its result sets.
@@ -362,6 +410,7 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None, ma
     metrics = ServeMetrics()
     watch = DriftWatch(drift, window, drift_every, metrics) if drift is not None else None
     batch = detector.fixed_batch if detector.fixed_batch and detector.fixed_batch > 1 else 1
+    batcher = MicroBatcher(detector, max_batch, batch_wait_ms) if max_batch > 1 else None
     model_info = dict(info)
     model_info.update(classes=classes, preprocess=detector.preprocess.to_dict(), fixed_batch=detector.fixed_batch,
                       limits={"max_upload_mb": max_upload_mb, "max_pixels": max_pixels})
@@ -465,7 +514,7 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None, ma
         """Decode, detect, log: runs in the thread pool."""
         bgr, mime = decode_image(data, max_pixels)
         try:
-            dets = detector.predict([bgr] * batch)[0]
+            dets = batcher.predict_one(bgr) if batcher is not None else detector.predict([bgr] * batch)[0]
         except Exception as e:
             log_failure(500, "inference", mime)
             raise ApiError(500, "inference", f"inference failed: {type(e).__name__}: {e}") from e

@@ -84,7 +84,8 @@ def serve_export(cfg: Any, export: Any, curate: Optional[Any], recipe: Optional[
     serve(model, host=str(sv.host), port=int(sv.port), info=info, log_dir=request_log_dir(cfg),
           sample_rate=float(sv.sample_rate), max_upload_mb=float(sv.max_upload_mb), max_pixels=int(sv.max_pixels),
           token_env=str(sv.token_env), drift=drift, workers=workers, drift_window=int(mon.drift_window),
-          drift_every=int(mon.drift_every), engine_path=engine)
+          drift_every=int(mon.drift_every), engine_path=engine, max_batch=int(sv.max_batch),
+          batch_wait_ms=float(sv.batch_wait_ms))
 
 
 def main(argv: List[str]) -> int:

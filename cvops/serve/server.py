@@ -40,7 +40,7 @@ def build_app(model_path: str | Path, *, info: dict | None = None, log_dir: str 
               sample_rate: float = 0.1, max_upload_mb: float = 20, max_pixels: int = 40_000_000,
               token: str | None = None, drift: Callable[[list[dict]], dict[str, float]] | None = None,
               threads: int | None = None, seed: int = 0, drift_window: int = 200, drift_every: int = 50,
-              engine_path: str | Path | None = None) -> Any:
+              engine_path: str | Path | None = None, max_batch: int = 8, batch_wait_ms: float = 2.0) -> Any:
     """Load the model, open the request log and build the application.
 
     Args:
@@ -79,7 +79,8 @@ def build_app(model_path: str | Path, *, info: dict | None = None, log_dir: str 
     info.setdefault("model_path", str(model_path))
     log = RequestLog(log_dir, sample_rate=sample_rate, seed=seed) if log_dir else None
     return create_app(detector, info=info, log=log, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-                      token=token or None, drift=drift, window=drift_window, drift_every=drift_every)
+                      token=token or None, drift=drift, window=drift_window, drift_every=drift_every,
+                      max_batch=max_batch, batch_wait_ms=batch_wait_ms)
 
 
 def app_from_env() -> Any:
@@ -100,7 +101,8 @@ def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
           log_dir: str | Path | None = None, sample_rate: float = 0.1, max_upload_mb: float = 20,
           max_pixels: int = 40_000_000, token_env: str = "CVOPS_SERVE_TOKEN",
           drift: Callable[[list[dict]], dict[str, float]] | None = None, workers: int = 1,
-          drift_window: int = 200, drift_every: int = 50, engine_path: str | Path | None = None) -> None:
+          drift_window: int = 200, drift_every: int = 50, engine_path: str | Path | None = None,
+          max_batch: int = 8, batch_wait_ms: float = 2.0) -> None:
     """Serve an exported model over HTTP until interrupted (uvicorn, log level info, no reload).
 
     Args:
@@ -127,7 +129,8 @@ def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
                                   log_dir=None if log_dir is None else str(log_dir), sample_rate=sample_rate,
                                   max_upload_mb=max_upload_mb, max_pixels=max_pixels, drift=drift,
                                   drift_window=drift_window, drift_every=drift_every,
-                                  engine_path=None if engine_path is None else str(engine_path))
+                                  engine_path=None if engine_path is None else str(engine_path),
+                                  max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         # a file, not the variable itself: the reference profile easily exceeds Linux's 128 KiB per variable
