@@ -5,6 +5,7 @@
     cvops app recipe=bccd                       # http://localhost:5151
     cvops app recipe=bccd --address 0.0.0.0 --port 5151   # reachable from other machines
     cvops app recipe=bccd --dataset bccd-481cebafda26     # a specific version
+    cvops app recipe=bccd --review                        # the monitor's edge cases (<project>-review)
 
 It opens the dataset curated for the recipe as configured now (the curate
 artifact of the current config); if that was not built yet, the project's most
@@ -51,10 +52,18 @@ def main(argv: List[str]) -> int:
     ap.add_argument("--port", type=int, default=5151)
     ap.add_argument("--address", default="localhost", help="bind address; 0.0.0.0 to serve other machines")
     ap.add_argument("--dataset", default=None, help="open this FiftyOne dataset instead")
+    ap.add_argument("--review", action="store_true",
+                    help="open the monitor's review dataset (monitor.review_dataset, default <project>-review)")
     args, overrides = ap.parse_known_args(argv)
     from cvops.config import ConfigError
 
     try:
+        if args.review and not args.dataset:
+            from cvops.config import compose_config, preflight
+
+            preflight(overrides)
+            cfg = compose_config(overrides)
+            args.dataset = cfg.monitor.review_dataset or f"{cfg.project}-review"
         name, why = resolve_dataset(overrides, args.dataset)
     except ConfigError as e:
         print(f"cvops: error: {e}", file=sys.stderr)

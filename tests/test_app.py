@@ -60,7 +60,8 @@ def test_app_shows_the_monitor_edge_cases_in_chromium(cvops, tmp_path):
     from cvops.monitor.profile import Seen
     from cvops.monitor.stage import to_review
 
-    name = f"appcheck-review-{tmp_path.name}"
+    project = f"appcheck{abs(hash(tmp_path.name)) % 10**8}"
+    name = f"{project}-review"  # what `cvops app ... --review` opens
     if connect().dataset_exists(name):
         connect().delete_dataset(name)
     edge = []
@@ -71,7 +72,7 @@ def test_app_shows_the_monitor_edge_cases_in_chromium(cvops, tmp_path):
         edge.append((s, ["low_confidence"]))
     assert to_review(name, edge, ["circle", "square", "triangle"], tmp_path, "fp", "test") == 4
     port = _free_port()
-    app = cvops.popen("app", "--dataset", name, "--port", str(port))
+    app = cvops.popen("app", f"project={project}", "--review", "--port", str(port))
     try:
         t0 = time.time()
         line = ""

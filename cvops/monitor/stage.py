@@ -230,7 +230,7 @@ its corrected KS p-value is below that <i>and</i> PSI &gt; {report.psi_threshold
 <h3>Degradation proxies (no labels needed)</h3><ul>{deg}</ul>
 <h3>Edge cases</h3><p>{metrics['edge_cases']} image(s) sent to FiftyOne dataset <b>{html.escape(str(metrics['review_dataset']))}</b>
 ({', '.join(f'{k}: {v}' for k, v in metrics['edge_case_reasons'].items()) or 'none'}).
-Review them with <code>cvops app --dataset {html.escape(str(metrics["review_dataset"]))}</code>, tag the ones you
+Review them with <code>cvops app --dataset {html.escape(str(metrics["review_dataset"]))}</code> (or <code>cvops app recipe=... --review</code>), tag the ones you
 fixed <code>reviewed</code>, then <code>cvops review recipe=...</code>.</p>
 <h3>Per-feature verdicts</h3>
 <table><tr><th>feature</th><th>test</th><th>p</th><th>p corrected</th><th>PSI</th><th>reference mean</th><th>window mean</th><th>verdict</th></tr>
