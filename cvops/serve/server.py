@@ -149,6 +149,7 @@ def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
           f"curl {auth}-H 'Content-Type: image/jpeg' --data-binary @photo.jpg {url}/v1/predict | "
           f"curl {auth}{url}/metrics", flush=True)
     if workers > 1:
-        uvicorn.run(target, host=host, port=port, log_level="info", reload=False, workers=workers, factory=True)
+        uvicorn.run(target, host=host, port=port, log_level="info", reload=False, workers=workers, factory=True,
+                    access_log=False)  # every request is in the request log and /metrics already
     else:
-        uvicorn.run(target, host=host, port=port, log_level="info", reload=False)
+        uvicorn.run(target, host=host, port=port, log_level="info", reload=False, access_log=False)
