@@ -104,14 +104,22 @@ def build_engine(onnx_path: Path, engine_path: Path, *, input_shape: Sequence[in
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT {trt.__version__} failed to build an engine from {onnx_path} (see its log above)")
-    engine_path.write_bytes(bytes(serialized))
+    _atomic_write(engine_path, bytes(serialized))  # readers never see half an engine
     if cache is not None and timing_cache is not None:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
     info = {**machine_fingerprint(), "fp16": bool(fp16), "int8": bool(int8), "workspace_gb": float(workspace_gb),
             "profile": {"min": [int(min_batch), c, h, w], "opt": [int(opt_batch), c, h, w], "max": [int(max_batch), c, h, w]},
             "onnx": str(onnx_path), "build_seconds": round(time.perf_counter() - t0, 2)}
-    engine_path.with_suffix(".json").write_text(json.dumps(info, indent=1))
+    _atomic_write(engine_path.with_suffix(".json"), json.dumps(info, indent=1).encode())
     return info
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def stale(engine_path: Path, here: Optional[Dict[str, Any]] = None) -> Optional[str]:
@@ -145,29 +153,41 @@ class TrtDetector:
     """
 
     def __init__(self, engine_path: Path, onnx_path: Optional[Path] = None) -> None:
-        import tensorrt as trt
-        import torch
+        from filelock import FileLock
 
         self.path = Path(engine_path)
         why = stale(self.path)
-        if why:
-            if onnx_path is None:
-                raise RuntimeError(f"engine {self.path} does not fit this machine ({why}) and no ONNX to rebuild from")
-            old = json.loads(self.path.with_suffix(".json").read_text()) if self.path.with_suffix(".json").exists() else {}
-            prof = old.get("profile", {})
-            log.warning("  export: rebuilding %s from %s (%s)", self.path.name, onnx_path, why)
-            import onnx
-
-            dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-            build_engine(Path(onnx_path), self.path, input_shape=[d.dim_value for d in dims[1:]],
-                         fp16=old.get("fp16", True), int8=old.get("int8", False),
-                         workspace_gb=old.get("workspace_gb", 2.0), min_batch=prof.get("min", [1])[0],
-                         opt_batch=prof.get("opt", [1])[0], max_batch=prof.get("max", [8])[0],
-                         timing_cache=self.path.parent / "timing.cache")
+        if why:  # several server workers may find it stale at once: one rebuilds, the others wait and reuse it
+            with FileLock(str(self.path) + ".lock"):
+                why = stale(self.path)
+                if why:
+                    self._rebuild(onnx_path, why)
             self.rebuilt = why
         else:
             self.rebuilt = None
+        self._open()
+
+    def _rebuild(self, onnx_path: Optional[Path], why: str) -> None:
+        """Build the engine again from ``onnx_path`` with the settings recorded beside it."""
+        if onnx_path is None:
+            raise RuntimeError(f"engine {self.path} does not fit this machine ({why}) and no ONNX to rebuild from")
+        old = json.loads(self.path.with_suffix(".json").read_text()) if self.path.with_suffix(".json").exists() else {}
+        prof = old.get("profile", {})
+        log.warning("  export: rebuilding %s from %s (%s)", self.path.name, onnx_path, why)
+        import onnx
+
+        dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        build_engine(Path(onnx_path), self.path, input_shape=[d.dim_value for d in dims[1:]],
+                     fp16=old.get("fp16", True), int8=old.get("int8", False),
+                     workspace_gb=old.get("workspace_gb", 2.0), min_batch=prof.get("min", [1])[0],
+                     opt_batch=prof.get("opt", [1])[0], max_batch=prof.get("max", [8])[0],
+                     timing_cache=self.path.parent / "timing.cache")
+
+    def _open(self) -> None:
         import threading
+
+        import tensorrt as trt
+        import torch
 
         self._trt, self._torch = trt, torch
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
