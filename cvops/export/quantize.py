@@ -106,7 +106,7 @@ class _Reader:
         self._it = None
 
 
-def quantize(fp32: Path, out: Path, files: List[str], pre: Preprocess, method: str = "minmax",
+def quantize(fp32: Path, out: Path, files: List[str], pre: Preprocess, method: str = "percentile",
              target: str = "cpu") -> Dict[str, Any]:
     """Write a QDQ INT8 model of ``fp32`` calibrated on ``files``; returns what was quantized.
 
