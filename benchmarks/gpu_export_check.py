@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def _match_rate(a, b, score: float = 0.3) -> float:
-    from cvops.export.stage import _iou
+    from cvops.export.runtime import box_iou
 
     ka, kb = a.scores >= score, b.scores >= score
     if not ka.any():
@@ -36,8 +36,7 @@ def _match_rate(a, b, score: float = 0.3) -> float:
     if not kb.any():
         return 0.0
     ba, bb = a.boxes[ka], b.boxes[kb]
-    xywh = lambda x: np.c_[x[:, :2], x[:, 2:] - x[:, :2]]  # noqa: E731
-    iou = _iou(xywh(ba), xywh(bb)) * (a.labels[ka][:, None] == b.labels[kb][None])
+    iou = box_iou(ba, bb) * (a.labels[ka][:, None] == b.labels[kb][None])
     return float((iou.max(1) >= 0.5).mean())
 
 

@@ -4,7 +4,6 @@ an unshifted window without drift, and the served model's request log monitored.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -12,15 +11,11 @@ import httpx
 import numpy as np
 import pytest
 
+from helpers.net import free_port
+
 SMALL = ("recipe=quickstart", "data.synthetic.num_images=40", "data.synthetic.videos=1",
          "data.synthetic.video_frames=12", "model.image_size=[128,128]", "train.max_epochs=1", "tracker=none",
          "export.calib_images=8", "export.latency_repeats=3", "monitor.window=60")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -76,7 +71,7 @@ def test_quickstart_end_to_end_cached_rerun_drift_and_serving(cvops):
     # serve the exported model, send traffic, monitor the request log
     import cv2
 
-    port = _free_port()
+    port = free_port()
     server = cvops.popen("serve", *SMALL, f"serve.port={port}", "serve.sample_rate=1.0")
     try:
         url = f"http://127.0.0.1:{port}"

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import resource
-import socket
 import struct
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from helpers.net import free_port  # noqa: E402
 from helpers.tiny_model import make_onnx  # noqa: E402
 
 from cvops.export.runtime import OnnxDetector  # noqa: E402
@@ -496,12 +496,6 @@ def test_request_log_is_thread_safe(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 # A real server
 # ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_real_server_in_a_subprocess(model_path: Path, tmp_path: Path) -> None:

@@ -185,6 +185,16 @@ class OnnxDetector:
         return split_outputs(self.run_any(tensor), scales, sizes, self.preprocess)
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix (len(a), len(b)) of x1y1x2y2 boxes."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    iw = (np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])).clip(0)
+    ih = (np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])).clip(0)
+    inter = iw * ih
+    area = lambda x: (x[:, 2] - x[:, 0]).clip(0) * (x[:, 3] - x[:, 1]).clip(0)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
+
+
 def run_padded(run: Any, tensor: np.ndarray, fixed: Optional[int]) -> List[np.ndarray]:
     """Run a graph on a batch of any size: as is for a dynamic batch, else in chunks of ``fixed``
     (the last chunk padded with zeros, its padding rows dropped from the outputs)."""

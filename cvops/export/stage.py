@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cvops.export.runtime import Detections, OnnxDetector, Preprocess, latency, run_padded, split_outputs
+from cvops.export.runtime import (Detections, OnnxDetector, Preprocess, box_iou, latency, run_padded,
+                                  split_outputs)
 from cvops.runner import StageContext, StageResult
 
 log = logging.getLogger("cvops")
@@ -66,17 +67,6 @@ def to_coco(d: Detections, image_id: int, cat_ids: Sequence[int]) -> List[Dict[s
             for b, s, lab in zip(d.boxes, d.scores, d.labels)]
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of xywh boxes."""
-    ax1, ay1, ax2, ay2 = a[:, 0], a[:, 1], a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
-    bx1, by1, bx2, by2 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
-    iw = (np.minimum(ax2[:, None], bx2[None]) - np.maximum(ax1[:, None], bx1[None])).clip(0)
-    ih = (np.minimum(ay2[:, None], by2[None]) - np.maximum(ay1[:, None], by1[None])).clip(0)
-    inter = iw * ih
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
-    return inter / np.maximum(union, 1e-9)
-
-
 def disagreements(reference: List[Dict[str, Any]], exported: List[Dict[str, Any]], images: Sequence[Dict[str, Any]],
                   score_thr: float, iou_thr: float = 0.5) -> List[Dict[str, Any]]:
     """Per image: reference boxes the export missed and boxes it added (score >= score_thr)."""
@@ -93,7 +83,9 @@ def disagreements(reference: List[Dict[str, Any]], exported: List[Dict[str, Any]
         r, e = ref.get(im["id"], []), exp.get(im["id"], [])
         matched_r, matched_e = set(), set()
         if r and e:
-            iou = _iou(np.array([d["bbox"] for d in r]), np.array([d["bbox"] for d in e]))
+            xyxy = lambda ds: np.array([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],  # noqa: E731
+                                         d["bbox"][1] + d["bbox"][3]] for d in ds])
+            iou = box_iou(xyxy(r), xyxy(e))
             same = np.array([[a["category_id"] == b["category_id"] for b in e] for a in r])
             iou = np.where(same, iou, 0.0)
             for i, j in sorted(np.argwhere(iou >= iou_thr).tolist(), key=lambda ij: -iou[ij[0], ij[1]]):

@@ -24,11 +24,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cvops.export.runtime import Detections, OnnxDetector
+from cvops.export.runtime import Detections, OnnxDetector, box_iou
 from cvops.monitor.drift import Profile, image_stats, prediction_stats
 
 log = logging.getLogger("cvops")
-from cvops.monitor.source import IMAGE_EXTS, VIDEO_EXTS  # noqa: F401  (re-exported)
+from cvops.monitor.source import IMAGE_EXTS
 
 
 @dataclass
@@ -213,16 +213,6 @@ def window_from_log(log_dir: Path, window: int, low: float, model: Optional[str]
 
 
 # ------------------------------------------------------------ edge cases
-def _iou_xyxy(b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(b[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(b[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(b[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(b[:, None, 3], b[None, :, 3])
-    inter = (x2 - x1).clip(0) * (y2 - y1).clip(0)
-    area = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
-    return inter / np.maximum(area[:, None] + area[None] - inter, 1e-9)
-
-
 def nn_distances(ref: np.ndarray, x: np.ndarray, leave_one_out: bool = False) -> np.ndarray:
     """Distance of each row of ``x`` to its nearest row of ``ref`` (standardised by the reference)."""
     mu, sd = ref.mean(0), ref.std(0) + 1e-6
@@ -261,14 +251,14 @@ def edge_reasons(seen: Sequence[Seen], ref_embeddings: Optional[np.ndarray], low
             sure = scores >= low + near
             unsure = np.abs(scores - low) < near
             if unsure.any():
-                iou = _iou_xyxy(d.boxes)
+                iou = box_iou(d.boxes, d.boxes)
                 # an unsure box that is not just a weaker duplicate of a confident one: the model hesitates
                 if not sure.any() or (iou[np.ix_(unsure, sure)].max(1) < overlap_iou).any():
                     reasons.append("near_threshold")
             confident = scores >= low + near
             if confident.sum() > 1:
                 b, lab = d.boxes[confident], d.labels[confident]
-                iou = _iou_xyxy(b)
+                iou = box_iou(b, b)
                 np.fill_diagonal(iou, 0)
                 if ((iou >= overlap_iou) & (lab[:, None] != lab[None])).any():
                     reasons.append("overlap")

@@ -34,10 +34,9 @@ import numpy as np
 
 from cvops.config import ConfigError
 from cvops.monitor.drift import DriftReport, Profile, compare
-from cvops.monitor.source import request_log_dir  # noqa: F401  (also used by cvops.serve.cli)
-from cvops.monitor.profile import (IMAGE_EXTS, VIDEO_EXTS, Seen, edge_reasons, held_out, iter_folder, iter_videos,
-                                   profile_of,
-                                   reference, run_images, window_from_log)
+from cvops.monitor.source import IMAGE_EXTS, VIDEO_EXTS, request_log_dir
+from cvops.monitor.profile import (Seen, edge_reasons, held_out, iter_folder, iter_videos, profile_of, reference,
+                                   run_images, window_from_log)
 from cvops.runner import StageContext, StageResult
 
 log = logging.getLogger("cvops")

@@ -52,7 +52,7 @@ def serve_export(cfg: Any, export: Any, curate: Optional[Any], recipe: Optional[
 
     from cvops.config import ConfigError
     from cvops.monitor.profile import held_out, reference
-    from cvops.monitor.stage import request_log_dir
+    from cvops.monitor.source import request_log_dir
     from cvops.serve.server import serve
 
     mon, sv = cfg.monitor, cfg.serve
