@@ -45,6 +45,37 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a platform without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sync_tree(root: Path) -> None:
+    """fsync every regular file under ``root``, then every directory (their entries), deepest first."""
+    dirs = []
+    for dirpath, _, files in os.walk(root):
+        dirs.append(dirpath)
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p) or not os.path.isfile(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in reversed(dirs):
+        _fsync_dir(Path(d))
+
+
 @dataclass
 class Artifact:
     """A complete artifact: its directory and its manifest."""
@@ -73,6 +104,27 @@ class ArtifactStore:
 
     def __init__(self, root: os.PathLike | str) -> None:
         self.root = Path(root).expanduser().resolve()
+
+    @property
+    def id(self) -> str:
+        """This store's identity: a random id written once in ``<store>/store-id`` (survives moves and mounts)."""
+        path = self.root / "store-id"
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            pass
+        import uuid
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".store-id.{uuid.uuid4().hex}"
+        tmp.write_text(uuid.uuid4().hex + "\n", encoding="utf-8")
+        try:
+            os.link(tmp, path)  # first writer wins; a concurrent one reads the winner's id
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return path.read_text(encoding="utf-8").strip()
 
     def dir(self, stage: str, fingerprint: str) -> Path:
         return self.root / stage / fingerprint
@@ -164,5 +216,7 @@ class Builder:
         for name, rel in manifest.get("artifacts", {}).items():
             if not (self.dir / rel).exists():
                 raise StoreError(f"{self.stage} declared artifact '{name}' -> {self.dir / rel}, which does not exist")
+        sync_tree(self.dir)  # every file on disk before the manifest makes them visible
         write_json_atomic(self.dir / MANIFEST, manifest)
+        _fsync_dir(self.dir)
         return Artifact(self.stage, self.fingerprint, self.dir, manifest)

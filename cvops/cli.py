@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional
 import hydra
 from omegaconf import DictConfig
 
-from cvops.config import ConfigError, preflight
+from cvops.config import ConfigError, check_safe, compose_config, preflight
 from cvops.recipes import CONF_DIR, available_recipes, recipe_dirs
 
 log = logging.getLogger("cvops")
@@ -45,6 +45,7 @@ def _task(cfg: DictConfig) -> Optional[float]:
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
     try:
+        check_safe(cfg, [])  # again per job: a sweep's values reach each job's config here
         runner = Runner(cfg, run_dir, recipe=hc.runtime.choices.get("recipe"))
         return runner.run().headline()["value"]
     except USER_ERRORS as e:
@@ -100,6 +101,15 @@ COMMANDS: Dict[str, Callable[[List[str]], int]] = {"doctor": _cmd_doctor, "recip
                                                    "serve": _cmd_serve, "review": _cmd_review}
 
 
+def _check_safe_if_composable(overrides: List[str]) -> None:
+    """``--help``/``--info`` compose too: refuse code-bearing values even there (other problems are shown by Hydra)."""
+    try:
+        cfg = compose_config(overrides, hydra_node=True)
+    except ConfigError:
+        return
+    check_safe(cfg, overrides)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of ``cvops``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -109,12 +119,18 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     args, _ = get_args_parser().parse_known_args(argv)
     informational = args.help or args.hydra_help or args.info or args.shell_completion
-    if not informational:
-        try:
+    try:
+        if args.config_path or args.config_name or args.config_dir:
+            raise ConfigError("--config-path, --config-name and --config-dir are not cvops options: cvops composes "
+                              "conf/config.yaml with a recipe; select one with recipe=<name> (recipe folders: "
+                              "CVOPS_RECIPE_PATH)")
+        if informational:
+            _check_safe_if_composable(args.overrides)
+        else:
             preflight(args.overrides, check_missing=args.cfg is None)
-        except ConfigError as e:
-            print(f"cvops: error: {e}", file=sys.stderr)
-            sys.exit(2)
+    except ConfigError as e:
+        print(f"cvops: error: {e}", file=sys.stderr)
+        sys.exit(2)
     sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "cvops", *argv]
     _hydra_main()
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cvops import recipes
-from cvops.instantiate import TargetNotAllowed, check_targets
+from cvops.trust import NotAllowed, check_config
 from cvops.recipes import CONF_DIR, available_recipes, find_recipe, recipe_dirs
 from cvops.schema import GROUPS, STAGES, CvopsConfig
 
@@ -72,11 +72,7 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> None:
         extra = next(_unknown(cfg, skip=("hydra",)), None)
         if extra is not None:  # `+key=value` force-adds past the schema; refuse it here
             raise ConfigError(_unknown_key_message(_split_key(extra), _origin(_split_key(extra), variant)))
-        try:
-            check_targets(cfg, skip=("hydra",))
-        except TargetNotAllowed as e:
-            where = _origin(e.key.split("."), variant)
-            raise ConfigError(f"{e} ({where})") from e
+        check_safe(cfg, variant)
         if check_missing:
             missing = sorted(_missing(cfg, skip=("hydra",)))
             if missing:
@@ -86,6 +82,14 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> None:
                     f"Set {'them' if len(missing) > 1 else 'it'} in your recipe or on the command line: cvops {fixes}"
                     + ("" if _recipe_override(variant) else f"\n  (no recipe selected; available: {', '.join(available_recipes())})")
                 )
+
+
+def check_safe(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Refuse, naming the key and where it was set, any value that would reach code (:mod:`cvops.trust`)."""
+    try:
+        check_config(cfg)
+    except NotAllowed as e:
+        raise ConfigError(f"{e} ({_origin(_split_key(e.key), overrides)})") from e
 
 
 def _unknown(node: DictConfig, prefix: str = "", skip: Sequence[str] = ()) -> Iterable[str]:

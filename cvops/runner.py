@@ -110,6 +110,7 @@ class StageContext:
     run_dir: Path  # the Hydra run dir of this run
     fingerprint: str
     resuming: bool = False
+    store_id: str = ""  # the artifact store's identity (ArtifactStore.id): names what this build owns elsewhere
 
 
 @dataclass
@@ -287,7 +288,8 @@ class Runner:
 
     def _context(self, name: str, fp: str, info: Dict[str, Any], workdir: Path, done: Dict[str, Artifact], resuming: bool) -> StageContext:
         inputs = {u: done[u] for u in SPECS[name].inputs}
-        return StageContext(name, self.cfg, info["section"], workdir, inputs, self.run_dir, fp, resuming)
+        return StageContext(name, self.cfg, info["section"], workdir, inputs, self.run_dir, fp, resuming,
+                            store_id=self.store.id)
 
     def _run_stage(self, name: str, fp: str, info: Dict[str, Any], fn: StageFn, done: Dict[str, Artifact]) -> Optional[Artifact]:
         spec = SPECS[name]

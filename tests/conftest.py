@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,11 +14,25 @@ from typing import Dict, List, Optional
 
 import pytest
 
-# Tests get their own FiftyOne database (a mongod of their own), never the user's datasets.
-os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="cvops-tests-fiftyone-"))
-os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-
 TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+from helpers.mongo import PrivateMongod  # noqa: E402
+
+# Tests get their own FiftyOne database: a mongod of their own on a free port, reached through
+# FIFTYONE_DATABASE_URI (set before anything imports fiftyone; subprocesses inherit it). FiftyOne's
+# embedded database finds a running mongod by port, so a test run must never sit on the default one.
+# CVOPS_TEST_DATABASE_URI points the tests at another server instead (it must be a throwaway one).
+_DB_ROOT = Path(tempfile.mkdtemp(prefix="cvops-tests-fiftyone-"))
+if os.environ.get("CVOPS_TEST_DATABASE_URI"):
+    os.environ["FIFTYONE_DATABASE_URI"] = os.environ["CVOPS_TEST_DATABASE_URI"]
+else:
+    MONGOD = PrivateMongod(_DB_ROOT / "mongo")
+    atexit.register(shutil.rmtree, _DB_ROOT, True)  # runs after stop (atexit is last in, first out)
+    atexit.register(MONGOD.stop)
+    os.environ["FIFTYONE_DATABASE_URI"] = MONGOD.uri
+os.environ["FIFTYONE_DATABASE_DIR"] = str(_DB_ROOT / "embedded")  # for tests that start an embedded one on purpose
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 ROOT = TESTS.parent
 HELPER = TESTS / "helpers" / "run_cvops.py"
 

@@ -109,10 +109,10 @@ def _num(x: float) -> float:
 def _to_fiftyone(dataset: str, field: str, key: str, exports: Dict[str, Path], preds: Dict[str, List[Dict[str, Any]]],
                  classes: List[str]) -> Tuple[float, Any]:
     """Write predictions as ``field`` and run FiftyOne's COCO evaluation on the test split."""
-    from cvops.fo import connect
+    from cvops.fo import connect, load_dataset
 
     fo = connect()
-    ds = fo.load_dataset(dataset)
+    ds = load_dataset(dataset, "the curate stage")
     names = {}
     by_path: Dict[str, Any] = {}
     for split, dets in preds.items():
@@ -147,6 +147,9 @@ def run(ctx: StageContext) -> StageResult:
     work = ctx.workdir
     classes = list(curate.metrics["classes"])
     exports = {s: curate.path(f"coco_{s}") for s in ("train", "val", "test")}
+    from cvops.fo import load_dataset
+
+    load_dataset(curate.metrics["dataset_name"], f"curate artifact {curate.fingerprint[:12]}")  # before any work
     device = "cuda:0" if torch.cuda.is_available() and ctx.cfg.train.device != "cpu" else "cpu"
     preds, stats, evals = {}, {}, {}
     for split in ev["splits"]:

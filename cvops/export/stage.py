@@ -170,10 +170,9 @@ def _plot_latency(path: Path, rows: List[Dict[str, Any]], maps: Dict[str, Option
 # ------------------------------------------------------------ FiftyOne
 def tag_disagreements(dataset: str, rows: List[Dict[str, Any]], tag: str) -> int:
     """Tag the images where the export disagrees with PyTorch; returns how many were tagged."""
-    from cvops.fo import connect
+    from cvops.fo import load_dataset
 
-    fo = connect()
-    ds = fo.load_dataset(dataset)
+    ds = load_dataset(dataset, "the curate stage")
     ds.untag_samples(tag)
     if rows:
         ds.select_by("filepath", [r["file_name"] for r in rows]).tag_samples(tag)

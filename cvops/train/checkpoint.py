@@ -75,3 +75,52 @@ def load(path: str) -> Any:
                              "getattr, which cvops does not allow-list); load it once with a trusted "
                              "torch.load(weights_only=False) and re-save its state_dict") from e
         raise ValueError(f"{path} is not a loadable checkpoint ({type(e).__name__}: {detail.splitlines()[0]})") from e
+
+
+def download(url: str, max_mb: float = 4096, timeout: float = 60.0) -> "Path":
+    """Fetch a remote checkpoint into torch's hub cache (``<hub>/checkpoints/<name>``) and return its path.
+
+    Only ``https://`` URLs, and only if every redirect stays on https. The
+    file is written under a temporary name and renamed when complete, so a cut
+    download never looks cached. The caller loads it with :func:`load`
+    (``weights_only``), never with a full unpickle.
+
+    Raises:
+        ValueError: a non-https URL (or redirect), a file over ``max_mb``, or a failed download.
+    """
+    import os
+    import tempfile
+    import urllib.request
+    from pathlib import Path
+
+    import torch
+
+    from cvops.trust import check_load_from
+
+    check_load_from(url)
+    name = os.path.basename(url.split("?", 1)[0]) or "checkpoint.pth"
+    target = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    budget = int(max_mb * 2**20)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target.parent)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, os.fdopen(fd, "wb") as out:
+            if not resp.geturl().startswith("https://"):
+                raise ValueError(f"{url} redirected to {resp.geturl()}: remote checkpoints must stay on https")
+            while chunk := resp.read(1 << 20):
+                budget -= len(chunk)
+                if budget < 0:
+                    raise ValueError(f"{url} is larger than {max_mb:g} MB; download it yourself and set "
+                                     "model.load_from to the file")
+                out.write(chunk)
+        os.replace(tmp, target)
+    except ValueError:
+        raise
+    except Exception as e:
+        raise ValueError(f"cannot download {url}: {type(e).__name__}: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target

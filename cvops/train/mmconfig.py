@@ -29,16 +29,15 @@ class TrainConfigError(ValueError):
 
 
 def base_config_path(name: str) -> Path:
-    """``mmdet::rtmdet/x.py`` -> the file inside the installed mmdet package."""
+    """``mmdet::rtmdet/x.py`` -> the file inside the installed mmdet package (others: see :mod:`cvops.trust`)."""
     import mmdet
 
-    scope, sep, rel = name.partition("::")
-    if not sep:
-        path = Path(name).expanduser()
-    elif scope == "mmdet":
-        path = Path(mmdet.__file__).parent / ".mim" / "configs" / rel
-    else:
-        raise TrainConfigError(f"model.mmdet_config={name}: only the mmdet:: scope or a file path is supported")
+    from cvops.trust import NotAllowed, mmdet_config_path
+
+    try:
+        path = mmdet_config_path(name)
+    except NotAllowed as e:
+        raise TrainConfigError(str(e)) from e
     if not path.is_file():
         raise TrainConfigError(f"model.mmdet_config={name}: {path} does not exist in mmdet {mmdet.__version__}")
     return path
@@ -114,15 +113,35 @@ def _pretrained(model_cfg: Any, load_from: Optional[str]) -> Tuple[Optional[str]
         init = d.get("init_cfg")
         if isinstance(init, dict) and init.get("type") == "Pretrained":
             ckpt = str(init.get("checkpoint", ""))
-            if ckpt.startswith(("http://", "https://")) and not _reachable(ckpt):
+            if "://" in ckpt and not ckpt.startswith("https://"):
+                raise TrainConfigError(f"init_cfg checkpoint {ckpt}: remote checkpoints must be https:// URLs")
+            if "://" in ckpt and not _reachable(ckpt):
                 d["init_cfg"] = None
                 notes.append(f"pretrained backbone weights {ckpt} are unreachable (offline?): "
                              "training the backbone from scratch")
+            elif "://" in ckpt:  # mmengine would unpickle the download in full: fetch and check it ourselves
+                from cvops.train.checkpoint import download, load
+
+                local = download(ckpt)
+                load(str(local))
+                init["checkpoint"] = str(local)
     if load_from:
-        if load_from.startswith(("http://", "https://")):
+        if "://" in load_from:
+            from cvops.trust import NotAllowed, check_load_from
+
+            try:
+                check_load_from(load_from)
+            except NotAllowed as e:
+                raise TrainConfigError(str(e)) from e
             if not _reachable(load_from):
                 notes.append(f"model.load_from={load_from} is unreachable (offline?): training from scratch")
                 load_from = None
+            else:
+                from cvops.train.checkpoint import download
+
+                load_from = str(download(load_from))  # https only; verified under weights_only below
+        if load_from is None:
+            pass
         elif not Path(load_from).expanduser().is_file():
             raise TrainConfigError(f"model.load_from={load_from} does not exist; give a checkpoint path or URL")
         else:
@@ -239,6 +258,12 @@ def build(model: Dict[str, Any], train: Dict[str, Any], classes: Sequence[str], 
     cfg.default_scope = "mmdet"
 
     if model.get("cfg_options"):
+        from cvops.trust import NotAllowed, check_mmengine_options, registry_names
+
+        try:  # checked again here, on the values this job really got (a sweep may have set them)
+            check_mmengine_options(model["cfg_options"], registry_names=registry_names())
+        except NotAllowed as e:
+            raise TrainConfigError(str(e)) from e
         cfg.merge_from_dict(copy.deepcopy(dict(model["cfg_options"])))
     if not isinstance(cfg.model, ConfigDict):
         cfg.model = ConfigDict(cfg.model)
