@@ -124,6 +124,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise ConfigError("--config-path, --config-name and --config-dir are not cvops options: cvops composes "
                               "conf/config.yaml with a recipe; select one with recipe=<name> (recipe folders: "
                               "CVOPS_RECIPE_PATH)")
+        if getattr(args, "experimental_rerun", None):
+            raise ConfigError("--experimental-rerun is not a cvops option: it unpickles a file, which can run code. "
+                              "Rerun a job from its recipe and overrides (run.json lists them)")
         if informational:
             _check_safe_if_composable(args.overrides)
         else:

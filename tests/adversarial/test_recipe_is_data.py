@@ -170,6 +170,17 @@ def test_cvops_refuses_other_primary_configs(cvops, tmp_path):
     (tmp_path / "cfgs" / "config.yaml").write_text("hydra:\n  callbacks:\n    x:\n      _target_: os.getcwd\n")
     err = _fails(cvops("--config-dir", str(tmp_path / "cfgs"), "recipe=quickstart"))
     assert "--config-dir" in err
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.makedirs, (str(tmp_path / "pwned"),))
+
+    (tmp_path / "config.pickle").write_bytes(pickle.dumps(Evil()))
+    err = _fails(cvops("--experimental-rerun", str(tmp_path / "config.pickle")))
+    assert "unpickles" in err and not (tmp_path / "pwned").exists()
 
 
 # ---------------------------------------------------- at training time
