@@ -59,6 +59,9 @@ class DataConfig:
     fps: Optional[float] = None  # video: sample this many frames per second
     every_n: Optional[int] = None  # video: or every N-th frame
     max_frames: Optional[int] = None
+    # read images/labels outside the dataset root (data.path's folder, images_root, an archive's extraction
+    # folder): a COCO file_name or VOC <filename> that is absolute or climbs with ../, YOLO paths, links
+    allow_outside_paths: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -87,6 +90,10 @@ class CurateConfig:
     clip_boxes: bool = True
     keep_empty: bool = True
     max_archive_mb: int = 4096
+    # images with more pixels (width x height, read from the header before decoding) are quarantined.
+    # 100 MP admits 10000x10000 aerial tiles and ~100 MP medium-format photos; one decode of that size
+    # holds about 0.3 GB as 8-bit RGB (more while converting 16-bit), and curate decodes up to 8 at once
+    max_pixels: int = 100_000_000
     dedup: DedupConfig = field(default_factory=DedupConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
 

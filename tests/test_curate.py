@@ -65,7 +65,7 @@ def test_coco_every_quarantine_reason_named_and_counts_conserved(curate, tmp_pat
     by_reason = {r["reason"]: r for r in m["rows"]}
     assert by_reason["image file missing"]["file"].endswith("missing.png")
     assert by_reason["duplicate annotation row"]["file"].endswith("#annotation-2")
-    assert m["metrics"]["boxes_clipped"] == 1 and m["metrics"]["empty_images"] == 1
+    assert m["metrics"]["boxes_clipped"] == 2 and m["metrics"]["empty_images"] == 1  # good.png and its copy
     export = json.loads((m["dir"] / "export" / "train.json").read_text())
     assert [c["name"] for c in export["categories"]] == ["cat", "dog"]
     assert sorted(a["bbox"] for a in export["annotations"]) == [[5.0, 5.0, 20.0, 10.0], [50.0, 40.0, 14.0, 8.0]]
@@ -356,3 +356,46 @@ def test_killed_curate_process_rerun_gives_the_same_dataset(cvops):
     (m2,) = list((other / "store").glob("curate/*/manifest.json"))
     assert json.loads(m2.read_text())["metrics"]["dataset_version"] == metrics["dataset_version"]
     fo.delete_dataset(metrics["dataset_name"])
+
+
+# ------------------------------------------------------- YOLO: every layout
+@pytest.mark.parametrize("layout", make_data.YOLO_LAYOUTS)
+def test_yolo_every_layout_delivers_every_box(curate, tmp_path, layout):
+    written = make_data.yolo_layout(tmp_path / "y", layout)
+    m = curate("data=yolo", f"data.path={tmp_path / 'y' / 'data.yaml'}", "curate.dedup.enabled=false",
+               "curate.split.respect_source=true")
+    mt = m["metrics"]
+    assert (mt["images_kept"], mt["boxes_kept"]) == (written["images"], written["boxes"]), m["rows"]
+    assert mt["boxes_quarantined"] == 0 and mt["classes"] == ["cat", "dog"]
+    assert all(mt["splits"][s] > 0 for s in ("train", "val", "test"))  # the split on disk only is read too
+    _conserved(m)
+
+
+def test_yolo_labels_not_found_stops_with_where_cvops_looked(curate, tmp_path):
+    from cvops.curate.sources import SourceError
+
+    make_data.yolo_layout(tmp_path / "y", "ultralytics")
+    (tmp_path / "y" / "labels").rename(tmp_path / "y" / "annotations")  # no layout puts labels there
+    with pytest.raises(SourceError) as e:
+        curate("data=yolo", f"data.path={tmp_path / 'y' / 'data.yaml'}")
+    msg = str(e.value)
+    assert "no label file was found" in msg and str(tmp_path / "y" / "labels" / "train") in msg
+    assert "Ultralytics" in msg and "Roboflow" in msg and "beside" in msg
+
+
+def test_every_file_is_an_image_or_a_row(curate, tmp_path):
+    make_data.yolo_layout(tmp_path / "y", "ultralytics")
+    train = tmp_path / "y" / "images" / "train"
+    (train / "anim.gif").write_bytes(b"GIF89a" + b"\0" * 20)
+    (train / "Thumbs.db").write_bytes(b"\0" * 8)
+    (train / "._a.jpg").write_bytes(b"\0\5\26\7")
+    (train / "old.zip").write_bytes(b"PK\5\6" + b"\0" * 18)
+    (tmp_path / "y" / "labels" / "train" / "gone.txt").write_text("0 0.5 0.5 0.1 0.1\n1 0.2 0.2 0.1 0.1\n")
+    m = curate("data=yolo", f"data.path={tmp_path / 'y' / 'data.yaml'}", "curate.dedup.enabled=false")
+    rows = {Path(r["file"]).name: (r["kind"], r["reason"]) for r in m["rows"]}
+    assert rows["anim.gif"] == ("file", "unsupported file type")
+    assert rows["Thumbs.db"] == rows["._a.jpg"] == ("file", "OS metadata file (not data)")
+    assert rows["old.zip"] == ("file", "nested archive (not extracted)")
+    assert rows["gone.txt"] == ("label", "label file without an image")
+    assert m["metrics"]["files_skipped"] == 4 and m["metrics"]["boxes_quarantined"] == 2
+    _conserved(m)

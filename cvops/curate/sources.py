@@ -4,19 +4,46 @@ Readers only parse; they never drop anything silently. What they cannot use
 (a label file that does not parse, a label whose image is missing, a video the
 decoder cannot open) goes to the :class:`Ledger` with its reason, and the
 counts in the curate report add up.
+
+Three rules hold for every format:
+
+- **Every file is counted.** A reader marks the files it used and names the
+  folders whose files must be accounted for; :func:`account_files` then gives
+  every other file under them a row (unsupported type, OS metadata, nested
+  archive, image no annotation lists, label file without an image).
+- **Paths stay inside the dataset.** An image, label or list file whose real
+  path (links resolved) is outside the source's :class:`Scope` (the folder of
+  ``data.path``, ``data.images_root``, an archive's extraction folder) is
+  quarantined as "path outside the dataset root", unless
+  ``data.allow_outside_paths`` is true.
+- **Bad fields are rows.** A malformed entry (missing id, a width of ``"abc"``,
+  a NaN coordinate) becomes a row naming the file and the field; only a file
+  that cannot be read at all raises :class:`SourceError`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "testing": "test"}
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".7z", ".rar")
+JUNK_NAMES = {".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", ".localized"}
+JUNK_DIRS = {"__macosx", ".spotlight-v100", ".trashes", ".fseventsd", "$recycle.bin"}
+OUTSIDE = "path outside the dataset root"
+log = logging.getLogger("cvops")
+YOLO_LAYOUTS = ("Ultralytics: images/<split>/<name>.jpg -> labels/<split>/<name>.txt (the last 'images' folder "
+                "of the image path replaced by 'labels'); Roboflow: <split>/images -> <split>/labels; "
+                "or <name>.txt beside each image")
 
 
 class SourceError(ValueError):
@@ -47,22 +74,161 @@ class Item:
     split: Optional[str] = None  # split the source assigned
     group: Optional[str] = None  # frames of one video share a group
     meta: Dict[str, Any] = field(default_factory=dict)  # video, frame_index, timestamp
+    max_pixels: Optional[int] = None  # decode limit (curate.max_pixels); None: validate's default
+
+
+@dataclass
+class _Cover:
+    folder: Path
+    by: str  # the annotation file (or archive) whose folder this is
+    scope: "Scope"
+    labels: bool = False  # a YOLO label folder: unused .txt files are label files without an image
 
 
 @dataclass
 class Ledger:
-    """Every rejected file, label or box, with its reason."""
+    """Every rejected file, label or box, with its reason; and which files the readers used.
+
+    Row kinds: ``image`` (an image that came in and was quarantined), ``box``, ``label`` (an
+    annotation or label file, or an entry of one), ``video``, ``file`` (a file that is not an
+    image of the source: unsupported type, OS metadata, nested archive, unlisted image).
+    """
 
     rows: List[Dict[str, Any]] = field(default_factory=list)
+    used: Set[str] = field(default_factory=set)  # real paths of files a reader consumed
+    covers: List[_Cover] = field(default_factory=list)  # folders whose every file must be accounted for
 
-    def add(self, kind: str, ref: str, reason: str, detail: str = "", boxes: int = 0) -> None:
-        self.rows.append({"kind": kind, "file": ref, "reason": reason, "detail": detail, "boxes": boxes})
+    def add(self, kind: str, ref: str, reason: str, detail: str = "", boxes: int = 0) -> Dict[str, Any]:
+        row = {"kind": kind, "file": _printable(ref), "reason": reason, "detail": _printable(detail), "boxes": boxes}
+        self.rows.append(row)
+        return row
 
     def count(self, kind: str) -> int:
         return sum(1 for r in self.rows if r["kind"] == kind)
 
     def boxes(self) -> int:
         return sum(r["boxes"] for r in self.rows)
+
+    def use(self, path: Path) -> None:
+        real = _real(path)
+        if real is not None:
+            self.used.add(real)
+
+    def cover(self, folder: Path, by: Any, scope: "Scope", labels: bool = False) -> None:
+        self.covers.append(_Cover(Path(folder), str(by), scope, labels))
+
+
+# ------------------------------------------------------------------- paths
+def _printable(s: Any) -> str:
+    """Text safe for the CSV/JSON reports (undecodable file-name bytes shown escaped)."""
+    return str(s).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _short(v: Any, n: int = 60) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _real(path: Any) -> Optional[str]:
+    """The real path (links resolved), or None for a name no file can have (NUL byte, ...)."""
+    try:
+        return os.path.realpath(os.fspath(path))
+    except (ValueError, OSError, TypeError):
+        return None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The folders a source may read from (real paths), unless ``allow_outside``."""
+
+    roots: Tuple[str, ...] = ()
+    allow_outside: bool = False
+
+    def plus(self, *folders: Optional[Path]) -> "Scope":
+        new = [r for r in (_real(f) for f in folders if f is not None) if r is not None and r not in self.roots]
+        return Scope(self.roots + tuple(dict.fromkeys(new)), self.allow_outside)
+
+    def admits(self, path: Path) -> bool:
+        real = _real(path)
+        if real is None:
+            return False
+        return self.allow_outside or any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self.roots)
+
+    def refusal(self, path: Path) -> Optional[Tuple[str, str]]:
+        """(reason, detail) when ``path`` may not be read, else None."""
+        text = os.fspath(path)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "file name is not valid UTF-8", "rename the file"
+        if "\x00" in text or _real(path) is None:
+            return "file name is not a usable path", _short(text, 120)
+        if not self.admits(path):
+            return OUTSIDE, (f"{text} (real path {_real(path)}) is outside {', '.join(self.roots) or 'the source'}; "
+                             "set data.allow_outside_paths=true if this source is yours")
+        return None
+
+
+def is_junk(path: Path) -> bool:
+    """Files file managers write (macOS resource forks, Finder/Explorer caches), not data."""
+    name = path.name.lower()
+    return name.startswith("._") or name in JUNK_NAMES or any(p.lower() in JUNK_DIRS for p in path.parts)
+
+
+def walk_files(root: Path, scope: Scope, ledger: Optional[Ledger] = None) -> List[Path]:
+    """Every file under ``root``, sorted. Folder links are followed once when they resolve inside
+    ``scope``; one resolving outside is a row (when a ledger is given) and is not read."""
+    out: List[Path] = []
+    seen: Set[str] = set()
+
+    def onerror(e: OSError) -> None:
+        if ledger is not None:
+            ledger.add("file", str(e.filename), "folder cannot be listed", f"{type(e).__name__}: {e.strerror}")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=onerror):
+        real = _real(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real or dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            sub = Path(dirpath, d)
+            if os.path.islink(sub) and not scope.admits(sub):
+                if ledger is not None and f"link:{sub}" not in ledger.used:
+                    ledger.used.add(f"link:{sub}")
+                    ledger.add("file", str(sub), OUTSIDE, f"folder link to {_real(sub)} (not read); "
+                               "set data.allow_outside_paths=true to read it")
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        out += [Path(dirpath, f) for f in sorted(filenames)]
+    return out
+
+
+def _subdirs(folder: Path) -> List[Path]:
+    try:
+        return sorted(d for d in folder.iterdir() if _is_dir(d))
+    except OSError:
+        return []
+
+
+def _image_files(folder: Path, scope: Scope, ledger: Optional[Ledger]) -> List[Path]:
+    return [p for p in walk_files(folder, scope, ledger) if p.suffix.lower() in IMAGE_EXTS and not is_junk(p)]
 
 
 def _split_of(path: Path) -> Optional[str]:
@@ -72,312 +238,902 @@ def _split_of(path: Path) -> Optional[str]:
     return None
 
 
-# -------------------------------------------------------------------- COCO
-def read_coco(json_path: Path, images_root: Optional[Path], source: str, ledger: Ledger,
-              group_field: str = "video") -> List[Item]:
+# ----------------------------------------------------------- field values
+def _num(v: Any) -> Optional[float]:
+    """A number from a JSON/XML field (int, float or numeric text), else None."""
+    if isinstance(v, bool):
+        return None
     try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SourceError(f"{json_path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise SourceError(f"{json_path}: not a COCO detection file (no '{key}' list)")
-    root = images_root or json_path.parent
-    cats = {c["id"]: c["name"] for c in data["categories"]}
-    items: Dict[int, Item] = {}
-    for im in data["images"]:
-        name = im["file_name"]
-        frame = im.get("frame_index")
-        video = im.get(group_field)
-        if video is not None and frame is not None:  # a frame of a labelled video (cvops synthetic)
-            path = (root / video)
-            item = Item(path, f"{video}#{frame}", source, [], (im.get("width"), im.get("height")),
-                        group=str(video), meta={"video": str(root / video), "frame_index": int(frame),
-                                                "timestamp": im.get("timestamp")})
-        else:
-            path = _coco_image(name, root, json_path, images_root is not None)
-            item = Item(path, str(path), source, [], (im.get("width"), im.get("height")), split=_split_of(Path(name)))
-        if item.declared_size == (None, None):
-            item.declared_size = None
-        items[im["id"]] = item
-    for a in data["annotations"]:
-        origin = f"{json_path}#annotation-{a.get('id')}"
-        item = items.get(a.get("image_id"))
-        if item is None:
-            ledger.add("label", origin, "annotation for an image id that is not in 'images'",
-                       f"image_id={a.get('image_id')}", boxes=1)
-            continue
-        if a.get("category_id") not in cats:
-            ledger.add("box", origin, "unknown category_id", f"category_id={a.get('category_id')}", boxes=1)
-            continue
-        try:
-            x, y, w, h = (float(v) for v in a["bbox"])
-        except (KeyError, TypeError, ValueError):
-            ledger.add("box", origin, "bbox is not [x, y, w, h]", str(a.get("bbox")), boxes=1)
-            continue
-        item.boxes.append(Box(cats[a["category_id"]], x, y, w, h, origin))
-    return list(items.values())
-
-
-def _coco_image(name: str, root: Path, json_path: Path, explicit_root: bool) -> Path:
-    """Image path for a COCO file_name: under images_root if given, else beside the
-    json, in images/ beside it, or in images/ one level up (annotations/ + images/)."""
-    if explicit_root or Path(name).is_absolute():
-        return root / name
-    here = json_path.parent
-    for cand in (here / name, here / "images" / name, here.parent / "images" / name):
-        if cand.is_file():
-            return cand
-    return here / name
-
-
-# -------------------------------------------------------------------- YOLO
-def read_yolo(yaml_path: Path, source: str, ledger: Ledger) -> Tuple[List[Item], List[str]]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise SourceError(f"{yaml_path}: YAML does not parse: {e}") from e
-    names = data.get("names")
-    if isinstance(names, dict):
-        names = [names[k] for k in sorted(names)]
-    if not names:
-        raise SourceError(f"{yaml_path}: no 'names' list of classes")
-    base = Path(data["path"]) if data.get("path") else yaml_path.parent
-    if not base.is_absolute():
-        base = yaml_path.parent / base
-    if not base.exists():  # an absolute path from the author's machine
-        base = yaml_path.parent
-    items: List[Item] = []
-    seen_dirs = set()
-    for split_key in ("train", "val", "test"):
-        for entry in _as_list(data.get(split_key)):
-            img_dir = _resolve_yolo_dir(entry, base, yaml_path.parent, split_key)
-            if img_dir is None or img_dir in seen_dirs:
-                continue
-            seen_dirs.add(img_dir)
-            items += _read_yolo_dir(img_dir, names, SPLIT_NAMES.get(split_key, split_key), source, ledger)
-    # splits on disk that data.yaml does not list (exports often omit `test:`)
-    for split_dir in sorted(p for p in yaml_path.parent.iterdir() if p.is_dir()):
-        img_dir = (split_dir / "images").resolve()
-        if img_dir.is_dir() and img_dir not in seen_dirs:
-            seen_dirs.add(img_dir)
-            items += _read_yolo_dir(img_dir, names, SPLIT_NAMES.get(split_dir.name.lower()), source, ledger)
-    return items, list(names)
-
-
-def _as_list(v: Any) -> List[str]:
-    if v is None:
-        return []
-    return [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
-
-
-def _resolve_yolo_dir(entry: str, base: Path, yaml_dir: Path, split_key: str) -> Optional[Path]:
-    """An image dir from data.yaml: as written, under `path`, or (foreign absolute) by its tail."""
-    p = Path(entry)
-    candidates = [p] if p.is_absolute() else [base / p, yaml_dir / p]
-    if p.is_absolute():  # /home/author/dataset/train/images -> <yaml dir>/train/images
-        parts = p.parts
-        for i in range(1, len(parts)):
-            candidates.append(yaml_dir / Path(*parts[i:]))
-    candidates.append(yaml_dir / ("valid" if split_key == "val" else split_key) / "images")
-    for c in candidates:
-        if c.is_dir():
-            return c.resolve()
+        if isinstance(v, (int, float)):
+            return float(v)
+        if isinstance(v, str):
+            return float(v.strip())
+    except (ValueError, OverflowError):
+        return None
     return None
 
 
-def _read_yolo_dir(img_dir: Path, names: List[str], split: Optional[str], source: str, ledger: Ledger) -> List[Item]:
-    label_dir = img_dir.parent / "labels" if img_dir.name == "images" else img_dir
-    items = []
-    images = {p.stem: p for p in sorted(img_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
-    for stem, img in images.items():
-        item = Item(img, str(img), source, [], None, split=split)
-        txt = label_dir / f"{stem}.txt"
-        if txt.is_file():
-            item.boxes, item.meta["normalized_boxes"] = [], []
-            for n, line in enumerate(txt.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-                if not line.strip():
-                    continue
-                origin = f"{txt}:{n}"
-                parts = line.split()
-                try:
-                    cls, cx, cy, w, h = int(parts[0]), *(float(v) for v in parts[1:5])
-                except (ValueError, IndexError):
-                    ledger.add("box", origin, "label line does not parse", line.strip()[:80], boxes=1)
-                    continue
-                if len(parts) > 5 and len(parts) != 6:  # polygon / keypoints: not a box row
-                    ledger.add("box", origin, "label line is not 'class cx cy w h'", line.strip()[:80], boxes=1)
-                    continue
-                if not 0 <= cls < len(names):
-                    ledger.add("box", origin, "class index not in data.yaml names", f"class={cls}", boxes=1)
-                    continue
-                item.meta["normalized_boxes"].append((names[cls], cx, cy, w, h, origin))
-        items.append(item)
-    if label_dir.is_dir() and label_dir != img_dir:
-        for txt in sorted(label_dir.glob("*.txt")):
-            if txt.stem not in images:
-                rows = sum(1 for line in txt.read_text(errors="replace").splitlines() if line.strip())
-                ledger.add("label", str(txt), "label file without an image", f"{rows} box row(s)", boxes=rows)
-    return items
+def _id_key(v: Any) -> Any:
+    """An id usable as a key (int, or text; '7' and 7 are the same id), else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str) and v.strip():
+        s = v.strip()
+        return int(s) if s.isascii() and s.isdigit() else s
+    return None
+
+
+def _name(v: Any) -> Optional[str]:
+    """A class name: non-empty text (numbers are written as text), else None."""
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        return None
+    s = str(v).strip()
+    return s or None
+
+
+def _declared_size(w: Any, h: Any) -> Tuple[bool, Optional[Tuple[int, int]]]:
+    """(well formed, (w, h) or None for unknown). 0x0 and missing values mean unknown."""
+    if w is None or h is None or (isinstance(w, str) and not w.strip()) or (isinstance(h, str) and not h.strip()):
+        return True, None
+    nw, nh = _num(w), _num(h)
+    if nw is None or nh is None or not (math.isfinite(nw) and math.isfinite(nh)):
+        return False, None
+    if nw == nh == 0:
+        return True, None
+    if nw <= 0 or nh <= 0 or nw != int(nw) or nh != int(nh):
+        return False, None
+    return True, (int(nw), int(nh))
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path}: {what} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+    except OSError as e:
+        raise SourceError(f"{path}: {what} cannot be read ({e.strerror})") from e
+
+
+# -------------------------------------------------------------------- COCO
+def coco_root(json_path: Path) -> Path:
+    """The dataset folder of a COCO json: its folder, or the parent of an ``annotations/`` folder."""
+    here = json_path.parent
+    return here.parent if here.name.lower() == "annotations" else here
+
+
+def read_coco(json_path: Path, images_root: Optional[Path], source: str, ledger: Ledger,
+              group_field: str = "video", scope: Optional[Scope] = None) -> Tuple[List[Item], List[str]]:
+    """Items of a COCO detection file, and its category names (in file order).
+
+    Images are looked up under ``images_root`` if given, else beside the json, in
+    ``images/`` beside it, or in ``images/`` one level up (``annotations/`` + ``images/``).
+    Entries that cannot be used are rows: a bad image entry takes its annotations' boxes
+    into its row; a second image with an ``id`` already used is a row (its annotations go
+    to the first); two entries naming the same file become one sample with both boxes.
+    """
+    data = _load_json(json_path)
+    lists = {k: _coco_list(data, k, json_path) for k in ("images", "annotations", "categories")}
+    scope = (scope or Scope()).plus(coco_root(json_path), images_root)
+    ledger.use(json_path)
+    cats = _coco_categories(lists["categories"], json_path, ledger)
+    reader = _CocoImages(json_path, images_root, source, ledger, group_field, scope)
+    for k, entry in enumerate(lists["images"]):
+        reader.add(k, entry)
+    for k, a in enumerate(lists["annotations"]):
+        reader.annotate(k, a, cats)
+    reader.cover()
+    return reader.items, list(dict.fromkeys(cats.values()))
+
+
+def _load_json(json_path: Path) -> Dict[str, Any]:
+    text = _read_text(json_path, "the COCO file")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{json_path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+    except RecursionError as e:
+        raise SourceError(f"{json_path}: JSON nested too deeply to be a COCO file") from e
+    if not isinstance(data, dict):
+        raise SourceError(f"{json_path}: not a COCO detection file (the top level is a {type(data).__name__}, "
+                          "not an object with 'images', 'annotations' and 'categories')")
+    return data
+
+
+def _coco_list(data: Dict[str, Any], key: str, json_path: Path) -> List[Any]:
+    if key not in data:
+        raise SourceError(f"{json_path}: not a COCO detection file (no '{key}' list)")
+    if not isinstance(data[key], list):
+        raise SourceError(f"{json_path}: '{key}' is a {type(data[key]).__name__}, not a list")
+    return data[key]
+
+
+def _coco_categories(cats: List[Any], json_path: Path, ledger: Ledger) -> Dict[Any, str]:
+    """{category id: name}; malformed or repeated entries are rows (their annotations: unknown category_id)."""
+    out: Dict[Any, str] = {}
+    for k, c in enumerate(cats):
+        where = f"{json_path}#categories[{k}]"
+        key = _id_key(c.get("id")) if isinstance(c, dict) else None
+        name = _name(c.get("name")) if isinstance(c, dict) else None
+        if key is None or name is None:
+            ledger.add("label", where, "category entry without an 'id' and a 'name'",
+                       f"{_short(c)}; its annotations are counted as 'unknown category_id'")
+        elif key in out:
+            ledger.add("label", where, "duplicate category id",
+                       f"id {key!r} is '{out[key]}' (first entry) and '{name}': its annotations count as '{out[key]}'")
+        else:
+            out[key] = name
+    return out
+
+
+class _CocoImages:
+    """COCO image entries -> items, and annotations -> their boxes (or rows)."""
+
+    def __init__(self, json_path: Path, images_root: Optional[Path], source: str, ledger: Ledger,
+                 group_field: str, scope: Scope) -> None:
+        self.json_path, self.images_root, self.source = json_path, images_root, source
+        self.ledger, self.group_field, self.scope = ledger, group_field, scope
+        self.root = images_root or json_path.parent
+        self.items: List[Item] = []
+        self.by_id: Dict[Any, Item] = {}
+        self.rejected: Dict[Any, Dict[str, Any]] = {}  # id -> row of a quarantined entry (counts its boxes)
+        self.by_file: Dict[str, Tuple[Any, Item]] = {}
+        self.bases: Set[Path] = set()  # folders images were found in (their other files are accounted for)
+
+    def add(self, k: int, im: Any) -> None:
+        where = f"{self.json_path}#images[{k}]"
+        if not isinstance(im, dict):
+            self.ledger.add("image", where, "image entry is not an object", _short(im))
+            return
+        key = _id_key(im.get("id"))
+        got = self._item(im)
+        ref = got.ref if isinstance(got, Item) else where
+        if key is None:
+            self.ledger.add("image", ref, "image entry without a usable 'id'",
+                            f"{where}: id={_short(im.get('id'))}; give every image a unique id")
+        elif key in self.by_id or key in self.rejected:
+            first = self.by_id[key].ref if key in self.by_id else self.rejected[key]["file"]
+            self.ledger.add("image", ref, "duplicate image id",
+                            f"{where}: id {key!r} is already {first}; the annotations with image_id {key!r} "
+                            f"went to {first}")
+        elif isinstance(got, tuple):
+            self.rejected[key] = self.ledger.add("image", got[2] or where, got[0], got[1])
+        else:
+            self._keep(key, got, where)
+            return
+        path = got.path if isinstance(got, Item) else got[3]
+        if path is not None:
+            self.ledger.use(path)  # a row now: not counted again as a file (nor a link to one) no annotation lists
+
+    def _keep(self, key: Any, item: Item, where: str) -> None:
+        same_key = item.ref if "frame_index" in item.meta else (_real(item.path) or item.ref)
+        if same_key in self.by_file:
+            first_id, first = self.by_file[same_key]
+            self.ledger.add("label", item.ref, "image listed twice in 'images' (same file)",
+                            f"{where} (id {key!r}) and id {first_id!r} name the same file: one sample with the "
+                            "boxes of both entries")
+            self.by_id[key] = first
+            return
+        self.by_file[same_key] = (key, item)
+        self.by_id[key] = item
+        self.items.append(item)
+        self.ledger.use(item.path)
+
+    def _item(self, im: Dict[str, Any]) -> Any:
+        """An Item, or (reason, detail, ref, path or None) when the entry cannot be one."""
+        ok, declared = _declared_size(im.get("width"), im.get("height"))
+        video, frame = im.get(self.group_field), im.get("frame_index")
+        if video is not None and frame is not None:  # a frame of a labelled video (cvops synthetic)
+            if not isinstance(video, str) or not video or isinstance(frame, bool) or not isinstance(frame, int) \
+                    or frame < 0:
+                return ("video frame entry without a usable 'video' and 'frame_index'",
+                        f"video={_short(video)} frame_index={_short(frame)}", "", None)
+            path = self.root / video
+            item = Item(path, f"{video}#{frame}", self.source, [], declared, group=str(video),
+                        meta={"video": str(path), "frame_index": frame, "timestamp": im.get("timestamp")})
+        else:
+            name = im.get("file_name")
+            if not isinstance(name, str) or not name.strip() or "\x00" in name:
+                return "image entry without a usable 'file_name'", f"file_name={_short(name)}", "", None
+            path = self._locate(name)
+            item = Item(path, str(path), self.source, [], declared, split=_split_of(Path(name)))
+        refused = self.scope.refusal(item.path)
+        if refused:
+            return refused[0], refused[1], item.ref, item.path
+        if not ok:
+            return ("image entry has a malformed 'width'/'height'",
+                    f"width={_short(im.get('width'))} height={_short(im.get('height'))}; "
+                    "write positive integers (pixels) or remove both", item.ref, item.path)
+        return item
+
+    def _locate(self, name: str) -> Path:
+        if self.images_root is not None or Path(name).is_absolute():
+            return self.root / name
+        here = self.json_path.parent
+        hits = [(b, b / name) for b in (here, here / "images", here.parent / "images") if _is_file(b / name)]
+        inside = [h for h in hits if self.scope.admits(h[1])]
+        if inside:
+            self.bases.add(inside[0][0])
+        return (inside or hits or [(here, here / name)])[0][1]
+
+    def annotate(self, k: int, a: Any, cats: Dict[Any, str]) -> None:
+        if not isinstance(a, dict):
+            self.ledger.add("box", f"{self.json_path}#annotations[{k}]", "annotation is not an object", _short(a),
+                            boxes=1)
+            return
+        origin = f"{self.json_path}#annotation-{_short(a['id'], 40)}" if "id" in a else \
+            f"{self.json_path}#annotations[{k}]"
+        key = _id_key(a.get("image_id"))
+        if key in self.rejected:
+            self.rejected[key]["boxes"] += 1
+            return
+        item = self.by_id.get(key)
+        if item is None:
+            self.ledger.add("label", origin, "annotation for an image id that is not in 'images'",
+                            f"image_id={_short(a.get('image_id'))}", boxes=1)
+            return
+        cat = _id_key(a.get("category_id"))
+        if cat not in cats:
+            self.ledger.add("box", origin, "unknown category_id", f"category_id={_short(a.get('category_id'))}",
+                            boxes=1)
+            return
+        bbox, why = _coco_bbox(a.get("bbox"))
+        if bbox is None:
+            self.ledger.add("box", origin, why, _short(a.get("bbox")), boxes=1)
+            return
+        item.boxes.append(Box(cats[cat], *bbox, origin))  # type: ignore[union-attr]
+
+    def cover(self) -> None:
+        folders = [self.images_root] if self.images_root is not None else sorted(self.bases)
+        for f in folders:
+            if _is_dir(f) and self.scope.admits(f):
+                self.ledger.cover(f, self.json_path, self.scope)
+
+
+def _coco_bbox(v: Any) -> Tuple[Optional[Tuple[float, float, float, float]], str]:
+    if not isinstance(v, (list, tuple)) or len(v) != 4:
+        return None, "bbox is not [x, y, w, h]"
+    nums = [_num(x) for x in v]
+    if any(n is None for n in nums):
+        return None, "bbox is not [x, y, w, h]"
+    if not all(math.isfinite(n) for n in nums):  # type: ignore[arg-type]
+        return None, "bbox has a non-finite value (NaN or infinity)"
+    return (nums[0], nums[1], nums[2], nums[3]), ""  # type: ignore[return-value]
+
+
+# -------------------------------------------------------------------- YOLO
+def read_yolo(yaml_path: Path, source: str, ledger: Ledger,
+              scope: Optional[Scope] = None) -> Tuple[List[Item], List[str]]:
+    """Items of a YOLO ``data.yaml`` and its class names.
+
+    Split entries (``train``/``val``/``test``) may be folders (read recursively) or
+    ``.txt`` files listing image paths, relative to ``path`` (itself relative to the
+    yaml), written on another machine (found by their tail), or lists of either. Splits
+    on disk that the yaml does not list are read too (``<split>/images`` and
+    ``images/<split>``). Labels are found in every layout of :data:`YOLO_LAYOUTS`.
+
+    Raises:
+        SourceError: the yaml does not parse or has no usable ``names``; or classes are
+            declared and no image has a label file (the message says where cvops looked).
+    """
+    import yaml
+
+    text = _read_text(yaml_path, "data.yaml")
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError) as e:
+        raise SourceError(f"{yaml_path}: YAML does not parse: {e}") from e
+    if not isinstance(data, dict):
+        raise SourceError(f"{yaml_path}: not a YOLO data.yaml (the top level is a {type(data).__name__}, "
+                          "not a mapping with 'names' and 'train'/'val')")
+    names = _yolo_names(data.get("names"), yaml_path)
+    scope = (scope or Scope()).plus(yaml_path.parent)
+    ledger.use(yaml_path)
+    reader = _Yolo(yaml_path, data, names, scope, source, ledger)
+    return reader.read(), list(dict.fromkeys(names.values()))
+
+
+def _yolo_names(names: Any, yaml_path: Path) -> Dict[int, str]:
+    """``names`` as a list or a dict (int or numeric-text keys) -> {class index: name}."""
+    if isinstance(names, list):
+        pairs: Iterable[Tuple[Any, Any]] = enumerate(names)
+    elif isinstance(names, dict):
+        pairs = names.items()
+    else:
+        raise SourceError(f"{yaml_path}: no 'names' list of classes (write names: [a, b] or names: {{0: a, 1: b}})")
+    out: Dict[int, str] = {}
+    for k, v in pairs:
+        idx = _id_key(k)
+        if not isinstance(idx, int) or idx < 0:
+            raise SourceError(f"{yaml_path}: names key {k!r} is not a class index (0, 1, ...)")
+        if idx in out:
+            raise SourceError(f"{yaml_path}: names lists class index {idx} twice")
+        if _name(v) is None:
+            raise SourceError(f"{yaml_path}: names[{k!r}] = {_short(v)} is not a class name")
+        out[idx] = _name(v)  # type: ignore[assignment]
+    if not out:
+        raise SourceError(f"{yaml_path}: 'names' is empty; list the classes")
+    return dict(sorted(out.items()))
+
+
+def _entries(data: Dict[str, Any], key: str, yaml_path: Path) -> List[str]:
+    v = data.get(key)
+    if v is None:
+        return []
+    vals = v if isinstance(v, list) else [v]
+    if not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in vals):
+        raise SourceError(f"{yaml_path}: '{key}' must be a path or a list of paths, not {_short(v)}")
+    return [str(x) for x in vals if str(x).strip()]
+
+
+def label_candidates(image: Path) -> List[Path]:
+    """Where a YOLO label of ``image`` may be: the last ``images`` folder of its path replaced by
+    ``labels`` (Ultralytics; Roboflow's <split>/images too), then beside the image."""
+    parts = image.parts
+    out = []
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i].lower() == "images":
+            word = "Labels" if parts[i] == "Images" else "LABELS" if parts[i] == "IMAGES" else "labels"
+            out.append(Path(*parts[:i], word, *parts[i + 1:]).with_suffix(".txt"))
+            break
+    out.append(image.with_suffix(".txt"))
+    return out
+
+
+class _Yolo:
+    """One data.yaml: its split entries -> items with their normalised boxes."""
+
+    def __init__(self, yaml_path: Path, data: Dict[str, Any], names: Dict[int, str], scope: Scope, source: str,
+                 ledger: Ledger) -> None:
+        self.yaml_path, self.data, self.names, self.scope = yaml_path, data, names, scope
+        self.source, self.ledger = source, ledger
+        self.yaml_dir = yaml_path.parent
+        self.base = self._base(data.get("path"))
+        self.pose = data.get("kpt_shape") is not None
+        self.items: List[Item] = []
+        self.seen: Set[str] = set()
+        self.label_files = 0
+        self.tried: Dict[str, None] = {}
+        self.missing: List[str] = []
+        self.rows_before = len(ledger.rows)
+
+    def _base(self, raw: Any) -> Path:
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return self.yaml_dir
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise SourceError(f"{self.yaml_path}: 'path' must be a folder, not {_short(raw)}")
+        p = Path(str(raw)).expanduser()
+        p = p if p.is_absolute() else self.yaml_dir / p
+        return p if _is_dir(p) else self.yaml_dir  # an absolute path from the author's machine
+
+    def read(self) -> List[Item]:
+        listed = set()
+        for key in ("train", "val", "test"):
+            entries = _entries(self.data, key, self.yaml_path)
+            listed |= {SPLIT_NAMES[key]} if entries else set()
+            for raw in entries:
+                if not self._entry(raw, SPLIT_NAMES[key]):
+                    self.missing.append(f"{key}: {raw}")
+                    self._on_disk(SPLIT_NAMES[key])
+        for split in ("train", "val", "test"):
+            if split not in listed:
+                self._on_disk(split)  # exports often omit `test:`
+        self._check_found()
+        return self.items
+
+    def _bases(self) -> List[Path]:
+        return list(dict.fromkeys([self.base, self.yaml_dir]))
+
+    def _locate(self, raw: str, rel_to: Sequence[Path]) -> Optional[Path]:
+        """A path as written (relative: under each of ``rel_to``), else by its tail: an absolute
+        path from another machine by each shorter tail, a path climbing with ../ without the
+        climb. A hit inside the dataset root wins over one outside it."""
+        p = Path(raw).expanduser()
+        if p.is_absolute():
+            cands, tail, starts = [p], p.parts[1:], range(len(p.parts) - 1)
+        else:
+            lead = next((i for i, s in enumerate(p.parts) if s != ".."), len(p.parts))
+            cands, tail, starts = [b / p for b in rel_to], p.parts, range(lead, lead + 1) if lead else range(0)
+        cands += [b / Path(*tail[i:]) for i in starts if tail[i:] for b in rel_to]
+        hits = [c for c in dict.fromkeys(cands) if c.exists()]
+        inside = [c for c in hits if self.scope.admits(c)]
+        return (inside or hits or [None])[0]
+
+    def _entry(self, raw: str, split: str) -> bool:
+        where = self._locate(raw, self._bases())
+        if where is None:
+            return False
+        if _is_dir(where):
+            self._folder(where, split)
+        elif where.suffix.lower() in IMAGE_EXTS:
+            self._image(where, split)
+        else:
+            self._list_file(where, split)
+        return True
+
+    def _on_disk(self, split: str) -> None:
+        for b in self._bases():
+            if not (_is_dir(b) and self.scope.admits(b)):
+                continue
+            for d in _subdirs(b):
+                if SPLIT_NAMES.get(d.name.lower()) == split:
+                    self._folder(d, split)  # Roboflow: <split>/images (+ <split>/labels), or labels beside
+            for d in _subdirs(b / "images"):
+                if SPLIT_NAMES.get(d.name.lower()) == split:
+                    self._folder(d, split)  # Ultralytics: images/<split>
+
+    def _folder(self, folder: Path, split: str) -> None:
+        refused = self.scope.refusal(folder)
+        if refused:
+            self.ledger.add("file", str(folder), refused[0], f"split folder {refused[1]}; its files were not read")
+            return
+        images = _image_files(folder, self.scope, self.ledger)
+        for img in images:
+            self._image(img, split)
+        self._cover_labels(images)
+        self.ledger.cover(folder, self.yaml_path, self.scope)
+
+    def _cover_labels(self, images: List[Path]) -> None:
+        """Label folders apart from the images (labels/<split>/...): their unused .txt are label files
+        without an image. Covered before the image folders, which may contain them (<split>/labels)."""
+        mirrors = dict.fromkeys(c[0].parent for c in map(label_candidates, images) if len(c) == 2)
+        for m in mirrors:
+            if _is_dir(m) and self.scope.admits(m):
+                self.ledger.cover(m, self.yaml_path, self.scope, labels=True)
+
+    def _list_file(self, txt: Path, split: str) -> None:
+        self.ledger.use(txt)
+        refused = self.scope.refusal(txt)
+        if refused:
+            self.ledger.add("file", str(txt), refused[0], f"split list {refused[1]}; the images it lists were not read")
+            return
+        self.ledger.use(txt)
+        try:
+            lines = txt.read_text(encoding="utf-8").splitlines()
+        except (UnicodeDecodeError, OSError) as e:
+            self.ledger.add("file", str(txt), "split list is not a text file of image paths",
+                            f"{type(e).__name__}: {e}")
+            return
+        listed: List[Path] = []
+        for n, line in enumerate(lines, 1):
+            raw = line.strip()
+            if not raw or raw.startswith("#"):
+                continue
+            rel = [txt.parent] if raw.startswith("./") else [txt.parent, *self._bases()]
+            img = self._locate(raw, rel)
+            if img is None or not _is_file(img):
+                self.ledger.add("image", raw, "image file missing", f"listed in {txt}:{n}")
+                continue
+            self._image(img, split)
+            listed.append(img)
+        self._cover_labels(listed)
+        for folder in dict.fromkeys(img.parent for img in listed):
+            if self.scope.admits(folder):
+                self.ledger.cover(folder, self.yaml_path, self.scope)
+
+    def _image(self, img: Path, split: str) -> None:
+        key = _real(img) or str(img)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        self.ledger.use(img)
+        refused = self.scope.refusal(img)
+        if refused:
+            self.ledger.add("image", str(img), refused[0], refused[1] + " (its labels were not read)")
+            return
+        item = Item(img, str(img), self.source, [], None, split=split)
+        for txt in label_candidates(img):
+            self.tried[str(txt.parent)] = None
+            if not _is_file(txt):
+                continue
+            self.ledger.use(txt)
+            refused = self.scope.refusal(txt)
+            if refused:
+                self.label_files += 1
+                self.ledger.add("label", str(txt), refused[0], refused[1] + f" (not read: {img.name} stays unlabelled)")
+            else:
+                self._labels(item, txt)
+            break
+        self.items.append(item)
+
+    def _labels(self, item: Item, txt: Path) -> None:
+        self.label_files += 1
+        self.ledger.use(txt)
+        item.meta["normalized_boxes"] = []
+        for n, line in enumerate(txt.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            origin = f"{txt}:{n}"
+            got = yolo_row(line.split(), self.names, self.pose)
+            if isinstance(got, str):
+                self.ledger.add("box", origin, got, line.strip()[:80], boxes=1)
+            else:
+                item.meta["normalized_boxes"].append((*got, origin))
+
+    def _check_found(self) -> None:
+        if self.missing:
+            log.warning("  curate: %s lists image folders that do not exist: %s", self.yaml_path,
+                        "; ".join(self.missing))
+        if self.missing and not self.items and len(self.ledger.rows) == self.rows_before:
+            raise SourceError(f"{self.yaml_path}: none of the listed image folders exist ({'; '.join(self.missing)}); "
+                              f"paths are read relative to 'path' ({self.base}) or to the yaml's folder")
+        if self.items and self.label_files == 0:
+            tried = list(self.tried)
+            more = f" and {len(tried) - 6} more" if len(tried) > 6 else ""
+            raise SourceError(f"{self.yaml_path}: declares {len(self.names)} classes but no label file was found for "
+                              f"any of its {len(self.items)} images; looked for <image name>.txt in "
+                              f"{', '.join(tried[:6])}{more}. cvops reads these layouts: {YOLO_LAYOUTS}. Put the "
+                              "labels where one of them expects, or use data=images for unlabelled images")
+
+
+def yolo_row(parts: Sequence[str], names: Dict[int, str], pose: bool = False) -> Any:
+    """(class name, cx, cy, w, h) of one label line, or the reason it is not a box.
+
+    ``class cx cy w h`` (a 6th value, a confidence, is ignored); with ``kpt_shape`` in the yaml
+    the keypoints after the box are ignored; ``class x1 y1 x2 y2 x3 y3 ...`` (a segment) becomes
+    its bounding box, as Ultralytics reads it for detection.
+    """
+    try:
+        cls = float(parts[0])
+        vals = [float(v) for v in parts[1:]]
+    except (ValueError, IndexError):
+        return "label line does not parse"
+    if not cls.is_integer():
+        return "label line does not parse"
+    if len(vals) in (4, 5) or (pose and len(vals) >= 4):
+        box = vals[:4]
+    elif len(vals) >= 6 and len(vals) % 2 == 0:
+        xs, ys = vals[0::2], vals[1::2]
+        box = [(min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)]
+    else:
+        return "label line is not 'class cx cy w h'"
+    if not all(math.isfinite(v) for v in box):
+        return "label line has a non-finite value (NaN or infinity)"
+    if int(cls) not in names:
+        return "class index not in data.yaml names"
+    return (names[int(cls)], *box)
 
 
 # --------------------------------------------------------------------- VOC
-def read_voc(root: Path, source: str, ledger: Ledger) -> Tuple[List[Item], List[str]]:
+def read_voc(root: Path, source: str, ledger: Ledger, scope: Optional[Scope] = None) -> Tuple[List[Item], List[str]]:
     """Pascal VOC: ``Annotations/*.xml`` + ``JPEGImages/`` (splits from
     ``ImageSets/Main/<split>.txt`` when present), or xml files beside images.
 
     Box corners are taken as written (xmin, ymin, xmax, ymax in pixels).
     """
-    import xml.etree.ElementTree as ET
-
-    ann_dir = root / "Annotations" if (root / "Annotations").is_dir() else root
-    img_dirs = [d for d in (root / "JPEGImages", root / "images", ann_dir, root) if d.is_dir()]
-    split_of: Dict[str, str] = {}
-    sets = root / "ImageSets" / "Main"
-    for name in ("train", "val", "test", "trainval"):
-        f = sets / f"{name}.txt"
-        if f.is_file() and name != "trainval":
-            for line in f.read_text().split():
-                split_of.setdefault(line.strip(), name)
-    items: List[Item] = []
-    names: List[str] = []
-    xmls = sorted(ann_dir.rglob("*.xml"))
+    scope = (scope or Scope()).plus(root)
+    ann_dir = root / "Annotations" if _is_dir(root / "Annotations") else root
+    xmls = [p for p in walk_files(ann_dir, scope, ledger) if p.suffix.lower() == ".xml" and not is_junk(p)]
     if not xmls:
         raise SourceError(f"data.path={root}: no VOC .xml annotations (expected Annotations/*.xml)")
+    voc = _Voc(root, ann_dir, source, ledger, scope)
     for xml in xmls:
+        voc.read(xml)
+    ledger.cover(root, root, scope)
+    return voc.items, voc.names
+
+
+class _Voc:
+    def __init__(self, root: Path, ann_dir: Path, source: str, ledger: Ledger, scope: Scope) -> None:
+        self.source, self.ledger, self.scope = source, ledger, scope
+        self.img_dirs = [d for d in (root / "JPEGImages", root / "images", ann_dir, root) if _is_dir(d)]
+        self.split_of = self._sets(root / "ImageSets")
+        self.items: List[Item] = []
+        self.names: List[str] = []
+        self.by_file: Dict[str, Tuple[Path, Item]] = {}
+
+    def _sets(self, sets: Path) -> Dict[str, str]:
+        """Image stem -> split from ImageSets/Main/{train,val,test}.txt (the other lists there are VOC's too)."""
+        split_of: Dict[str, str] = {}
+        if not _is_dir(sets) or not self.scope.admits(sets):
+            return split_of
+        for f in walk_files(sets, self.scope):
+            if f.suffix.lower() == ".txt" and self.scope.admits(f):
+                self.ledger.use(f)
+        for name in ("train", "val", "test"):
+            f = sets / "Main" / f"{name}.txt"
+            if _is_file(f) and self.scope.admits(f):
+                for stem in f.read_text(encoding="utf-8", errors="replace").split():
+                    split_of.setdefault(stem.strip(), name)
+        return split_of
+
+    def read(self, xml: Path) -> None:
+        import xml.etree.ElementTree as ET
+
+        self.ledger.use(xml)
+        refused = self.scope.refusal(xml)
+        if refused:
+            self.ledger.add("label", str(xml), refused[0], refused[1])
+            return
         try:
             tree = ET.parse(xml).getroot()
         except ET.ParseError as e:
             line, col = e.position
-            ledger.add("label", str(xml), "label file does not parse", f"line {line}, column {col}: {e}")
-            continue
-        fname = (tree.findtext("filename") or f"{xml.stem}.jpg").strip()
-        img = next((d / fname for d in img_dirs if (d / fname).is_file()), None)
-        if img is None:  # filename tags are often stale: try the xml's stem with image extensions
-            img = next((d / f"{xml.stem}{ext}" for d in img_dirs for ext in IMAGE_EXTS
-                        if (d / f"{xml.stem}{ext}").is_file()), None)
+            self.ledger.add("label", str(xml), "label file does not parse", f"line {line}, column {col}: {e}")
+            return
+        except (ValueError, LookupError, OSError, RecursionError) as e:
+            self.ledger.add("label", str(xml), "label file does not parse", f"{type(e).__name__}: {e}")
+            return
+        fname = (tree.findtext("filename") or "").strip() or f"{xml.stem}.jpg"
         objects = tree.findall("object")
+        img = self._image(fname, xml)
         if img is None:
-            ledger.add("label", str(xml), "label file without an image", f"filename={fname}", boxes=len(objects))
-            continue
+            self.ledger.add("label", str(xml), "label file without an image", f"filename={fname}", boxes=len(objects))
+            return
+        self.ledger.use(img)
+        refused = self.scope.refusal(img)
+        if refused:
+            self.ledger.add("image", str(img), refused[0], f"<filename> in {xml}: {refused[1]}", boxes=len(objects))
+            return
         size = tree.find("size")
-        declared = None
-        if size is not None and size.findtext("width") and size.findtext("height"):
-            declared = (int(float(size.findtext("width"))), int(float(size.findtext("height"))))
-            if declared == (0, 0):
-                declared = None
-        item = Item(img, str(img), source, [], declared, split=split_of.get(xml.stem) or _split_of(img))
+        w, h = (None, None) if size is None else (size.findtext("width"), size.findtext("height"))
+        ok, declared = _declared_size(w, h)
+        if not ok:
+            self.ledger.add("image", str(img), "malformed <size> in the annotation",
+                            f"{xml}: width={w!r} height={h!r}; write pixels or remove <size>", boxes=len(objects))
+            return
+        item = Item(img, str(img), self.source, [], declared, split=self.split_of.get(xml.stem) or _split_of(img))
         for k, obj in enumerate(objects, 1):
-            origin = f"{xml}#object-{k}"
-            label = (obj.findtext("name") or "").strip()
-            bb = obj.find("bndbox")
-            try:
-                x0, y0, x1, y1 = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore
-            except (AttributeError, TypeError, ValueError):
-                ledger.add("box", origin, "object without a numeric bndbox", label, boxes=1)
-                continue
-            if label not in names:
-                names.append(label)
-            item.boxes.append(Box(label, x0, y0, x1 - x0, y1 - y0, origin))  # type: ignore[union-attr]
-        items.append(item)
-    return items, names
+            self._object(item, obj, f"{xml}#object-{k}")
+        self._keep(item, xml)
+
+    def _image(self, fname: str, xml: Path) -> Optional[Path]:
+        """The first existing of <filename> in each image folder, then the xml's stem with image extensions
+        (filename tags are often stale)."""
+        cands = [d / fname for d in self.img_dirs] + \
+                [d / f"{xml.stem}{ext}" for d in self.img_dirs for ext in sorted(IMAGE_EXTS)]
+        return next((c for c in cands if _is_file(c)), None)
+
+    def _object(self, item: Item, obj: Any, origin: str) -> None:
+        label = (obj.findtext("name") or "").strip()
+        bb = obj.find("bndbox")
+        vals = [_num(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")] if bb is not None else [None]
+        if any(v is None for v in vals):
+            self.ledger.add("box", origin, "object without a numeric bndbox", label, boxes=1)
+        elif not all(math.isfinite(v) for v in vals):  # type: ignore[arg-type]
+            self.ledger.add("box", origin, "bndbox has a non-finite value (NaN or infinity)", label, boxes=1)
+        elif not label:
+            self.ledger.add("box", origin, "object without a <name>", "", boxes=1)
+        else:
+            x0, y0, x1, y1 = vals  # type: ignore[misc]
+            if label not in self.names:
+                self.names.append(label)
+            item.boxes.append(Box(label, x0, y0, x1 - x0, y1 - y0, origin))  # type: ignore[union-attr,operator]
+
+    def _keep(self, item: Item, xml: Path) -> None:
+        key = _real(item.path) or item.ref
+        if key in self.by_file:
+            first_xml, first = self.by_file[key]
+            first.boxes += item.boxes or []  # type: ignore[operator]
+            self.ledger.add("label", item.ref, "image annotated by two xml files",
+                            f"{xml} and {first_xml}: one sample with the boxes of both")
+            return
+        self.by_file[key] = (xml, item)
+        self.items.append(item)
 
 
 # ---------------------------------------------------------------- archives
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-
-
 def is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+    return _is_file(path) and path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def extract(archive: Path, dest: Path, max_mb: float, max_members: int = 200_000) -> Path:
-    """Extract safely: no absolute paths, no ``..``, no links or devices, and at most
-    ``max_mb`` megabytes written (counted while writing, not trusted from headers)."""
+def extract(archive: Path, dest: Path, max_mb: float, max_members: int = 200_000,
+            ledger: Optional[Ledger] = None) -> Path:
+    """Extract safely: no absolute paths, no ``..`` (the archive is refused), no links or devices
+    (rows, not extracted), and at most ``max_mb`` megabytes written (counted while writing, not
+    trusted from headers). A corrupt, encrypted or unreadable zip member is a row naming it (with
+    ``ledger``; without one, a :class:`SourceError`) and the other members are extracted; a tar
+    that cannot be read further raises a :class:`SourceError` naming the last member read."""
     import tarfile
     import zipfile
 
-    budget = int(max_mb * 1024 * 1024)
     dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
+    x = _Extraction(archive, dest.resolve(), max_mb, ledger)
+    try:
+        kind = "zip" if zipfile.is_zipfile(archive) else "tar" if tarfile.is_tarfile(archive) else None
+    except (OSError, EOFError, ValueError):
+        kind = None
+    if kind is None:
+        raise SourceError(f"{archive}: cannot be read as a zip or tar archive (truncated, corrupt or another format "
+                          "such as 7z/rar); re-download it, or extract it yourself and point data.path at the folder")
+    if kind == "zip":
+        x.zip(max_members)
+    else:
+        x.tar(max_members)
+    return x.root
 
-    def target(name: str) -> Path:
+
+class _Extraction:
+    def __init__(self, archive: Path, root: Path, max_mb: float, ledger: Optional[Ledger]) -> None:
+        self.archive, self.root, self.max_mb, self.ledger = archive, root, max_mb, ledger
+        self.budget = int(max_mb * 1024 * 1024)
+        self.written: Set[str] = set()
+
+    def target(self, name: str) -> Path:
         p = Path(name)
         if p.is_absolute() or ".." in p.parts or not name.strip("/"):
-            raise SourceError(f"{archive}: member '{name}' would extract outside the folder; archive refused")
-        out = (root / p).resolve()
-        if root not in out.parents and out != root:
-            raise SourceError(f"{archive}: member '{name}' escapes the extraction folder; archive refused")
+            raise SourceError(f"{self.archive}: member '{name}' would extract outside the folder; archive refused")
+        out = (self.root / p).resolve()
+        if self.root not in out.parents and out != self.root:
+            raise SourceError(f"{self.archive}: member '{name}' escapes the extraction folder; archive refused")
         return out
 
-    def copy(src: Any, out: Path) -> None:
-        nonlocal budget
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "wb") as f:
+    def skip(self, name: str, reason: str, detail: str) -> None:
+        if self.ledger is None:
+            raise SourceError(f"{self.archive}: member '{name}': {reason} ({detail})")
+        self.ledger.add("file", f"{self.archive}!{name}", reason, detail)
+
+    def spend(self, n: int) -> None:
+        self.budget -= n
+        if self.budget < 0:
+            raise SourceError(f"{self.archive}: more than curate.max_archive_mb={self.max_mb:g} MB uncompressed; "
+                              "raise the limit if this archive is expected to be that large")
+
+    def copy(self, name: str, src: Any, out: Path) -> None:
+        """Write one member; a file that cannot be created is a row, a read error propagates."""
+        if str(out) in self.written:
+            self.skip(name, "archive member listed twice", "the first copy was kept")
+            return
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            f = open(out, "wb")
+        except OSError as e:
+            self.skip(name, "archive member cannot be extracted", f"{type(e).__name__}: {e.strerror}")
+            return
+        self.written.add(str(out))
+        with f:
             while True:
                 chunk = src.read(1 << 20)
                 if not chunk:
                     break
-                budget -= len(chunk)
-                if budget < 0:
-                    raise SourceError(f"{archive}: more than curate.max_archive_mb={max_mb:g} MB uncompressed; "
-                                      "raise the limit if this archive is expected to be that large")
+                self.spend(len(chunk))
                 f.write(chunk)
 
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
+    def mkdir(self, name: str, out: Path) -> None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self.skip(name, "archive member cannot be extracted", f"{type(e).__name__}: {e.strerror}")
+
+    def zip(self, max_members: int) -> None:
+        import zipfile
+
+        try:
+            z = zipfile.ZipFile(self.archive)
+        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
+            raise SourceError(f"{self.archive}: the zip directory cannot be read ({type(e).__name__}: {e}); "
+                              "re-create or re-download the archive") from e
+        with z:
             members = z.infolist()
             if len(members) > max_members:
-                raise SourceError(f"{archive}: {len(members)} members, more than {max_members}")
+                raise SourceError(f"{self.archive}: {len(members)} members, more than {max_members}")
             for m in members:
-                out = target(m.filename)
-                if m.is_dir():
-                    out.mkdir(parents=True, exist_ok=True)
-                    continue
-                if (m.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise SourceError(f"{archive}: member '{m.filename}' is a symbolic link; archive refused")
+                self.zip_member(z, m)
+
+    def zip_member(self, z: Any, m: Any) -> None:
+        import lzma
+        import zipfile
+        import zlib
+
+        out = self.target(m.filename)
+        if m.is_dir():
+            self.mkdir(m.filename, out)
+        elif (m.external_attr >> 16) & 0o170000 == 0o120000:
+            self.skip(m.filename, "link inside an archive (not extracted)", "archives may hold only files and folders")
+        elif m.flag_bits & 0x1:
+            self.skip(m.filename, "encrypted archive member (not extracted)",
+                      "cvops reads no passwords: re-create the archive without one")
+        else:
+            try:
                 with z.open(m) as src:
-                    copy(src, out)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as t:
-            for n, m in enumerate(t):
-                if n >= max_members:
-                    raise SourceError(f"{archive}: more than {max_members} members")
-                out = target(m.name)
-                if m.isdir():
-                    out.mkdir(parents=True, exist_ok=True)
-                elif m.isfile():
-                    src = t.extractfile(m)
-                    if src is not None:
-                        copy(src, out)
-                else:
-                    raise SourceError(f"{archive}: member '{m.name}' is a link or device; archive refused")
-    else:
-        raise SourceError(f"{archive}: not a zip or tar archive")
-    return root
+                    self.copy(m.filename, src, out)
+            except SourceError:
+                raise
+            except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, RuntimeError,
+                    NotImplementedError, ValueError) as e:
+                if str(out) in self.written:
+                    self.written.discard(str(out))
+                    out.unlink(missing_ok=True)
+                self.skip(m.filename, "archive member is corrupt or cannot be extracted", f"{type(e).__name__}: {e}")
+
+    def tar(self, max_members: int) -> None:
+        import lzma
+        import tarfile
+        import zlib
+
+        last = None
+        try:
+            with tarfile.open(self.archive) as t:
+                for n, m in enumerate(t):
+                    if n >= max_members:
+                        raise SourceError(f"{self.archive}: more than {max_members} members")
+                    last = m.name
+                    self.tar_member(t, m)
+                self.tar_end(t, last)
+        except SourceError:
+            raise
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as e:
+            where = f"at or after member '{last}'" if last else "from its start"
+            raise SourceError(f"{self.archive}: reading stopped {where} ({type(e).__name__}: {e}); the archive is "
+                              "truncated or corrupt and the members after it cannot be read: re-create or "
+                              "re-download it") from e
+
+    def tar_member(self, t: Any, m: Any) -> None:
+        out = self.target(m.name)
+        if m.isdir():
+            self.mkdir(m.name, out)
+        elif not m.isfile():
+            self.skip(m.name, "link or special file inside an archive (not extracted)",
+                      "archives may hold only files and folders")
+        else:
+            self.copy(m.name, t.extractfile(m), out)
+
+    def tar_end(self, t: Any, last: Optional[str]) -> None:
+        """Iteration stops quietly at a corrupt header: what follows the last member must be the end marker."""
+        t.fileobj.seek(t.offset)
+        zeros = 0
+        while True:
+            chunk = t.fileobj.read(1 << 16)
+            if not chunk:
+                break
+            if chunk.count(0) != len(chunk):
+                raise SourceError(f"{self.archive}: the data after member '{last}' cannot be read as tar members "
+                                  "(a corrupt header); the members after it are lost: re-create or re-download it")
+            zeros += len(chunk)
+            self.spend(len(chunk))
+        if zeros == 0 and last is not None:
+            self.skip(last, "tar archive has no end marker (it may be truncated)",
+                      f"the last member read was '{last}'; compare the archive with its source")
 
 
 def find_in(root: Path, patterns: Sequence[str], what: str) -> Path:
-    """The one file matching ``patterns`` inside an extracted archive."""
-    hits = sorted({p for pat in patterns for p in root.rglob(pat)}, key=lambda p: (len(p.parts), str(p)))
+    """The one file matching ``patterns`` inside an extracted archive (the shallowest)."""
+    hits = sorted({p for pat in patterns for p in root.rglob(pat) if not is_junk(p.relative_to(root))},
+                  key=lambda p: (len(p.parts), str(p)))
     if not hits:
         raise SourceError(f"archive extracted to {root} has no {what} ({', '.join(patterns)})")
     return hits[0]
 
 
 # ------------------------------------------------------------ images/video
-def read_images(root: Path, source: str) -> List[Item]:
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-    return [Item(p, str(p), source, None, split=_split_of(p.relative_to(root)) if root.is_dir() else None)
-            for p in files]
+def read_images(root: Path, source: str, ledger: Optional[Ledger] = None,
+                scope: Optional[Scope] = None) -> List[Item]:
+    """Every image file under ``root`` (or ``root`` itself, a file), unlabelled."""
+    ledger = ledger if ledger is not None else Ledger()
+    folder = _is_dir(root)
+    scope = (scope or Scope()).plus(root if folder else root.parent)
+    files = _image_files(root, scope, ledger) if folder else [root]
+    if folder:
+        ledger.cover(root, root, scope)
+    items = []
+    for p in files:
+        ledger.use(p)
+        refused = scope.refusal(p)
+        if refused:
+            ledger.add("image", str(p), *refused)
+            continue
+        items.append(Item(p, str(p), source, None, split=_split_of(p.relative_to(root)) if folder else None))
+    return items
 
 
-def video_files(root: Path) -> List[Path]:
-    if root.is_file():
+def video_files(root: Path, scope: Optional[Scope] = None, ledger: Optional[Ledger] = None) -> List[Path]:
+    if not _is_dir(root):
         return [root]
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTS)
+    scope = (scope or Scope()).plus(root)
+    if ledger is not None:
+        ledger.cover(root, root, scope)
+    found = [p for p in walk_files(root, scope, ledger) if p.suffix.lower() in VIDEO_EXTS and not is_junk(p)]
+    out = []
+    for p in found:
+        refused = scope.refusal(p)
+        if refused and ledger is not None:
+            ledger.add("video", str(p), *refused)
+        elif not refused:
+            out.append(p)
+    return out
 
 
 def read_video(path: Path, source: str, ledger: Ledger, fps: Optional[float], every_n: Optional[int],
@@ -385,6 +1141,7 @@ def read_video(path: Path, source: str, ledger: Ledger, fps: Optional[float], ev
     """Frame items sampled from one video (decoded later, by index)."""
     import cv2
 
+    ledger.use(path)
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
@@ -410,13 +1167,130 @@ def read_video(path: Path, source: str, ledger: Ledger, fps: Optional[float], ev
     return items
 
 
+# ------------------------------------------------------------ one source
+def read_source(index: int, src: Dict[str, Any], workdir: Path, ledger: Ledger,
+                max_archive_mb: float = 4096) -> Tuple[List[Item], List[str]]:
+    """Items of one configured source (``iter_sources`` entry) and the class names it declares.
+
+    An archive is extracted into ``workdir/source/archive-<index>`` first; that folder is then
+    the dataset root and every file in it is accounted for.
+
+    Raises:
+        SourceError: the path is missing, the format unknown, the source unreadable, or every
+            image it names lies outside the dataset root.
+    """
+    fmt = src.get("format")
+    path = Path(str(src["path"])).expanduser() if src.get("path") else None
+    if fmt != "synthetic":
+        if path is None:
+            raise SourceError(f"data.path is required for format '{fmt}'")
+        if not path.exists():
+            raise SourceError(f"data.path={path} does not exist (format {fmt}); check the path or mount")
+    scope = Scope(allow_outside=bool(src.get("allow_outside_paths")))
+    archive = None
+    if path is not None and is_archive(path):
+        archive = path
+        root = extract(path, workdir / "source" / f"archive-{index}", float(max_archive_mb), ledger=ledger)
+        scope = scope.plus(root)
+        path = {"coco": lambda: find_in(root, ["*.json"], "COCO .json file"),
+                "yolo": lambda: find_in(root, ["data.yaml", "*.yaml"], "YOLO data.yaml")}.get(fmt, lambda: root)()
+    n_rows = len(ledger.rows)
+    items, names = _read_format(fmt, path, src, index, workdir, ledger, scope)
+    if archive is not None:
+        ledger.cover(root, archive, scope)
+    outside = [r for r in ledger.rows[n_rows:] if r["reason"] == OUTSIDE]
+    if not items and outside:
+        raise SourceError(f"{path}: every image this source names is outside the dataset root ({len(outside)} "
+                          f"quarantined), e.g. {outside[0]['detail']}; point data.path at the dataset's own folder "
+                          "or set data.images_root")
+    return items, names
+
+
+def _read_format(fmt: Any, path: Optional[Path], src: Dict[str, Any], index: int, workdir: Path, ledger: Ledger,
+                 scope: Scope) -> Tuple[List[Item], List[str]]:
+    if fmt == "synthetic":
+        from cvops.curate.synthetic import generate, spec_from_config
+
+        out = workdir / "source" / f"synthetic-{index}"
+        summary = generate(out, spec_from_config(src["synthetic"]))
+        ledger.use(out / "synthetic.json")
+        items, _ = read_coco(Path(summary["annotations"]), out, "synthetic", ledger, scope=scope)
+        for v in summary["videos"]:
+            frames = {it.meta["frame_index"]: it for it in
+                      read_coco(Path(v["labels"]), out, "synthetic", ledger, scope=scope)[0]}
+            items += read_video(Path(v["video"]), "synthetic", ledger, src.get("fps"), src.get("every_n"),
+                                src.get("max_frames"), labels=frames)
+        return items, list(src["synthetic"]["classes"])
+    assert path is not None
+    if fmt == "coco":
+        root = Path(str(src["images_root"])).expanduser() if src.get("images_root") else None
+        return read_coco(path, root, "coco", ledger, scope=scope)
+    if fmt == "yolo":
+        return read_yolo(path, "yolo", ledger, scope=scope)
+    if fmt == "voc":
+        return read_voc(path, "voc", ledger, scope=scope)
+    if fmt == "images":
+        return read_images(path, "images", ledger, scope=scope), []
+    if fmt == "video":
+        vids = video_files(path, scope, ledger)
+        if not vids:
+            raise SourceError(f"data.path={path}: no video files (.mp4 .mkv .avi .mov .webm)")
+        items = []
+        for v in vids:
+            items += read_video(v, "video", ledger, src.get("fps"), src.get("every_n"), src.get("max_frames"))
+        return items, []
+    raise SourceError(f"data.format='{fmt}' is not a source format; use synthetic, coco, voc, yolo, images or video")
+
+
+# ------------------------------------------------------- every file counted
+def account_files(ledger: Ledger) -> None:
+    """Give every file under the covered folders that no reader used a row with its reason."""
+    for cover in ledger.covers:
+        for f in walk_files(cover.folder, cover.scope, ledger):
+            key = _real(f)
+            if key is None or key in ledger.used:
+                continue
+            ledger.used.add(key)
+            kind, reason, detail, boxes = _classify(f, cover)
+            ledger.add(kind, str(f), reason, detail, boxes)
+    ledger.covers.clear()
+
+
+def _classify(f: Path, cover: _Cover) -> Tuple[str, str, str, int]:
+    """(kind, reason, detail, boxes) of a file no reader used."""
+    ext = f.suffix.lower()
+    if is_junk(f):
+        return "file", "OS metadata file (not data)", "written by a file manager (__MACOSX/, ._*, .DS_Store, " \
+                                                      "Thumbs.db); safe to delete", 0
+    if not _is_file(f):
+        return "file", "not a regular file", "a link to nothing, a pipe or a device", 0
+    if not cover.scope.admits(f):
+        return "file", OUTSIDE, f"a link to {_real(f)} (not read); set data.allow_outside_paths=true to read it", 0
+    if f.name.lower().endswith(ARCHIVE_SUFFIXES):
+        return "file", "nested archive (not extracted)", "list it as its own entry in data.sources", 0
+    if cover.labels and ext == ".txt":
+        rows = sum(1 for line in f.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+        return "label", "label file without an image", f"{rows} box row(s)", rows
+    if ext in IMAGE_EXTS:
+        return "file", "image not listed in the annotations", f"not referenced by {cover.by}", 0
+    if ext in VIDEO_EXTS:
+        return "file", "video file in an image source (not read)", \
+            "list it as its own entry in data.sources with format: video", 0
+    return "file", "unsupported file type", \
+        f"{ext or f.name!r} is not an image cvops reads ({' '.join(sorted(IMAGE_EXTS))}) nor an annotation file " \
+        f"of {cover.by}", 0
+
+
 def iter_sources(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
     """The configured sources, in order: ``data.sources`` entries (``data=sources``), else
     ``data`` itself; then each ``data.extra`` entry (e.g. reviewed edge cases from
     ``cvops review``), which is added to whatever the main source is.
 
     Entries of ``sources`` and ``extra`` inherit the other ``data`` keys (``classes``,
-    ``class_map``, ``fps``, ...) and override them with their own.
+    ``class_map``, ``fps``, ...) and override them with their own. ``extra`` entries hold
+    files cvops wrote (``cvops review`` lists the reviewed images by absolute path, wherever
+    the monitor stored them), so they default to ``allow_outside_paths: true``; an entry
+    may set it to false.
 
     Raises:
         SourceError: an entry without ``format`` (or an ``extra`` entry without ``path``),
@@ -443,4 +1317,4 @@ def iter_sources(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
         if e["format"] != "synthetic" and not e.get("path"):
             # without this, the entry would silently re-read the main data.path in another format
             raise SourceError(f"data.extra[{i}] (format {e['format']}) has no 'path'")
-        yield {**common, **e}
+        yield {**common, "allow_outside_paths": True, **e}

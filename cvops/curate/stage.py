@@ -31,8 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from cvops.curate import dedup, split
-from cvops.curate.sources import (Item, Ledger, SourceError, extract, find_in, is_archive, iter_sources, read_coco,
-                                  read_images, read_video, read_voc, read_yolo, video_files)
+from cvops.curate.sources import Item, Ledger, SourceError, account_files, iter_sources, read_source
 from cvops.curate.validate import Sample, check_boxes, open_image, phash, sharpness, yolo_boxes
 from cvops.runner import StageContext, StageResult
 
@@ -40,56 +39,22 @@ log = logging.getLogger("cvops")
 
 
 # ------------------------------------------------------------------ gather
-def gather(data: Dict[str, Any], workdir: Path, ledger: Ledger, max_archive_mb: float = 4096) -> Tuple[List[Item], List[str]]:
-    """Items from every configured source, and the class names they declare."""
+def gather(data: Dict[str, Any], workdir: Path, ledger: Ledger, max_archive_mb: float = 4096,
+           max_pixels: Optional[int] = None) -> Tuple[List[Item], List[str]]:
+    """Items from every configured source, and the class names they declare.
+
+    Every file under a source ends up an item or a ledger row (see ``sources.account_files``);
+    each item carries the decode limit ``max_pixels`` (``curate.max_pixels``).
+    """
     items: List[Item] = []
     declared: List[str] = []
     for i, src in enumerate(iter_sources(data)):
-        fmt = src["format"]
-        path = Path(src["path"]).expanduser() if src.get("path") else None
-        if fmt != "synthetic":
-            if path is None:
-                raise SourceError(f"data.path is required for format '{fmt}'")
-            if not path.exists():
-                raise SourceError(f"data.path={path} does not exist (format {fmt}); check the path or mount")
-        if path is not None and is_archive(path):
-            root = extract(path, workdir / "source" / f"archive-{i}", float(max_archive_mb))
-            path = {"coco": lambda: find_in(root, ["*.json"], "COCO .json file"),
-                    "yolo": lambda: find_in(root, ["data.yaml", "*.yaml"], "YOLO data.yaml")}.get(fmt, lambda: root)()
-        if fmt == "synthetic":
-            from cvops.curate.synthetic import generate, spec_from_config
-
-            out = workdir / "source" / f"synthetic-{i}"
-            summary = generate(out, spec_from_config(src["synthetic"]))
-            items += read_coco(Path(summary["annotations"]), out, "synthetic", ledger)
-            for v in summary["videos"]:
-                frames = {it.meta["frame_index"]: it for it in read_coco(Path(v["labels"]), out, "synthetic", ledger)}
-                items += read_video(Path(v["video"]), "synthetic", ledger, src.get("fps"), src.get("every_n"),
-                                    src.get("max_frames"), labels=frames)
-            declared += list(src["synthetic"]["classes"])
-        elif fmt == "coco":
-            root = Path(src["images_root"]).expanduser() if src.get("images_root") else None
-            got = read_coco(path, root, "coco", ledger)
-            items += got
-            declared += [c["name"] for c in json.loads(path.read_text())["categories"]]
-        elif fmt == "yolo":
-            got, names = read_yolo(path, "yolo", ledger)
-            items += got
-            declared += names
-        elif fmt == "voc":
-            got, names = read_voc(path, "voc", ledger)
-            items += got
-            declared += names
-        elif fmt == "images":
-            items += read_images(path, "images")
-        elif fmt == "video":
-            vids = video_files(path)
-            if not vids:
-                raise SourceError(f"data.path={path}: no video files (.mp4 .mkv .avi .mov .webm)")
-            for v in vids:
-                items += read_video(v, "video", ledger, src.get("fps"), src.get("every_n"), src.get("max_frames"))
-        else:
-            raise SourceError(f"data.format='{fmt}' is not a source format; use synthetic, coco, voc, yolo, images or video")
+        got, names = read_source(i, src, workdir, ledger, max_archive_mb)
+        items += got
+        declared += names
+    account_files(ledger)
+    for it in items:
+        it.max_pixels = max_pixels
     seen = set()
     declared = [c for c in declared if not (c in seen or seen.add(c))]
     return items, declared
@@ -172,11 +137,14 @@ def run(ctx: StageContext) -> StageResult:
     work = ctx.workdir
     ledger = Ledger()
     clock = _Clock()
-    items, declared = gather(data, work, ledger, cur["max_archive_mb"])
+    items, declared = gather(data, work, ledger, cur["max_archive_mb"], int(cur["max_pixels"]))
     clock.lap("read")
     if not items:
-        raise SourceError(f"no images found in data.path={data.get('path')} (format {data.get('format')})")
-    images_in = len(items)
+        reasons = Counter(r["reason"] for r in ledger.rows if r["kind"] == "image")
+        top = ", ".join(f"{n}x {r}" for r, n in reasons.most_common(3))
+        why = f"; {sum(reasons.values())} quarantined while reading: {top}" if reasons else ""
+        raise SourceError(f"no images found in data.path={data.get('path')} (format {data.get('format')}){why}")
+    images_in = len(items) + ledger.count("image")  # readers' image rows (outside the root, bad entries) came in too
     boxes_in = sum(len(it.boxes or []) + len(it.meta.get("normalized_boxes", [])) for it in items) + ledger.boxes()
     class_map = dict(data.get("class_map") or {})
     classes = list(data["classes"]) if data.get("classes") else \
@@ -271,6 +239,7 @@ def run(ctx: StageContext) -> StageResult:
         "cross_split_near_duplicates": cross,
         "normalised_images": sum(1 for s in kept_samples if s.normalised),
         "videos_unreadable": ledger.count("video"),
+        "files_skipped": ledger.count("file"),  # not images (unsupported type, OS metadata, nested archive, ...)
         "dataset_version": version,
     }
     _conserve(metrics)

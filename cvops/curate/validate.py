@@ -6,15 +6,18 @@ were made on the stored, unrotated pixels), CMYK / RGBA / palette / 16-bit /
 grayscale converted to 8-bit RGB.
 
 Validation, each reason counted and named in the quarantine report:
-unreadable or truncated image, image size different from the annotation's,
-zero-area box, box outside the image (clipped when it overlaps, quarantined
-when not), box smaller than ``curate.min_box_size`` after clipping, class not
-in ``data.classes``, duplicate annotation row.
+unreadable or truncated image, image format outside ``ALLOWED_FORMATS``, more
+pixels than ``curate.max_pixels`` (read from the header, before decoding),
+image size different from the annotation's, non-finite coordinate, zero-area
+box, box outside the image (clipped when it overlaps, quarantined when not),
+box smaller than ``curate.min_box_size`` after clipping, class not in
+``data.classes``, duplicate annotation row.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -88,33 +91,67 @@ def _exif_boxes(boxes: List[Box], orientation: int, w: int, h: int) -> List[Box]
     return out
 
 
+#: Formats a detection dataset holds. Anything else (EPS, PDF, PSD, ICO, SGI, ...) is quarantined
+#: before its decoder runs: EPS would hand the file to Ghostscript. (MPO, multi-picture JPEG from
+#: cameras, is opened by Pillow's JPEG plugin: it has no opener of its own to name.)
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP")
+_OPENERS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+#: Default for curate.max_pixels (see schema.CurateConfig).
+MAX_PIXELS = 100_000_000
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def sniff_format(path: Path) -> Optional[str]:
+    """The image format a file's first bytes announce (any Pillow knows), without decoding it."""
+    from PIL import Image
+
+    Image.init()
+    with open(path, "rb") as f:
+        prefix = f.read(64)
+    for fmt, (_, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(prefix):
+                return fmt
+        except Exception:  # an accept function that cannot handle a short prefix
+            continue
+    return None
+
+
+def _file_problem(path: Path) -> Optional[str]:
+    import stat
+
+    try:
+        return None if stat.S_ISREG(path.stat().st_mode) else "not a regular file"
+    except (OSError, ValueError):
+        return "image file missing"
+
+
 def open_image(item: Item, out_dir: Path, ledger: Ledger) -> Optional[Tuple[Path, np.ndarray, List[str], List[Box]]]:
-    """Decode a still image fully; returns (file to use, RGB array, changes, boxes in displayed frame)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Decode a still image fully; returns (file to use, RGB array, changes, boxes in displayed frame).
+
+    Any image that cannot be used is one ledger row (its boxes counted there), never an exception:
+    a missing file, a format outside :data:`ALLOWED_FORMATS` (named), more pixels than
+    ``item.max_pixels`` (read from the header, before decoding), a truncated or corrupt file.
+    """
+    from PIL import Image
 
     boxes = list(item.boxes or [])
     n_boxes = len(boxes) + len(item.meta.get("normalized_boxes", []))
-    if not item.path.is_file():
-        ledger.add("image", item.ref, "image file missing", "", boxes=n_boxes)
+    problem = _file_problem(item.path)
+    if problem:
+        ledger.add("image", item.ref, problem, "", boxes=n_boxes)
         return None
     try:
-        with Image.open(item.path) as im:
-            im.load()  # full decode: catches truncated files
-            raw_w, raw_h = im.size
-            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
-            changes: List[str] = []
-            if orientation not in (1, None):
-                im = ImageOps.exif_transpose(im)
-                changes.append(f"EXIF orientation {orientation} applied")
-                # Labels drawn on the stored pixels (their declared size is the stored size) follow the
-                # rotation; relative YOLO boxes and labels made on the displayed image stay as they are.
-                if item.declared_size == (raw_w, raw_h) and (im.size != (raw_w, raw_h) or orientation in (2, 3, 4)):
-                    boxes = _exif_boxes(boxes, orientation, raw_w, raw_h)
-                    item.declared_size = im.size
-            im, conv = _to_rgb8(im)
-            changes += conv
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        arr, changes, boxes = _decode_still(item, boxes)
+    except _Reject as r:
+        ledger.add("image", item.ref, r.reason, r.detail, boxes=n_boxes)
+        return None
+    except Exception as e:  # one bad file is one row, whatever its decoder raises
         ledger.add("image", item.ref, "unreadable or truncated image", f"{type(e).__name__}: {e}", boxes=n_boxes)
         return None
     path = item.path
@@ -126,6 +163,58 @@ def open_image(item: Item, out_dir: Path, ledger: Ledger) -> Optional[Tuple[Path
     return path, arr, changes, boxes
 
 
+def _open(item: Item) -> Any:
+    """The image, header read and checked, not yet decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit = item.max_pixels or MAX_PIXELS
+    try:
+        im = Image.open(item.path, formats=_OPENERS)
+    except UnidentifiedImageError:
+        fmt = sniff_format(item.path)
+        if fmt is None or fmt in ALLOWED_FORMATS:
+            raise _Reject("unreadable or truncated image", "not a complete image file of a known format")
+        raise _Reject(f"unsupported image format {fmt}",
+                      f"cvops reads {', '.join(ALLOWED_FORMATS)}; convert the file to one of them")
+    except Image.DecompressionBombError as e:
+        raise _Reject("image has more pixels than Pillow's decompression-bomb limit",
+                      f"{e} (curate.max_pixels={limit})")
+    w, h = im.size
+    if w * h > limit:
+        im.close()
+        raise _Reject("image has more pixels than curate.max_pixels",
+                      f"{w}x{h} = {w * h / 1e6:.1f} MP > {limit / 1e6:g} MP; raise curate.max_pixels if such "
+                      "images are expected")
+    return im
+
+
+def _orientation(im: Any) -> int:
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # a malformed EXIF block: the pixels are still good, shown as stored
+        return 1
+
+
+def _decode_still(item: Item, boxes: List[Box]) -> Tuple[np.ndarray, List[str], List[Box]]:
+    from PIL import ImageOps
+
+    with _open(item) as im:
+        im.load()  # full decode: catches truncated files
+        raw_w, raw_h = im.size
+        orientation = _orientation(im)
+        changes: List[str] = []
+        if orientation != 1:
+            im = ImageOps.exif_transpose(im)
+            changes.append(f"EXIF orientation {orientation} applied")
+            # Labels drawn on the stored pixels (their declared size is the stored size) follow the
+            # rotation; relative YOLO boxes and labels made on the displayed image stay as they are.
+            if item.declared_size == (raw_w, raw_h) and (im.size != (raw_w, raw_h) or orientation in (2, 3, 4)):
+                boxes = _exif_boxes(boxes, orientation, raw_w, raw_h)
+                item.declared_size = im.size
+        im, conv = _to_rgb8(im)
+        return np.asarray(im), changes + conv, boxes
+
+
 def check_boxes(item: Item, boxes: List[Box], w: int, h: int, classes: Optional[Sequence[str]],
                 class_map: Dict[str, str], min_size: float, clip: bool, ledger: Ledger) -> Tuple[List[Box], int]:
     """Valid boxes (clipped where needed) and how many were clipped."""
@@ -134,6 +223,10 @@ def check_boxes(item: Item, boxes: List[Box], w: int, h: int, classes: Optional[
     clipped = 0
     for b in boxes:
         label = class_map.get(b.label, b.label)
+        if not all(math.isfinite(v) for v in (b.x, b.y, b.w, b.h)):
+            ledger.add("box", b.origin, "box has a non-finite coordinate (NaN or infinity)",
+                       f"[{b.x}, {b.y}, {b.w}, {b.h}]", boxes=1)
+            continue
         if classes is not None and label not in classes:
             ledger.add("box", b.origin, "class not in data.classes", f"class={label!r}", boxes=1)
             continue

@@ -1,0 +1,232 @@
+"""Curate against hostile inputs, on real files through the real stage (FiftyOne, mongod).
+
+Each attack ends as quarantine rows (or one clear SourceError naming the file and member);
+every other input of the same source still arrives, and the counts add up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from helpers import make_data  # noqa: E402
+from test_curate import _conserved, curate  # noqa: E402,F401  (curate: the fixture running the stage)
+
+from cvops.curate.sources import OUTSIDE, SourceError  # noqa: E402
+
+
+def _by_reason(m):
+    out = {}
+    for r in m["rows"]:
+        out.setdefault(r["reason"], set()).add(Path(r["file"]).name if "#" not in r["file"] else
+                                               Path(r["file"].split("#")[0]).name + "#" + r["file"].split("#")[1])
+    return out
+
+
+def _kept_paths(m):
+    import fiftyone as fo
+
+    return fo.load_dataset(m["metrics"]["dataset_name"]).values("original_path")
+
+
+# -------------------------------------------------------------------- COCO
+def test_coco_hostile_entries_are_rows_and_nothing_leaves_the_dataset(curate, tmp_path):
+    exp = make_data.coco_hostile(tmp_path / "coco", tmp_path / "outside")
+    m = curate("data=coco", f"data.path={tmp_path / 'coco' / 'annotations.json'}", "curate.split.ratios={train:1.0}",
+               "curate.dedup.enabled=false")
+    mt = m["metrics"]
+    for k in ("images_in", "images_kept", "boxes_in", "boxes_kept"):
+        assert mt[k] == exp[k], (k, mt, m["rows"])
+    got = _by_reason(m)
+    for reason, files in exp["rows"].items():
+        assert files <= got.get(reason, set()), (reason, got.get(reason))
+    assert mt["files_skipped"] == 6  # gif, txt, .DS_Store, ._*, nested zip, the image no annotation lists
+    kept = _kept_paths(m)
+    assert {Path(p).name for p in kept} == exp["kept"]
+    assert all(os.path.realpath(p).startswith(str(tmp_path / "coco") + os.sep) for p in kept)
+    dup = next(r for r in m["rows"] if r["reason"] == "duplicate image id")
+    assert "went to" in dup["detail"] and dup["detail"].endswith("ok2.png")  # where its annotations went
+    _conserved(m)
+
+
+def test_allow_outside_paths_reads_outside_files(curate, tmp_path):
+    make_data.coco_hostile(tmp_path / "coco", tmp_path / "outside")
+    m = curate("data=coco", f"data.path={tmp_path / 'coco' / 'annotations.json'}", "data.allow_outside_paths=true",
+               "curate.split.ratios={train:1.0}", "curate.dedup.enabled=false")
+    assert OUTSIDE not in _by_reason(m)
+    secret = str(tmp_path / "outside" / "secret.png")
+    assert secret in {os.path.realpath(p) for p in _kept_paths(m)}  # three entries, one file: merged
+    _conserved(m)
+
+
+def test_coco_every_image_outside_is_a_clear_error(curate, tmp_path):
+    make_data.coco_hostile(tmp_path / "coco", tmp_path / "outside")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "only_outside.json").write_text(
+        '{"images": [{"id": 1, "file_name": "%s"}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}'
+        % (tmp_path / "outside" / "secret.png"))
+    with pytest.raises(SourceError, match="every image this source names is outside the dataset root"):
+        curate("data=coco", f"data.path={tmp_path / 'sub' / 'only_outside.json'}")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[1, 2]", "top level is a list"),
+    ('{"images": {}, "annotations": [], "categories": []}', "'images' is a dict, not a list"),
+    ('{"images": [], "annotations": []}', "no 'categories' list"),
+    ("\xff\xfe", "not UTF-8|not valid JSON"),
+])
+def test_coco_file_that_is_not_coco_names_file_and_field(curate, tmp_path, text, match):
+    (tmp_path / "a.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(SourceError, match=match) as e:
+        curate("data=coco", f"data.path={tmp_path / 'a.json'}")
+    assert str(tmp_path / "a.json") in str(e.value)
+
+
+# --------------------------------------------------------------------- VOC
+def test_voc_malformed_fields_and_escaping_filenames_are_rows(curate, tmp_path):
+    make_data.voc_hostile(tmp_path / "voc", tmp_path / "outside")
+    m = curate("data=voc", f"data.path={tmp_path / 'voc'}", "curate.split.ratios={train:1.0}",
+               "curate.dedup.enabled=false")
+    mt, got = m["metrics"], _by_reason(m)
+    assert got["malformed <size> in the annotation"] == {"abc.jpg"}
+    assert got["bndbox has a non-finite value (NaN or infinity)"] == {"nan.xml#object-1"}
+    assert got[OUTSIDE] == {"secret.jpg"} and sum(r["reason"] == OUTSIDE for r in m["rows"]) == 2
+    assert (mt["images_in"], mt["images_kept"], mt["boxes_in"], mt["boxes_kept"]) == (5, 2, 5, 1)
+    _conserved(m)
+
+
+# ------------------------------------------------------------------ images
+def test_hostile_image_files_are_rows_never_a_crash(curate, tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.fromarray(make_data.picture(40, 30, 70)).save(root / "good.png")
+    (root / "eps.jpg").write_bytes(make_data.eps_bytes())  # must never reach Ghostscript
+    Image.new("RGB", (8, 8)).save(root / "gif_inside.png", format="GIF")
+    make_data.png_header(root / "bomb.png", 30_000, 30_000)  # 900 MP declared, a few bytes of data
+    Image.fromarray(make_data.picture(64, 48, 71)).save(root / "big.png")  # over curate.max_pixels below
+    (root / "half.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 40)
+    os.mkfifo(root / "pipe.jpg")  # reading it would block forever
+    (tmp_path / "elsewhere").mkdir()
+    Image.fromarray(make_data.picture(40, 30, 72)).save(tmp_path / "elsewhere" / "private.png")
+    (root / "linked").symlink_to(tmp_path / "elsewhere")  # a folder link out of the dataset
+    m = curate("data=images", f"data.path={root}", "curate.max_pixels=2000")
+    got = {Path(r["file"]).name: r["reason"] for r in m["rows"]}
+    assert got["eps.jpg"] == "unsupported image format EPS"
+    assert got["gif_inside.png"] == "unsupported image format GIF"
+    assert got["bomb.png"] in ("image has more pixels than curate.max_pixels",
+                               "image has more pixels than Pillow's decompression-bomb limit")
+    assert got["big.png"] == "image has more pixels than curate.max_pixels"
+    assert got["half.jpg"] == "unreadable or truncated image"
+    assert got["pipe.jpg"] == "not a regular file"
+    assert got["linked"] == OUTSIDE and "private.png" not in got
+    assert m["metrics"]["images_kept"] == 1
+    _conserved(m)
+
+
+def test_decompression_bomb_over_pillows_limit_is_a_row(curate, tmp_path):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.fromarray(make_data.picture(40, 30, 73)).save(root / "good.png")
+    make_data.png_header(root / "bomb.png", 30_000, 30_000)
+    m = curate("data=images", f"data.path={root}", "curate.max_pixels=2000000000")  # only Pillow's guard left
+    assert {r["reason"] for r in m["rows"]} == {"image has more pixels than Pillow's decompression-bomb limit"}
+    assert m["metrics"]["images_kept"] == 1
+
+
+# ---------------------------------------------------------------- archives
+def test_zip_members_corrupt_encrypted_nested_are_rows_and_the_rest_arrives(curate, tmp_path):
+    make_data.voc_dataset(tmp_path / "voc")
+    bad = make_data.zip_with_bad_members(tmp_path / "voc.zip", tmp_path / "voc")
+    m = curate("data=voc", f"data.path={tmp_path / 'voc.zip'}")
+    rows = {r["file"].split("!")[-1]: r["reason"] for r in m["rows"] if "!" in r["file"]}
+    assert rows["JPEGImages/corrupt.jpg"] == "archive member is corrupt or cannot be extracted"
+    assert rows["JPEGImages/locked.jpg"] == "encrypted archive member (not extracted)"
+    by_name = {Path(r["file"]).name: r["reason"] for r in m["rows"]}
+    assert by_name["nested.zip"] == "nested archive (not extracted)"
+    assert by_name["._a.jpg"] == by_name[".DS_Store"] == "OS metadata file (not data)"
+    assert set(bad) <= set(rows) | {"nested.zip", "__MACOSX/JPEGImages/._a.jpg", ".DS_Store"}
+    assert m["metrics"]["images_kept"] == 2 and m["metrics"]["boxes_kept"] == 4  # the good members
+    _conserved(m)
+
+
+def test_truncated_tar_gz_is_one_error_naming_archive_and_member(curate, tmp_path):
+    make_data.voc_dataset(tmp_path / "voc")
+    archive = Path(shutil.make_archive(str(tmp_path / "voc"), "gztar", tmp_path / "voc"))
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) * 6 // 10])
+    with pytest.raises(SourceError, match=r"voc\.tar\.gz: reading stopped at or after member '.+'.*truncated"):
+        curate("data=voc", f"data.path={archive}")
+
+
+def test_tar_with_a_corrupt_header_is_not_read_silently_short(curate, tmp_path):
+    make_data.voc_dataset(tmp_path / "voc")
+    last = make_data.tar_with_bad_header(tmp_path / "voc.tar", tmp_path / "voc", bad_member=3)
+    with pytest.raises(SourceError, match=f"after member '{last}' cannot be read as tar members"):
+        curate("data=voc", f"data.path={tmp_path / 'voc.tar'}")
+
+
+def test_tar_links_are_rows_not_extracted(curate, tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    Image.fromarray(make_data.picture(40, 30, 74)).save(root / "a.png")
+    with tarfile.open(tmp_path / "t.tar", "w") as t:
+        t.add(root / "a.png", "a.png")
+        link = tarfile.TarInfo("escape.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/hostname"
+        t.addfile(link)
+    m = curate("data=images", f"data.path={tmp_path / 't.tar'}")
+    assert {r["reason"] for r in m["rows"]} == {"link or special file inside an archive (not extracted)"}
+    assert m["metrics"]["images_kept"] == 1
+
+
+# -------------------------------------------------------------------- YOLO
+def test_yolo_paths_outside_the_dataset_are_rows(curate, tmp_path):
+    make_data.yolo_layout(tmp_path / "y", "ultralytics")
+    make_data.yolo_layout(tmp_path / "other", "roboflow")  # a dataset beside it
+    a, b = sorted((tmp_path / "other" / "train" / "images").glob("*.jpg"))[:2]
+    (tmp_path / "y" / "extra.txt").write_text(f"{a}\n../other/train/images/{b.name}\n")
+    (tmp_path / "y" / "data.yaml").write_text("train: [images/train, extra.txt]\nval: images/val\nnames: [cat, dog]\n")
+    m = curate("data=yolo", f"data.path={tmp_path / 'y' / 'data.yaml'}", "curate.dedup.enabled=false")
+    outside = [r for r in m["rows"] if r["reason"] == OUTSIDE]
+    assert sorted(Path(r["file"]).name for r in outside) == sorted([a.name, b.name])
+    assert all(r["kind"] == "image" for r in outside)
+    assert all(str(tmp_path / "other") not in p for p in _kept_paths(m))
+    assert m["metrics"]["images_kept"] == 7 and m["metrics"]["boxes_kept"] == 14  # its own: every one
+    _conserved(m)
+
+
+def test_yolo_yaml_path_outside_is_an_error_or_allowed(curate, tmp_path):
+    make_data.yolo_layout(tmp_path / "other", "ultralytics")
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "data.yaml").write_text(
+        f"path: {tmp_path / 'other'}\ntrain: images/train\nval: images/val\nnames: [cat, dog]\n")
+    with pytest.raises(SourceError, match="outside the dataset root"):
+        curate("data=yolo", f"data.path={tmp_path / 'y' / 'data.yaml'}")
+    m = curate("data=yolo", f"data.path={tmp_path / 'y' / 'data.yaml'}", "data.allow_outside_paths=true",
+               "curate.dedup.enabled=false", store=tmp_path / "s2")
+    assert m["metrics"]["boxes_kept"] == 14  # train, val and the test split on disk under `path`
+
+
+def test_coco_in_an_annotations_folder_roots_at_its_parent(curate, tmp_path):
+    root = tmp_path / "ds"
+    (root / "annotations").mkdir(parents=True)
+    (root / "images").mkdir()
+    (tmp_path / "outside").mkdir()
+    Image.fromarray(make_data.picture(40, 30, 75)).save(root / "images" / "a.png")
+    Image.fromarray(make_data.picture(40, 30, 76)).save(tmp_path / "outside" / "b.png")
+    (root / "annotations" / "train.json").write_text(
+        '{"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "../../outside/b.png"}],'
+        ' "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]},'
+        ' {"id": 2, "image_id": 2, "category_id": 1, "bbox": [1, 1, 9, 9]}], "categories": [{"id": 1, "name": "a"}]}')
+    m = curate("data=coco", f"data.path={root / 'annotations' / 'train.json'}")
+    assert m["metrics"]["images_kept"] == 1 and m["metrics"]["boxes_kept"] == 1  # images/ beside annotations/
+    (row,) = [r for r in m["rows"] if r["reason"] == OUTSIDE]
+    assert row["file"].endswith("b.png") and row["boxes"] == "1"
+    _conserved(m)
