@@ -68,9 +68,21 @@ class DataConfig:
 # ------------------------------------------------------------------- curate
 @dataclass
 class DedupConfig:
+    """Duplicates are dropped only when their labels add nothing (see :mod:`cvops.curate.dedup`).
+
+    Dropped: exact copies (same bytes/pixels) and near duplicates (perceptual
+    hashes within ``hamming_threshold`` bits) that are unlabelled or carry the
+    same boxes as the image kept (same classes, IoU >= ``label_iou``).
+    Grouped: near duplicates whose labels differ (a fixed camera, objects
+    moved) are all kept and put in one split. quarantine.csv says which
+    (``action`` dropped / grouped).
+    """
+
     enabled: bool = True
     hamming_threshold: int = 4  # near-duplicate if perceptual hashes differ <= this
-    policy: str = "keep_first"  # keep_first | keep_sharpest
+    policy: str = "keep_first"  # which of equivalent duplicates stays: keep_first | keep_sharpest
+    label_iou: float = 0.8  # labels are "the same" when every box matches one of the same class at this IoU
+    differing_labels: str = "keep"  # keep (grouped in one split) | drop (one image per cluster: loses labels)
 
 
 @dataclass

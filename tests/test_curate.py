@@ -170,9 +170,11 @@ def test_video_frames_sampled_grouped_and_timestamped(curate, tmp_path):
 def test_synthetic_source_dedups_near_identical_frames_and_reports_policy(curate):
     m = curate("data.synthetic.num_images=10", "data.synthetic.videos=1", "data.synthetic.video_frames=24",
                "curate.dedup.policy=keep_sharpest")
-    dups = [r for r in m["rows"] if r["kind"] == "duplicate"]
+    dups = [r for r in m["rows"] if r["kind"] == "duplicate" and r["action"] == "dropped"]
     assert m["metrics"]["images_deduplicated"] == len(dups) > 0
-    assert all("policy keep_sharpest" in r["detail"] for r in dups)
+    assert all("policy keep_sharpest" in r["detail"] and "same labels" in r["detail"] for r in dups)
+    grouped = [r for r in m["rows"] if r["action"] == "grouped"]  # frames whose shapes moved: kept
+    assert m["metrics"]["images_grouped"] >= len({r["file"] for r in grouped}) > 0
     assert m["metrics"]["cross_split_near_duplicates"] == 0
     _conserved(m)
 
@@ -181,12 +183,28 @@ def test_same_inputs_same_version_and_rerun_after_kill_has_no_duplicates(curate,
     import fiftyone as fo
 
     a = curate("data.synthetic.num_images=20", "data.synthetic.videos=0", store=tmp_path / "s1")
-    # a killed earlier build left the dataset half-filled under the same name
-    ds = fo.load_dataset(a["metrics"]["dataset_name"])
-    ds.add_sample(fo.Sample(filepath="/nonexistent/junk.jpg"))
+    # another store curating the same data: same version, its own dataset; the first one is untouched
     b = curate("data.synthetic.num_images=20", "data.synthetic.videos=0", store=tmp_path / "s2")
     assert b["status"] == "ran" and a["metrics"]["dataset_version"] == b["metrics"]["dataset_version"]
-    assert len(fo.load_dataset(b["metrics"]["dataset_name"])) == b["metrics"]["images_kept"]
+    assert a["metrics"]["dataset_name"] != b["metrics"]["dataset_name"]
+    first = fo.load_dataset(a["metrics"]["dataset_name"])
+    assert len(first) == a["metrics"]["images_kept"]
+    assert all(p.startswith(str(tmp_path / "s1")) for p in first.values("filepath"))  # not s2's media
+    # a killed rebuild of s1's artifact (manifest gone) left its dataset half-filled: the rebuild replaces it
+    (Path(a["artifacts"]["dir"]) / "manifest.json").unlink()
+    first.add_sample(fo.Sample(filepath="/nonexistent/junk.jpg"))
+    again = curate("data.synthetic.num_images=20", "data.synthetic.videos=0", store=tmp_path / "s1")
+    assert again["status"] == "ran" and again["metrics"]["dataset_name"] == a["metrics"]["dataset_name"]
+    assert len(fo.load_dataset(a["metrics"]["dataset_name"])) == a["metrics"]["images_kept"]
+    # a dataset of that name that this build did not make is never deleted
+    (Path(a["artifacts"]["dir"]) / "manifest.json").unlink()
+    fo.load_dataset(a["metrics"]["dataset_name"]).info = {"cvops_build": {"store_id": "other", "fingerprint": "x"}}
+    fo.load_dataset(a["metrics"]["dataset_name"]).save()
+    from cvops.curate.sources import SourceError
+
+    with pytest.raises(SourceError, match="never deletes"):
+        curate("data.synthetic.num_images=20", "data.synthetic.videos=0", store=tmp_path / "s1")
+    assert fo.dataset_exists(a["metrics"]["dataset_name"])
     c = curate("data.synthetic.num_images=20", "data.synthetic.videos=0", "curate.split.seed=1", store=tmp_path / "s3")
     assert c["metrics"]["dataset_version"] != a["metrics"]["dataset_version"]
 

@@ -175,7 +175,7 @@ def test_next_command_replaces_earlier_exports_keeps_other_extras(tmp_path):
     cmd = next_command(["recipe=quickstart", "data.extra=[]", "train.lr=0.01"], extra,
                        str(root / "b" / "annotations.json"), root)
     assert cmd == ("cvops recipe=quickstart train.lr=0.01 'data.extra=[{format: images, path: \"/data/more images\"}, "
-                   f"{{format: coco, path: {root / 'b' / 'annotations.json'}}}]'")
+                   f"{{format: coco, path: {root / 'b' / 'annotations.json'}, allow_outside_paths: true}}]'")
     cfg = compose_config(shlex.split(cmd)[1:] + ["project=p"])
     assert [e["path"] for e in cfg.data.extra] == ["/data/more images", str(root / "b" / "annotations.json")]
 
@@ -227,9 +227,9 @@ def test_cli_exports_and_prints_the_next_command(cvops, project, tmp_path):
     assert "1 labelled in ground_truth, 1 with prelabels accepted" in r.stdout
     last = r.stdout.strip().splitlines()[-1].strip()
     assert last == (f"cvops recipe=quickstart project={project} paths.store={store} "
-                    f"'data.extra=[{{format: coco, path: {ann}}}]'")
+                    f"'data.extra=[{{format: coco, path: {ann}, allow_outside_paths: true}}]'")
     cfg = compose_config(shlex.split(last)[1:])  # it parses, and points at the export
-    assert [dict(e) for e in cfg.data.extra] == [{"format": "coco", "path": str(ann)}]
+    assert [dict(e) for e in cfg.data.extra] == [{"format": "coco", "path": str(ann), "allow_outside_paths": True}]
 
 
 def test_cli_error_when_nothing_is_reviewed(cvops, project, tmp_path):

@@ -1287,10 +1287,9 @@ def iter_sources(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
     ``cvops review``), which is added to whatever the main source is.
 
     Entries of ``sources`` and ``extra`` inherit the other ``data`` keys (``classes``,
-    ``class_map``, ``fps``, ...) and override them with their own. ``extra`` entries hold
-    files cvops wrote (``cvops review`` lists the reviewed images by absolute path, wherever
-    the monitor stored them), so they default to ``allow_outside_paths: true``; an entry
-    may set it to false.
+    ``class_map``, ``fps``, ...) and override them with their own (``cvops review`` prints
+    its entry with ``allow_outside_paths: true``: it lists the reviewed images where the
+    monitor stored them).
 
     Raises:
         SourceError: an entry without ``format`` (or an ``extra`` entry without ``path``),
@@ -1317,4 +1316,4 @@ def iter_sources(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
         if e["format"] != "synthetic" and not e.get("path"):
             # without this, the entry would silently re-read the main data.path in another format
             raise SourceError(f"data.extra[{i}] (format {e['format']}) has no 'path'")
-        yield {**common, "allow_outside_paths": True, **e}
+        yield {**common, **e}

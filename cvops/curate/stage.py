@@ -11,7 +11,7 @@ Artifacts (in the store, ``curate/<fingerprint>/``):
 - ``normalised/``, ``frames/``: images cvops had to write (EXIF-rotated or
   colour-converted copies, sampled video frames); originals are never touched.
 
-The FiftyOne dataset ``<project>-<version[:12]>`` (persistent) holds every kept
+The FiftyOne dataset ``<project>-<version[:8]>-<owner[:6]>`` (persistent; see :func:`dataset_name`) holds every kept
 sample with ``ground_truth`` detections, its split as a tag and field, and its
 provenance (source, original path, video, frame index, timestamp,
 normalisation applied).
@@ -155,6 +155,8 @@ def run(ctx: StageContext) -> StageResult:
     dd = cur["dedup"]
     if dd["policy"] not in ("keep_first", "keep_sharpest"):
         raise SourceError(f"curate.dedup.policy='{dd['policy']}': use keep_first or keep_sharpest")
+    if dd["differing_labels"] not in ("keep", "drop"):
+        raise SourceError(f"curate.dedup.differing_labels='{dd['differing_labels']}': use keep (default) or drop")
     for it, path, w, h, changes, boxes, sha, ph, sharp in _decode(items, work, ledger, dd["policy"] == "keep_sharpest"):
         if it.declared_size and tuple(it.declared_size) != (w, h):
             ledger.add("image", it.ref, "image size differs from the annotation",
@@ -171,34 +173,18 @@ def run(ctx: StageContext) -> StageResult:
         samples.append(Sample(path, it, w, h, kept, sha, changes, ph, sharp))
     clock.lap("decode")
 
-    # --- dedup: exact by content hash, then near by perceptual hash
-    dedup_rows: List[Dict[str, Any]] = []
-    order = list(range(len(samples)))
-    if dd["policy"] == "keep_sharpest":
-        order.sort(key=lambda i: -samples[i].sharpness)
-    drop: Dict[int, Tuple[int, int, str]] = {}
-    if dd["enabled"]:
-        first: Dict[str, int] = {}
-        for i in order:
-            if samples[i].sha256 in first:
-                drop[i] = (first[samples[i].sha256], 0, "exact duplicate")
-            else:
-                first[samples[i].sha256] = i
-        rest = [i for i in order if i not in drop]
-        for i, (k, d) in dedup.near_duplicates([s.phash for s in samples], rest, int(dd["hamming_threshold"])).items():
-            drop[i] = (k, d, "near duplicate")
-    for i, (k, d, why) in sorted(drop.items()):
-        dedup_rows.append({"kind": "duplicate", "file": samples[i].item.ref, "reason": why,
-                           "detail": f"of {samples[k].item.ref} (hamming {d}, policy {dd['policy']})",
-                           "boxes": len(samples[i].boxes)})
-    kept_samples = [s for i, s in enumerate(samples) if i not in drop]
+    # --- dedup: drop only what adds no label; near duplicates with other labels stay, grouped
+    decision, dedup_rows = _deduplicate(samples, dd)
+    index_of = {id(s): i for i, s in enumerate(samples)}
+    kept_samples = [s for i, s in enumerate(samples) if i not in decision.dropped]
 
-    # --- split (grouped, stratified, seeded)
+    # --- split (grouped, stratified, seeded): a source's groups (videos, group_by) joined with near-duplicate groups
     sp = cur["split"]
     group_by = sp.get("group_by")
     groups = [str(s.item.meta.get(group_by) if group_by and group_by in s.item.meta else
                   getattr(s.item, group_by, None) if group_by else s.item.group) for s in kept_samples]
     groups = [g if g != "None" else f"#{i}" for i, g in enumerate(groups)]
+    groups = _join_groups(groups, [index_of[id(s)] for s in kept_samples], decision.grouped)
     fixed = [s.item.split for s in kept_samples] if sp["respect_source"] else None
     splits = split.assign(groups, [[b.label for b in s.boxes] for s in kept_samples], dict(sp["ratios"]),
                           int(sp["seed"]), bool(sp["stratify"]), fixed)
@@ -221,12 +207,15 @@ def run(ctx: StageContext) -> StageResult:
     clock.lap("dedup_split_export")
 
     boxes_kept = sum(len(s.boxes) for s in kept_samples)
-    boxes_dedup = sum(r["boxes"] for r in dedup_rows)
+    boxes_dedup = sum(r["boxes"] for r in dedup_rows if r["action"] == "dropped")
     metrics = {
         "images_in": images_in,
         "images_kept": len(kept_samples),
         "images_quarantined": ledger.count("image"),
-        "images_deduplicated": len(dedup_rows),
+        "images_deduplicated": len(decision.dropped),
+        "images_grouped": len({i for i, k, _ in decision.grouped} | {k for i, k, _ in decision.grouped}),
+        "near_duplicate_groups": _group_count(decision.grouped),
+        "labelled_images_dropped": sum(1 for r in dedup_rows if r["action"] == "dropped" and "labels differ" in r["detail"]),
         "empty_images": sum(1 for s in kept_samples if not s.boxes),
         "boxes_in": boxes_in,
         "boxes_kept": boxes_kept,
@@ -243,7 +232,7 @@ def run(ctx: StageContext) -> StageResult:
         "dataset_version": version,
     }
     _conserve(metrics)
-    dataset = _fiftyone(project, version, kept_samples, final_classes, metrics)
+    dataset = _fiftyone(project, version, kept_samples, final_classes, metrics, build=(ctx.store_id, ctx.fingerprint))
     metrics["dataset_name"] = dataset
     clock.lap("fiftyone")
 
@@ -257,7 +246,7 @@ def run(ctx: StageContext) -> StageResult:
     metrics["seconds_by_phase"] = clock.laps
     (work / "summary.json").write_text(json.dumps({**metrics, "exports": exports}, indent=2))
     log.info("  curate: %d images in -> %d kept, %d quarantined, %d duplicates; boxes %d -> %d; splits %s; "
-             "dataset %s", images_in, len(kept_samples), metrics["images_quarantined"], len(dedup_rows), boxes_in,
+             "dataset %s", images_in, len(kept_samples), metrics["images_quarantined"], len(decision.dropped), boxes_in,
              boxes_kept, metrics["splits"], dataset)
     artifacts = {f"coco_{k}": f"export/{k}.json" for k in exports}
     artifacts.update({"quarantine": "quarantine.csv", "summary": "summary.json", "report": "report"})
@@ -276,6 +265,65 @@ class _Clock:
         t = self._time()
         self.laps[name] = round(t - self._t, 3)
         self._t = t
+
+
+def _labels(s: Sample) -> dedup.Labels:
+    """A sample's boxes relative to its size, or None when its source has no labels for it."""
+    if s.item.boxes is None and "normalized_boxes" not in s.item.meta:
+        return None
+    return [(b.label, b.x / s.width, b.y / s.height, (b.x + b.w) / s.width, (b.y + b.h) / s.height) for b in s.boxes]
+
+
+def _deduplicate(samples: List[Sample], dd: Dict[str, Any]) -> Tuple[dedup.Decision, List[Dict[str, Any]]]:
+    """The dedup decision (see :func:`cvops.curate.dedup.deduplicate`) and its quarantine rows."""
+    if not dd["enabled"]:
+        return dedup.Decision(), []
+    order = list(range(len(samples)))
+    if dd["policy"] == "keep_sharpest":
+        order.sort(key=lambda i: -samples[i].sharpness)
+    labels = [_labels(s) for s in samples]
+    decision = dedup.deduplicate([s.sha256 for s in samples], [s.phash for s in samples], labels, order,
+                                 int(dd["hamming_threshold"]), float(dd["label_iou"]),
+                                 drop_differing=dd["differing_labels"] == "drop")
+    rows = []
+    for i, (k, d, why) in sorted(decision.dropped.items()):
+        same = dedup.equivalent(labels[i], labels[k], float(dd["label_iou"]))
+        note = "unlabelled" if labels[i] is None else "same labels" if same else \
+            f"labels differ: {len(samples[i].boxes)} box(es) lost (curate.dedup.differing_labels=drop)"
+        rows.append({"kind": "duplicate", "file": samples[i].item.ref, "reason": why, "action": "dropped",
+                     "detail": f"of {samples[k].item.ref} (hamming {d}, {note}, policy {dd['policy']})",
+                     "boxes": len(samples[i].boxes)})
+    for i, k, d in decision.grouped:
+        rows.append({"kind": "duplicate", "file": samples[i].item.ref, "action": "grouped",
+                     "reason": "exact duplicate with different labels" if samples[i].sha256 == samples[k].sha256
+                     else "near duplicate with different labels",
+                     "detail": f"kept, same split as {samples[k].item.ref} (hamming {d})", "boxes": 0})
+    return decision, rows
+
+
+def _join_groups(groups: List[str], ids: List[int], pairs: List[Tuple[int, int, int]]) -> List[str]:
+    """Split groups: items sharing a group key or linked by a near-duplicate pair (transitively) share one."""
+    parent = list(range(len(groups)))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    first: Dict[str, int] = {}
+    for pos, g in enumerate(groups):
+        parent[find(pos)] = find(first.setdefault(g, pos))
+    pos_of = {sample: pos for pos, sample in enumerate(ids)}
+    for i, k, _ in pairs:
+        if i in pos_of and k in pos_of:
+            parent[find(pos_of[i])] = find(pos_of[k])
+    return [groups[find(pos)] for pos in range(len(groups))]
+
+
+def _group_count(pairs: List[Tuple[int, int, int]]) -> int:
+    items = {i for i, _, _ in pairs} | {k for _, k, _ in pairs}
+    return len(set(_join_groups([f"#{i}" for i in sorted(items)], sorted(items), pairs)))
 
 
 def _conserve(m: Dict[str, Any]) -> None:
@@ -325,17 +373,36 @@ def _export_coco(samples: List[Sample], classes: List[str], out: Path, split_nam
 
 def _write_quarantine(path: Path, rows: List[Dict[str, Any]]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["kind", "file", "reason", "detail", "boxes"])
+        w = csv.DictWriter(f, fieldnames=["kind", "action", "file", "reason", "detail", "boxes"])
         w.writeheader()
-        w.writerows(sorted(rows, key=lambda r: (r["kind"], str(r["file"]), r["reason"])))
+        w.writerows(sorted(({"action": "skipped" if r["kind"] == "file" else "quarantined", **r} for r in rows),
+                           key=lambda r: (r["kind"], r["action"], str(r["file"]), r["reason"])))
 
 
-def _fiftyone(project: str, version: str, samples: List[Sample], classes: List[str], metrics: Dict[str, Any]) -> str:
+def dataset_name(project: str, version: str, build: Tuple[str, str]) -> str:
+    """``<project>-<version[:8]>-<build[:6]>``: the data version, and which store's which curate build owns it.
+
+    Two stores (or two code versions) curating the same data get two datasets, so a
+    committed artifact's dataset is never replaced by another build's.
+    """
+    owner = hashlib.sha256(":".join(build).encode()).hexdigest()
+    return f"{project}-{version[:8]}-{owner[:6]}"
+
+
+def _fiftyone(project: str, version: str, samples: List[Sample], classes: List[str], metrics: Dict[str, Any],
+              build: Tuple[str, str]) -> str:
     from cvops.fo import connect
 
     fo = connect()
-    name = f"{project}-{version[:12]}"
-    if fo.dataset_exists(name):  # left by a killed run, or the artifact is being rebuilt
+    name = dataset_name(project, version, build)
+    owner = {"store_id": build[0], "fingerprint": build[1]}
+    if fo.dataset_exists(name):
+        # Only this very build (same store, same fingerprint; we hold its lock and it is not committed) can
+        # have made it: a killed run's leftover. Anything else is refused, never deleted.
+        if fo.load_dataset(name).info.get("cvops_build") != owner:
+            raise SourceError(f"FiftyOne dataset '{name}' exists and was not made by this curate build "
+                              f"({owner}); cvops never deletes a dataset it does not own. Rename or delete it "
+                              "yourself if it is not needed.")
         fo.delete_dataset(name)
     ds = fo.Dataset(name, persistent=True)
     ds.default_classes = classes
@@ -353,7 +420,8 @@ def _fiftyone(project: str, version: str, samples: List[Sample], classes: List[s
                 fields[k] = s.item.meta[k]
         fo_samples.append(fo.Sample(filepath=str(s.filepath), tags=[s.split], **fields))
     ds.add_samples(fo_samples, progress=False, validate=False)  # built from validated data above
-    ds.info = {"project": project, "version": version, "curate": {k: v for k, v in metrics.items()}}
+    ds.info = {"project": project, "version": version, "curate": {k: v for k, v in metrics.items()},
+               "cvops_build": owner}
     ds.save()
     return name
 

@@ -254,7 +254,9 @@ def next_command(overrides: Sequence[str], extra: Sequence[Dict[str, Any]], json
     reviewed sample); other ``data.extra`` entries are kept.
     """
     keep = [dict(e) for e in extra if not (e.get("path") and _within(str(e["path"]), out_root))]
-    entries = keep + [{"format": "coco", "path": json_path}]
+    # the export lists the reviewed images where the monitor stored them, outside its own folder: this entry
+    # (written by cvops, printed for the user to run) opts in to reading them
+    entries = keep + [{"format": "coco", "path": json_path, "allow_outside_paths": True}]
     args = [o for o in overrides if not re.match(r"^[+~]*data\.extra(=|$)", o)]
     return " ".join(["cvops", *(shlex.quote(a) for a in args), shlex.quote(f"data.extra={hydra_value(entries)}")])
 
