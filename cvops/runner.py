@@ -15,6 +15,7 @@ A stage implementation is ``run(ctx: StageContext) -> StageResult`` in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -22,6 +23,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +63,7 @@ SPECS: Dict[str, StageSpec] = {
         StageSpec("train", ("model", "train"), ("curate",), ("torch", "mmcv", "mmdet", "mmengine"), exclude=("train.resume",),
                   resume_key="train.resume", issue=4),
         StageSpec("evaluate", ("evaluate",), ("curate", "train"), ("pycocotools", "fiftyone"), issue=4),
-        StageSpec("export", ("export",), ("curate", "train"),
+        StageSpec("export", ("export", "evaluate.confusion_score_thr"), ("curate", "train"),
                   ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "tensorrt"),
                   external="cvops.export.host:signature", issue=5),
         StageSpec("serve", ("serve",), ("export",), cacheable=False, issue=6),
@@ -140,22 +142,102 @@ def _drop(d: Dict[str, Any], dotted: str) -> None:
         d.pop(parts[-1], None)
 
 
+def _module_file(module: str) -> Optional[Path]:
+    """The source file of a ``cvops.*`` module (a package's ``__init__.py``), without importing it."""
+    parts = module.split(".")
+    if parts[0] != "cvops":
+        return None
+    base = PKG_DIR.joinpath(*parts[1:])
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#;]+)|import[ \t]+([^\n#;]+))",
+                     re.M)
+
+
+@functools.lru_cache(maxsize=None)
+def _imports(path: Path) -> List[str]:
+    """Every ``cvops`` module a file imports, at any depth (function-level imports included).
+
+    A line scan, not a parse (a parse of the package costs a quarter second on every run): a
+    docstring line that looks like an import can only add a file, never hide one.
+    """
+    here = ".".join(("cvops", *path.relative_to(PKG_DIR).with_suffix("").parts))
+    package = here.removesuffix(".__init__") if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+    out: List[str] = []
+    for m in _IMPORT.finditer(path.read_text(encoding="utf-8", errors="replace")):
+        src, names, plain = m.groups()
+        if plain is not None:
+            out += [n.split()[0] for n in plain.split(",") if n.strip()]
+            continue
+        level = len(src) - len(src.lstrip("."))
+        mod = src.lstrip(".")
+        if level:
+            base = package.split(".")
+            base = base[: len(base) - (level - 1)] if level > 1 else base
+            mod = ".".join(base + ([mod] if mod else []))
+        out.append(mod)
+        out += [f"{mod}.{n.split()[0]}" for n in names.strip("()").replace("\n", " ").split(",") if n.strip()]
+    return [m for m in out if m == "cvops" or m.startswith("cvops.")]
+
+
+#: Plumbing every stage imports (the runner, the store, config composition and checks): it moves artifacts
+#: and config values, which enter fingerprints on their own; it does not shape what a stage computes, so an
+#: edit to it does not invalidate every artifact (the stage packages and the shared layers they use do).
+PLUMBING = frozenset({"runner.py", "artifacts.py", "manifest.py", "config.py", "recipes.py", "schema.py", "trust.py"})
+
+
+def source_closure(roots: Sequence[Path]) -> List[Path]:
+    """``roots`` and every cvops file they import, transitively (not through :data:`PLUMBING`),
+    with the parents' ``__init__.py``."""
+    seen: Dict[Path, None] = {}
+    todo = [p.resolve() for p in roots]
+    while todo:
+        f = todo.pop()
+        if f in seen or not f.is_file():
+            continue
+        try:
+            rel = f.relative_to(PKG_DIR)
+        except ValueError:  # a plug-in's file outside cvops: itself only
+            seen[f] = None
+            continue
+        if str(rel) in PLUMBING:
+            continue
+        seen[f] = None
+        for i in range(len(rel.parts)):
+            init = PKG_DIR.joinpath(*rel.parts[:i], "__init__.py")
+            todo.append(init)
+        for mod in _imports(f):
+            p = _module_file(mod)
+            if p is not None:
+                todo.append(p.resolve())
+    return sorted(seen)
+
+
 def code_version(name: str, fn: Optional[StageFn]) -> str:
     """Hash of the code that produces a stage's artifact.
 
     The stage's source (its ``cvops/<stage>/`` package, or the module of a
-    registered function) plus the versions of the libraries it depends on.
+    registered function) and every cvops module it imports, transitively (so
+    an edit to the COCO evaluator rebuilds the exports that gate on it), plus
+    the versions of the libraries it depends on.
     """
     h = hashlib.sha256()
-    files: List[Path] = []
+    roots: List[Path] = []
     pkg = PKG_DIR / name
     if name not in _REGISTRY and pkg.is_dir():
-        files = sorted(pkg.rglob("*.py"))
+        roots = sorted(pkg.rglob("*.py"))
     elif fn is not None:
         src = inspect.getsourcefile(fn)
-        files = [Path(src)] if src else []
-    for f in files:
-        h.update(f.name.encode())
+        roots = [Path(src)] if src else []
+    for f in source_closure(tuple(roots)):
+        try:
+            h.update(str(f.relative_to(PKG_DIR)).encode())
+        except ValueError:
+            h.update(f.name.encode())
         h.update(f.read_bytes())
     for lib in SPECS[name].libraries:
         try:

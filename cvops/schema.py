@@ -186,6 +186,7 @@ class ExportConfig:
     # percentile (robust to outliers; holds every activation of every calibration image in memory: ~130 MB per
     # 320x320 image) | minmax (streams, little memory, but one outlier stretches a range) | entropy
     calib_method: str = "percentile"
+    calib_seed: int = 0  # seeds the choice of calibration images
     latency_repeats: int = 20  # timed runs per (runtime, batch) in the latency table
     gate: GateConfig = field(default_factory=GateConfig)
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)

@@ -146,3 +146,19 @@ def test_fingerprints_are_stable_and_cover_code():
     assert [a[s]["fingerprint"] for s in ORDER] == [b[s]["fingerprint"] for s in ORDER]
     assert all(len(a[s]["code"]) == 16 for s in ORDER)
     assert a["train"]["inputs"] == {"curate": a["curate"]["fingerprint"]}
+
+
+def test_code_version_covers_the_cvops_modules_a_stage_imports():
+    """Stages import each other: an edit to any module a stage uses must rebuild that stage's artifact."""
+    from cvops.runner import PKG_DIR, PLUMBING, source_closure
+
+    def closure(stage):
+        return {str(p.relative_to(PKG_DIR)) for p in source_closure(sorted((PKG_DIR / stage).rglob("*.py")))}
+
+    assert {"evaluate/stage.py", "train/checkpoint.py"} <= closure("export")  # the parity gate's evaluator
+    assert {"export/build.py", "export/runtime.py"} <= closure("evaluate")
+    assert {"monitor/drift.py", "export/runtime.py"} <= closure("serve")
+    assert {"serve/requestlog.py", "curate/synthetic.py"} <= closure("monitor")
+    assert "fo.py" in closure("curate") and "__init__.py" in closure("curate")
+    assert not PLUMBING & closure("export")  # the runner and config plumbing do not invalidate artifacts
+    assert "serve/app.py" not in closure("export")  # and what a stage does not import does not either

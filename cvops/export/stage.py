@@ -224,7 +224,7 @@ def run(ctx: StageContext) -> StageResult:
     torch_map = coco_eval(ann, torch_dets)[0]["mAP"]
     results: Dict[str, Dict[str, Any]] = {}
     runners: Dict[str, Any] = {"pytorch": torch_runner(model, pre)}
-    conf_thr = float(ctx.cfg.evaluate.confusion_score_thr)
+    conf_thr = float(ctx.section["evaluate.confusion_score_thr"])  # declared in export's StageSpec
 
     def gate(name: str, run_fn: Any, max_drop: float) -> None:
         results[name] = parity(run_fn, pre, ann, torch_dets, torch_map, max_drop, conf_thr)
@@ -242,7 +242,7 @@ def run(ctx: StageContext) -> StageResult:
         from cvops.export.quantize import quantize, select_calibration, write_calibration
 
         sel = select_calibration(json.loads(curate.path("coco_train").read_text()), int(ex["calib_images"]),
-                                 int(ctx.cfg.curate.seed) if "seed" in ctx.cfg.curate else 0)
+                                 int(ex["calib_seed"]))
         write_calibration(work / "calibration.json", sel)
         log.info("  export: INT8 calibration on %d train images (%s)", len(sel["images"]),
                  ", ".join(f"{k} {v}" for k, v in sel["per_class"].items()))
