@@ -206,6 +206,18 @@ class ServeConfig:
     token_env: str = "CVOPS_TOKEN"  # bearer token read from this variable, if set
     max_batch: int = 8  # dynamic batching: concurrent requests share one inference of up to this many images
     batch_wait_ms: float = 2.0  # how long the first request of a batch waits for company
+    # refuse (400) images whose long side is more than this many times the short side; 20 admits phone
+    # panoramas (about 1:4 to 1:10) and line-scan strips up to 1:20; raise it for wider ones
+    max_aspect_ratio: float = 20.0
+    # memory budget of the image decodes in flight, in MiB (estimated from each image header, see
+    # cvops.serve.app); a request waits up to decode_wait_s for budget (then 503), an image needing
+    # more than the whole budget gets 413. 1024 fits one max_pixels (40 MP) image of any mode
+    decode_memory_mb: float = 1024.0
+    decode_wait_s: float = 5.0
+    body_timeout_s: float = 30.0  # the whole request body must arrive within this many seconds (else 408)
+    allow_anonymous: bool = False  # allow binding a non-loopback host without a bearer token (token_env unset)
+    log_max_mb: float = 1024.0  # retention: the whole request log directory (records + sampled images), MiB
+    log_max_days: float = 30.0  # retention: delete request log files and images older than this (0: no limit)
 
 
 # ------------------------------------------------------------------ monitor

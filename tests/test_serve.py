@@ -37,7 +37,7 @@ from helpers.tiny_model import make_onnx  # noqa: E402
 
 from cvops.export.runtime import OnnxDetector  # noqa: E402
 from cvops.serve.app import create_app  # noqa: E402
-from cvops.serve.requestlog import RequestLog, log_files, read_log  # noqa: E402
+from cvops.serve.requestlog import RequestLog, iter_log, log_files, read_log  # noqa: E402
 
 INFO = {"fingerprint": "fp-test-123", "recipe": "tiny", "dataset_version": "tiny-0001"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,11 @@ STATS = ("brightness", "contrast", "sharpness", "saturation", "aspect")
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_onnx(tmp_path_factory.mktemp("serve-model"))
+    """The tiny exported model, built once per session (tests/adversarial/test_serve_hostile.py shares it)."""
+    out = tmp_path_factory.getbasetemp() / "tiny-onnx-128"
+    if not (out / "model.onnx").is_file():
+        make_onnx(out)
+    return out / "model.onnx"
 
 
 @pytest.fixture(scope="session")
@@ -218,7 +222,8 @@ def test_health_and_model_info(make_client: Callable[..., TestClient], detector:
     assert {k: info[k] for k in INFO} == INFO
     assert info["classes"] == list(detector.classes) == ["circle", "square", "triangle"]
     assert info["preprocess"] == detector.preprocess.to_dict()
-    assert info["limits"] == {"max_upload_mb": 3, "max_pixels": 1234}
+    assert info["limits"] == {"max_upload_mb": 3, "max_pixels": 1234, "max_aspect_ratio": 20.0,
+                              "decode_memory_mb": 1024.0, "body_timeout_s": 30.0}
 
 
 # ---------------------------------------------------------------------------
@@ -399,8 +404,11 @@ def test_app_writes_the_request_log(make_client: Callable[..., TestClient], tmp_
         assert rec["detections"] == resp["detections"] and rec["content_type"] == ctype
         assert (rec["width"], rec["height"]) == (resp["width"], resp["height"])
         assert rec["latency_ms"] > 0 and all(isinstance(rec[k], float) for k in STATS)
-        assert (tmp_path / rec["image_path"]).read_bytes() == data
+        kept = cv2.imread(str(tmp_path / rec["image_path"]))  # re-encoded from the decoded pixels
+        sent = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert kept.shape == sent.shape and np.abs(kept.astype(int) - sent).mean() < 2
     assert ra["image_path"].endswith(".jpg") and rb["image_path"].endswith(".png")
+    assert np.array_equal(cv2.imread(str(tmp_path / rb["image_path"])), cv2.imdecode(np.frombuffer(png, np.uint8), 1))
     assert rb["aspect"] == pytest.approx(50 / 30)
     assert bad["status"] == 400 and bad["error"] == "truncated_image" and "detections" not in bad
     assert "image_path" not in bad
@@ -428,8 +436,9 @@ def test_request_log_samples_images(tmp_path: Path) -> None:
     log = RequestLog(tmp_path / "all", sample_rate=1.0)
     jid, pid = log.append({"k": "j"}, image=JPG), log.append({"k": "p"}, image=PNG)
     log.append({"k": "none"})
-    assert (tmp_path / "all" / "images" / f"{jid}.jpg").read_bytes() == JPG
-    assert (tmp_path / "all" / "images" / f"{pid}.png").read_bytes() == PNG
+    jpg_kept = cv2.imread(str(tmp_path / "all" / "images" / f"{jid}.jpg"))
+    assert np.abs(jpg_kept.astype(int) - cv2.imdecode(np.frombuffer(JPG, np.uint8), 1)).mean() < 2
+    assert np.array_equal(cv2.imread(str(tmp_path / "all" / "images" / f"{pid}.png")), scene(64, 64, seed=3))
     records, _ = read_log(tmp_path / "all")
     assert [r.get("image_path") for r in records] == [f"images/{jid}.jpg", f"images/{pid}.png", None]
 
@@ -565,11 +574,20 @@ def test_micro_batcher_answers_each_caller_with_its_own_image(detector):
     images = [rng.integers(0, 255, (int(rng.integers(60, 140)), int(rng.integers(60, 140)), 3), dtype=np.uint8)
               for _ in range(12)]
     expected = [det.predict([im])[0] for im in images]
-    batcher = MicroBatcher(det, max_batch=4, wait_ms=20)
+    sizes: list[int] = []
+
+    def run(items):
+        sizes.append(len(items))
+        return det.detect(items)
+
+    batcher = MicroBatcher(run, max_batch=4, wait_ms=50)
     got = [None] * len(images)
+    together = threading.Barrier(len(images))
 
     def call(i):
-        got[i] = batcher.predict_one(images[i])
+        item = det.preprocess.prepare(images[i])
+        together.wait(timeout=30)
+        got[i] = batcher.submit(item)
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(images))]
     for t in threads:
@@ -579,3 +597,158 @@ def test_micro_batcher_answers_each_caller_with_its_own_image(detector):
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g.scores, e.scores, atol=1e-5)
         np.testing.assert_allclose(g.boxes, e.boxes, atol=1e-3)
+    assert sum(sizes) == len(images) and max(sizes) > 1 and max(sizes) <= 4  # batched, never over max_batch
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing split, letterbox edge sizes
+# ---------------------------------------------------------------------------
+
+
+def test_prepare_then_detect_is_predict(detector: OnnxDetector) -> None:
+    rng = np.random.default_rng(11)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((60, 140), (128, 128), (300, 90))]
+    whole = detector.predict(images)
+    split = detector.detect([detector.preprocess.prepare(im) for im in images])
+    for a, b in zip(whole, split):
+        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+        assert np.array_equal(a.labels, b.labels) and np.array_equal(a.embedding, b.embedding)
+
+
+@pytest.mark.parametrize("h, w", [(1, 1300), (1300, 1), (1, 1), (2, 5000)])
+def test_letterbox_never_computes_a_zero_side(detector: OnnxDetector, h: int, w: int) -> None:
+    pre = detector.preprocess
+    p = pre.prepare(np.full((h, w, 3), 128, np.uint8))
+    assert p.tensor.shape == (3, pre.height, pre.width) and p.size == (w, h)
+    assert all(s > 0 for s in p.scale)
+    dets = detector.detect([p])[0]
+    if len(dets.boxes):
+        assert dets.boxes[:, 0::2].max() <= w and dets.boxes[:, 1::2].max() <= h
+
+
+# ---------------------------------------------------------------------------
+# The request log: retention, owner-only files, clean images, newest-first reading
+# ---------------------------------------------------------------------------
+
+
+def dir_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def test_request_log_retention_by_size(tmp_path: Path) -> None:
+    budget_mb = 0.25
+    log = RequestLog(tmp_path, sample_rate=1.0, max_total_mb=budget_mb, max_days=0)
+    assert log.max_bytes == int(budget_mb * 2**20) // 4  # rotates at a quarter of the budget
+    noisy = np.random.default_rng(0).integers(0, 255, (60, 60, 3), dtype=np.uint8)  # ~11 KB as PNG
+    ids = []
+    for i in range(120):
+        ids.append(log.append({"n": i, "pad": "z" * 2000}, image=noisy, fmt="png"))
+        assert dir_bytes(tmp_path) <= budget_mb * 2**20, i  # never over budget after an append
+    assert len(list((tmp_path / "images").iterdir())) < 120  # images were deleted
+    records, skipped = read_log(tmp_path)
+    assert skipped == 0 and records[-1]["n"] == 119 and records[0]["n"] > 0  # oldest records gone, newest kept
+    assert [r["n"] for r in records] == list(range(records[0]["n"], 120))  # a contiguous newest tail
+    kept_images = {p.stem for p in (tmp_path / "images").iterdir()}
+    assert ids[-1] in kept_images and ids[0] not in kept_images  # oldest images first
+    assert (tmp_path / "requests.jsonl").is_file()
+
+
+def test_request_log_retention_by_age(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path, max_bytes=300, sample_rate=1.0, max_days=30)
+    for i in range(12):
+        log.append({"n": i, "pad": "x" * 40}, image=JPG)
+    log.close()
+    old = time.time() - 40 * 86400
+    rotated = log_files(tmp_path)[:-1]
+    assert len(rotated) >= 3
+    for p in [*rotated[:2], *sorted((tmp_path / "images").iterdir())[:3]]:
+        os.utime(p, (old, old))
+    images_before = len(list((tmp_path / "images").iterdir()))
+    RequestLog(tmp_path, max_bytes=300, max_days=30)  # retention at start
+    assert log_files(tmp_path)[:-1] == rotated[2:]
+    assert len(list((tmp_path / "images").iterdir())) == images_before - 3
+    assert read_log(tmp_path)[0][-1]["n"] == 11
+
+    os.utime(tmp_path / "requests.jsonl", (old, old))  # a current file last written 40 days ago
+    RequestLog(tmp_path, max_days=30)
+    assert not (tmp_path / "requests.jsonl").exists() and read_log(tmp_path)[0][-1]["n"] < 11
+    assert RequestLog(tmp_path, max_days=0).retain()["deleted"] == 0  # 0: no age limit
+
+
+def test_request_log_files_are_owner_only(tmp_path: Path) -> None:
+    directory = tmp_path / "log"
+    directory.mkdir(mode=0o755)
+    (directory / "requests.jsonl").write_text('{"n": 0}\n')  # left by an older version, world-readable
+    os.chmod(directory / "requests.jsonl", 0o644)
+    old_umask = os.umask(0o022)
+    try:
+        log = RequestLog(directory, max_bytes=200, sample_rate=1.0)
+        for i in range(6):
+            log.append({"n": i, "pad": "p" * 50}, image=PNG)
+    finally:
+        os.umask(old_umask)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(directory) == 0o700 and mode(directory / "images") == 0o700
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert len(log_files(directory)) > 2 and (directory / ".requests.lock").is_file()
+    assert files and all(mode(p) == 0o600 for p in files), {p.name: oct(mode(p)) for p in files}
+
+
+def test_sampled_images_carry_no_metadata(make_client: Callable[..., TestClient], tmp_path: Path) -> None:
+    client = make_client(log=RequestLog(tmp_path, sample_rate=1.0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees for display
+    exif[0x010F] = "SecretCam"
+    exif[0x8825] = {1: "N", 2: (52.0, 22.0, 1.5), 3: "E", 4: (4.0, 53.0, 30.0)}  # GPS
+    stored = scene(40, 80, seed=12)
+    upload = pil_bytes(Image.fromarray(stored[..., ::-1].copy()), "JPEG", exif=exif.tobytes(), quality=95)
+    assert Image.open(io.BytesIO(upload)).getexif().get_ifd(0x8825)  # the upload has GPS
+    body = client.post("/v1/predict", content=upload, headers={"Content-Type": "image/jpeg"}).json()
+    assert (body["width"], body["height"]) == (40, 80)
+    (record,), _ = read_log(tmp_path)
+    kept_bytes = (tmp_path / record["image_path"]).read_bytes()
+    assert b"SecretCam" not in kept_bytes and b"Exif" not in kept_bytes
+    kept = Image.open(tmp_path / record["image_path"])
+    assert not kept.getexif() and kept.size == (40, 80)  # no EXIF at all, in the orientation of the detections
+    displayed = np.asarray(kept)[..., ::-1].astype(int)
+    assert np.abs(displayed - np.rot90(stored, -1)).mean() < 6  # the pixels the model saw
+
+
+def test_iter_log_streams_newest_first(tmp_path: Path) -> None:
+    log = RequestLog(tmp_path, max_bytes=400, sample_rate=0.0)
+    for i in range(40):
+        log.append({"n": i, "pad": "q" * 20})
+    log.close()
+    assert [r["n"] for r in iter_log(tmp_path)] == list(range(39, -1, -1))
+    assert [r["n"] for r in iter_log(tmp_path, newest_first=False)] == list(range(40))
+    files = log_files(tmp_path)
+    files[0].write_bytes(b"not json\n" * 5)  # the oldest file, unreadable: never reached by a short read
+    reader = iter_log(tmp_path)
+    newest = []
+    for rec in reader:
+        newest.append(rec["n"])
+        if len(newest) == 5:
+            break
+    assert newest == [39, 38, 37, 36, 35] and reader.skipped == 0
+    reader = iter_log(tmp_path)
+    assert len(list(reader)) < 40 and reader.skipped == 5  # a full read meets them
+    with open(tmp_path / "requests.jsonl", "ab") as f:
+        f.write(b'{"n": 40, "pad"')  # killed mid-write
+    reader = iter_log(tmp_path)
+    assert next(iter(reader))["n"] == 39 and reader.skipped == 1
+    assert list(iter_log(tmp_path / "missing")) == []
+
+
+def test_monitor_window_reads_only_the_newest_records(tmp_path: Path) -> None:
+    from cvops.monitor.profile import window_from_log
+
+    log = RequestLog(tmp_path, max_bytes=1200, sample_rate=0.0)
+    for i in range(30):
+        log.append({"id": f"r{i}", "status": 200, "width": 64, "height": 48, "brightness": 100.0, "model": "m",
+                    "detections": [{"box": [1, 2, 30, 40], "score": 0.8, "label": 1, "class": "square"}]})
+    log.close()
+    files = log_files(tmp_path)
+    assert len(files) > 3
+    files[0].write_bytes(b"garbage\n" * 3)
+    seen, skipped = window_from_log(tmp_path, window=4, low=0.3, model="m")
+    assert [s.name for s in seen] == ["r26", "r27", "r28", "r29"] and skipped == 0

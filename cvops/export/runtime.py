@@ -6,7 +6,7 @@ written down in ``preprocess.json`` (and the ONNX ``metadata_props`` key
 
 1. decode to 8-bit, 3 channels, in ``channel_order`` (mmdet reads BGR);
 2. resize keeping the aspect ratio with ``scale = min(width / w, height / h)``,
-   new size ``(int(w * scale + 0.5), int(h * scale + 0.5))``, bilinear;
+   new size ``(int(w * scale + 0.5), int(h * scale + 0.5))`` (each side at least 1), bilinear;
 3. pad bottom/right to ``(height, width)`` with ``pad_value`` (raw pixel values);
 4. ``(x - mean) / std`` per channel, HWC -> CHW, float32, batch on axis 0.
 
@@ -86,7 +86,9 @@ class Preprocess:
             bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
         h, w = bgr.shape[:2]
         s = min(self.width / w, self.height / h)
-        nw, nh = min(int(w * s + 0.5), self.width), min(int(h * s + 0.5), self.height)
+        # never a 0 side: a 1300x1 image letterboxes to 128x1, not 128x0 (cv2.resize refuses 0)
+        nw = max(1, min(int(w * s + 0.5), self.width))
+        nh = max(1, min(int(h * s + 0.5), self.height))
         img = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nw, nh) != (w, h) else bgr
         if self.channel_order == "RGB":
             img = img[..., ::-1]
@@ -101,6 +103,11 @@ class Preprocess:
         tensors, scales = zip(*(self(im) for im in images))
         return np.stack(tensors), list(scales)
 
+    def prepare(self, bgr: np.ndarray) -> "Prepared":
+        """One image ready for the graph: its tensor, scale factor and original (width, height)."""
+        tensor, scale = self(bgr)
+        return Prepared(tensor, scale, (int(bgr.shape[1]), int(bgr.shape[0])))
+
     @staticmethod
     def unletterbox(boxes: np.ndarray, scale: Tuple[float, float], size: Tuple[int, int]) -> np.ndarray:
         """Boxes from input pixels back to the original (width, height) image."""
@@ -108,6 +115,15 @@ class Preprocess:
         out[:, 0::2] = out[:, 0::2].clip(0, size[0])
         out[:, 1::2] = out[:, 1::2].clip(0, size[1])
         return out
+
+
+@dataclass
+class Prepared:
+    """One preprocessed image (:meth:`Preprocess.prepare`): what :meth:`OnnxDetector.detect` takes."""
+
+    tensor: np.ndarray  # (3, H, W) float32
+    scale: Tuple[float, float]  # (x, y) letterbox scale factor
+    size: Tuple[int, int]  # original (width, height)
 
 
 @dataclass
@@ -179,10 +195,15 @@ class OnnxDetector:
         return run_padded(self.run, tensor, self.fixed_batch)
 
     def predict(self, images: Sequence[np.ndarray]) -> List[Detections]:
-        """Detections for BGR uint8 images (any sizes), in original pixels."""
-        tensor, scales = self.preprocess.batch(images)
-        sizes = [(im.shape[1], im.shape[0]) for im in images]
-        return split_outputs(self.run_any(tensor), scales, sizes, self.preprocess)
+        """Detections for BGR uint8 images (any sizes), in original pixels (:meth:`detect` of each prepared)."""
+        return self.detect([self.preprocess.prepare(im) for im in images])
+
+    def detect(self, prepared: Sequence[Prepared]) -> List[Detections]:
+        """Detections for images already preprocessed (:meth:`Preprocess.prepare`): the network and the
+        un-letterboxing only, so a server can preprocess each image in its own request."""
+        tensor = np.stack([p.tensor for p in prepared])
+        return split_outputs(self.run_any(tensor), [p.scale for p in prepared], [p.size for p in prepared],
+                             self.preprocess)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -193,18 +193,25 @@ def iter_videos(paths: Sequence[Path], fps: float, window: int) -> Iterator[Tupl
 
 
 def window_from_log(log_dir: Path, window: int, low: float, model: Optional[str] = None) -> Tuple[List[Seen], int]:
-    """The newest ``window`` successful requests of a serve request log; also how many lines were unreadable.
+    """The newest ``window`` successful requests of a serve request log, oldest first; also how many of the
+    lines read were unreadable. The log is streamed newest first and reading stops at ``window`` records.
 
     Args:
         model: keep only requests answered by this model fingerprint (the log directory is shared by every
             export of a project; another model's embeddings and scores are not this model's traffic).
     """
-    from cvops.serve.requestlog import read_log
+    from cvops.serve.requestlog import iter_log
 
-    records, skipped = read_log(log_dir)
-    ok = [r for r in records if r.get("status") == 200 and "width" in r and (model is None or r.get("model") == model)]
+    reader = iter_log(log_dir, newest_first=True)
+    ok: List[dict] = []
+    for r in reader:
+        if r.get("status") == 200 and "width" in r and (model is None or r.get("model") == model):
+            ok.append(r)
+            if len(ok) >= window:
+                break
+    skipped = reader.skipped
     seen = []
-    for r in ok[-window:]:
+    for r in reversed(ok):
         rec, dets = record_from_log(r, low)
         img = r.get("image_path")
         path = str(log_dir / img) if img else None

@@ -10,23 +10,59 @@ Endpoints (all JSON except ``/metrics``):
   uploaded (after its EXIF orientation is applied).
 * ``GET /healthz``: ``{"status": "ok"}``, never behind the token.
 * ``GET /v1/model``: what is served: the ``info`` given to :func:`create_app`
-  (recipe, dataset version, model fingerprint, ...), the class names, the
-  preprocessing contract and the upload limits.
+  (recipe, dataset version, model fingerprint, model file name; never a path),
+  the class names, the preprocessing contract and the upload limits.
 * ``GET /metrics``: Prometheus text exposition of ``cvops_requests_total{status}``,
   ``cvops_request_latency_seconds`` (successful predictions: decode + inference),
-  ``cvops_errors_total{reason}``, ``cvops_drift_detected``,
+  ``cvops_errors_total{reason}``, ``cvops_batch_size``, ``cvops_drift_detected``,
   ``cvops_drift_feature{feature}`` and ``cvops_drift_checks_total``.
 
 Every refused request gets a 4xx answer ``{"error": "..."}`` that names the
-problem (and the limit, where one was crossed), and the server goes on serving:
-400 for an empty body, bytes that are not a JPEG or PNG, or an image that does
-not decode completely (truncated); 401 for a missing or wrong bearer token; 413
-for a body over ``max_upload_mb`` (checked on ``Content-Length`` and again while
-reading) or an image over ``max_pixels`` (checked on the image header, before any
-pixel is decoded); 415 for any other content type.
+problem, the limit crossed and the setting that moves it, and the server goes
+on serving (the ``reason`` label of ``cvops_errors_total`` in brackets):
 
-Decoding and inference run in a worker thread pool, so requests are served in
-parallel (ONNX Runtime releases the GIL while it runs).
+* 400: an empty body (``empty_body``), bytes that are not a JPEG or PNG or an
+  image that does not decode (``bad_image``, ``truncated_image``), a malformed
+  multipart body (``bad_multipart``, ``missing_image``), an image whose long
+  side is over ``max_aspect_ratio`` times its short side (``aspect_ratio``);
+* 401: a missing or wrong bearer token (``unauthorized``);
+* 408: a body that has not fully arrived within ``body_timeout_s`` (``body_timeout``);
+* 413: a body over ``max_upload_mb`` (``too_large``; checked on ``Content-Length``
+  and again while reading), an image over ``max_pixels`` (``too_many_pixels``) or
+  one whose decode alone needs more than the decode budget (``decode_memory``),
+  all checked on the image header before any pixel is decoded;
+* 415: any other content type (``unsupported_media_type``);
+* 499 (never received: the client left): a client that disconnected before its
+  body arrived (``client_disconnect``), counted and logged without a traceback;
+* 503 with ``Retry-After``: the decode budget stayed full for ``decode_wait_s``
+  (``decode_busy``).
+
+A failure of the server itself answers 500 ``{"error": "... error id <id> in the
+server log"}``; the detail (exception, library paths) goes to the server log
+only, never into a response.
+
+**Isolation.** Each request decodes and preprocesses (letterbox, normalise) its
+image in its own worker thread; only ready tensors reach the
+:class:`MicroBatcher`, which runs the network on up to ``max_batch`` of them at
+once. When a batched run still raises, each image is run alone, so only the
+culprit's request fails.
+
+**Decode budget.** A decode reserves, before any pixel is decoded, an estimate
+of its peak memory from the image header (:func:`decode_cost`)::
+
+    width * height * (2 * stored + work + 3) + 2 MiB
+
+where ``stored`` is the bytes per pixel Pillow keeps for the decoded mode (1 for
+1/L/P, 2 for I;16, 4 for RGB, RGBA, CMYK, LA, I, F, ...), counted twice for the
+EXIF-rotated copy; ``work`` the numpy intermediates of the conversion to 8-bit
+(3 for RGB, 2 for 1/L/LA, 5 for I;16, 9 for I/F, 7 for the others: a Pillow
+RGB copy + its array); 3 the BGR array the model gets; 2 MiB the decoder's
+own buffers. Measured (peak RSS of a decode, 6 MP): RGB JPEG 80.0 MiB for an
+estimate of 82.1, RGBA PNG and CMYK JPEG 103.0 for 105.0, 16-bit PNG 45.9 for
+70.7 (``tests/adversarial/test_serve_hostile.py`` checks it). A 40 MP 16-bit
+PNG thus reserves about 480 MB, a 40 MP RGB JPEG 560 MB. After decoding the
+reservation shrinks to the BGR array (held until the request is answered).
+The sum of reservations in flight stays under ``decode_memory_mb``.
 """
 
 from __future__ import annotations
@@ -35,13 +71,15 @@ import hmac
 import io
 import json
 import logging
+import re
 import threading
 import time
 import uuid
 from collections import deque
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -51,8 +89,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from cvops.export.runtime import OnnxDetector
+from cvops.schema import ServeConfig
 from cvops.serve.requestlog import RequestLog
 
 logger = logging.getLogger("cvops.serve")
@@ -68,30 +108,64 @@ MULTIPART = "multipart/form-data"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
                    0.5, 0.75, 1.0, 1.5, 2.0)
 HOW = "send multipart/form-data with a file field 'image', or a raw body with Content-Type image/jpeg or image/png"
+DISCONNECTED = 499  # nginx's "client closed request": recorded, never sent to anyone
+MiB = 2**20
 
 DriftFn = Callable[[list[dict]], dict[str, float]]
 
 
 class ApiError(Exception):
-    """A request the server refuses, answered as ``{"error": message}``.
+    """A request the server refuses (4xx) or fails (5xx), answered as ``{"error": message}``.
 
     Args:
-        status: the HTTP status code (4xx).
+        status: the HTTP status code.
         reason: a short machine-readable reason, the ``reason`` label of
             ``cvops_errors_total`` and the ``error`` of the logged record.
-        message: the human-readable explanation sent back.
+        message: the human-readable explanation sent back (no internal detail).
+        headers: extra response headers (``Retry-After``).
     """
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
+        self.headers = headers
+
+
+def error_id() -> str:
+    """A short id tying a 500 answer to its detail in the server log."""
+    return uuid.uuid4().hex[:12]
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>")
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.@+-]+){2,}[\\/]?|[\w.-]+\.(?:py|pyx|cpp|cc|c|h|so)\b")
+
+
+def clean(text: str, limit: int = 200) -> str:
+    """A library's error text safe to send back: object reprs and file paths removed, cut to ``limit``."""
+    text = _PATH.sub("<path>", _OBJECT_REPR.sub("<object>", str(text)))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------
 # Decoding
 # ---------------------------------------------------------------------------
+
+#: Bytes per pixel Pillow stores for a decoded mode (its 8-bit multi-band modes use 4).
+STORED_BPP = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+#: Bytes per pixel of the numpy intermediates of :func:`to_bgr` (see the module docstring).
+WORK_BPP = {"RGB": 3, "1": 2, "L": 2, "LA": 2, "I;16": 5, "I;16L": 5, "I;16B": 5, "I;16N": 5, "I": 9, "F": 9}
+
+
+#: Decoder state and row buffers, on top of the pixels.
+DECODER_BYTES = 2 * 2**20
+
+
+def decode_cost(width: int, height: int, mode: str) -> int:
+    """The estimated peak bytes of decoding a ``width x height`` image of a Pillow ``mode`` into BGR."""
+    return int(width) * int(height) * (2 * STORED_BPP.get(mode, 4) + WORK_BPP.get(mode, 7) + 3) + DECODER_BYTES
 
 
 def sniff(data: bytes) -> str | None:
@@ -118,36 +192,37 @@ def to_bgr(image: Any) -> np.ndarray:
     import cv2
 
     mode = image.mode
-    if mode.startswith("I") or mode == "F":  # I;16*, I (16-bit PNG in older Pillow), F
-        a = np.asarray(image)
-        if mode == "F":
-            gray = np.clip(a, 0, 255).astype(np.uint8)
-        else:
-            gray = (np.clip(a.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+    if mode.startswith("I;16"):
+        gray = (np.asarray(image) >> 8).astype(np.uint8)
         return np.ascontiguousarray(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
+    if mode in ("I", "F"):  # 32-bit integer (16-bit PNG in older Pillow) or float
+        a = np.clip(np.asarray(image), 0, 255 if mode == "F" else 65535)
+        if mode == "I":
+            a >>= 8
+        return np.ascontiguousarray(cv2.cvtColor(a.astype(np.uint8), cv2.COLOR_GRAY2BGR))
     if mode in ("1", "L", "LA"):
-        gray = np.asarray(image.convert("L"))
+        gray = np.asarray(image if mode == "L" else image.convert("L"))
         return np.ascontiguousarray(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
     rgb = np.asarray(image if mode == "RGB" else image.convert("RGB"))
     return np.ascontiguousarray(rgb[..., ::-1])
 
 
-def decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
-    """Decode JPEG or PNG bytes completely, refusing oversize images before decoding pixels.
+def open_image(data: bytes, max_pixels: int, max_aspect_ratio: float | None = None) -> tuple[Any, str]:
+    """Read the header of JPEG or PNG bytes and check it; no pixel is decoded yet.
 
     Args:
         data: the uploaded bytes.
         max_pixels: the largest ``width * height`` accepted.
+        max_aspect_ratio: the largest long side / short side accepted (None: any).
 
     Returns:
-        ``(bgr, mime type)``: the image as BGR ``uint8`` with its EXIF
-        orientation applied, and ``"image/jpeg"`` or ``"image/png"``.
+        ``(image, "JPEG" | "PNG")``: the opened, not yet loaded, ``PIL.Image.Image``.
 
     Raises:
-        ApiError: 400 for empty, unrecognised, corrupt or truncated data; 413 when
-            the header declares more than ``max_pixels`` pixels.
+        ApiError: 400 for empty, unrecognised or unreadable data and extreme aspect
+            ratios; 413 when the header declares more than ``max_pixels`` pixels.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if not data:
         raise ApiError(400, "empty_body", f"the request carries no image bytes; {HOW}")
@@ -155,35 +230,82 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
     if fmt is None:
         raise ApiError(400, "bad_image", f"the {len(data)} bytes sent are not a JPEG or PNG image "
                                          f"(unrecognised signature {data[:8].hex()})")
-    too_many = f"the limit is {max_pixels} pixels (width x height)"
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
     except Image.DecompressionBombError as e:
-        raise ApiError(413, "too_many_pixels", f"the {fmt} image is too large to decode ({e}); {too_many}") from e
+        raise _too_many(fmt, max_pixels, f"too large to decode ({clean(e)})") from e
     except Exception as e:  # UnidentifiedImageError, OSError, SyntaxError, struct.error, ...
         if _truncated(e):
             raise ApiError(400, "truncated_image", f"the {fmt} image ({len(data)} bytes) ends inside its header "
-                                                   f"(truncated upload?): {e}") from e
-        raise ApiError(400, "bad_image", f"cannot read the {fmt} image header: {e}") from e
+                                                   f"(truncated upload?): {clean(e)}") from e
+        raise ApiError(400, "bad_image", f"cannot read the {fmt} image header: {clean(e)}") from e
     w, h = image.size
     if w <= 0 or h <= 0:
         raise ApiError(400, "bad_image", f"the {fmt} image declares an empty size {w}x{h}")
     if w * h > max_pixels:
-        raise ApiError(413, "too_many_pixels", f"the {fmt} image is {w}x{h} = {w * h} pixels; {too_many}")
+        raise _too_many(fmt, max_pixels, f"{w}x{h} = {w * h} pixels")
+    ratio = max(w, h) / min(w, h)
+    if max_aspect_ratio is not None and ratio > max_aspect_ratio:
+        raise ApiError(400, "aspect_ratio", f"the {fmt} image is {w}x{h}, an aspect ratio of {ratio:.4g}:1; the "
+                                            f"limit is {max_aspect_ratio:g}:1 (serve.max_aspect_ratio): crop or "
+                                            "tile the image, or raise serve.max_aspect_ratio")
+    return image, fmt
+
+
+def _too_many(fmt: str, max_pixels: int, what: str) -> ApiError:
+    return ApiError(413, "too_many_pixels", f"the {fmt} image is {what}; the limit is {max_pixels} pixels "
+                                            "(width x height, serve.max_pixels): send a smaller image")
+
+
+def load_bgr(image: Any, fmt: str, size: int) -> np.ndarray:
+    """Decode an opened image completely into BGR ``uint8``, its EXIF orientation applied.
+
+    Raises:
+        ApiError: 400 when the data does not decode completely (truncated, corrupt).
+    """
+    from PIL import Image, ImageOps
+
     try:
         image.load()  # raises on truncated data (PIL's LOAD_TRUNCATED_IMAGES is off by default)
     except Image.DecompressionBombError as e:
-        raise ApiError(413, "too_many_pixels", f"the {fmt} image is too large to decode ({e}); {too_many}") from e
+        raise ApiError(413, "too_many_pixels", f"the {fmt} image is too large to decode: {clean(e)}") from e
     except Exception as e:
         truncated = _truncated(e)
         raise ApiError(400, "truncated_image" if truncated else "bad_image",
-                       f"the {fmt} image ({len(data)} bytes) does not decode completely"
-                       f"{' (truncated upload?)' if truncated else ''}: {e}") from e
+                       f"the {fmt} image ({size} bytes) does not decode completely"
+                       f"{' (truncated upload?)' if truncated else ''}: {clean(e)}") from e
     try:
         image = ImageOps.exif_transpose(image)
     except Exception as e:  # a broken EXIF block: keep the stored orientation
         logger.debug("ignoring unreadable EXIF orientation: %s", e)
-    return to_bgr(image), "image/png" if fmt == "PNG" else "image/jpeg"
+    try:
+        return to_bgr(image)
+    except Exception as e:  # a mode Pillow decodes but cannot convert
+        raise ApiError(400, "bad_image", f"cannot convert the {fmt} image (mode {image.mode}) to 8-bit "
+                                         f"color: {clean(e)}") from e
+
+
+def decode_image(data: bytes, max_pixels: int, max_aspect_ratio: float | None = None) -> tuple[np.ndarray, str]:
+    """Decode JPEG or PNG bytes completely, refusing oversize images before decoding pixels.
+
+    Args:
+        data: the uploaded bytes.
+        max_pixels: the largest ``width * height`` accepted.
+        max_aspect_ratio: the largest long side / short side accepted (None: any).
+
+    Returns:
+        ``(bgr, mime type)``: the image as BGR ``uint8`` with its EXIF
+        orientation applied, and ``"image/jpeg"`` or ``"image/png"``.
+
+    Raises:
+        ApiError: see :func:`open_image` and :func:`load_bgr`.
+    """
+    image, fmt = open_image(data, max_pixels, max_aspect_ratio)
+    return load_bgr(image, fmt, len(data)), _mime(fmt)
+
+
+def _mime(fmt: str) -> str:
+    return "image/png" if fmt == "PNG" else "image/jpeg"
 
 
 def _truncated(error: BaseException) -> bool:
@@ -194,6 +316,73 @@ def _truncated(error: BaseException) -> bool:
 def _media_type(value: str | None) -> str:
     """The lower-case ``type/subtype`` of a Content-Type value ("" when missing)."""
     return (value or "").split(";", 1)[0].strip().lower()
+
+
+class DecodeBudget:
+    """The memory of the decodes in flight, bounded (see the module docstring).
+
+    Args:
+        total_mb: the budget, in MiB.
+        wait_s: how long a decode waits for budget before it is refused with 503.
+    """
+
+    def __init__(self, total_mb: float, wait_s: float) -> None:
+        if total_mb <= 0 or wait_s < 0:
+            raise ValueError(f"serve.decode_memory_mb must be positive (got {total_mb}) and "
+                             f"serve.decode_wait_s at least 0 (got {wait_s})")
+        self.total_mb, self.total, self.wait_s = total_mb, int(total_mb * MiB), float(wait_s)
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int, what: str) -> Iterator["Reservation"]:
+        """Hold ``nbytes`` of the budget for the ``with`` block (``what`` names the image in errors).
+
+        Raises:
+            ApiError: 413 when ``nbytes`` exceeds the whole budget, 503 when the
+                budget stays full for ``wait_s``.
+        """
+        if nbytes > self.total:
+            raise ApiError(413, "decode_memory", f"decoding the {what} needs about {nbytes / MiB:.1f} MB, more than "
+                                                 f"the whole decode budget of {self.total_mb:g} MB "
+                                                 "(serve.decode_memory_mb): send a smaller image or raise "
+                                                 "serve.decode_memory_mb")
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while self.used + nbytes > self.total:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    retry = max(1, int(round(self.wait_s)))
+                    raise ApiError(503, "decode_busy", f"the server is decoding other images: the {what} needs "
+                                                       f"about {nbytes / MiB:.1f} MB of the {self.total_mb:g} MB "
+                                                       f"decode budget (serve.decode_memory_mb), not free within "
+                                                       f"{self.wait_s:g} s (serve.decode_wait_s): retry in "
+                                                       f"{retry} s", headers={"Retry-After": str(retry)})
+                self._cond.wait(left)
+            self.used += nbytes
+        held = Reservation(self, nbytes)
+        try:
+            yield held
+        finally:
+            held.shrink(0)
+
+    def _give_back(self, nbytes: int) -> None:
+        with self._cond:
+            self.used -= nbytes
+            self._cond.notify_all()
+
+
+class Reservation:
+    """Bytes held in a :class:`DecodeBudget`; :meth:`shrink` gives part of them back early."""
+
+    def __init__(self, budget: DecodeBudget, nbytes: int) -> None:
+        self.budget, self.nbytes = budget, nbytes
+
+    def shrink(self, nbytes: int) -> None:
+        """Keep only ``nbytes`` held (no-op when already smaller)."""
+        if nbytes < self.nbytes:
+            self.budget._give_back(self.nbytes - nbytes)
+            self.nbytes = nbytes
 
 
 # ---------------------------------------------------------------------------
@@ -216,6 +405,8 @@ class ServeMetrics:
         self.drift_feature = Gauge("cvops_drift_feature", "Per-feature value of the last drift check", ["feature"],
                                    registry=r)
         self.drift_checks = Counter("cvops_drift_checks", "Drift checks completed", registry=r)
+        self.batch_size = Histogram("cvops_batch_size", "Images per inference call (micro-batching)",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
 
 
 class DriftWatch:
@@ -321,60 +512,143 @@ class BearerAuth:
         await response(scope, receive, send)
 
 
+class CatchAll:
+    """ASGI middleware: any exception nothing else handled becomes a JSON 500 without detail.
+
+    The detail goes to the server log under an error id the answer names.
+
+    Args:
+        app: the wrapped ASGI application.
+        on_error: called with the path of each such request.
+    """
+
+    def __init__(self, app: Any, on_error: Callable[[str], None]) -> None:
+        self.app = app
+        self.on_error = on_error
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
+                       send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            eid = error_id()
+            logger.exception("unexpected error (error id %s) on %s %s", eid, scope.get("method"), scope.get("path"))
+            self.on_error(scope.get("path", ""))
+            if not started:
+                response = JSONResponse({"error": f"internal server error; error id {eid} in the server log"},
+                                        status_code=500)
+                await response(scope, receive, send)
+
+
 # ---------------------------------------------------------------------------
 # The application
 # ---------------------------------------------------------------------------
 
 
 class MicroBatcher:
-    """Dynamic batching: concurrent requests share one inference call.
+    """Dynamic batching: concurrent requests share one call of ``run``.
 
-    Request threads call :meth:`predict_one`; one batching thread takes the
-    first waiting image, collects more for up to ``wait_ms`` (at most
-    ``max_batch``), runs ``detector.predict`` on all of them at once and hands
-    each caller its own result. A lone request waits at most ``wait_ms``.
+    Request threads call :meth:`submit` with a ready item (a preprocessed
+    image); one batching thread takes the first waiting item, collects more for
+    up to ``wait_ms`` (at most ``max_batch``), calls ``run`` on all of them at
+    once and hands each caller its own result. A lone request waits at most
+    ``wait_ms``. When a batched call raises, every item of the batch is run
+    alone, so only the items that fail by themselves get an exception.
+
+    Args:
+        run: called with a list of items, returns one result per item in order
+            (``OnnxDetector.detect``).
+        max_batch: the most items per call.
+        wait_ms: how long the first item waits for company.
+        on_retry: called with the batch size when a batched call failed and its
+            items are retried one by one.
     """
 
-    def __init__(self, detector: Any, max_batch: int, wait_ms: float) -> None:
+    def __init__(self, run: Callable[[list], list], max_batch: int, wait_ms: float,
+                 on_retry: Callable[[int], None] | None = None) -> None:
         import queue
 
-        self.detector, self.max_batch, self.wait = detector, max(1, int(max_batch)), max(0.0, wait_ms) / 1000
+        self.run, self.max_batch, self.wait = run, max(1, int(max_batch)), max(0.0, wait_ms) / 1000
+        self.on_retry = on_retry
         self.queue: "queue.Queue[tuple]" = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="cvops-batcher", daemon=True)
         self.thread.start()
 
-    def predict_one(self, bgr: np.ndarray) -> Any:
+    def submit(self, item: Any) -> Any:
+        """The result of ``run([item])``, computed in a batch with concurrent callers' items."""
         from concurrent.futures import Future
 
         fut: Future = Future()
-        self.queue.put((bgr, fut))
+        self.queue.put((item, fut))
         return fut.result()
 
-    def _loop(self) -> None:
+    def _collect(self) -> list[tuple]:
         import queue
 
-        while True:
-            items = [self.queue.get()]
-            deadline = time.perf_counter() + self.wait
-            while len(items) < self.max_batch:
-                left = deadline - time.perf_counter()
-                try:
-                    items.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
-                except queue.Empty:
-                    break
+        items = [self.queue.get()]
+        deadline = time.perf_counter() + self.wait
+        while len(items) < self.max_batch:
+            left = deadline - time.perf_counter()
             try:
-                results = self.detector.predict([bgr for bgr, _ in items])
-            except Exception as e:  # every caller of this batch gets the error
-                for _, fut in items:
-                    fut.set_exception(e)
-                continue
-            for (_, fut), r in zip(items, results):
-                fut.set_result(r)
+                items.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _loop(self) -> None:
+        while True:
+            self._run_batch(self._collect())
+
+    def _run_batch(self, items: list[tuple]) -> None:
+        try:
+            results = self.run([item for item, _ in items])
+            if len(results) != len(items):
+                raise RuntimeError(f"run returned {len(results)} results for {len(items)} items")
+        except Exception as e:
+            if len(items) == 1:
+                items[0][1].set_exception(e)
+                return
+            logger.warning("a batch of %d images failed (%s: %s); running each alone", len(items),
+                           type(e).__name__, e)
+            if self.on_retry is not None:
+                self.on_retry(len(items))
+            for one in items:
+                self._run_batch([one])
+            return
+        for (_, fut), r in zip(items, results):
+            fut.set_result(r)
 
 
-def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None, max_upload_mb: float = 20,
-               max_pixels: int = 40_000_000, token: str | None = None, drift: DriftFn | None = None,
-               window: int = 200, drift_every: int = 50, max_batch: int = 1, batch_wait_ms: float = 2.0) -> FastAPI:
+def _pipeline(detector: Any) -> tuple[Callable[[np.ndarray], Any], Callable[[list], list]]:
+    """``(prepare, run)``: the per-request preprocessing and the (batched) network call of a detector.
+
+    A detector with ``detect`` (:class:`OnnxDetector`) preprocesses in the
+    request's thread; one without it (an older interface) preprocesses inside
+    ``predict``, in the batch, where a failing image is still retried alone.
+    """
+    if callable(getattr(detector, "detect", None)):
+        return detector.preprocess.prepare, detector.detect
+    return (lambda bgr: bgr), detector.predict
+
+
+def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None,
+               max_upload_mb: float = ServeConfig.max_upload_mb, max_pixels: int = ServeConfig.max_pixels,
+               token: str | None = None, drift: DriftFn | None = None, window: int = 200, drift_every: int = 50,
+               max_batch: int = 1, batch_wait_ms: float = ServeConfig.batch_wait_ms,
+               max_aspect_ratio: float = ServeConfig.max_aspect_ratio,
+               decode_memory_mb: float = ServeConfig.decode_memory_mb,
+               decode_wait_s: float = ServeConfig.decode_wait_s,
+               body_timeout_s: float = ServeConfig.body_timeout_s) -> FastAPI:
     """Build the FastAPI application serving ``detector`` (see the module docstring).
 
     Args:
@@ -394,26 +668,47 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None, ma
             :class:`DriftWatch` for what its result sets.
         window: number of records the drift check sees.
         drift_every: requests between drift checks.
+        max_aspect_ratio: images whose long side exceeds this many times the short
+            side are refused (400).
+        decode_memory_mb: the budget of the decodes in flight (:class:`DecodeBudget`).
+        decode_wait_s: how long a decode waits for budget before a 503.
+        body_timeout_s: the whole body must arrive within this (else 408).
+
+    The defaults are :class:`cvops.schema.ServeConfig`'s (``max_batch`` apart: 1).
 
     Returns:
-        The application; ``app.state.metrics`` (:class:`ServeMetrics`) and
-        ``app.state.drift`` (:class:`DriftWatch` or None) are exposed for callers.
+        The application; ``app.state.metrics`` (:class:`ServeMetrics`),
+        ``app.state.drift`` (:class:`DriftWatch` or None) and
+        ``app.state.budget`` (:class:`DecodeBudget`) are exposed for callers.
     """
     from cvops.monitor.drift import image_stats
 
-    if max_upload_mb <= 0 or max_pixels <= 0:
-        raise ValueError(f"max_upload_mb ({max_upload_mb}) and max_pixels ({max_pixels}) must be positive")
+    if max_upload_mb <= 0 or max_pixels <= 0 or max_aspect_ratio < 1 or body_timeout_s <= 0:
+        raise ValueError(f"serve.max_upload_mb ({max_upload_mb}), serve.max_pixels ({max_pixels}) and "
+                         f"serve.body_timeout_s ({body_timeout_s}) must be positive and serve.max_aspect_ratio "
+                         f"({max_aspect_ratio}) at least 1")
     request_log = log
-    max_bytes = int(max_upload_mb * 2**20)
+    max_bytes = int(max_upload_mb * MiB)
     fingerprint = info.get("fingerprint")
     classes = list(detector.classes)
     metrics = ServeMetrics()
+    budget = DecodeBudget(decode_memory_mb, decode_wait_s)
     watch = DriftWatch(drift, window, drift_every, metrics) if drift is not None else None
-    batch = detector.fixed_batch if detector.fixed_batch and detector.fixed_batch > 1 else 1
-    batcher = MicroBatcher(detector, max_batch, batch_wait_ms) if max_batch > 1 else None
+    prepare, network = _pipeline(detector)
+
+    def run(items: list) -> list:
+        metrics.batch_size.observe(len(items))
+        return network(items)
+
+    def retried(n: int) -> None:
+        metrics.errors.labels(reason="batch_retry").inc()
+
+    batcher = MicroBatcher(run, max_batch, batch_wait_ms, on_retry=retried) if max_batch > 1 else None
     model_info = dict(info)
     model_info.update(classes=classes, preprocess=detector.preprocess.to_dict(), fixed_batch=detector.fixed_batch,
-                      limits={"max_upload_mb": max_upload_mb, "max_pixels": max_pixels})
+                      limits={"max_upload_mb": max_upload_mb, "max_pixels": max_pixels,
+                              "max_aspect_ratio": max_aspect_ratio, "decode_memory_mb": decode_memory_mb,
+                              "body_timeout_s": body_timeout_s})
     if "cvops.thresholds" in detector.metadata:
         try:
             model_info.setdefault("thresholds", json.loads(detector.metadata["cvops.thresholds"]))
@@ -433,54 +728,71 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None, ma
     app.state.metrics = metrics
     app.state.drift = watch
     app.state.detector = detector
+    app.state.budget = budget
 
     def refused(path: str) -> None:
         metrics.errors.labels(reason="unauthorized").inc()
         if path == PREDICT:
             metrics.requests.labels(status="401").inc()
 
+    def crashed(path: str) -> None:
+        metrics.errors.labels(reason="internal").inc()
+        if path == PREDICT:
+            metrics.requests.labels(status="500").inc()
+
     if token:
         app.add_middleware(BearerAuth, token=token, on_reject=refused)
+    app.add_middleware(CatchAll, on_error=crashed)  # outermost: also around the token check
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         metrics.errors.labels(reason=exc.reason).inc()
         if request.url.path == PREDICT:
             metrics.requests.labels(status=str(exc.status)).inc()
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         metrics.errors.labels(reason=f"http_{exc.status_code}").inc()
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"error": clean(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.errors.labels(reason="validation").inc()
-        return JSONResponse({"error": f"invalid request: {exc.errors()}"}, status_code=422)
+        return JSONResponse({"error": f"invalid request: {clean(exc.errors())}"}, status_code=422)
 
     async def read_body(request: Request) -> bytes:
-        """The request body, refused (413) as soon as it is known to exceed ``max_bytes``."""
-        limit = f"the limit is {max_upload_mb:g} MB ({max_bytes} bytes)"
+        """The request body within ``body_timeout_s``, refused (413) as soon as it exceeds ``max_bytes``."""
+        limit = f"the limit is {max_upload_mb:g} MB ({max_bytes} bytes, serve.max_upload_mb): send a smaller file"
         length = request.headers.get("content-length")
         if length is not None:
             try:
                 declared = int(length)
             except ValueError:
-                raise ApiError(400, "bad_request", f"invalid Content-Length header {length!r}") from None
+                raise ApiError(400, "bad_request", f"invalid Content-Length header {clean(length, 40)!r}") from None
             if declared > max_bytes:
                 raise ApiError(413, "too_large", f"the request body is {declared} bytes; {limit}")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                raise ApiError(413, "too_large", f"the request body is over {max_bytes} bytes; {limit}")
+        try:
+            with anyio.fail_after(body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise ApiError(413, "too_large", f"the request body is over {max_bytes} bytes; {limit}")
+        except TimeoutError:
+            raise ApiError(408, "body_timeout", f"the request body did not arrive within {body_timeout_s:g} s "
+                                                f"({len(body)} bytes received; serve.body_timeout_s): send it "
+                                                "in one go, or raise serve.body_timeout_s") from None
+        except ClientDisconnect:
+            logger.info("client disconnected after %d bytes of its request body", len(body))
+            raise ApiError(DISCONNECTED, "client_disconnect",
+                           f"the client disconnected after {len(body)} bytes of the body") from None
         return bytes(body)
 
     async def image_bytes(request: Request, media: str) -> bytes:
         """The image bytes of a raw or multipart request."""
         if media not in JPEG_TYPES | PNG_TYPES | {MULTIPART}:
-            got = f"Content-Type {media!r}" if media else "no Content-Type"
+            got = f"Content-Type {clean(media, 80)!r}" if media else "no Content-Type"
             raise ApiError(415, "unsupported_media_type", f"unsupported media type: the request has {got}; {HOW}")
         body = await read_body(request)
         if media != MULTIPART:
@@ -494,8 +806,8 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None, ma
         try:
             form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
         except Exception as e:  # MultiPartException / HTTPException(400) / parser errors
-            detail = getattr(e, "detail", None) or getattr(e, "message", None) or str(e)
-            raise ApiError(400, "bad_multipart", f"malformed multipart/form-data body: {detail}") from e
+            detail = getattr(e, "detail", None) or getattr(e, "message", None) or str(e) or type(e).__name__
+            raise ApiError(400, "bad_multipart", f"malformed multipart/form-data body: {clean(detail)}; {HOW}") from e
         try:
             part = form.get(FIELD)
             if not isinstance(part, UploadFile):
@@ -504,20 +816,40 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None, ma
             part_media = _media_type(part.content_type)
             if part_media not in PART_TYPES:
                 raise ApiError(415, "unsupported_media_type",
-                               f"unsupported media type: the '{FIELD}' part has Content-Type {part_media!r}; "
-                               "send image/jpeg or image/png")
+                               f"unsupported media type: the '{FIELD}' part has Content-Type "
+                               f"{clean(part_media, 80)!r}; send image/jpeg or image/png")
             return await part.read()
         finally:
             await form.close()
 
-    def infer(data: bytes, started: float, upload: str) -> dict[str, Any]:
-        """Decode, detect, log: runs in the thread pool."""
-        bgr, mime = decode_image(data, max_pixels)
-        try:
-            dets = batcher.predict_one(bgr) if batcher is not None else detector.predict([bgr] * batch)[0]
-        except Exception as e:
-            log_failure(500, "inference", mime)
-            raise ApiError(500, "inference", f"inference failed: {type(e).__name__}: {e}") from e
+    def handle(data: bytes, started: float, upload: str) -> dict[str, Any]:
+        """Decode (within the budget), preprocess, detect, log: runs in the thread pool."""
+        image, fmt = open_image(data, max_pixels, max_aspect_ratio)
+        w, h = image.size
+        with budget.reserve(decode_cost(w, h, image.mode), f"{w}x{h} {fmt} image (mode {image.mode})") as held:
+            bgr = load_bgr(image, fmt, len(data))
+            del image
+            held.shrink(bgr.nbytes)  # the decoded pixels stay until the answer (statistics, sampled image)
+            try:
+                item = prepare(bgr)  # in this request's thread: a failure here is this request's alone
+            except Exception as e:
+                raise failed("preprocessing", e, _mime(fmt)) from e
+            try:
+                dets = batcher.submit(item) if batcher is not None else run([item])[0]
+            except Exception as e:
+                raise failed("inference", e, _mime(fmt)) from e
+            return answer(bgr, dets, _mime(fmt), started, upload)
+
+    def failed(stage: str, error: Exception, mime: str) -> ApiError:
+        """Log a failure of the server's own work under an error id; the answer carries the id only."""
+        eid = error_id()
+        logger.error("%s failed (error id %s): %s: %s", stage, eid, type(error).__name__, error,
+                     exc_info=(type(error), error, error.__traceback__))
+        log_failure(500, stage, mime)
+        return ApiError(500, stage, f"{stage} failed; error id {eid} in the server log")
+
+    def answer(bgr: np.ndarray, dets: Any, mime: str, started: float, upload: str) -> dict[str, Any]:
+        """The response of a successful prediction, recorded in the log, the drift window and the metrics."""
         detections = dets.to_json(classes)
         h, w = bgr.shape[:2]
         latency_ms = (time.perf_counter() - started) * 1000
@@ -528,8 +860,8 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None, ma
         if dets.embedding is not None:  # what the monitor's embedding test compares
             record["embedding"] = [round(float(v), 5) for v in dets.embedding]
         if request_log is not None:
-            try:
-                request_log.append(record, image=data)
+            try:  # the decoded pixels, re-encoded without the upload's metadata if sampled
+                request_log.append(record, image=bgr, fmt="png" if mime == "image/png" else "jpg")
             except Exception:  # a full disk must not take predictions down
                 logger.exception("could not write the request log")
                 metrics.errors.labels(reason="request_log").inc()
@@ -558,10 +890,10 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None, ma
         media = _media_type(request.headers.get("content-type"))
         try:
             data = await image_bytes(request, media)
-            result = await run_in_threadpool(infer, data, started, "multipart" if media == MULTIPART else "raw")
+            result = await run_in_threadpool(handle, data, started, "multipart" if media == MULTIPART else "raw")
         except ApiError as e:
-            if e.reason != "inference":  # already logged
-                await run_in_threadpool(log_failure, e.status, e.reason, media, started)
+            if e.status != 500:  # a 500 is logged where it happened (failed())
+                await run_in_threadpool(log_failure, e.status, e.reason, media[:100], started)
             raise
         return JSONResponse(result)
 

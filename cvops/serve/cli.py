@@ -16,6 +16,7 @@ gauges against the model's reference profile on ``/metrics``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
@@ -46,16 +47,19 @@ def serve_export(cfg: Any, export: Any, curate: Optional[Any], recipe: Optional[
     """Serve an export artifact until interrupted (``cvops serve`` and ``stages=[..., serve]``).
 
     Raises:
-        ConfigError: ``serve.backend`` cannot be served here (named, with the alternative).
+        ConfigError: ``serve.backend`` cannot be served here (named, with the alternative), or
+            ``serve.host`` is not loopback without a token and ``serve.allow_anonymous`` is false.
     """
     from pathlib import Path
 
     from cvops.config import ConfigError
     from cvops.monitor.profile import held_out, reference
     from cvops.monitor.source import request_log_dir
-    from cvops.serve.server import serve
+    from cvops.serve.server import LIMITS, check_exposure, serve
 
     mon, sv = cfg.monitor, cfg.serve
+    # before the reference profile is computed: a refused start says so at once
+    check_exposure(str(sv.host), os.environ.get(str(sv.token_env)) or None, str(sv.token_env), bool(sv.allow_anonymous))
     drift: Optional[Callable[[List[dict]], Dict[str, float]]] = None
     if curate is not None:  # live drift gauges against the model's reference profile
         ref, _, _ = reference(Path(cfg.paths.store), export.fingerprint, export.path("onnx"),
@@ -80,12 +84,13 @@ def serve_export(cfg: Any, export: Any, curate: Optional[Any], recipe: Optional[
     info = {"project": str(cfg.project), "recipe": recipe,
             "dataset_version": curate.metrics.get("dataset_version") if curate else None,
             "fingerprint": export.fingerprint, "train_fingerprint": train_fp,
-            "model": str(cfg.model.name), "onnx": str(model)}
+            "model": str(cfg.model.name), "onnx": Path(model).name}  # a file name: /v1/model never shows a path
+    limits = {k: float(sv[k]) for k in LIMITS}
     serve(model, host=str(sv.host), port=int(sv.port), info=info, log_dir=request_log_dir(cfg),
           sample_rate=float(sv.sample_rate), max_upload_mb=float(sv.max_upload_mb), max_pixels=int(sv.max_pixels),
           token_env=str(sv.token_env), drift=drift, workers=workers, drift_window=int(mon.drift_window),
           drift_every=int(mon.drift_every), engine_path=engine, max_batch=int(sv.max_batch),
-          batch_wait_ms=float(sv.batch_wait_ms))
+          batch_wait_ms=float(sv.batch_wait_ms), allow_anonymous=bool(sv.allow_anonymous), **limits)
 
 
 def main(argv: List[str]) -> int:
