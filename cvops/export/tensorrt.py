@@ -247,11 +247,15 @@ class EngineDetector:
         return self.engine.run(tensor)
 
     def predict(self, images: Sequence[np.ndarray]) -> List[Any]:
-        from cvops.export.runtime import split_outputs
+        """Detections for BGR uint8 images (:meth:`detect` of each prepared image)."""
+        return self.detect([self.preprocess.prepare(im) for im in images])
 
-        from cvops.export.runtime import run_padded
+    def detect(self, prepared: Sequence[Any]) -> List[Any]:
+        """Detections for images already preprocessed (``Preprocess.prepare``): the engine and the
+        un-letterboxing only, as :meth:`cvops.export.runtime.OnnxDetector.detect`."""
+        from cvops.export.runtime import run_padded, split_outputs
 
-        tensor, scales = self.preprocess.batch(images)
-        outputs = run_padded(self.run, tensor, self.fixed_batch or (None if len(tensor) <= self.engine.batch_range[1]
-                                                                    else self.engine.batch_range[1]))
-        return split_outputs(outputs, scales, [(im.shape[1], im.shape[0]) for im in images], self.preprocess)
+        tensor = np.stack([p.tensor for p in prepared])
+        chunk = self.fixed_batch or (None if len(tensor) <= self.engine.batch_range[1] else self.engine.batch_range[1])
+        outputs = run_padded(self.run, tensor, chunk)
+        return split_outputs(outputs, [p.scale for p in prepared], [p.size for p in prepared], self.preprocess)
