@@ -259,7 +259,6 @@ class Server:
 
 def _valid_bodies(n: int = 8) -> List[bytes]:
     import cv2
-    import numpy as np
 
     from helpers.make_data import picture
 

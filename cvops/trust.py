@@ -26,7 +26,7 @@ again where the value is used (:func:`check_targets` in
   mmcv; no ``custom_imports``, ``_base_``, ``load_from``, ``resume`` or
   ``work_dir``; keys are identifiers (they are written into the trained
   model's ``config.py``, which mmengine executes when it reads it back);
-  checkpoint URLs are https.
+  no ``http://`` checkpoints (https ones are downloaded and checked by cvops).
 * ``model.mmdet_config`` names a config inside the installed mmdet package
   (``mmdet::...``, no way out with ``..`` or links); a config file elsewhere
   only when its folder is listed in ``$CVOPS_TRUSTED_CONFIGS`` (the user's
@@ -292,8 +292,9 @@ def check_mmengine_options(options: Any, where: str = "model.cfg_options",
                 _check_registry_type(key, v, registry_names)
             elif k in ("_scope_", "default_scope") and v not in MMENGINE_SCOPES:
                 raise NotAllowed(key, v, f"scopes are {', '.join(sorted(MMENGINE_SCOPES))}")
-            elif k == "checkpoint" and isinstance(v, str) and "://" in v and not v.startswith("https://"):
-                raise NotAllowed(key, v, "remote checkpoints must be https:// URLs")
+            elif k == "checkpoint" and isinstance(v, str) and v.startswith("http://"):
+                raise NotAllowed(key, v, "remote checkpoints must be https:// URLs (or mmengine's torchvision:// "
+                                         "and open-mmlab:// zoos)")
 
 
 def _check_registry_type(key: str, value: Any, registry_names: Optional[FrozenSet[str]]) -> None:

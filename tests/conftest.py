@@ -87,3 +87,18 @@ def test_stages():
     register()
     yield
     unregister()
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny exported RTMDet (untrained, 128x128), built once per session for the serve tests."""
+    from helpers.tiny_model import make_onnx
+
+    return make_onnx(tmp_path_factory.mktemp("tiny-onnx-128"))
+
+
+@pytest.fixture(scope="session")
+def detector(model_path: Path):
+    from cvops.export.runtime import OnnxDetector
+
+    return OnnxDetector(model_path)

@@ -33,7 +33,6 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers.net import free_port  # noqa: E402
-from helpers.tiny_model import make_onnx  # noqa: E402
 
 from cvops.export.runtime import OnnxDetector  # noqa: E402
 from cvops.serve.app import create_app  # noqa: E402
@@ -47,20 +46,6 @@ STATS = ("brightness", "contrast", "sharpness", "saturation", "aspect")
 # ---------------------------------------------------------------------------
 # Fixtures and helpers
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny exported model, built once per session (tests/adversarial/test_serve_hostile.py shares it)."""
-    out = tmp_path_factory.getbasetemp() / "tiny-onnx-128"
-    if not (out / "model.onnx").is_file():
-        make_onnx(out)
-    return out / "model.onnx"
-
-
-@pytest.fixture(scope="session")
-def detector(model_path: Path) -> OnnxDetector:
-    return OnnxDetector(model_path)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ mmengine that has them is refused with a message saying so.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, List
 
 _done = False
@@ -77,7 +78,7 @@ def load(path: str) -> Any:
         raise ValueError(f"{path} is not a loadable checkpoint ({type(e).__name__}: {detail.splitlines()[0]})") from e
 
 
-def download(url: str, max_mb: float = 4096, timeout: float = 60.0) -> "Path":
+def download(url: str, max_mb: float = 4096, timeout: float = 60.0) -> Path:
     """Fetch a remote checkpoint into torch's hub cache (``<hub>/checkpoints/<name>``) and return its path.
 
     Only ``https://`` URLs, and only if every redirect stays on https. The
@@ -91,7 +92,6 @@ def download(url: str, max_mb: float = 4096, timeout: float = 60.0) -> "Path":
     import os
     import tempfile
     import urllib.request
-    from pathlib import Path
 
     import torch
 

@@ -113,13 +113,15 @@ def _pretrained(model_cfg: Any, load_from: Optional[str]) -> Tuple[Optional[str]
         init = d.get("init_cfg")
         if isinstance(init, dict) and init.get("type") == "Pretrained":
             ckpt = str(init.get("checkpoint", ""))
-            if "://" in ckpt and not ckpt.startswith("https://"):
+            if ckpt.startswith("http://"):
                 raise TrainConfigError(f"init_cfg checkpoint {ckpt}: remote checkpoints must be https:// URLs")
-            if "://" in ckpt and not _reachable(ckpt):
+            if not ckpt.startswith("https://"):  # a file, or mmengine's model zoos (torchvision://, open-mmlab://):
+                continue  # mmengine loads those with torch.load, whose default here is weights_only
+            if not _reachable(ckpt):
                 d["init_cfg"] = None
                 notes.append(f"pretrained backbone weights {ckpt} are unreachable (offline?): "
                              "training the backbone from scratch")
-            elif "://" in ckpt:  # mmengine would unpickle the download in full: fetch and check it ourselves
+            else:  # fetched (https only, every redirect too) and checked under weights_only by cvops itself
                 from cvops.train.checkpoint import download, load
 
                 local = download(ckpt)

@@ -35,7 +35,6 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from helpers.net import free_port  # noqa: E402
-from helpers.tiny_model import make_onnx  # noqa: E402
 
 from cvops.export.runtime import OnnxDetector, Prepared, Preprocess  # noqa: E402
 from cvops.serve.app import MicroBatcher, create_app, decode_cost  # noqa: E402
@@ -50,20 +49,6 @@ INTERNAL = re.compile(r"(?:/[\w.@+-]+){2,}|\b[\w-]+\.(?:py|pyx|cpp|cc|so)\b|\bat
 # ---------------------------------------------------------------------------
 # Fixtures and image builders
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny exported model, built once per session (tests/test_serve.py shares it)."""
-    out = tmp_path_factory.getbasetemp() / "tiny-onnx-128"
-    if not (out / "model.onnx").is_file():
-        make_onnx(out)
-    return out / "model.onnx"
-
-
-@pytest.fixture(scope="module")
-def detector(model_path: Path) -> OnnxDetector:
-    return OnnxDetector(model_path)
 
 
 @pytest.fixture
