@@ -104,6 +104,7 @@ class NotAllowed(ValueError):
 
 
 # ---------------------------------------------------------------- resolving
+@lru_cache(maxsize=None)
 def _plugins() -> Tuple[str, ...]:
     from importlib.metadata import entry_points
 

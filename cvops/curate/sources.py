@@ -23,6 +23,7 @@ Three rules hold for every format:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -129,10 +130,25 @@ def _short(v: Any, n: int = 60) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _real_dir(folder: str) -> str:
+    return os.path.realpath(folder)
+
+
 def _real(path: Any) -> Optional[str]:
-    """The real path (links resolved), or None for a name no file can have (NUL byte, ...)."""
+    """The real path (links resolved), or None for a name no file can have (NUL byte, ...).
+
+    ``realpath(folder/name)`` is ``realpath(folder)/name`` unless ``name`` is itself a link, so each
+    folder is resolved once (a dataset has few folders and many files); the cache is cleared per source.
+    """
     try:
-        return os.path.realpath(os.fspath(path))
+        text = os.fspath(path)
+        folder, name = os.path.split(text)
+        if name in ("", ".", "..") or "\x00" in text:
+            return os.path.realpath(text)
+        folder = folder if os.path.isabs(folder) else os.path.join(os.getcwd(), folder)  # the cache key is absolute
+        real = os.path.join(_real_dir(folder), name)
+        return os.path.realpath(real) if os.path.islink(real) else real
     except (ValueError, OSError, TypeError):
         return None
 
@@ -1179,6 +1195,7 @@ def read_source(index: int, src: Dict[str, Any], workdir: Path, ledger: Ledger,
         SourceError: the path is missing, the format unknown, the source unreadable, or every
             image it names lies outside the dataset root.
     """
+    _real_dir.cache_clear()  # links may have changed since the last source was read
     fmt = src.get("format")
     path = Path(str(src["path"])).expanduser() if src.get("path") else None
     if fmt != "synthetic":
