@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import urllib.parse
 from typing import List, Optional
 
 
@@ -74,8 +75,10 @@ def main(argv: List[str]) -> int:
     ds = fo.load_dataset(name)
     session = fo.launch_app(ds, port=args.port, address=args.address, remote=True, auto=False)
     host = "localhost" if args.address in ("0.0.0.0", "::") else args.address
-    print(f"FiftyOne App: http://{host}:{args.port}/  dataset {name} ({len(ds)} samples; {why}). Ctrl-C stops it.",
-          flush=True)
+    # the dataset's own URL: it opens that dataset whatever the session state (with FIFTYONE_DATABASE_URI the
+    # App's root page shows "No dataset selected")
+    url = f"http://{host}:{args.port}/datasets/{urllib.parse.quote(name)}"
+    print(f"FiftyOne App: {url}  dataset {name} ({len(ds)} samples; {why}). Ctrl-C stops it.", flush=True)
     try:
         session.wait(-1)
     except KeyboardInterrupt:

@@ -30,8 +30,9 @@ def _app_dom(cvops, tmp_path, *args: str) -> tuple:
         while time.time() - t0 < 120 and "FiftyOne App:" not in line:
             line = app.stdout.readline()
             assert line or app.poll() is None, "cvops app exited early"
+        url = re.search(r"FiftyOne App: (\S+)", line).group(1).replace("localhost", "127.0.0.1")
         dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",
-                              "--virtual-time-budget=20000", "--dump-dom", f"http://127.0.0.1:{port}/"],
+                              "--virtual-time-budget=20000", "--dump-dom", url],
                              capture_output=True, text=True, timeout=120).stdout
         return line, dom
     finally:
