@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from helpers.images import encode, pil_bytes  # noqa: E402
 from helpers.net import free_port  # noqa: E402
 
 from cvops.export.runtime import OnnxDetector  # noqa: E402
@@ -76,18 +77,6 @@ def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
         color = tuple(int(c) for c in rng.integers(0, 255, 3))
         cv2.rectangle(img, (x, y), (x + int(rng.integers(5, w // 3)), y + int(rng.integers(5, h // 3))), color, -1)
     return img
-
-
-def encode(bgr: np.ndarray, ext: str = ".jpg") -> bytes:
-    ok, buf = cv2.imencode(ext, bgr)
-    assert ok
-    return buf.tobytes()
-
-
-def pil_bytes(image: Image.Image, fmt: str = "PNG", **kwargs: Any) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kwargs)
-    return buf.getvalue()
 
 
 def huge_png(width: int = 20000, height: int = 20000) -> bytes:

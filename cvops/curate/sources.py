@@ -1019,6 +1019,7 @@ class _Extraction:
 
         try:
             z = zipfile.ZipFile(self.archive)
+        # NotImplementedError is zipfile's answer to an unsupported compression method (a member it cannot read)
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
             raise SourceError(f"{self.archive}: the zip directory cannot be read ({type(e).__name__}: {e}); "
                               "re-create or re-download the archive") from e

@@ -9,7 +9,6 @@ Hypothesis fuzz (fixed seed) over upload bodies.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from helpers.images import encode, pil_bytes  # noqa: E402
 from helpers.net import free_port  # noqa: E402
 
 from cvops.export.runtime import OnnxDetector, Prepared, Preprocess  # noqa: E402
@@ -77,18 +77,6 @@ def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
         color = tuple(int(c) for c in rng.integers(0, 255, 3))
         cv2.rectangle(img, (x, y), (x + max(w // 4, 1), y + max(h // 4, 1)), color, -1)
     return img
-
-
-def encode(bgr: np.ndarray, ext: str = ".jpg") -> bytes:
-    ok, buf = cv2.imencode(ext, bgr)
-    assert ok
-    return buf.tobytes()
-
-
-def pil_bytes(image: Image.Image, fmt: str = "PNG", **kwargs: Any) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kwargs)
-    return buf.getvalue()
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
