@@ -26,9 +26,10 @@ from omegaconf.errors import OmegaConfBaseException
 from cvops import recipes
 from cvops.trust import NotAllowed, check_config
 from cvops.recipes import CONF_DIR, available_recipes, find_recipe, recipe_dirs
-from cvops.schema import GROUPS, STAGES, CvopsConfig
+from cvops.schema import GROUPS
+from cvops.stages import graph, register_configs
 
-ConfigStore.instance().store(name="cvops_schema", node=CvopsConfig)
+register_configs(ConfigStore.instance())
 
 
 class ConfigError(ValueError):
@@ -63,12 +64,13 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> None:
     variants = _variants(overrides)
     for variant in variants:
         cfg = compose_config(variant, hydra_node=True)
-        bad = [st for st in cfg.stages if st not in STAGES]
+        names = list(graph(cfg))
+        bad = [st for st in cfg.stages if st not in names]
         if bad:
-            close = {b: difflib.get_close_matches(b, STAGES, n=1) for b in bad}
+            close = {b: difflib.get_close_matches(b, names, n=1) for b in bad}
             hint = "; ".join(f"'{b}' -> did you mean '{c[0]}'?" for b, c in close.items() if c)
             raise ConfigError(f"unknown stage(s) {bad} in stages ({_origin(['stages'], variant)}); "
-                              f"stages are {list(STAGES)}" + (f". {hint}" if hint else ""))
+                              f"stages are {names}" + (f". {hint}" if hint else ""))
         extra = next(_unknown(cfg, skip=("hydra",)), None)
         if extra is not None:  # `+key=value` force-adds past the schema; refuse it here
             raise ConfigError(_unknown_key_message(_split_key(extra), _origin(_split_key(extra), variant)))
@@ -234,7 +236,9 @@ def _split_key(key: str) -> List[str]:
 
 def _schema_fields(parts: Sequence[str]) -> Optional[Dict[str, Any]]:
     """Field name -> type of the dataclass at ``parts`` (None if free-form)."""
-    cls: Any = CvopsConfig
+    from cvops.stages import root_schema
+
+    cls: Any = root_schema()
     for p in parts:
         if not dataclasses.is_dataclass(cls):
             return None
@@ -242,6 +246,8 @@ def _schema_fields(parts: Sequence[str]) -> Optional[Dict[str, Any]]:
         if p not in hints:
             return None
         cls = hints[p]
+        if typing.get_origin(cls) is typing.Union:  # Optional[<plug-in schema>]
+            cls = next((a for a in typing.get_args(cls) if a is not type(None)), cls)
     if not dataclasses.is_dataclass(cls):
         return None
     return typing.get_type_hints(cls)
@@ -373,7 +379,7 @@ def to_container(cfg: DictConfig, key: Optional[str] = None) -> Any:
     """Resolved plain-Python copy of ``cfg`` (or of ``cfg[key]``)."""
     node = cfg if key is None else OmegaConf.select(cfg, key)
     if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
     return node
 
 

@@ -1,16 +1,19 @@
-"""The stage graph: order, fingerprints, cache, run manifest.
+"""The stage graph: order, fingerprints, cache, run manifest, hooks.
 
-Every stage is a function of (its config sections, its upstream artifacts) ->
-(its artifacts, its metrics). For each stage the runner computes
+Every stage (declared in :mod:`cvops.stages`) is a function of (its declared
+config sections, its declared upstream artifacts) -> (its artifacts, its
+metrics). For each stage the runner computes
 
     fingerprint = sha256(config sections, upstream fingerprints, code version)
 
 before anything runs, reuses a complete artifact with that fingerprint from
 the store, builds the rest in order under a file lock, and records every
-decision in ``run.json`` (see :mod:`cvops.manifest`).
+decision in ``run.json`` (see :mod:`cvops.manifest`). The stage sees only what
+its fingerprint covers: ``ctx.config`` holds the declared sections alone.
 
-A stage implementation is ``run(ctx: StageContext) -> StageResult`` in
-``cvops.<stage>.stage``; plug-ins and tests may :func:`register_stage` their own.
+Around each stage the runner calls its hooks (:class:`Hooks`): the tracker is
+started and finished there, and the stage's reports are published into the
+run dir, whether it ran or came from the cache.
 """
 
 from __future__ import annotations
@@ -24,63 +27,34 @@ import inspect
 import json
 import logging
 import re
+import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from cvops.artifacts import Artifact, ArtifactStore, StoreError
 from cvops.config import ConfigError, to_container
 from cvops.manifest import RunManifest
+from cvops.stages import (BUILTIN_NAMES, Stage, StageContext, StageFn, StageResult, declared, graph,
+                          typed_view)
 
 log = logging.getLogger("cvops")
 PKG_DIR = Path(__file__).resolve().parent
 
-
-@dataclass(frozen=True)
-class StageSpec:
-    """What defines a stage (its identity for the cache)."""
-
-    name: str
-    sections: Tuple[str, ...]  # config keys whose values enter the fingerprint
-    inputs: Tuple[str, ...]  # upstream stages whose artifacts it reads
-    libraries: Tuple[str, ...] = ()  # distributions whose versions enter the fingerprint
-    cacheable: bool = True  # serve is a process, not an artifact
-    exclude: Tuple[str, ...] = ()  # keys that do not change the result (train.resume)
-    resume_key: Optional[str] = None  # when this key is true, an unfinished build is kept to resume from
-    #: "module:function" of ``f(cfg) -> str``: the state of inputs outside the recipe (a request log, a folder,
-    #: the host's TensorRT/GPU), added to the fingerprint so a change there means a new build
-    external: Optional[str] = None
-    issue: Optional[int] = None  # where an unimplemented stage is tracked
-
-
-SPECS: Dict[str, StageSpec] = {
-    s.name: s
-    for s in (
-        StageSpec("curate", ("project", "data", "curate"), (), ("fiftyone", "pillow", "opencv-python-headless"), issue=3),
-        StageSpec("train", ("model", "train"), ("curate",), ("torch", "mmcv", "mmdet", "mmengine"), exclude=("train.resume",),
-                  resume_key="train.resume", issue=4),
-        StageSpec("evaluate", ("evaluate",), ("curate", "train"), ("pycocotools", "fiftyone"), issue=4),
-        StageSpec("export", ("export", "evaluate.confusion_score_thr"), ("curate", "train"),
-                  ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "tensorrt"),
-                  external="cvops.export.host:signature", issue=5),
-        StageSpec("serve", ("serve",), ("export",), cacheable=False, issue=6),
-        StageSpec("monitor", ("monitor", "serve.log_dir"), ("curate", "train", "export"),
-                  external="cvops.monitor.source:signature", issue=6),
-    )
-}
-ORDER: Tuple[str, ...] = tuple(SPECS)
-
-StageFn = Callable[["StageContext"], "StageResult"]
+#: The built-in lifecycle order (a recipe's graph may add plug-in stages: :func:`cvops.stages.graph`).
+ORDER = BUILTIN_NAMES
 _REGISTRY: Dict[str, StageFn] = {}
 
 
 def register_stage(name: str, fn: Optional[StageFn]) -> None:
-    """Use ``fn`` as the implementation of stage ``name`` (None: back to the default)."""
-    if name not in SPECS:
-        raise KeyError(f"unknown stage '{name}'; stages: {', '.join(ORDER)}")
+    """Use ``fn`` as the implementation of stage ``name`` in this process (None: back to the declared one).
+
+    For tests and notebooks; an installed package adds stages through entry points (:mod:`cvops.stages`).
+    """
+    if name not in declared():
+        raise KeyError(f"unknown stage '{name}'; stages: {', '.join(declared())}")
     if fn is None:
         _REGISTRY.pop(name, None)
     else:
@@ -91,39 +65,7 @@ def implementation(name: str) -> Optional[StageFn]:
     """The stage's ``run`` function, or None while it is not implemented."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    module = f"cvops.{name}.stage"
-    try:
-        if importlib.util.find_spec(module) is None:
-            return None
-    except ModuleNotFoundError:
-        return None
-    return getattr(importlib.import_module(module), "run")
-
-
-@dataclass
-class StageContext:
-    """What a stage gets: its config, its inputs, a directory to write into."""
-
-    name: str
-    cfg: DictConfig  # the whole composed recipe
-    section: Dict[str, Any]  # the stage's own resolved config sections
-    workdir: Path  # artifact directory (empty unless resuming)
-    inputs: Dict[str, Artifact]  # upstream artifacts by stage name
-    run_dir: Path  # the Hydra run dir of this run
-    fingerprint: str
-    resuming: bool = False
-    store_id: str = ""  # the artifact store's identity (ArtifactStore.id): names what this build owns elsewhere
-
-
-@dataclass
-class StageResult:
-    """What a stage returns. ``artifacts`` maps names to paths inside ``workdir``."""
-
-    artifacts: Dict[str, str] = field(default_factory=dict)
-    metrics: Dict[str, Any] = field(default_factory=dict)
-    #: set when part of the stage could not run on this host (e.g. no GPU for TensorRT): the artifact is
-    #: kept and used downstream, the stage is recorded ``skipped`` with this reason
-    skipped: Optional[str] = None
+    return declared()[name].implementation()
 
 
 class UpstreamMissing(ConfigError):
@@ -184,10 +126,12 @@ def _imports(path: Path) -> List[str]:
     return [m for m in out if m == "cvops" or m.startswith("cvops.")]
 
 
-#: Plumbing every stage imports (the runner, the store, config composition and checks): it moves artifacts
-#: and config values, which enter fingerprints on their own; it does not shape what a stage computes, so an
-#: edit to it does not invalidate every artifact (the stage packages and the shared layers they use do).
-PLUMBING = frozenset({"runner.py", "artifacts.py", "manifest.py", "config.py", "recipes.py", "schema.py", "trust.py"})
+#: Plumbing every stage imports (the runner, the store, config composition and checks, the stage declarations):
+#: it moves artifacts and config values, which enter fingerprints on their own; it does not shape what a
+#: stage computes, so an edit to it does not invalidate every artifact (the stage packages and the shared
+#: layers they use do).
+PLUMBING = frozenset({"runner.py", "stages.py", "artifacts.py", "manifest.py", "config.py", "recipes.py",
+                      "schema.py", "trust.py"})
 
 
 def source_closure(roots: Sequence[Path]) -> List[Path]:
@@ -217,29 +161,38 @@ def source_closure(roots: Sequence[Path]) -> List[Path]:
     return sorted(seen)
 
 
-def code_version(name: str, fn: Optional[StageFn]) -> str:
+def _roots(stage: Stage, fn: Optional[StageFn]) -> List[Path]:
+    """The files a stage's code version starts from: its package (every file in it), or a registered
+    function's own module."""
+    if stage.name in _REGISTRY and fn is not None:
+        src = inspect.getsourcefile(fn)
+        return [Path(src)] if src else []
+    module = stage.run.partition(":")[0]
+    spec = importlib.util.find_spec(module.rpartition(".")[0] or module)
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:  # the stage's package: all of it
+        return sorted(p for d in spec.submodule_search_locations for p in Path(d).rglob("*.py"))
+    return [Path(spec.origin)] if spec.origin else []
+
+
+def code_version(stage: Stage, fn: Optional[StageFn]) -> str:
     """Hash of the code that produces a stage's artifact.
 
-    The stage's source (its ``cvops/<stage>/`` package, or the module of a
-    registered function) and every cvops module it imports, transitively (so
-    an edit to the COCO evaluator rebuilds the exports that gate on it), plus
-    the versions of the libraries it depends on.
+    The stage's package (``cvops/<stage>/``, a plug-in's own package, or the
+    module of a registered function) and every cvops module it imports,
+    transitively (so an edit to the COCO evaluator in the detector layer
+    rebuilds the exports that gate on it), plus the versions of the libraries
+    it depends on.
     """
     h = hashlib.sha256()
-    roots: List[Path] = []
-    pkg = PKG_DIR / name
-    if name not in _REGISTRY and pkg.is_dir():
-        roots = sorted(pkg.rglob("*.py"))
-    elif fn is not None:
-        src = inspect.getsourcefile(fn)
-        roots = [Path(src)] if src else []
-    for f in source_closure(tuple(roots)):
+    for f in source_closure(tuple(_roots(stage, fn))):
         try:
             h.update(str(f.relative_to(PKG_DIR)).encode())
         except ValueError:
             h.update(f.name.encode())
         h.update(f.read_bytes())
-    for lib in SPECS[name].libraries:
+    for lib in stage.libraries:
         try:
             h.update(f"{lib}=={importlib.metadata.version(lib)}".encode())
         except importlib.metadata.PackageNotFoundError:
@@ -247,28 +200,105 @@ def code_version(name: str, fn: Optional[StageFn]) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprints(cfg: DictConfig, stages: Sequence[str] = ORDER) -> Dict[str, Dict[str, Any]]:
-    """Fingerprint (and what went into it) of every stage, without running anything."""
+def _external(stage: Stage, cfg: DictConfig) -> str:
+    mod, fun = stage.external.split(":")  # type: ignore[union-attr]
+    view = typed_view(stage.name, cfg, stage.sections)
+    return getattr(importlib.import_module(mod), fun)(view, Path(str(cfg.paths.store)))
+
+
+def fingerprints(cfg: DictConfig) -> Dict[str, Dict[str, Any]]:
+    """Fingerprint (and what went into it) of every stage of the recipe's graph, without running anything."""
     out: Dict[str, Dict[str, Any]] = {}
-    for name in ORDER:
-        spec = SPECS[name]
-        section = {key: to_container(cfg, key) for key in spec.sections}
-        keyed = json.loads(json.dumps(section))
-        for ex in spec.exclude:
+    for name, stage in graph(cfg).items():
+        keyed = {key: to_container(cfg, key) for key in stage.sections}
+        for ex in stage.exclude:
             _drop(keyed, ex)
         fn = implementation(name)
         payload = {
             "stage": name,
-            "config": keyed,
-            "inputs": {i: out[i]["fingerprint"] for i in spec.inputs},
-            "code": code_version(name, fn),
+            "config": json.loads(_canonical(keyed)),
+            "inputs": {i: out[i]["fingerprint"] for i in stage.inputs},
+            "code": code_version(stage, fn),
         }
-        if spec.external:
-            mod, fun = spec.external.split(":")
-            payload["external"] = getattr(importlib.import_module(mod), fun)(cfg)
+        if stage.external:
+            payload["external"] = _external(stage, cfg)
         fp = hashlib.sha256(_canonical(payload).encode()).hexdigest()[:16]
-        out[name] = {"fingerprint": fp, "section": section, "implementation": fn, **payload}
+        out[name] = {"fingerprint": fp, "stage": stage, "implementation": fn, **payload}
     return out
+
+
+class UpstreamMissing(ConfigError):
+    """A requested stage needs an artifact that is neither stored nor requested."""
+
+
+class Hooks:
+    """Called by the runner around every stage; subclass and pass ``Runner(..., hooks=[...])``.
+
+    The default set (:func:`default_hooks`) starts and finishes the tracker
+    and publishes each stage's reports into the run dir.
+    """
+
+    def before_stage(self, ctx: StageContext) -> None:
+        """The stage is about to build (not called for a cached stage)."""
+
+    def after_stage(self, ctx: StageContext, art: Optional[Artifact], result: StageResult) -> None:
+        """The stage built (``art`` is None for a stage that is not cached, e.g. serve)."""
+
+    def on_cached(self, art: Artifact, run_dir: Path) -> None:
+        """The stage's artifact came from the store."""
+
+    def on_failure(self, ctx: StageContext, error: BaseException) -> None:
+        """The stage raised; the run stops after the hooks ran."""
+
+
+class TrackerHook(Hooks):
+    """The recipe's tracker, once per stage: started by the stage's first log, finished here."""
+
+    def before_stage(self, ctx: StageContext) -> None:
+        pass  # ctx.tracker is made by the runner; it starts lazily
+
+    def after_stage(self, ctx: StageContext, art: Optional[Artifact], result: StageResult) -> None:
+        ctx.tracker.close(result.metrics)
+
+    def on_failure(self, ctx: StageContext, error: BaseException) -> None:
+        ctx.tracker.close({"failed": f"{type(error).__name__}: {error}"})
+
+
+class ReportsHook(Hooks):
+    """Each stage's reports (``StageResult.reports``, kept in its manifest) appear in ``<run dir>/<stage>/``:
+    copied when small, linked to the store when large (checkpoints)."""
+
+    LINK_ABOVE = 8 << 20
+
+    def after_stage(self, ctx: StageContext, art: Optional[Artifact], result: StageResult) -> None:
+        if art is not None:
+            self.publish(art, ctx.run_dir)
+
+    def on_cached(self, art: Artifact, run_dir: Path) -> None:
+        self.publish(art, run_dir)
+
+    def publish(self, art: Artifact, run_dir: Path) -> None:
+        out = run_dir / art.stage
+        for rel in art.manifest.get("reports", []):
+            src = art.dir / rel
+            if not src.exists():
+                continue
+            dst = out / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_symlink() or dst.is_file():
+                dst.unlink()
+            elif dst.is_dir():
+                shutil.rmtree(dst)
+            if src.is_dir():
+                shutil.copytree(src, dst, symlinks=True)
+            elif src.stat().st_size > self.LINK_ABOVE:
+                dst.symlink_to(src.resolve())
+            else:
+                shutil.copyfile(src, dst)
+
+
+def default_hooks() -> List[Hooks]:
+    return [TrackerHook(), ReportsHook()]
 
 
 class Runner:
@@ -278,23 +308,30 @@ class Runner:
         cfg: the composed, validated recipe.
         run_dir: the Hydra run dir; ``run.json`` goes there.
         recipe: the recipe name (for the manifest), if any.
+        hooks: called around every stage (default: :func:`default_hooks`).
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, recipe: Optional[str] = None) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, recipe: Optional[str] = None,
+                 hooks: Optional[Sequence[Hooks]] = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.store = ArtifactStore(cfg.paths.store)
+        self.graph = graph(cfg)
         self.requested = self._requested(list(cfg.stages))
         self.manifest = RunManifest(self.run_dir / "run.json", cfg, recipe)
+        self.hooks = list(default_hooks() if hooks is None else hooks)
 
-    @staticmethod
-    def _requested(stages: List[str]) -> List[str]:
-        unknown = [s for s in stages if s not in SPECS]
+    def _requested(self, stages: List[str]) -> List[str]:
+        unknown = [s for s in stages if s not in self.graph]
         if unknown:
-            raise ConfigError(f"unknown stage(s) {unknown} in 'stages'; choose from {list(ORDER)}")
+            inactive = [s for s in unknown if s in declared()]
+            hint = (f"; {inactive} {'is a plug-in stage' if len(inactive) == 1 else 'are plug-in stages'} whose "
+                    f"config group the recipe does not select: add {', '.join(f'{s}=default' for s in inactive)}"
+                    if inactive else "")
+            raise ConfigError(f"unknown stage(s) {unknown} in 'stages'; choose from {list(self.graph)}{hint}")
         if len(set(stages)) != len(stages):
             raise ConfigError(f"'stages' lists a stage twice: {stages}")
-        return [s for s in ORDER if s in stages]
+        return [s for s in self.graph if s in stages]
 
     def plan(self) -> Dict[str, Dict[str, Any]]:
         """Fingerprints for every stage; checks that requested stages have their inputs.
@@ -303,10 +340,11 @@ class Runner:
             UpstreamMissing: naming the stage to run first and the command to do it.
         """
         fps = fingerprints(self.cfg)
+        order = list(self.graph)
 
         def missing(stage: str, seen: set) -> List[str]:  # upstream stages neither requested nor stored
             out: List[str] = []
-            for up in SPECS[stage].inputs:
+            for up in self.graph[stage].inputs:
                 if up in seen or up in self.requested or self.store.is_complete(up, fps[up]["fingerprint"]):
                     continue
                 seen.add(up)
@@ -316,8 +354,8 @@ class Runner:
         for name in self.requested:
             absent = missing(name, set())
             if absent:
-                need = [s for s in ORDER if s in self.requested or s in absent]
-                what = ", ".join(f"'{u}' (fingerprint {fps[u]['fingerprint']})" for u in ORDER if u in absent)
+                need = [s for s in order if s in self.requested or s in absent]
+                what = ", ".join(f"'{u}' (fingerprint {fps[u]['fingerprint']})" for u in order if u in absent)
                 raise UpstreamMissing(
                     f"stage '{name}' needs the {what} artifact{'s' if len(absent) > 1 else ''} for this config, "
                     f"which {'are' if len(absent) > 1 else 'is'} not in the store {self.store.root}. "
@@ -334,27 +372,27 @@ class Runner:
             self.store.check_writable()
             fps = self.plan()
             log.info("cvops · %s · run dir %s · store %s", self.cfg.project, self.run_dir, self.store.root)
-            for name in ORDER:
-                spec, fp = SPECS[name], fps[name]["fingerprint"]
+            for name, stage in self.graph.items():
+                fp = fps[name]["fingerprint"]
                 if name not in self.requested:
-                    users = [r for r in self.requested if name in SPECS[r].inputs]
-                    art = self.store.get(name, fp) if spec.cacheable and users else None
+                    users = [r for r in self.requested if name in self.graph[r].inputs]
+                    art = self.store.get(name, fp) if stage.cacheable and users else None
                     if art is not None:
                         done[name] = art
                         self._cached(art, time.perf_counter(), f"pulled in from the store as input of {', '.join(users)}")
                     continue
-                why = next((f"input '{u}' {blocked[u]}" for u in spec.inputs if u in blocked), None)
+                why = next((f"input '{u}' {blocked[u]}" for u in stage.inputs if u in blocked), None)
                 if why:
                     self._skip(name, fp, why)
                     blocked[name] = "was not built"
                     continue
                 fn = fps[name]["implementation"]
                 if fn is None:
-                    why = f"the {name} stage is not implemented in this cvops version yet (issue #{spec.issue})"
+                    why = f"the {name} stage is not implemented in this cvops version yet (issue #{stage.issue})"
                     self._skip(name, fp, why)
                     blocked[name] = "is not implemented yet"
                     continue
-                art = self._run_stage(name, fp, fps[name], fn, done)
+                art = self._run_stage(stage, fp, fps[name], fn, done)
                 if art is not None:
                     done[name] = art
         except BaseException as e:
@@ -368,25 +406,51 @@ class Runner:
         self.manifest.stage(name, status="skipped", fingerprint=fp, seconds=0.0, reason=reason)
         log.info("  %-9s skipped  %s", name, reason)
 
-    def _context(self, name: str, fp: str, info: Dict[str, Any], workdir: Path, done: Dict[str, Artifact], resuming: bool) -> StageContext:
-        inputs = {u: done[u] for u in SPECS[name].inputs}
-        return StageContext(name, self.cfg, info["section"], workdir, inputs, self.run_dir, fp, resuming,
-                            store_id=self.store.id)
+    def _context(self, stage: Stage, fp: str, workdir: Path, done: Dict[str, Artifact], resuming: bool) -> StageContext:
+        from cvops.track import StageTracker
 
-    def _run_stage(self, name: str, fp: str, info: Dict[str, Any], fn: StageFn, done: Dict[str, Artifact]) -> Optional[Artifact]:
-        spec = SPECS[name]
+        inputs = {u: done[u] for u in stage.inputs}
+        tracker = StageTracker(self.cfg.tracker, workdir, stage.name, fp, to_container(self.cfg), str(self.cfg.project))
+        return StageContext(stage.name, typed_view(stage.name, self.cfg, stage.sections), workdir, inputs, fp,
+                            self.store, tracker, self.run_dir, resuming)
+
+    def _call(self, fn: StageFn, ctx: StageContext, t0: float) -> StageResult:
+        for h in self.hooks:
+            h.before_stage(ctx)
+        try:
+            result = fn(ctx)
+            if not isinstance(result, StageResult):
+                raise TypeError(f"stage '{ctx.name}' returned {type(result).__name__}, not a StageResult")
+        except BaseException as e:
+            for h in self.hooks:
+                try:
+                    h.on_failure(ctx, e)
+                except Exception as he:  # a hook must not hide the stage's own error
+                    log.warning("  %-9s hook %s failed: %s", ctx.name, type(h).__name__, he)
+            self._failed(ctx.name, ctx.fingerprint, t0, e)
+            raise
+        return result
+
+    def _after(self, ctx: StageContext, art: Optional[Artifact], result: StageResult) -> None:
+        for h in self.hooks:
+            try:
+                h.after_stage(ctx, art, result)
+            except Exception as e:  # the artifact is committed: a report or tracker problem is a warning
+                log.warning("  %-9s hook %s failed: %s", ctx.name, type(h).__name__, e)
+
+    def _run_stage(self, stage: Stage, fp: str, info: Dict[str, Any], fn: StageFn,
+                   done: Dict[str, Artifact]) -> Optional[Artifact]:
+        name = stage.name
         t0 = time.perf_counter()
-        if not spec.cacheable:
+        if not stage.cacheable:
             workdir = self.run_dir / name
             workdir.mkdir(parents=True, exist_ok=True)
-            try:
-                result = fn(self._context(name, fp, info, workdir, done, False))
-            except BaseException as e:
-                self._failed(name, fp, t0, e)
-                raise
+            ctx = self._context(stage, fp, workdir, done, False)
+            result = self._call(fn, ctx, t0)
             secs = time.perf_counter() - t0
             self.manifest.stage(name, status="ran", fingerprint=fp, seconds=secs,
                                 artifacts={k: str(workdir / v) for k, v in result.artifacts.items()}, metrics=result.metrics)
+            self._after(ctx, None, result)
             log.info("  %-9s ran      %6.1fs", name, secs)
             return None
 
@@ -394,7 +458,7 @@ class Runner:
         if existing is not None:
             self._cached(existing, t0, "in the store")
             return existing
-        keep = bool(OmegaConf.select(self.cfg, spec.resume_key)) if spec.resume_key else False
+        keep = bool(OmegaConf.select(self.cfg, stage.resume_key)) if stage.resume_key else False
 
         def waiting(d: Path) -> None:
             log.info("  %-9s waiting  another run is building %s", name, d)
@@ -407,9 +471,10 @@ class Runner:
                 return art
             log.info("  %-9s running  fp %s -> %s", name, fp, builder.dir)
             resuming = keep and any(builder.dir.iterdir())
+            ctx = self._context(stage, fp, builder.dir, done, resuming)
+            result = self._call(fn, ctx, t0)
+            secs = time.perf_counter() - t0
             try:
-                result = fn(self._context(name, fp, info, builder.dir, done, resuming))
-                secs = time.perf_counter() - t0
                 art = builder.commit({
                     "stage": name,
                     "fingerprint": fp,
@@ -421,11 +486,13 @@ class Runner:
                     "code": info["code"],
                     "artifacts": result.artifacts,
                     "metrics": result.metrics,
+                    "reports": list(result.reports),
                     **({"skipped": result.skipped} if result.skipped else {}),
                 })
             except BaseException as e:
                 self._failed(name, fp, t0, e)
                 raise
+        self._after(ctx, art, result)
         if result.skipped:
             self.manifest.stage(name, status="skipped", fingerprint=fp, seconds=secs, artifacts=self._abs(art),
                                 metrics=art.metrics, reason=result.skipped)
@@ -437,6 +504,11 @@ class Runner:
         return art
 
     def _cached(self, art: Artifact, t0: float, why: str) -> None:
+        for h in self.hooks:
+            try:
+                h.on_cached(art, self.run_dir)
+            except Exception as e:
+                log.warning("  %-9s hook %s failed: %s", art.stage, type(h).__name__, e)
         secs = time.perf_counter() - t0
         if art.manifest.get("skipped"):  # still partly skipped: say so again, from the cache
             self.manifest.stage(art.stage, status="skipped", fingerprint=art.fingerprint, seconds=secs,
@@ -459,5 +531,5 @@ class Runner:
         return {"dir": str(art.dir), **{k: str(art.dir / v) for k, v in art.manifest.get("artifacts", {}).items()}}
 
 
-__all__ = ["Runner", "StageContext", "StageResult", "StageSpec", "SPECS", "ORDER", "register_stage",
-           "fingerprints", "UpstreamMissing", "StoreError"]
+__all__ = ["Runner", "Hooks", "StageContext", "StageResult", "Stage", "ORDER", "register_stage", "fingerprints",
+           "code_version", "source_closure", "UpstreamMissing", "StoreError"]

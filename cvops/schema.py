@@ -13,12 +13,82 @@ per-source options); everything else is checked.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
 #: Lifecycle stages in execution order.
 STAGES = ("curate", "train", "evaluate", "export", "serve", "monitor")
+
+
+# ------------------------------------------------------------------ choices
+class Choice(str, Enum):
+    """A closed set of values: preflight rejects anything else, naming the choices.
+
+    Members equal their text (``ExportFormat.onnx == "onnx"``), print as it and
+    go into fingerprints and ``run.json`` as it.
+    """
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @classmethod
+    def names(cls) -> List[str]:
+        return [m.value for m in cls]
+
+
+class DataFormat(Choice):
+    synthetic = "synthetic"
+    coco = "coco"
+    voc = "voc"
+    yolo = "yolo"
+    images = "images"
+    video = "video"
+    sources = "sources"
+
+
+class DedupPolicy(Choice):
+    keep_first = "keep_first"
+    keep_sharpest = "keep_sharpest"
+
+
+class DifferingLabels(Choice):
+    keep = "keep"
+    drop = "drop"
+
+
+class Device(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Launcher(Choice):
+    none = "none"
+    pytorch = "pytorch"
+    slurm = "slurm"
+
+
+class ExportFormat(Choice):
+    onnx = "onnx"
+    tensorrt = "tensorrt"
+
+
+class CalibMethod(Choice):
+    percentile = "percentile"
+    minmax = "minmax"
+    entropy = "entropy"
+
+
+class ServeBackend(Choice):
+    onnxruntime = "onnxruntime"
+    tensorrt = "tensorrt"
+
+
+class Mode(Choice):
+    max = "max"
+    min = "min"
 
 
 # --------------------------------------------------------------------- data
@@ -49,7 +119,7 @@ class SyntheticConfig:
 class DataConfig:
     """Where the data comes from: one source, or several under ``sources``."""
 
-    format: str = MISSING  # synthetic | coco | voc | yolo | images | video | sources
+    format: DataFormat = MISSING
     path: Optional[str] = MISSING  # file or folder of the source (null for synthetic)
     images_root: Optional[str] = None  # COCO: image root if not beside the json
     classes: Optional[List[str]] = None  # fixes class list and order
@@ -80,9 +150,9 @@ class DedupConfig:
 
     enabled: bool = True
     hamming_threshold: int = 4  # near-duplicate if perceptual hashes differ <= this
-    policy: str = "keep_first"  # which of equivalent duplicates stays: keep_first | keep_sharpest
+    policy: DedupPolicy = DedupPolicy.keep_first  # which of equivalent duplicates stays
     label_iou: float = 0.8  # labels are "the same" when every box matches one of the same class at this IoU
-    differing_labels: str = "keep"  # keep (grouped in one split) | drop (one image per cluster: loses labels)
+    differing_labels: DifferingLabels = DifferingLabels.keep  # keep (grouped in one split) | drop (one image per cluster: loses labels)
 
 
 @dataclass
@@ -137,9 +207,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     val_interval: int = 1
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = Device.auto
     resume: bool = False
-    launcher: str = "none"  # none | pytorch (torchrun) | slurm
+    launcher: Launcher = Launcher.none  # none | pytorch (torchrun) | slurm
     gpus: int = 1
     num_workers: int = 2
     log_interval: int = 10
@@ -175,7 +245,7 @@ class TensorRTConfig:
 
 @dataclass
 class ExportConfig:
-    format: str = "onnx"  # onnx | tensorrt
+    format: ExportFormat = ExportFormat.onnx
     opset: int = 18  # the dynamo exporter writes opset >= 18
     batch: str = "dynamic"  # dynamic | an integer as text, e.g. "1"
     max_det: int = 100
@@ -185,7 +255,7 @@ class ExportConfig:
     calib_images: int = 24  # INT8 calibration images from the curated train split (every class represented)
     # percentile (robust to outliers; holds every activation of every calibration image in memory: ~130 MB per
     # 320x320 image) | minmax (streams, little memory, but one outlier stretches a range) | entropy
-    calib_method: str = "percentile"
+    calib_method: CalibMethod = CalibMethod.percentile
     calib_seed: int = 0  # seeds the choice of calibration images
     latency_repeats: int = 20  # timed runs per (runtime, batch) in the latency table
     gate: GateConfig = field(default_factory=GateConfig)
@@ -198,7 +268,7 @@ class ExportConfig:
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    backend: str = "onnxruntime"  # onnxruntime | tensorrt
+    backend: ServeBackend = ServeBackend.onnxruntime
     max_upload_mb: float = 20.0
     max_pixels: int = 40_000_000
     log_dir: Optional[str] = None  # default: <store>/requests/<project>
@@ -275,7 +345,7 @@ class PathsConfig:
 @dataclass
 class LeaderboardConfig:
     metric: str = "evaluate.val_mAP"  # <stage>.<metric> from run.json
-    mode: str = "max"  # max | min
+    mode: Mode = Mode.max
 
 
 @dataclass

@@ -98,3 +98,59 @@ class WandbTracker(NullTracker):
             return run.url or str(Path(run.dir).parent)
         return getattr(self, "_ref", None)
 
+
+
+class StageTracker:
+    """The recipe's tracker for one stage (``ctx.tracker``), owned by the runner.
+
+    Started on first use (a stage that logs nothing opens no W&B run), named
+    ``<project>-<stage>-<fingerprint>``, with the whole recipe as its config;
+    finished by the runner after the stage (with the stage's metrics as the
+    summary), so a stage only logs.
+    """
+
+    def __init__(self, node: Any, dir: os.PathLike | str, stage: str, fingerprint: str, recipe: Dict[str, Any],
+                 project: str) -> None:
+        self._node, self.dir = node, Path(dir)
+        self.name = f"{project}-{stage}-{fingerprint[:8]}"
+        self.config = {"recipe": recipe, "stage": stage, "fingerprint": fingerprint}
+        self._tracker: Optional[NullTracker] = None
+        self._started = False
+        self._external = False  # mmengine's visualizer owns the run (train)
+
+    def _get(self) -> NullTracker:
+        if self._tracker is None:
+            from cvops.instantiate import instantiate
+
+            self._tracker = instantiate(self._node)
+        return self._tracker
+
+    def _start(self) -> NullTracker:
+        t = self._get()
+        if not self._started:
+            t.start(self.dir, self.name, self.config)
+            self._started = True
+        return t
+
+    def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
+        self._start().log(metrics, step)
+
+    def summary(self, values: Dict[str, Any]) -> None:
+        self._start().summary(values)
+
+    def mmengine_backends(self, extra: Optional[Dict[str, Any]] = None) -> list:
+        """mmengine visualizer backends that feed this tracker while mmengine trains (it owns that run)."""
+        self._external = True
+        return self._get().mmengine_backends(self.name, {**self.config, **(extra or {})})
+
+    def close(self, metrics: Dict[str, Any]) -> None:
+        """End of the stage: the metrics as summary, then finish (only if the stage used the tracker)."""
+        if self._started and self._tracker is not None:
+            try:
+                self._tracker.summary(metrics)
+            finally:
+                self._tracker.finish()
+
+    @property
+    def run_ref(self) -> Optional[str]:
+        return self._tracker.run_ref if self._tracker is not None else None

@@ -20,10 +20,10 @@ normalisation applied).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -33,7 +33,8 @@ import numpy as np
 from cvops.curate import dedup, split
 from cvops.curate.sources import Item, Ledger, SourceError, account_files, iter_sources, read_source
 from cvops.curate.validate import Sample, check_boxes, open_image, phash, sharpness, yolo_boxes
-from cvops.runner import StageContext, StageResult
+from cvops.schema import DedupConfig, DedupPolicy, DifferingLabels
+from cvops.stages import StageContext, StageResult
 
 log = logging.getLogger("cvops")
 
@@ -133,41 +134,38 @@ def _decode(items: List[Item], workdir: Path, ledger: Ledger, want_sharpness: bo
 
 # ---------------------------------------------------------------- the stage
 def run(ctx: StageContext) -> StageResult:
-    data, cur, project = ctx.section["data"], ctx.section["curate"], ctx.section["project"]
+    """Read every source, quarantine what cannot be used, deduplicate, split, export COCO, fill FiftyOne."""
+    data, cur, project = ctx.config.data, ctx.config.curate, ctx.config.project
     work = ctx.workdir
     ledger = Ledger()
     clock = _Clock()
-    items, declared = gather(data, work, ledger, cur["max_archive_mb"], int(cur["max_pixels"]))
+    items, declared = gather(dataclasses.asdict(data), work, ledger, cur.max_archive_mb, cur.max_pixels)
     clock.lap("read")
     if not items:
         reasons = Counter(r["reason"] for r in ledger.rows if r["kind"] == "image")
         top = ", ".join(f"{n}x {r}" for r, n in reasons.most_common(3))
         why = f"; {sum(reasons.values())} quarantined while reading: {top}" if reasons else ""
-        raise SourceError(f"no images found in data.path={data.get('path')} (format {data.get('format')}){why}")
+        raise SourceError(f"no images found in data.path={data.path} (format {data.format}){why}")
     images_in = len(items) + ledger.count("image")  # readers' image rows (outside the root, bad entries) came in too
     boxes_in = sum(len(it.boxes or []) + len(it.meta.get("normalized_boxes", [])) for it in items) + ledger.boxes()
-    class_map = dict(data.get("class_map") or {})
-    classes = list(data["classes"]) if data.get("classes") else \
+    class_map = dict(data.class_map or {})
+    classes = list(data.classes) if data.classes else \
         list(dict.fromkeys(class_map.get(c, c) for c in declared))
 
     samples: List[Sample] = []
     clipped = 0
-    dd = cur["dedup"]
-    if dd["policy"] not in ("keep_first", "keep_sharpest"):
-        raise SourceError(f"curate.dedup.policy='{dd['policy']}': use keep_first or keep_sharpest")
-    if dd["differing_labels"] not in ("keep", "drop"):
-        raise SourceError(f"curate.dedup.differing_labels='{dd['differing_labels']}': use keep (default) or drop")
-    for it, path, w, h, changes, boxes, sha, ph, sharp in _decode(items, work, ledger, dd["policy"] == "keep_sharpest"):
+    dd = cur.dedup  # choices (policy, differing_labels) are Enums: checked by the schema before the run
+    for it, path, w, h, changes, boxes, sha, ph, sharp in _decode(items, work, ledger, dd.policy is DedupPolicy.keep_sharpest):
         if it.declared_size and tuple(it.declared_size) != (w, h):
             ledger.add("image", it.ref, "image size differs from the annotation",
                        f"image {w}x{h}, annotation {it.declared_size[0]}x{it.declared_size[1]}",
                        boxes=len(boxes) + len(it.meta.get("normalized_boxes", [])))
             continue
         boxes = boxes + yolo_boxes(it, w, h)
-        kept, n_clipped = check_boxes(it, boxes, w, h, classes, class_map, float(cur["min_box_size"]),
-                                      bool(cur["clip_boxes"]), ledger)
+        kept, n_clipped = check_boxes(it, boxes, w, h, classes, class_map, cur.min_box_size,
+                                      cur.clip_boxes, ledger)
         clipped += n_clipped
-        if not kept and not cur["keep_empty"] and it.boxes is not None:
+        if not kept and not cur.keep_empty and it.boxes is not None:
             ledger.add("image", it.ref, "no boxes left (curate.keep_empty=false)", boxes=0)
             continue
         samples.append(Sample(path, it, w, h, kept, sha, changes, ph, sharp))
@@ -179,22 +177,22 @@ def run(ctx: StageContext) -> StageResult:
     kept_samples = [s for i, s in enumerate(samples) if i not in decision.dropped]
 
     # --- split (grouped, stratified, seeded): a source's groups (videos, group_by) joined with near-duplicate groups
-    sp = cur["split"]
-    group_by = sp.get("group_by")
+    sp = cur.split
+    group_by = sp.group_by
     groups = [str(s.item.meta.get(group_by) if group_by and group_by in s.item.meta else
                   getattr(s.item, group_by, None) if group_by else s.item.group) for s in kept_samples]
     groups = [g if g != "None" else f"#{i}" for i, g in enumerate(groups)]
     groups = _join_groups(groups, [index_of[id(s)] for s in kept_samples], decision.grouped)
-    fixed = [s.item.split for s in kept_samples] if sp["respect_source"] else None
-    splits = split.assign(groups, [[b.label for b in s.boxes] for s in kept_samples], dict(sp["ratios"]),
-                          int(sp["seed"]), bool(sp["stratify"]), fixed)
+    fixed = [s.item.split for s in kept_samples] if sp.respect_source else None
+    splits = split.assign(groups, [[b.label for b in s.boxes] for s in kept_samples], dict(sp.ratios),
+                          sp.seed, sp.stratify, fixed)
     for s, name in zip(kept_samples, splits):
         s.split = name
-    cross = _cross_split_near_dups(kept_samples, int(dd["hamming_threshold"]))
-    empty_splits = [k for k, v in sp["ratios"].items() if v > 0 and k not in splits]
+    cross = _cross_split_near_dups(kept_samples, dd.hamming_threshold)
+    empty_splits = [k for k, v in sp.ratios.items() if v > 0 and k not in splits]
     if empty_splits:
         log.warning("  curate: split(s) %s got no images (%d groups for %d splits); add data or change "
-                    "curate.split.ratios", empty_splits, len(set(groups)), len(sp["ratios"]))
+                    "curate.split.ratios", empty_splits, len(set(groups)), len(sp.ratios))
 
     # --- classes actually used, version, exports
     used = Counter(b.label for s in kept_samples for b in s.boxes)
@@ -203,7 +201,7 @@ def run(ctx: StageContext) -> StageResult:
         log.warning("  curate: classes declared but never used (not trained): %s", ", ".join(unused))
     final_classes = [c for c in classes if used[c] > 0]
     version = _version(kept_samples, final_classes)
-    exports = _export_coco(kept_samples, final_classes, work / "export", list(sp["ratios"]))
+    exports = _export_coco(kept_samples, final_classes, work / "export", list(sp.ratios))
     clock.lap("dedup_split_export")
 
     boxes_kept = sum(len(s.boxes) for s in kept_samples)
@@ -224,7 +222,7 @@ def run(ctx: StageContext) -> StageResult:
         "boxes_clipped": clipped,
         "classes": final_classes,
         "unused_classes": unused,
-        "splits": {k: splits.count(k) for k in sp["ratios"]},
+        "splits": {k: splits.count(k) for k in sp.ratios},
         "cross_split_near_duplicates": cross,
         "normalised_images": sum(1 for s in kept_samples if s.normalised),
         "videos_unreadable": ledger.count("video"),
@@ -238,10 +236,6 @@ def run(ctx: StageContext) -> StageResult:
 
     _write_quarantine(work / "quarantine.csv", ledger.rows + dedup_rows)
     plots = _plots(kept_samples, final_classes, work / "report")
-    run_report = ctx.run_dir / "curate"
-    run_report.mkdir(parents=True, exist_ok=True)
-    for p in plots + [work / "quarantine.csv"]:
-        shutil.copy2(p, run_report / p.name)
     clock.lap("report")
     metrics["seconds_by_phase"] = clock.laps
     (work / "summary.json").write_text(json.dumps({**metrics, "exports": exports}, indent=2))
@@ -250,7 +244,8 @@ def run(ctx: StageContext) -> StageResult:
              boxes_kept, metrics["splits"], dataset)
     artifacts = {f"coco_{k}": f"export/{k}.json" for k in exports}
     artifacts.update({"quarantine": "quarantine.csv", "summary": "summary.json", "report": "report"})
-    return StageResult(artifacts, metrics)
+    reports = [str(p.relative_to(work)) for p in plots] + ["quarantine.csv"]
+    return StageResult(artifacts, metrics, reports=reports)
 
 
 class _Clock:
@@ -274,24 +269,24 @@ def _labels(s: Sample) -> dedup.Labels:
     return [(b.label, b.x / s.width, b.y / s.height, (b.x + b.w) / s.width, (b.y + b.h) / s.height) for b in s.boxes]
 
 
-def _deduplicate(samples: List[Sample], dd: Dict[str, Any]) -> Tuple[dedup.Decision, List[Dict[str, Any]]]:
+def _deduplicate(samples: List[Sample], dd: DedupConfig) -> Tuple[dedup.Decision, List[Dict[str, Any]]]:
     """The dedup decision (see :func:`cvops.curate.dedup.deduplicate`) and its quarantine rows."""
-    if not dd["enabled"]:
+    if not dd.enabled:
         return dedup.Decision(), []
     order = list(range(len(samples)))
-    if dd["policy"] == "keep_sharpest":
+    if dd.policy is DedupPolicy.keep_sharpest:
         order.sort(key=lambda i: -samples[i].sharpness)
     labels = [_labels(s) for s in samples]
     decision = dedup.deduplicate([s.sha256 for s in samples], [s.phash for s in samples], labels, order,
-                                 int(dd["hamming_threshold"]), float(dd["label_iou"]),
-                                 drop_differing=dd["differing_labels"] == "drop")
+                                 dd.hamming_threshold, dd.label_iou,
+                                 drop_differing=dd.differing_labels is DifferingLabels.drop)
     rows = []
     for i, (k, d, why) in sorted(decision.dropped.items()):
-        same = dedup.equivalent(labels[i], labels[k], float(dd["label_iou"]))
+        same = dedup.equivalent(labels[i], labels[k], dd.label_iou)
         note = "unlabelled" if labels[i] is None else "same labels" if same else \
             f"labels differ: {len(samples[i].boxes)} box(es) lost (curate.dedup.differing_labels=drop)"
         rows.append({"kind": "duplicate", "file": samples[i].item.ref, "reason": why, "action": "dropped",
-                     "detail": f"of {samples[k].item.ref} (hamming {d}, {note}, policy {dd['policy']})",
+                     "detail": f"of {samples[k].item.ref} (hamming {d}, {note}, policy {dd.policy})",
                      "boxes": len(samples[i].boxes)})
     for i, k, d in decision.grouped:
         rows.append({"kind": "duplicate", "file": samples[i].item.ref, "action": "grouped",

@@ -296,7 +296,10 @@ def spec_from_config(cfg: Any, shift: Optional[Shift] = None) -> SyntheticSpec:
     """Build a :class:`SyntheticSpec` from the ``data.synthetic`` config node."""
     from omegaconf import OmegaConf
 
-    d = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    import dataclasses
+
+    d = (OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg)
+         else dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg))
     d["image_size"] = tuple(d["image_size"])
     d["classes"] = tuple(d["classes"])
     return SyntheticSpec(**d, shift=shift or Shift())

@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from cvops.runner import StageContext, StageResult
+from cvops.schema import Device
+from cvops.stages import StageContext, StageResult
 
 log = logging.getLogger("cvops")
 
@@ -140,9 +140,10 @@ def _to_fiftyone(dataset: str, field: str, key: str, exports: Dict[str, Path], p
 
 
 def run(ctx: StageContext) -> StageResult:
+    """COCO mAP of the trained checkpoint on each of ``evaluate.splits``, predictions into FiftyOne."""
     import torch
 
-    ev = ctx.section["evaluate"]
+    ev = ctx.config.evaluate
     curate, train = ctx.inputs["curate"], ctx.inputs["train"]
     work = ctx.workdir
     classes = list(curate.metrics["classes"])
@@ -150,16 +151,16 @@ def run(ctx: StageContext) -> StageResult:
     from cvops.fo import load_dataset
 
     load_dataset(curate.metrics["dataset_name"], f"curate artifact {curate.fingerprint[:12]}")  # before any work
-    device = "cuda:0" if torch.cuda.is_available() and ctx.cfg.train.device != "cpu" else "cpu"
+    device = "cuda:0" if torch.cuda.is_available() and ctx.config.train.device is not Device.cpu else "cpu"
     preds, stats, evals = {}, {}, {}
-    for split in ev["splits"]:
+    for split in ev.splits:
         if split not in exports:
             raise ValueError(f"evaluate.splits: no '{split}' split; curated splits are {list(exports)}")
         preds[split] = predict(train.path("config"), train.path("checkpoint"), exports[split], device,
-                               float(ev["score_thr"]), int(ev["max_det"]))
+                               ev.score_thr, ev.max_det)
         (work / f"predictions_{split}.json").write_text(json.dumps(preds[split]))
         stats[split], evals[split] = coco_eval(exports[split], preds[split])
-    model_tag = re.sub(r"[^A-Za-z0-9_]", "_", f"{ctx.cfg.model.name}_{train.fingerprint[:8]}")
+    model_tag = re.sub(r"[^A-Za-z0-9_]", "_", f"{ctx.config.model.name}_{train.fingerprint[:8]}")
     field, key = f"pred_{model_tag}", f"eval_{model_tag}"
     test = stats.get("test", {})
     metrics: Dict[str, Any] = {
@@ -173,18 +174,13 @@ def run(ctx: StageContext) -> StageResult:
         fo_map, results = _to_fiftyone(curate.metrics["dataset_name"], field, key, exports, preds, classes)
         metrics["fiftyone_mAP"] = fo_map
         metrics["contract_abs_diff"] = abs(fo_map - (test["mAP"] or 0.0))
-        if ev["plots"]:
+        if ev.plots:
             artifacts.update(_plots(work, classes, evals["test"], results, test["per_class_AP"],
-                                    float(ev["confusion_score_thr"])))
-    out = ctx.run_dir / "evaluate"
-    out.mkdir(parents=True, exist_ok=True)
-    for rel in artifacts.values():
-        if not rel.startswith("predictions_"):
-            shutil.copy2(work / rel, out / rel)
+                                    ev.confusion_score_thr))
     log.info("  evaluate: test mAP %.4f (mAP50 %.4f), val mAP %.4f; FiftyOne mAP %.4f; field %s",
              metrics["mAP"] or 0, metrics["mAP50"] or 0, metrics["val_mAP"] or 0, metrics.get("fiftyone_mAP") or 0,
              field)
-    return StageResult(artifacts, metrics)
+    return StageResult(artifacts, metrics, reports=[r for r in artifacts.values() if not r.startswith("predictions_")])
 
 
 def _confusion(results: Any, classes: List[str], conf_thr: float) -> np.ndarray:

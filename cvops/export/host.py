@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def signature(cfg: Any) -> str:
-    if str(cfg.export.format) != "tensorrt":
+def signature(config: Any, store_root: Any = None) -> str:
+    """``config``: the export stage's typed view (only ``export.format`` is read)."""
+    if config.export.format != "tensorrt":
         return ""
     from cvops.export.tensorrt import unavailable
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from cvops.export.runtime import (Detections, OnnxDetector, Preprocess, box_iou, latency, run_padded,
                                   split_outputs)
-from cvops.runner import StageContext, StageResult
+from cvops.stages import StageContext, StageResult
 
 log = logging.getLogger("cvops")
 GPU_CHECK = "benchmarks/gpu_export_check.py"

@@ -11,17 +11,18 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
 
 
-def request_log_dir(cfg: Any) -> Path:
-    """Where ``cvops serve`` writes its request log for this recipe (``serve.log_dir`` or the store's default)."""
-    if cfg.serve.log_dir:
-        return Path(cfg.serve.log_dir)
-    return Path(cfg.paths.store).resolve() / "requests" / str(cfg.project)
+def request_log_dir(log_dir: Optional[str], store_root: Path, project: str) -> Path:
+    """Where ``cvops serve`` writes its request log for a recipe: ``serve.log_dir``, or
+    ``<store>/requests/<project>``."""
+    if log_dir:
+        return Path(log_dir)
+    return Path(store_root).resolve() / "requests" / str(project)
 
 
 def _stat_lines(paths: List[Path]) -> List[str]:
@@ -35,13 +36,16 @@ def _stat_lines(paths: List[Path]) -> List[str]:
     return out
 
 
-def signature(cfg: Any) -> str:
-    """Size + mtime of every file the window could read ("" for generated windows)."""
-    src = cfg.monitor.source
+def signature(config: Any, store_root: Path) -> str:
+    """Size + mtime of every file the window could read ("" for generated windows).
+
+    ``config`` is the monitor's typed view (``monitor``, ``serve.log_dir``, ``project``).
+    """
+    src = config.monitor.source
     if src == "synthetic":
         return ""
     if src is None:
-        root = request_log_dir(cfg)
+        root = request_log_dir(config.serve.log_dir, store_root, config.project)
         files = sorted(root.glob("requests*.jsonl")) if root.is_dir() else []
     else:
         root = Path(str(src)).expanduser()

@@ -37,7 +37,7 @@ from cvops.monitor.drift import DriftReport, Profile, compare
 from cvops.monitor.source import IMAGE_EXTS, VIDEO_EXTS, request_log_dir
 from cvops.monitor.profile import (Seen, edge_reasons, held_out, iter_folder, iter_videos, profile_of, reference,
                                    run_images, window_from_log)
-from cvops.runner import StageContext, StageResult
+from cvops.stages import StageContext, StageResult
 
 log = logging.getLogger("cvops")
 DEGRADATION = ("max_score", "empty", "num_boxes")
@@ -50,11 +50,11 @@ class MonitorError(ConfigError):
 
 def load_window(ctx: StageContext, detector: Any, low: float) -> tuple[List[Seen], str, Dict[str, Any]]:
     """The production window as records; also a description of the source and notes."""
-    mon = ctx.section["monitor"]
-    src, window = mon["source"], int(mon["window"])
+    mon = ctx.config.monitor
+    src, window = mon.source, mon.window
     notes: Dict[str, Any] = {}
     if src is None:
-        d = request_log_dir(ctx.cfg)
+        d = request_log_dir(ctx.config.serve.log_dir, ctx.store.root, ctx.config.project)
         if not d.exists():
             raise MonitorError(
                 f"monitor.source is not set and there is no request log at {d}: serve the model first "
@@ -69,11 +69,11 @@ def load_window(ctx: StageContext, detector: Any, low: float) -> tuple[List[Seen
     if src == "synthetic":
         from cvops.curate.synthetic import Shift, generate, spec_from_config
 
-        sh = mon["shift"]
-        shift = Shift(brightness=float(sh["brightness"]), blur=float(sh["blur"]), noise=float(sh["noise"]),
-                      background=sh["background"])
-        spec = spec_from_config(ctx.cfg.data.synthetic, shift)
-        spec.seed = int(ctx.cfg.data.synthetic.seed) + 1000 + int(mon["seed"])
+        sh = mon.shift
+        shift = Shift(brightness=sh.brightness, blur=sh.blur, noise=sh.noise, background=sh.background)
+        synthetic = ctx.config.data.synthetic
+        spec = spec_from_config(synthetic, shift)
+        spec.seed = synthetic.seed + 1000 + mon.seed
         spec.num_images, spec.videos = window, 0  # fresh independent draws of the training generator
         out = ctx.workdir / "window"
         generate(out, spec, progress=False)
@@ -87,7 +87,7 @@ def load_window(ctx: StageContext, detector: Any, low: float) -> tuple[List[Seen
         raise MonitorError(f"monitor.source={src} is one image; a window needs many: put the images in a folder "
                            "and point monitor.source at it")
     if path.is_file() and path.suffix.lower() in VIDEO_EXTS:
-        return run_images(detector, iter_videos([path], float(mon["fps"]), window), low, keep_frames=True,
+        return run_images(detector, iter_videos([path], mon.fps, window), low, keep_frames=True,
                           desc="monitor: window"), f"video {path}", notes
     if path.is_dir():
         vids = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTS)
@@ -95,7 +95,7 @@ def load_window(ctx: StageContext, detector: Any, low: float) -> tuple[List[Seen
         if imgs:
             return run_images(detector, iter_folder(path, window), low, desc="monitor: window"), f"folder {path}", notes
         if vids:
-            return run_images(detector, iter_videos(vids, float(mon["fps"]), window), low, keep_frames=True,
+            return run_images(detector, iter_videos(vids, mon.fps, window), low, keep_frames=True,
                               desc="monitor: window"), f"videos in {path}", notes
     raise MonitorError(f"monitor.source={src}: neither a video ({', '.join(sorted(VIDEO_EXTS))}) nor a folder "
                        f"with images ({', '.join(sorted(IMAGE_EXTS))}) or videos")
@@ -240,22 +240,21 @@ fixed <code>reviewed</code>, then <code>cvops review recipe=...</code>.</p>
 
 
 def run(ctx: StageContext) -> StageResult:
+    """Drift of a production window against the model's reference profile; edge cases to FiftyOne review."""
     from cvops.export.runtime import OnnxDetector
 
-    mon = ctx.section["monitor"]
+    mon = ctx.config.monitor
     curate, export = ctx.inputs["curate"], ctx.inputs["export"]
     work = ctx.workdir
-    if mon["on_drift"]:
+    if mon.on_drift:
         from cvops.recipes import available_recipes
 
-        if mon["on_drift"] not in available_recipes():
-            raise MonitorError(f"monitor.on_drift={mon['on_drift']}: no such recipe; choose from {available_recipes()}")
-    low = float(mon["low_confidence"])
+        if mon.on_drift not in available_recipes():
+            raise MonitorError(f"monitor.on_drift={mon.on_drift}: no such recipe; choose from {available_recipes()}")
+    low = mon.low_confidence
     onnx_path = export.path("onnx")
-    store_root = Path(ctx.cfg.paths.store)
-    ref, ref_seen, ref_dir = reference(store_root, export.fingerprint, onnx_path,
-                                       held_out(curate), low,
-                                       timeout=float(ctx.cfg.lock_timeout_s))
+    ref, ref_seen, ref_dir = reference(ctx.store.root, export.fingerprint, onnx_path,
+                                       held_out(curate), low, timeout=ctx.config.lock_timeout_s)
     detector = OnnxDetector(onnx_path)
     seen, source, notes = load_window(ctx, detector, low)
     if not seen:
@@ -265,18 +264,17 @@ def run(ctx: StageContext) -> StageResult:
                     len(seen), source)
         notes["warning"] = f"only {len(seen)} images in the window (fewer than {MIN_WINDOW}): little statistical power"
     win = profile_of(seen)
-    report = compare(ref, win, p_value=float(mon["p_value"]), psi_threshold=float(mon["psi_threshold"]),
-                     permutations=int(mon["mmd_permutations"]), seed=int(mon["seed"]))
-    reasons = edge_reasons(seen, ref.embeddings, low, float(mon["near_threshold"]), float(mon["overlap_iou"]),
-                           float(mon["embedding_quantile"]))
+    report = compare(ref, win, p_value=mon.p_value, psi_threshold=mon.psi_threshold,
+                     permutations=mon.mmd_permutations, seed=mon.seed)
+    reasons = edge_reasons(seen, ref.embeddings, low, mon.near_threshold, mon.overlap_iou, mon.embedding_quantile)
     edge = [(s, r) for s, r in zip(seen, reasons) if r]
     edge.sort(key=lambda e: (-len(e[1]), float(e[0].record.get("max_score", 0.0))))
-    edge = edge[: int(mon["max_edge_cases"])]
+    edge = edge[: mon.max_edge_cases]
     counts: Dict[str, int] = {}
     for _, r in edge:
         for x in r:
             counts[x] = counts.get(x, 0) + 1
-    review = mon["review_dataset"] or f"{ctx.cfg.project}-review"
+    review = mon.review_dataset or f"{ctx.config.project}-review"
     classes = list(curate.metrics["classes"])
     added = to_review(review, edge, classes, work, ctx.fingerprint, source)
 
@@ -300,32 +298,25 @@ def run(ctx: StageContext) -> StageResult:
     }
     (work / "drift.json").write_text(json.dumps({"report": report.to_dict(), "metrics": metrics}, indent=1, default=str))
     plots = _plots(work, ref, win, report)
-    _html(work, f"cvops monitor · {ctx.cfg.project}", metrics, report, plots)
+    _html(work, f"cvops monitor · {ctx.config.project}", metrics, report, plots)
     _track(ctx, metrics, report)
-    if report.drift_detected and mon["on_drift"]:
-        metrics["retrain"] = _retrain(ctx, str(mon["on_drift"]))
-    out = ctx.run_dir / "monitor"
-    out.mkdir(parents=True, exist_ok=True)
-    for rel in ("report.html", "drift.json", *plots.values()):
-        (out / rel).write_bytes((work / rel).read_bytes())
+    if report.drift_detected and mon.on_drift:
+        metrics["retrain"] = _retrain(ctx, mon.on_drift)
     log.info("  monitor: %s on %d images (%s): %s; %d edge case(s) -> FiftyOne %s; report %s",
              "DRIFT" if report.drift_detected else "no drift", len(seen), source,
-             ", ".join(report.drift_features) or "nothing drifted", len(edge), review, out / "report.html")
+             ", ".join(report.drift_features) or "nothing drifted", len(edge), review, ctx.run_dir / "monitor" / "report.html")
     metrics["reference_dir"] = str(ref_dir)
-    return StageResult({"report": "report.html", "drift": "drift.json", **plots}, metrics)
+    return StageResult({"report": "report.html", "drift": "drift.json", **plots}, metrics,
+                       reports=["report.html", "drift.json", *plots.values()])
 
 
 def _track(ctx: StageContext, metrics: Dict[str, Any], report: DriftReport) -> None:
-    from cvops.instantiate import instantiate
-
     try:
-        tracker = instantiate(ctx.cfg.tracker)
-        tracker.start(ctx.workdir, f"{ctx.cfg.project}-monitor", {"monitor": ctx.section["monitor"]})
+        tracker = ctx.tracker
         tracker.log({"monitor/drift_detected": int(metrics["drift_detected"]), "monitor/edge_cases": metrics["edge_cases"],
                      "monitor/window_images": metrics["window_images"],
                      **{f"monitor/p/{k}": v for k, v in metrics["p_values"].items()}})
         tracker.summary({"drift_detected": metrics["drift_detected"], "drift_features": ",".join(metrics["drift_features"])})
-        tracker.finish()
     except Exception as e:  # tracking must not hide the verdict
         log.warning("  monitor: tracker failed: %s", e)
 
@@ -335,7 +326,7 @@ def _retrain(ctx: StageContext, recipe: str) -> Dict[str, Any]:
     logf = ctx.run_dir / "monitor" / f"on_drift_{recipe}.log"
     logf.parent.mkdir(parents=True, exist_ok=True)
     # same store (its curate/train artifacts are reused where the retrain recipe agrees with them)
-    cmd = [sys.executable, "-m", "cvops", f"recipe={recipe}", f"paths.store={Path(ctx.cfg.paths.store).resolve()}"]
+    cmd = [sys.executable, "-m", "cvops", f"recipe={recipe}", f"paths.store={Path(ctx.store.root).resolve()}"]
     with open(logf, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(Path.cwd()))
     log.info("  monitor: drift -> started %s (pid %d, log %s)", " ".join(cmd[2:]), proc.pid, logf)

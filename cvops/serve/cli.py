@@ -42,9 +42,12 @@ class DriftGauges:
         return out
 
 
-def serve_export(cfg: Any, export: Any, curate: Optional[Any], recipe: Optional[str], train_fp: Optional[str],
-                 workers: int = 1) -> None:
+def serve_export(config: Any, store_root: Any, export: Any, curate: Optional[Any], recipe: Optional[str],
+                 train_fp: Optional[str], workers: int = 1) -> None:
     """Serve an export artifact until interrupted (``cvops serve`` and ``stages=[..., serve]``).
+
+    ``config``: the serve stage's typed view (``project``, ``model.name``, ``serve``, ``monitor``; see
+    :func:`cvops.stages.typed_view`); ``store_root``: the artifact store (reference profiles, request log).
 
     Raises:
         ConfigError: ``serve.backend`` cannot be served here (named, with the alternative), or
@@ -57,12 +60,12 @@ def serve_export(cfg: Any, export: Any, curate: Optional[Any], recipe: Optional[
     from cvops.monitor.source import request_log_dir
     from cvops.serve.server import LIMITS, check_exposure, serve
 
-    mon, sv = cfg.monitor, cfg.serve
+    mon, sv = config.monitor, config.serve
     # before the reference profile is computed: a refused start says so at once
     check_exposure(str(sv.host), os.environ.get(str(sv.token_env)) or None, str(sv.token_env), bool(sv.allow_anonymous))
     drift: Optional[Callable[[List[dict]], Dict[str, float]]] = None
     if curate is not None:  # live drift gauges against the model's reference profile
-        ref, _, _ = reference(Path(cfg.paths.store), export.fingerprint, export.path("onnx"),
+        ref, _, _ = reference(Path(store_root), export.fingerprint, export.path("onnx"),
                               held_out(curate), float(mon.low_confidence))
         drift = DriftGauges(ref, float(mon.p_value), float(mon.psi_threshold), int(mon.mmd_permutations),
                             float(mon.low_confidence))
@@ -81,12 +84,12 @@ def serve_export(cfg: Any, export: Any, curate: Optional[Any], recipe: Optional[
             model = export.path("onnx_int8_trt")
     elif sv.backend != "onnxruntime":
         raise ConfigError(f"serve.backend={sv.backend}: use onnxruntime or tensorrt")
-    info = {"project": str(cfg.project), "recipe": recipe,
+    info = {"project": str(config.project), "recipe": recipe,
             "dataset_version": curate.metrics.get("dataset_version") if curate else None,
             "fingerprint": export.fingerprint, "train_fingerprint": train_fp,
-            "model": str(cfg.model.name), "onnx": Path(model).name}  # a file name: /v1/model never shows a path
-    limits = {k: float(sv[k]) for k in LIMITS}
-    serve(model, host=str(sv.host), port=int(sv.port), info=info, log_dir=request_log_dir(cfg),
+            "model": str(config.model.name), "onnx": Path(model).name}  # a file name: /v1/model never shows a path
+    limits = {k: float(getattr(sv, k)) for k in LIMITS}
+    serve(model, host=str(sv.host), port=int(sv.port), info=info, log_dir=request_log_dir(sv.log_dir, store_root, config.project),
           sample_rate=float(sv.sample_rate), max_upload_mb=float(sv.max_upload_mb), max_pixels=int(sv.max_pixels),
           token_env=str(sv.token_env), drift=drift, workers=workers, drift_window=int(mon.drift_window),
           drift_every=int(mon.drift_every), engine_path=engine, max_batch=int(sv.max_batch),
@@ -116,7 +119,10 @@ def main(argv: List[str]) -> int:
     curate = store.get("curate", fps["curate"]["fingerprint"])
     recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None)
     try:
-        serve_export(cfg, export, curate, recipe, fps["train"]["fingerprint"], workers=args.workers)
+        from cvops.stages import declared, typed_view
+
+        view = typed_view("serve", cfg, declared()["serve"].sections)
+        serve_export(view, cfg.paths.store, export, curate, recipe, fps["train"]["fingerprint"], workers=args.workers)
     except ConfigError as e:
         print(f"cvops: error: {e}", file=sys.stderr)
         return 2

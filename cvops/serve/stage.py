@@ -7,21 +7,19 @@ artifact; ``run.json`` records when it stopped.
 
 from __future__ import annotations
 
-from cvops.runner import StageContext, StageResult
+from cvops.stages import StageContext, StageResult
 
 
 def run(ctx: StageContext) -> StageResult:
+    """Serve the export (``ctx.inputs["export"]``) until interrupted; drift gauges against curate's held-out data."""
     from hydra.core.hydra_config import HydraConfig
 
-    from cvops.artifacts import ArtifactStore
-    from cvops.runner import fingerprints
     from cvops.serve.cli import serve_export
 
-    fps = fingerprints(ctx.cfg)
-    curate = ArtifactStore(ctx.cfg.paths.store).get("curate", fps["curate"]["fingerprint"])
     try:
         recipe = HydraConfig.get().runtime.choices.get("recipe")
     except ValueError:  # not under Hydra (tests, the Python API)
         recipe = None
-    serve_export(ctx.cfg, ctx.inputs["export"], curate, recipe, fps["train"]["fingerprint"])
+    serve_export(ctx.config, ctx.store.root, ctx.inputs["export"], ctx.inputs["curate"], recipe,
+                 ctx.inputs["train"].fingerprint)
     return StageResult({}, {"stopped": True})

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from cvops.schema import ModelConfig, TrainConfig
+
 log = logging.getLogger("cvops")
 
 SIZE_KEYS = ("scale", "img_scale", "crop_size", "size")
@@ -153,7 +155,7 @@ def _pretrained(model_cfg: Any, load_from: Optional[str]) -> Tuple[Optional[str]
     return load_from, notes
 
 
-def build(model: Dict[str, Any], train: Dict[str, Any], classes: Sequence[str], exports: Dict[str, Path],
+def build(model: ModelConfig, train: TrainConfig, classes: Sequence[str], exports: Dict[str, Path],
           work_dir: Path, vis_backends: Sequence[Dict[str, Any]], cuda: bool) -> Tuple[Any, List[str]]:
     """The mmengine Config for one training run, and notes worth telling the user."""
     from mmengine.config import Config, ConfigDict
@@ -167,12 +169,12 @@ def build(model: Dict[str, Any], train: Dict[str, Any], classes: Sequence[str], 
         if n == 0:
             raise TrainConfigError(f"the curated '{split}' split has zero images; change curate.split.ratios "
                                    "or add data")
-    cfg = Config.fromfile(str(base_config_path(model["mmdet_config"])))
+    cfg = Config.fromfile(str(base_config_path(model.mmdet_config)))
     notes: List[str] = []
 
     # classes
     if _set_num_classes(cfg.model, len(classes)) == 0:
-        raise TrainConfigError(f"{model['mmdet_config']} has no num_classes to set; cvops cannot train it")
+        raise TrainConfigError(f"{model.mmdet_config} has no num_classes to set; cvops cannot train it")
     metainfo = dict(classes=tuple(classes))
 
     if not cuda:  # SyncBN needs CUDA; plain BN on CPU (also for gloo data parallel)
@@ -183,7 +185,7 @@ def build(model: Dict[str, Any], train: Dict[str, Any], classes: Sequence[str], 
             cfg.model["use_syncbn"] = False
 
     # image size
-    w, h = (float(v) for v in model["image_size"])
+    w, h = (float(v) for v in model.image_size)
     bw, bh = _canonical_size(cfg)
     rx, ry = w / bw, h / bh
     for key in ("train_pipeline", "test_pipeline", "train_dataloader", "val_dataloader", "test_dataloader",
@@ -194,7 +196,7 @@ def build(model: Dict[str, Any], train: Dict[str, Any], classes: Sequence[str], 
         cfg.img_scale = (int(w), int(h))
 
     # data
-    workers = int(train["num_workers"])
+    workers = train.num_workers
     for split, loader in (("train", "train_dataloader"), ("val", "val_dataloader"), ("test", "test_dataloader")):
         dl = cfg[loader]
         ds = _innermost_dataset(dl["dataset"])
@@ -202,7 +204,7 @@ def build(model: Dict[str, Any], train: Dict[str, Any], classes: Sequence[str], 
                   backend_args=None)
         if split == "train":
             ds["filter_cfg"] = dict(filter_empty_gt=False, min_size=1)
-            dl["batch_size"] = int(train["batch_size"])
+            dl["batch_size"] = train.batch_size
         else:
             ds["test_mode"] = True
             dl["batch_size"] = 1
@@ -215,26 +217,26 @@ def build(model: Dict[str, Any], train: Dict[str, Any], classes: Sequence[str], 
                        classwise=True, backend_args=None)
 
     # schedule
-    epochs = int(train["max_epochs"])
-    gpus = int(train["gpus"]) if train["launcher"] != "none" else 1
-    lr = float(train["lr"]) * int(train["batch_size"]) * gpus / float(train["base_batch_size"])
-    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=int(train["val_interval"]))
-    opt = dict(type=train["optimizer"], lr=lr, weight_decay=float(train["weight_decay"]))
-    if train["optimizer"] == "SGD":
+    epochs = train.max_epochs
+    gpus = train.gpus if train.launcher != "none" else 1
+    lr = train.lr * train.batch_size * gpus / train.base_batch_size
+    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=train.val_interval)
+    opt = dict(type=train.optimizer, lr=lr, weight_decay=train.weight_decay)
+    if train.optimizer == "SGD":
         opt["momentum"] = 0.9
-    wrapper = dict(type="AmpOptimWrapper" if (train["amp"] and cuda) else "OptimWrapper", optimizer=opt)
+    wrapper = dict(type="AmpOptimWrapper" if (train.amp and cuda) else "OptimWrapper", optimizer=opt)
     if "paramwise_cfg" in cfg.get("optim_wrapper", {}):
         wrapper["paramwise_cfg"] = cfg.optim_wrapper.paramwise_cfg
     if "clip_grad" in cfg.get("optim_wrapper", {}):
         wrapper["clip_grad"] = cfg.optim_wrapper.clip_grad
     cfg.optim_wrapper = wrapper
-    cfg.auto_scale_lr = dict(enable=False, base_batch_size=int(train["base_batch_size"]))
+    cfg.auto_scale_lr = dict(enable=False, base_batch_size=train.base_batch_size)
     cfg.param_scheduler = [
-        dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=max(1, int(train["warmup_iters"]))),
+        dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=max(1, train.warmup_iters)),
         dict(type="CosineAnnealingLR", eta_min=lr * 0.05, begin=0, end=epochs, T_max=epochs, by_epoch=True,
              convert_to_iter_based=True),
     ]
-    strong = train.get("mosaic_epochs")
+    strong = train.mosaic_epochs
     for hook in cfg.get("custom_hooks", []) or []:  # base schedules are written for 300 epochs
         if hook.get("type") == "PipelineSwitchHook":
             hook["switch_epoch"] = int(strong) if strong is not None else max(1, epochs - max(1, round(epochs * 20 / 300)))
@@ -243,30 +245,30 @@ def build(model: Dict[str, Any], train: Dict[str, Any], classes: Sequence[str], 
     cfg.custom_hooks = list(cfg.get("custom_hooks", []) or []) + [dict(type="CvopsFiniteLossHook")]
 
     # hooks, logging, checkpoints
-    cfg.default_hooks.logger = dict(type="LoggerHook", interval=int(train["log_interval"]))
+    cfg.default_hooks.logger = dict(type="LoggerHook", interval=train.log_interval)
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, max_keep_ckpts=2, save_last=True,
                                         save_best="coco/bbox_mAP", rule="greater")
-    cfg.log_processor = dict(type="LogProcessor", window_size=int(train["log_interval"]), by_epoch=True)
+    cfg.log_processor = dict(type="LogProcessor", window_size=train.log_interval, by_epoch=True)
     cfg.visualizer = dict(type="DetLocalVisualizer", name="visualizer",
                           vis_backends=[dict(type="LocalVisBackend"), *vis_backends])
-    cfg.randomness = dict(seed=int(train["seed"]), deterministic=bool(train["deterministic"]))
+    cfg.randomness = dict(seed=train.seed, deterministic=train.deterministic)
     cfg.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                        dist_cfg=dict(backend="nccl" if cuda else "gloo"))
-    cfg.launcher = train["launcher"]
+    cfg.launcher = train.launcher.value
     cfg.work_dir = str(work_dir)
-    cfg.load_from, more = _pretrained(cfg.model, model.get("load_from"))
+    cfg.load_from, more = _pretrained(cfg.model, model.load_from)
     notes += more
     cfg.resume = False
     cfg.default_scope = "mmdet"
 
-    if model.get("cfg_options"):
+    if model.cfg_options:
         from cvops.trust import NotAllowed, check_mmengine_options, registry_names
 
         try:  # checked again here, on the values this job really got (a sweep may have set them)
-            check_mmengine_options(model["cfg_options"], registry_names=registry_names())
+            check_mmengine_options(model.cfg_options, registry_names=registry_names())
         except NotAllowed as e:
             raise TrainConfigError(str(e)) from e
-        cfg.merge_from_dict(copy.deepcopy(dict(model["cfg_options"])))
+        cfg.merge_from_dict(copy.deepcopy(dict(model.cfg_options)))
     if not isinstance(cfg.model, ConfigDict):
         cfg.model = ConfigDict(cfg.model)
     return cfg, notes

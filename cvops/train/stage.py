@@ -14,6 +14,7 @@ same lineage (same data, model and schedule apart from epochs) is the start.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from cvops.runner import StageContext, StageResult
+from cvops.schema import Device, Launcher
+from cvops.stages import StageContext, StageResult
 
 log = logging.getLogger("cvops")
 LINEAGE = "lineage.json"
@@ -32,9 +34,10 @@ LINEAGE = "lineage.json"
 
 def _lineage(ctx: StageContext) -> str:
     """Same data, model and schedule except max_epochs: checkpoints can continue each other."""
-    section = json.loads(json.dumps(ctx.section))
+    train = dataclasses.asdict(ctx.config.train)
     for key in ("max_epochs", "resume"):
-        section.get("train", {}).pop(key, None)
+        train.pop(key, None)
+    section = json.loads(json.dumps({"model": dataclasses.asdict(ctx.config.model), "train": train}))
     payload = {"curate": ctx.inputs["curate"].fingerprint, "config": section}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -91,37 +94,32 @@ def _curves(rows: List[Dict[str, Any]], out: Path) -> Path:
 
 
 def run(ctx: StageContext) -> StageResult:
-    model, train = ctx.section["model"], ctx.section["train"]
-    if train["device"] == "cpu":
+    """Train the recipe's detector on curate's COCO train split (val for checkpoint selection)."""
+    model, train = ctx.config.model, ctx.config.train
+    if train.device is Device.cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch initialises CUDA
     import torch
 
-    from cvops.instantiate import instantiate
     from cvops.train import hooks  # noqa: F401  (registers CvopsFiniteLossHook)
     from cvops.train import mmconfig
     from cvops.train.checkpoint import allow_mmengine_checkpoints
 
-    cuda = torch.cuda.is_available() and train["device"] != "cpu"
-    if train["device"] == "cuda" and not cuda:
+    cuda = torch.cuda.is_available() and train.device is not Device.cpu
+    if train.device is Device.cuda and not cuda:
         raise RuntimeError("train.device=cuda but torch sees no CUDA device; use train.device=auto or cpu")
     work = ctx.workdir
     curate = ctx.inputs["curate"]
     classes = list(curate.metrics["classes"])
     exports = {s: curate.path(f"coco_{s}") for s in ("train", "val", "test")}
 
-    tracker = instantiate(ctx.cfg.tracker)
-    name = f"{model['name']}-{ctx.fingerprint[:8]}"
-    from cvops.config import to_container
-
-    run_config = {"recipe": to_container(ctx.cfg), "dataset_version": curate.metrics.get("dataset_version"),
-                  "curate": {k: v for k, v in curate.metrics.items() if k != "seconds_by_phase"},
-                  "fingerprint": ctx.fingerprint}
-    vis = tracker.mmengine_backends(name, run_config)
+    vis = ctx.tracker.mmengine_backends({
+        "dataset_version": curate.metrics.get("dataset_version"),
+        "curate": {k: v for k, v in curate.metrics.items() if k != "seconds_by_phase"}})
     cfg, notes = mmconfig.build(model, train, classes, exports, work, vis, cuda)
     for n in notes:
         log.warning("  train: %s", n)
     lineage = _lineage(ctx)
-    if train["resume"]:
+    if train.resume:
         start = _resume_point(ctx, lineage)
         if start:
             from cvops.train.checkpoint import load
@@ -139,12 +137,12 @@ def run(ctx: StageContext) -> StageResult:
     cfg.dump(str(work / "config.py"))
     allow_mmengine_checkpoints()
     t0 = time.perf_counter()
-    if train["launcher"] == "pytorch":
-        _torchrun(work / "config.py", int(train["gpus"]), cfg.resume, cfg.load_from)
+    if train.launcher is Launcher.pytorch:
+        _torchrun(work / "config.py", train.gpus, cfg.resume, cfg.load_from)
     else:
         quiet_runner(cfg).train()
     seconds = time.perf_counter() - t0
-    return _collect(ctx, work, tracker, seconds)
+    return _collect(work, seconds)
 
 
 def quiet_runner(cfg: Any) -> Any:
@@ -174,7 +172,7 @@ def _torchrun(config: Path, nproc: int, resume: bool, load_from: Optional[str]) 
         raise RuntimeError(f"distributed training failed (torchrun exit {r.returncode}); see the log above")
 
 
-def _collect(ctx: StageContext, work: Path, tracker: Any, seconds: float) -> StageResult:
+def _collect(work: Path, seconds: float) -> StageResult:
     rows = _scalars(work)
     with open(work / "metrics.jsonl", "w") as f:
         for r in rows:
@@ -197,14 +195,6 @@ def _collect(ctx: StageContext, work: Path, tracker: Any, seconds: float) -> Sta
     wandb_runs = sorted(work.glob("**/wandb/*run-*"))
     if wandb_runs:
         artifacts["wandb_run"] = str(wandb_runs[-1].relative_to(work))
-    run_dir = ctx.run_dir / "train"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("config.py", "curves.png"):
-        if (work / name).exists():
-            (run_dir / name).write_bytes((work / name).read_bytes())
-    for name in ("best.pth", "last.pth"):
-        (run_dir / name).unlink(missing_ok=True)
-        (run_dir / name).symlink_to((work / name).resolve())
     best_row = max(val, key=lambda r: r["coco/bbox_mAP"]) if val else {}
     metrics = {
         "epochs": max((r.get("epoch", 0) for r in train_rows), default=0),
@@ -216,4 +206,5 @@ def _collect(ctx: StageContext, work: Path, tracker: Any, seconds: float) -> Sta
         "seconds": round(seconds, 1),
         "best_checkpoint": best_ckpt.name,
     }
-    return StageResult(artifacts, metrics)
+    reports = [n for n in ("config.py", "curves.png", "best.pth", "last.pth") if (work / n).exists()]
+    return StageResult(artifacts, metrics, reports=reports)
