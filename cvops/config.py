@@ -27,7 +27,7 @@ from cvops import recipes
 from cvops.trust import NotAllowed, check_config
 from cvops.recipes import CONF_DIR, available_recipes, find_recipe, recipe_dirs
 from cvops.schema import GROUPS
-from cvops.stages import graph, register_configs
+from cvops.stages import declared, graph, register_configs
 
 register_configs(ConfigStore.instance())
 
@@ -69,6 +69,11 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> None:
         if bad:
             close = {b: difflib.get_close_matches(b, names, n=1) for b in bad}
             hint = "; ".join(f"'{b}' -> did you mean '{c[0]}'?" for b, c in close.items() if c)
+            plug = [b for b in bad if b in declared()]
+            if plug:  # an installed plug-in stage whose config group this recipe does not select
+                hint = "; ".join([*([hint] if hint else []), *(
+                    f"'{b}' is a plug-in stage ({declared()[b].origin}): select its config group with {b}=default "
+                    f"(or '- /{b}: default' in the recipe's defaults)" for b in plug)])
             raise ConfigError(f"unknown stage(s) {bad} in stages ({_origin(['stages'], variant)}); "
                               f"stages are {names}" + (f". {hint}" if hint else ""))
         extra = next(_unknown(cfg, skip=("hydra",)), None)

@@ -162,16 +162,20 @@ def source_closure(roots: Sequence[Path]) -> List[Path]:
 
 
 def _roots(stage: Stage, fn: Optional[StageFn]) -> List[Path]:
-    """The files a stage's code version starts from: its package (every file in it), or a registered
-    function's own module."""
+    """The files a stage's code version starts from: the package of its ``run`` module (every file in it),
+    or a registered function's own module."""
     if stage.name in _REGISTRY and fn is not None:
         src = inspect.getsourcefile(fn)
         return [Path(src)] if src else []
-    module = stage.run.partition(":")[0]
-    spec = importlib.util.find_spec(module.rpartition(".")[0] or module)
+    parts = stage.run.partition(":")[0].split(".")
+    if parts[0] == "cvops":  # a built-in: cvops/<stage>/
+        if len(parts) == 2:
+            return [PKG_DIR / f"{parts[1]}.py"]
+        return sorted(PKG_DIR.joinpath(*parts[1:-1]).rglob("*.py"))
+    spec = importlib.util.find_spec(".".join(parts[:-1]) or parts[0])
     if spec is None:
         return []
-    if spec.submodule_search_locations:  # the stage's package: all of it
+    if spec.submodule_search_locations:  # a plug-in's package: all of it
         return sorted(p for d in spec.submodule_search_locations for p in Path(d).rglob("*.py"))
     return [Path(spec.origin)] if spec.origin else []
 

@@ -8,11 +8,13 @@ seconds (to be killed or raced), and the train stage fails on lr > 1.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 
-from cvops.runner import StageContext, StageResult, register_stage
+from cvops.runner import register_stage
+from cvops.stages import StageContext, StageResult
 
 
 def _record(ctx: StageContext) -> None:
@@ -29,23 +31,30 @@ def _record(ctx: StageContext) -> None:
 
 def curate(ctx: StageContext) -> StageResult:
     _record(ctx)
-    (ctx.workdir / "dataset.json").write_text(json.dumps(ctx.section, sort_keys=True))
+    section = {"project": ctx.config.project, "data": dataclasses.asdict(ctx.config.data),
+               "curate": dataclasses.asdict(ctx.config.curate)}
+    (ctx.workdir / "dataset.json").write_text(json.dumps(section, sort_keys=True))
     return StageResult({"dataset": "dataset.json"}, {"images_in": 10, "images_kept": 9})
 
 
 def train(ctx: StageContext) -> StageResult:
     _record(ctx)
-    if float(ctx.cfg.train.lr) > 1:
-        raise FloatingPointError(f"loss is NaN at epoch 1 (lr={ctx.cfg.train.lr})")
+    lr = ctx.config.train.lr
+    if lr > 1:
+        raise FloatingPointError(f"loss is NaN at epoch 1 (lr={lr})")
     dataset = ctx.inputs["curate"].path("dataset")
-    (ctx.workdir / "model.json").write_text(json.dumps({"data": dataset.read_text(), "train": ctx.section}))
-    return StageResult({"checkpoint": "model.json"}, {"final_loss": 1.0 / (1 + float(ctx.cfg.train.lr))})
+    section = {"model": dataclasses.asdict(ctx.config.model), "train": dataclasses.asdict(ctx.config.train)}
+    (ctx.workdir / "model.json").write_text(json.dumps({"data": dataset.read_text(), "train": section}))
+    return StageResult({"checkpoint": "model.json"}, {"final_loss": 1.0 / (1 + lr)})
 
 
 def evaluate(ctx: StageContext) -> StageResult:
     _record(ctx)
     assert ctx.inputs["train"].path("checkpoint").is_file()
-    score = round(float(ctx.cfg.train.lr) * 10, 4)
+    # evaluate may read only its declared sections: model, train.device, evaluate; the score comes from
+    # the checkpoint it was given (which records train's lr), as a real evaluation would
+    lr = json.loads(ctx.inputs["train"].path("checkpoint").read_text())["train"]["train"]["lr"]
+    score = round(lr * 10, 4)
     (ctx.workdir / "metrics.json").write_text(json.dumps({"val_mAP": score}))
     return StageResult({"metrics": "metrics.json"}, {"val_mAP": score, "mAP": score})
 

@@ -1,0 +1,257 @@
+"""The cache contract, attacked key by key and module by module.
+
+A stage's fingerprint must change exactly when something it reads changes:
+every config key it reads and every cvops module it imports. Each key of the
+composed quickstart recipe and each file of the cvops package is mutated, one
+at a time, and the stages whose fingerprints moved must be exactly the stages
+that read it plus everything downstream of them - nothing more (a needless
+rebuild), nothing less (a stale artifact).
+
+What a stage reads is established here independently of the runner: config
+keys from the attribute chains ``ctx.config.<a>.<b>`` in the stage's source
+(checked against its declaration; the typed view refuses anything else at run
+time), modules by walking the package's imports with ``ast`` (the runner
+scans lines with a regex).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import enum
+import shutil
+from pathlib import Path
+from typing import Dict, Iterator, List, Set, Tuple
+
+import pytest
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
+
+import cvops.runner as runner
+from cvops.config import compose_config
+from cvops.stages import BUILTIN, graph, typed_view
+
+PKG = Path(runner.__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory) -> DictConfig:
+    return compose_config(["recipe=quickstart", f"paths.store={tmp_path_factory.mktemp('store')}"])
+
+
+def downstream(g, names: Set[str]) -> Set[str]:
+    out = set(names)
+    changed = True
+    while changed:
+        changed = False
+        for name, st in g.items():
+            if name not in out and any(i in out for i in st.inputs):
+                out.add(name)
+                changed = True
+    return out
+
+
+def changed_stages(before: Dict[str, dict], after: Dict[str, dict]) -> Set[str]:
+    return {k for k in before if before[k]["fingerprint"] != after[k]["fingerprint"]}
+
+
+# ------------------------------------------------------------------ config keys
+def leaves(node, prefix: str = "") -> Iterator[Tuple[str, object]]:
+    for key in node.keys() if isinstance(node, DictConfig) else ():
+        path = f"{prefix}{key}"
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and len(child) and not child._is_none():
+            yield from leaves(child, path + ".")
+        else:
+            yield path, child
+
+
+def mutated(node):
+    """A different valid value for a config node, or raise LookupError."""
+    value = node._value() if not isinstance(node, (DictConfig, ListConfig)) else None
+    if isinstance(node, ListConfig):
+        items = OmegaConf.to_container(node, resolve=True)
+        if not items:
+            raise LookupError("empty list")
+        return items + [items[-1]] if not isinstance(items[-1], (int, float)) else [v + 1 for v in items]
+    if isinstance(node, DictConfig):
+        if node._is_none():
+            raise LookupError("null section")
+        return {"cvops_test_key": "x"}
+    if isinstance(value, enum.Enum):
+        return next(m for m in type(value) if m is not value)
+    if isinstance(node, BooleanNode):
+        return not value if value is not None else True
+    if isinstance(node, IntegerNode):
+        return (value or 0) + 1
+    if isinstance(node, FloatNode):
+        return (value or 0.0) + 0.25
+    if isinstance(node, StringNode) or isinstance(value, str):
+        return (value or "") + "_x"
+    if value is None:
+        return "x"
+    raise LookupError(type(node).__name__)
+
+
+def readers(g, key: str) -> Set[str]:
+    """Stages that declare ``key`` (or a section containing it), minus keys they exclude."""
+    out = set()
+    for name, st in g.items():
+        covered = any(key == s or key.startswith(s + ".") for s in st.sections)
+        excluded = any(key == x or key.startswith(x + ".") for x in st.exclude)
+        if covered and not excluded:
+            out.add(name)
+    return out
+
+
+#: keys whose mutation is not tried, with why
+UNMUTATED = {"stages": "selects what runs, not what a stage computes"}
+
+
+def test_every_config_key_moves_exactly_its_readers_and_downstream(cfg):
+    g = graph(cfg)
+    base = runner.fingerprints(cfg)
+    tried, untested = 0, []
+    for key, node in leaves(cfg):
+        if key in UNMUTATED:
+            continue
+        try:
+            new = mutated(node)
+        except LookupError as e:
+            untested.append(f"{key} ({e})")
+            continue
+        c = copy.deepcopy(cfg)
+        OmegaConf.update(c, key, new, merge=False)
+        got = changed_stages(base, runner.fingerprints(c))
+        want = downstream(g, readers(g, key))
+        assert got == want, f"{key}: {node!r} -> {new!r} moved {sorted(got)}, expected {sorted(want)}"
+        tried += 1
+    assert tried > 150, tried
+    # what could not be mutated is only empty free-form lists (data.sources, data.extra, tracker tags, ...)
+    assert all("empty list" in u for u in untested), untested
+
+
+def test_keys_no_stage_reads_move_nothing(cfg):
+    base = runner.fingerprints(cfg)
+    for key, value in [("paths.store", "/elsewhere/store"), ("tracker.project", "other"), ("lock_timeout_s", 5.0),
+                       ("leaderboard.metric", "evaluate.mAP"), ("train.resume", True)]:
+        c = copy.deepcopy(cfg)
+        OmegaConf.update(c, key, value, merge=False)
+        assert changed_stages(base, runner.fingerprints(c)) == set(), key
+
+
+def config_reads(files: List[Path]) -> Set[str]:
+    """Dotted keys read as ``ctx.config.a.b...`` (or through a name bound to ``ctx.config.a``) in these files."""
+    reads: Set[str] = set()
+    for f in files:
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            chain, cur = [], node
+            while isinstance(cur, ast.Attribute):
+                chain.append(cur.attr)
+                cur = cur.value
+            chain.reverse()
+            if isinstance(cur, ast.Name) and cur.id == "ctx" and chain[:1] == ["config"] and len(chain) >= 2:
+                reads.add(".".join(chain[1:]))
+    return reads
+
+
+@pytest.mark.parametrize("stage", BUILTIN, ids=lambda s: s.name)
+def test_a_stage_reads_only_declared_keys(stage, cfg):
+    pkg = PKG / stage.name
+    reads = config_reads(sorted(pkg.rglob("*.py")))
+    undeclared = [r for r in reads if not any(r == s or r.startswith(s + ".") or s.startswith(r + ".")
+                                              for s in stage.sections)]
+    assert not undeclared, f"{stage.name} reads {undeclared} outside its sections {stage.sections}"
+    view = typed_view(stage.name, cfg, stage.sections)
+    for r in reads:  # and each of those reads works on the real typed view
+        obj = view
+        for part in r.split("."):
+            if dataclasses.is_dataclass(obj) or hasattr(obj, part):
+                obj = getattr(obj, part)
+    with pytest.raises(AttributeError, match="did not declare"):
+        view.tracker  # no stage declares the tracker: the runner owns it
+
+
+def test_the_typed_view_refuses_an_undeclared_key(cfg):
+    view = typed_view("export", cfg, ("export", "evaluate.confusion_score_thr"))
+    assert view.export.gate.max_map_drop == cfg.export.gate.max_map_drop
+    assert view.export.format == "onnx" and view.evaluate.confusion_score_thr == cfg.evaluate.confusion_score_thr
+    with pytest.raises(AttributeError, match="evaluate.splits"):
+        view.evaluate.splits
+
+
+# --------------------------------------------------------------------- modules
+def ast_imports(path: Path, pkg_root: Path) -> Set[str]:
+    rel = path.relative_to(pkg_root).with_suffix("")
+    package = ["cvops", *rel.parts][:-1]  # a module's package; for __init__.py the package itself
+    out: Set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)
+    return {m for m in out if m == "cvops" or m.startswith("cvops.")}
+
+
+def module_file(mod: str, pkg_root: Path) -> Path | None:
+    base = pkg_root.joinpath(*mod.split(".")[1:])
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def closure(stage: str, pkg_root: Path) -> Set[Path]:
+    todo = list((pkg_root / stage).rglob("*.py"))
+    seen: Set[Path] = set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        rel = f.relative_to(pkg_root)
+        if str(rel) in runner.PLUMBING:
+            continue
+        seen.add(f)
+        todo += [pkg_root.joinpath(*rel.parts[:i], "__init__.py") for i in range(len(rel.parts))]
+        todo += [p for p in (module_file(m, pkg_root) for m in ast_imports(f, pkg_root)) if p is not None]
+    return seen
+
+
+def test_every_module_moves_exactly_its_importers_and_downstream(cfg, tmp_path, monkeypatch):
+    copy_root = tmp_path / "cvops"
+    shutil.copytree(PKG, copy_root, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runner, "PKG_DIR", copy_root)
+    runner._imports.cache_clear()
+    g = graph(cfg)
+    closures = {s.name: closure(s.name, copy_root) for s in BUILTIN}
+    base = runner.fingerprints(cfg)
+    files = sorted(copy_root.rglob("*.py"))
+    assert len(files) > 40
+    for f in files:
+        original = f.read_bytes()
+        f.write_bytes(original + b"\n# cache-contract mutation\n")
+        runner._imports.cache_clear()
+        try:
+            got = changed_stages(base, runner.fingerprints(cfg))
+        finally:
+            f.write_bytes(original)
+        want = downstream(g, {s for s, files_ in closures.items() if f in files_})
+        rel = f.relative_to(copy_root)
+        if str(rel) in runner.PLUMBING:
+            assert got == set(), f"{rel} is plumbing (cvops.runner.PLUMBING) but moved {sorted(got)}"
+        else:
+            assert got == want, f"editing cvops/{rel} moved {sorted(got)}, expected {sorted(want)}"
+    runner._imports.cache_clear()
+    # the shared layers are really shared: evaluate and export gate on the same COCO evaluation code
+    shared = {p for p in closures["evaluate"] & closures["export"] if p.name != "__init__.py"}
+    assert shared, "evaluate and export share no module"
