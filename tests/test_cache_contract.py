@@ -127,7 +127,7 @@ def test_every_config_key_moves_exactly_its_readers_and_downstream(cfg):
         want = downstream(g, readers(g, key))
         assert got == want, f"{key}: {node!r} -> {new!r} moved {sorted(got)}, expected {sorted(want)}"
         tried += 1
-    assert tried > 150, tried
+    assert tried > 120, tried  # the quickstart has ~130 leaf keys
     # what could not be mutated is only empty free-form lists (data.sources, data.extra, tracker tags, ...)
     assert all("empty list" in u for u in untested), untested
 
@@ -255,3 +255,14 @@ def test_every_module_moves_exactly_its_importers_and_downstream(cfg, tmp_path, 
     # the shared layers are really shared: evaluate and export gate on the same COCO evaluation code
     shared = {p for p in closures["evaluate"] & closures["export"] if p.name != "__init__.py"}
     assert shared, "evaluate and export share no module"
+
+
+def test_plumbing_cannot_shape_a_result():
+    """The runner's exception (:data:`cvops.runner.PLUMBING` is not in any code version) holds only while those
+    modules move values and files: none lives in a stage package or imports a stage or a shared layer."""
+    allowed = {f"cvops.{Path(p).stem}" for p in runner.PLUMBING} | {"cvops", "cvops.track", "cvops.instantiate"}
+    for name in runner.PLUMBING:
+        f = PKG / name
+        assert f.parent == PKG, name
+        bad = {m for m in ast_imports(f, PKG) if m not in allowed and m.rsplit(".", 1)[0] not in allowed}
+        assert not bad, f"{name} is plumbing but imports {sorted(bad)}"
