@@ -26,8 +26,8 @@ RECIPE = """\
 # @package _global_
 # quickstart's data, audited before training
 defaults:
-  - override /data: synthetic
   - /audit: default
+  - override /data: synthetic
 
 project: audited
 stages: [curate, audit]
