@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +37,10 @@ stages: [curate, audit]
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
-    site = tmp_path_factory.mktemp("site")
+    site, src = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src") / "cvops_audit"
+    shutil.copytree(FIXTURE, src)  # setuptools writes build/ beside the sources: not into the checkout
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(FIXTURE)], check=True, capture_output=True)
+                    "--target", str(site), str(src)], check=True, capture_output=True)
     recipes = tmp_path_factory.mktemp("recipes")
     (recipes / "audited.yaml").write_text(RECIPE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
