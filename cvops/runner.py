@@ -231,10 +231,6 @@ def fingerprints(cfg: DictConfig) -> Dict[str, Dict[str, Any]]:
     return out
 
 
-class UpstreamMissing(ConfigError):
-    """A requested stage needs an artifact that is neither stored nor requested."""
-
-
 class Hooks:
     """Called by the runner around every stage; subclass and pass ``Runner(..., hooks=[...])``.
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 import torch
 
 from cvops.config import compose_config
@@ -44,7 +45,7 @@ def test_every_model_config_builds_and_runs_a_forward_pass(model, curated, tmp_p
     art = ArtifactStore(store).get("curate", cur["fingerprint"])
     cfg_all = compose_config(["project=traintest", f"model={model}", *TINY])
     exports = {s: art.path(f"coco_{s}") for s in ("train", "val", "test")}
-    cfg, notes = mmconfig.build(dict(cfg_all.model), dict(cfg_all.train), art.metrics["classes"], exports, tmp_path,
+    cfg, notes = mmconfig.build(OmegaConf.to_object(cfg_all.model), OmegaConf.to_object(cfg_all.train), art.metrics["classes"], exports, tmp_path,
                                 [], cuda=False)
     assert all(n.endswith("from scratch") for n in notes)  # offline: says so instead of failing
     heads = [d for d in mmconfig._walk(cfg.model) if "num_classes" in d]

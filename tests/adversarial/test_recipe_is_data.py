@@ -9,10 +9,12 @@ and the training-time checks through the real mmengine config builder.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -199,13 +201,13 @@ def test_training_config_builder_checks_registry_names(tmp_path):
         p.write_text('{"images": [{"id": 1, "file_name": "x.jpg", "width": 8, "height": 8}], "annotations": [], '
                      '"categories": [{"id": 1, "name": "a"}]}')
         exports[s] = p
-    model = dict(cfg.model)
+    model, train = OmegaConf.to_object(cfg.model), OmegaConf.to_object(cfg.train)
     for bad in ({"custom_hooks": [{"type": "os.makedirs", "name": str(tmp_path / "pwned")}]},
                 {"custom_hooks": [{"type": "NoSuchHookAnywhere"}]},
                 {"custom_imports": {"imports": ["os"]}}):
         with pytest.raises(mmconfig.TrainConfigError, match="not allowed"):
-            mmconfig.build({**model, "cfg_options": bad}, dict(cfg.train), ["a"], exports, tmp_path, [], cuda=False)
-    good, _ = mmconfig.build({**model, "cfg_options": {"custom_hooks": [{"type": "EMAHook"}]}}, dict(cfg.train),
+            mmconfig.build(dataclasses.replace(model, cfg_options=bad), train, ["a"], exports, tmp_path, [], cuda=False)
+    good, _ = mmconfig.build(dataclasses.replace(model, cfg_options={"custom_hooks": [{"type": "EMAHook"}]}), train,
                              ["a"], exports, tmp_path, [], cuda=False)
     assert any(h.get("type") == "EMAHook" for h in good.custom_hooks)
     assert not (tmp_path / "pwned").exists()

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
+from omegaconf import OmegaConf
+
 CLASSES = ("circle", "square", "triangle")
 
 
@@ -36,7 +38,7 @@ def make_checkpoint(out: Path, model: str = "rtmdet_tiny", size: Sequence[int] =
         d = json.loads(p.read_text())
         d["images"] = [{"id": 1, "file_name": "x.jpg", "width": size[0], "height": size[1]}]
         p.write_text(json.dumps(d))
-    cfg, _ = mmconfig.build(dict(cfg_all.model), dict(cfg_all.train), list(CLASSES), exports, out, [], cuda=False)
+    cfg, _ = mmconfig.build(OmegaConf.to_object(cfg_all.model), OmegaConf.to_object(cfg_all.train), list(CLASSES), exports, out, [], cuda=False)
     torch.manual_seed(seed)
     net = MODELS.build(cfg.model)
     _spread_head(net, size)
