@@ -321,12 +321,12 @@ def test_gate_passes_the_export_and_fails_a_broken_one(exported, tmp_path):
 
     good = parity(det.run, det.preprocess, ann, torch_dets, torch_map, max_drop=0.5, conf_thr=conf)
     # an untrained head has exact score ties that two NMS implementations may break differently
-    assert good["pass"] and abs(good["map_drop"]) < 0.5 and good["disagreeing_images"] <= 1, good["rows"]
+    assert good.passed and abs(good.drop) < 0.5 and len(good.rows) <= 1, good.rows
 
     wrong = Preprocess.from_dict({**det.preprocess.to_dict(), "channel_order": "RGB"})  # runtime feeds RGB
     bad = parity(det.run, wrong, ann, torch_dets, torch_map, max_drop=0.5, conf_thr=conf)
-    assert not bad["pass"] and bad["map_drop"] > 0.5
-    assert bad["disagreeing_images"] > good["disagreeing_images"] and {r["file_name"] for r in bad["rows"]} <= {im["file_name"] for im in coco["images"]}
+    assert not bad.passed and bad.drop > 0.5
+    assert len(bad.rows) > len(good.rows) and {r["file_name"] for r in bad.rows} <= {im["file_name"] for im in coco["images"]}
 
 
 def test_engine_fingerprint_mismatch_means_rebuild(tmp_path):

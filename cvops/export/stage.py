@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -32,6 +32,7 @@ import numpy as np
 
 from cvops.export.runtime import (Detections, OnnxDetector, Preprocess, box_iou, latency, run_padded,
                                   split_outputs)
+from cvops.schema import ExportConfig, ExportFormat
 from cvops.stages import StageContext, StageResult
 
 log = logging.getLogger("cvops")
@@ -98,22 +99,38 @@ def disagreements(reference: List[Dict[str, Any]], exported: List[Dict[str, Any]
     return rows
 
 
-def parity(run_fn: Any, pre: Preprocess, ann: Path, torch_dets: List[Dict[str, Any]], torch_map: float,
-           max_drop: float, conf_thr: float) -> Dict[str, Any]:
-    """The gate for one runtime: its mAP on ``ann`` vs PyTorch's, and where they disagree.
+@dataclass
+class GateResult:
+    """One runtime's parity check against PyTorch on the gate split."""
 
-    Returns:
-        ``{"mAP", "map_drop" (points), "max_drop", "pass", "disagreeing_images", "rows"}``.
-    """
+    runtime: str
+    map: float  # the runtime's COCO mAP
+    torch_map: float  # PyTorch's, same thresholds, same split
+    limit: float  # export.gate.max_map_drop / int8_max_map_drop (mAP points)
+    rows: List[Dict[str, Any]] = field(default_factory=list)  # images where the two disagree
+
+    @property
+    def drop(self) -> float:
+        """mAP points lost against PyTorch (negative: the runtime scored higher)."""
+        return round((self.torch_map - self.map) * 100, 3)
+
+    @property
+    def passed(self) -> bool:
+        return self.drop <= self.limit
+
+    def verdict(self) -> str:
+        return f"{self.runtime}: {self.drop:.2f} mAP points below PyTorch (limit {self.limit:.2f})"
+
+
+def parity(run_fn: Any, pre: Preprocess, ann: Path, torch_dets: List[Dict[str, Any]], torch_map: float,
+           max_drop: float, conf_thr: float, runtime: str = "onnx") -> GateResult:
+    """The gate for one runtime: its mAP on ``ann`` vs PyTorch's, and where they disagree."""
     from cvops.evaluate.stage import coco_eval
 
     images, cat_ids = read_split(ann)
     dets = predict_split(run_fn, pre, images, cat_ids)
-    m = coco_eval(ann, dets)[0]["mAP"]
-    rows = disagreements(torch_dets, dets, images, conf_thr)
-    drop = round((torch_map - m) * 100, 3)
-    return {"mAP": m, "map_drop": drop, "max_drop": max_drop, "pass": drop <= max_drop,
-            "disagreeing_images": len(rows), "rows": rows}
+    return GateResult(runtime, coco_eval(ann, dets)[0]["mAP"], torch_map, max_drop,
+                      disagreements(torch_dets, dets, images, conf_thr))
 
 
 # ------------------------------------------------------------ latency
@@ -180,166 +197,214 @@ def tag_disagreements(dataset: str, rows: List[Dict[str, Any]], tag: str) -> int
 
 
 # ------------------------------------------------------------ stage
+class Gate:
+    """The parity gate: every exported runtime against PyTorch on one curated split."""
+
+    def __init__(self, curate: Any, train: Any, pre: Preprocess, thr: Any, conf_thr: float) -> None:
+        from cvops.evaluate.stage import coco_eval, predict
+        from cvops.export.build import ExportError
+
+        names = curate.manifest.get("artifacts", {})
+        self.split = "test" if "coco_test" in names and read_split(curate.path("coco_test"))[0] else "val"
+        self.ann = curate.path(f"coco_{self.split}")
+        self.images, _ = read_split(self.ann)
+        if not self.images:
+            raise ExportError("the curated test and val splits are empty: nothing to check the export on")
+        self.pre, self.conf_thr = pre, conf_thr
+        self.torch_dets = predict(train.path("config"), train.path("checkpoint"), self.ann, "cpu", thr.score_thr,
+                                  thr.max_det, iou_thr=thr.iou_thr)
+        self.torch_map = coco_eval(self.ann, self.torch_dets)[0]["mAP"]
+        self.results: Dict[str, GateResult] = {}
+        self.runners: Dict[str, Any] = {}
+
+    def check(self, name: str, run_fn: Any, limit: float) -> GateResult:
+        r = parity(run_fn, self.pre, self.ann, self.torch_dets, self.torch_map, limit, self.conf_thr, runtime=name)
+        self.results[name], self.runners[name] = r, run_fn
+        log.info("  export: %-8s mAP %.4f vs PyTorch %.4f: drop %.2f points (limit %.2f) -> %s; %d image(s) disagree",
+                 name, r.map, r.torch_map, r.drop, limit, "pass" if r.passed else "FAIL", len(r.rows))
+        return r
+
+
 def run(ctx: StageContext) -> StageResult:
+    """Export the trained model to ONNX (+ INT8, + TensorRT), gate each against PyTorch, time them, and
+    write the Triton repository; fails when a gate fails (the artifact is not kept)."""
     import torch
 
-    from cvops.export.build import ExportError, export_model, load_model
+    from cvops.export.build import ExportError, load_model
     from cvops.export.graph import Thresholds
 
-    ex = ctx.section["export"]
+    ex = ctx.config.export
+    _check(ex)
     curate, train = ctx.inputs["curate"], ctx.inputs["train"]
     work = ctx.workdir
-    classes = list(curate.metrics["classes"])
-    size = [int(v) for v in ctx.cfg.model.image_size]
-    thr = Thresholds(max_det=int(ex["max_det"]), score_thr=float(ex["score_thr"]), iou_thr=float(ex["iou_thr"]))
-    if str(ex["batch"]) != "dynamic" and not str(ex["batch"]).isdigit():
-        raise ExportError(f"export.batch={ex['batch']!r}: use 'dynamic' or a batch size such as 1")
-    if ex["format"] == "tensorrt" and ex["tensorrt"]["int8"] and not ex["int8"]:
-        raise ExportError("export.tensorrt.int8=true builds the engine from the INT8 (QDQ) model, which needs "
-                          "export.int8=true too (or use export=tensorrt_int8)")
+    thr = Thresholds(max_det=ex.max_det, score_thr=ex.score_thr, iou_thr=ex.iou_thr)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg, model = load_model(train.path("config"), train.path("checkpoint"), "cpu", test_cfg=vars(thr))
 
-    # 1. ONNX
-    meta = {"project": ctx.cfg.project, "dataset_version": curate.metrics.get("dataset_version"),
-            "train_fingerprint": train.fingerprint, "export_fingerprint": ctx.fingerprint, "model": ctx.cfg.model.name}
-    contract = export_model(model, cfg, work / "model.onnx", size, thr, classes, batch=str(ex["batch"]),
-                            opset=int(ex["opset"]), metadata=meta)
+    contract = build_onnx(ctx, model, cfg, thr)
     pre = Preprocess.from_dict(contract["preprocess"])
-    onnx_det = OnnxDetector(work / "model.onnx")  # run_any: also for a fixed-batch graph
+    gate = Gate(curate, train, pre, thr, ctx.config.evaluate.confusion_score_thr)
+    gate.check("onnx", OnnxDetector(work / "model.onnx").run_any, ex.gate.max_map_drop)
+    artifacts = {"onnx": "model.onnx", "preprocess": "preprocess.json"}
+
+    calibration = build_int8(work, ex, curate, pre, gate, artifacts) if ex.int8 else None
+    engine, skipped = None, None
+    if ex.format is ExportFormat.tensorrt:
+        engine, skipped = build_tensorrt(ctx, pre, calibration, gate, artifacts)
+
+    rows = latency_step(work, ex, model, pre, gate, artifacts)
+    write_disagreements(work, gate, curate.metrics["dataset_name"], artifacts)
+    if ex.triton:
+        write_triton(work, ctx.config.project, contract, ex, engine, artifacts)
+    metrics = _metrics(work, ex, gate, rows, contract, skipped)
+    failed = [r.verdict() for r in gate.results.values() if not r.passed]
+    if failed:
+        raise ExportError(
+            f"export gate failed on the {gate.split} split: {'; '.join(failed)}. The images where the export disagrees "
+            f"are tagged export_mismatch:<runtime> in FiftyOne dataset {curate.metrics['dataset_name']} "
+            f"(cvops app recipe=...) and listed in {work / 'disagreements.csv'}; latency and mAP in "
+            f"{work / 'latency.md'}")
+    reports = ["latency.md", "latency.csv", "latency.png", "disagreements.csv", "preprocess.json"]
+    return StageResult(artifacts, metrics, skipped=skipped, reports=reports)
+
+
+def _check(ex: ExportConfig) -> None:
+    """Combinations the schema's types cannot refuse on their own."""
+    from cvops.export.build import ExportError
+
+    if ex.batch != "dynamic" and not str(ex.batch).isdigit():
+        raise ExportError(f"export.batch={ex.batch!r}: use 'dynamic' or a batch size such as 1")
+    if ex.format is ExportFormat.tensorrt and ex.tensorrt.int8 and not ex.int8:
+        raise ExportError("export.tensorrt.int8=true builds the engine from the INT8 (QDQ) model, which needs "
+                          "export.int8=true too (or use export=tensorrt_int8)")
+
+
+def build_onnx(ctx: StageContext, model: Any, cfg: Any, thr: Any) -> Dict[str, Any]:
+    """Step 1: ``model.onnx`` (decoding and NMS inside) and its preprocessing contract; returns the contract."""
+    from cvops.export.build import export_model
+
+    ex, curate, train, work = ctx.config.export, ctx.inputs["curate"], ctx.inputs["train"], ctx.workdir
+    meta = {"project": ctx.config.project, "dataset_version": curate.metrics.get("dataset_version"),
+            "train_fingerprint": train.fingerprint, "export_fingerprint": ctx.fingerprint,
+            "model": ctx.config.model.name}
+    contract = export_model(model, cfg, work / "model.onnx", list(ctx.config.model.image_size), thr,
+                            list(curate.metrics["classes"]), batch=str(ex.batch), opset=ex.opset, metadata=meta)
     log.info("  export: model.onnx (%s, opset %s, batch %s) %.1f MB", contract["family"], contract["opset"],
              contract["batch"], (work / "model.onnx").stat().st_size / 2**20)
+    return contract
 
-    # 2. parity gate on test (val when test is empty)
-    names = curate.manifest.get("artifacts", {})
-    split = "test" if "coco_test" in names and read_split(curate.path("coco_test"))[0] else "val"
-    ann = curate.path(f"coco_{split}")
-    images, cat_ids = read_split(ann)
-    if not images:
-        raise ExportError("the curated test and val splits are empty: nothing to check the export on")
-    from cvops.evaluate.stage import coco_eval, predict
 
-    torch_dets = predict(train.path("config"), train.path("checkpoint"), ann, "cpu", thr.score_thr, thr.max_det,
-                         iou_thr=thr.iou_thr)
-    torch_map = coco_eval(ann, torch_dets)[0]["mAP"]
-    results: Dict[str, Dict[str, Any]] = {}
-    runners: Dict[str, Any] = {"pytorch": torch_runner(model, pre)}
-    conf_thr = float(ctx.section["evaluate.confusion_score_thr"])  # declared in export's StageSpec
+def build_int8(work: Path, ex: ExportConfig, curate: Any, pre: Preprocess, gate: Gate,
+               artifacts: Dict[str, str]) -> Dict[str, Any]:
+    """Step 3: ``model_int8.onnx`` (QDQ, calibrated on curated train images), gated; returns the calibration."""
+    from cvops.export.quantize import quantize, select_calibration, write_calibration
 
-    def gate(name: str, run_fn: Any, max_drop: float) -> None:
-        results[name] = parity(run_fn, pre, ann, torch_dets, torch_map, max_drop, conf_thr)
-        runners[name] = run_fn
-        r = results[name]
-        log.info("  export: %-8s mAP %.4f vs PyTorch %.4f: drop %.2f points (limit %.2f) -> %s; %d image(s) disagree",
-                 name, r["mAP"], torch_map, r["map_drop"], max_drop, "pass" if r["pass"] else "FAIL",
-                 r["disagreeing_images"])
+    sel = select_calibration(json.loads(curate.path("coco_train").read_text()), ex.calib_images, ex.calib_seed)
+    write_calibration(work / "calibration.json", sel)
+    log.info("  export: INT8 calibration on %d train images (%s)", len(sel["images"]),
+             ", ".join(f"{k} {v}" for k, v in sel["per_class"].items()))
+    quantize(work / "model.onnx", work / "model_int8.onnx", sel["images"], pre, method=ex.calib_method.value)
+    gate.check("int8", OnnxDetector(work / "model_int8.onnx").run_any, ex.gate.int8_max_map_drop)
+    artifacts.update({"onnx_int8": "model_int8.onnx", "calibration": "calibration.json"})
+    return sel
 
-    gate("onnx", onnx_det.run_any, float(ex["gate"]["max_map_drop"]))
 
-    # 3. INT8
-    artifacts = {"onnx": "model.onnx", "preprocess": "preprocess.json"}
-    if ex["int8"]:
-        from cvops.export.quantize import quantize, select_calibration, write_calibration
+def build_tensorrt(ctx: StageContext, pre: Preprocess, calibration: Optional[Dict[str, Any]], gate: Gate,
+                   artifacts: Dict[str, str]) -> Tuple[Optional[Path], Optional[str]]:
+    """Step 4: the TensorRT engine, gated; returns (engine, None), or (None, why) where TensorRT or a GPU is
+    missing (the stage is then recorded skipped with the command to run on a GPU host)."""
+    from cvops.export import tensorrt as trt
+    from cvops.export.quantize import quantize
 
-        sel = select_calibration(json.loads(curate.path("coco_train").read_text()), int(ex["calib_images"]),
-                                 int(ex["calib_seed"]))
-        write_calibration(work / "calibration.json", sel)
-        log.info("  export: INT8 calibration on %d train images (%s)", len(sel["images"]),
-                 ", ".join(f"{k} {v}" for k, v in sel["per_class"].items()))
-        quantize(work / "model.onnx", work / "model_int8.onnx", sel["images"], pre, method=str(ex["calib_method"]))
-        gate("int8", OnnxDetector(work / "model_int8.onnx").run_any, float(ex["gate"]["int8_max_map_drop"]))
-        artifacts.update({"onnx_int8": "model_int8.onnx", "calibration": "calibration.json"})
+    ex, work = ctx.config.export, ctx.workdir
+    why = trt.unavailable()
+    if why:
+        skipped = (f"TensorRT engine not built: {why}. On a GPU host with TensorRT 10+ "
+                   f"(pip install -e '.[tensorrt]') run: cvops {' '.join(_recipe_args(ctx))} stages=[export] "
+                   f"(or python {GPU_CHECK} for build, parity and latency in one go). The ONNX models are built "
+                   "and gated.")
+        log.warning("  export: %s", skipped)
+        return None, skipped
+    t = ex.tensorrt
+    int8 = t.int8 and calibration is not None
+    if int8:
+        quantize(work / "model.onnx", work / "model_int8_trt.onnx", calibration["images"], pre,
+                 method=ex.calib_method.value, target="tensorrt")
+        artifacts["onnx_int8_trt"] = "model_int8_trt.onnx"
+    src = work / ("model_int8_trt.onnx" if int8 else "model.onnx")
+    engine = work / ("model_int8.engine" if int8 else "model.engine")
+    info = trt.build_engine(src, engine, input_shape=[3, pre.height, pre.width], fp16=t.fp16, int8=int8,
+                            workspace_gb=t.workspace_gb, min_batch=t.min_batch, opt_batch=t.opt_batch,
+                            max_batch=t.max_batch, timing_cache=work / "timing.cache" if t.timing_cache else None)
+    log.info("  export: TensorRT %s engine built in %.1f s on %s", info["tensorrt"], info["build_seconds"], info["gpu"])
+    trt_det = trt.TrtDetector(engine, src)
+    gate.check("tensorrt", lambda x: run_padded(trt_det.run, x, trt_det.fixed_batch),
+               ex.gate.int8_max_map_drop if int8 else ex.gate.max_map_drop)
+    artifacts.update({"engine": engine.name, "engine_fingerprint": engine.with_suffix(".json").name})
+    return engine, None
 
-    # 4. TensorRT
-    skipped: Optional[str] = None
-    engine: Optional[Path] = None
-    if ex["format"] == "tensorrt":
-        from cvops.export import tensorrt as trt
 
-        why = trt.unavailable()
-        if why:
-            skipped = (f"TensorRT engine not built: {why}. On a GPU host with TensorRT 10+ "
-                       f"(pip install -e '.[tensorrt]') run: cvops {' '.join(_recipe_args(ctx))} stages=[export] "
-                       f"(or python {GPU_CHECK} for build, parity and latency in one go). The ONNX models are built "
-                       "and gated.")
-            log.warning("  export: %s", skipped)
-        else:
-            t = ex["tensorrt"]
-            int8 = bool(t["int8"]) and (work / "model_int8.onnx").exists()
-            if int8:
-                quantize(work / "model.onnx", work / "model_int8_trt.onnx", sel["images"], pre,
-                         method=str(ex["calib_method"]), target="tensorrt")
-                artifacts["onnx_int8_trt"] = "model_int8_trt.onnx"
-            src = work / ("model_int8_trt.onnx" if int8 else "model.onnx")
-            engine = work / ("model_int8.engine" if int8 else "model.engine")
-            info = trt.build_engine(src, engine, input_shape=[3, pre.height, pre.width], fp16=bool(t["fp16"]), int8=int8,
-                                    workspace_gb=float(t["workspace_gb"]), min_batch=int(t["min_batch"]),
-                                    opt_batch=int(t["opt_batch"]), max_batch=int(t["max_batch"]),
-                                    timing_cache=work / "timing.cache" if t["timing_cache"] else None)
-            log.info("  export: TensorRT %s engine built in %.1f s on %s", info["tensorrt"], info["build_seconds"], info["gpu"])
-            trt_det = trt.TrtDetector(engine, src)
-            gate("tensorrt", lambda t: run_padded(trt_det.run, t, trt_det.fixed_batch),
-                 float(ex["gate"]["int8_max_map_drop"] if int8 else ex["gate"]["max_map_drop"]))
-            artifacts.update({"engine": engine.name, "engine_fingerprint": engine.with_suffix(".json").name})
-
-    # 5. latency
+def latency_step(work: Path, ex: ExportConfig, model: Any, pre: Preprocess, gate: Gate,
+                 artifacts: Dict[str, str]) -> List[Dict[str, Any]]:
+    """Step 5: PyTorch vs every gated runtime at batch 1 and 8 on the same images: table, CSV, plot."""
     import cv2
 
-    lat_images = [cv2.imread(im["file_name"], cv2.IMREAD_COLOR) for im in images[:8]]
-    rows = latency_table(runners, pre, lat_images, int(ex["latency_repeats"]))
-    maps = {"pytorch": torch_map, **{k: v["mAP"] for k, v in results.items()}}
-    _write_latency(work, rows, maps, results)
+    images = [cv2.imread(im["file_name"], cv2.IMREAD_COLOR) for im in gate.images[:8]]
+    rows = latency_table({"pytorch": torch_runner(model, pre), **gate.runners}, pre, images, ex.latency_repeats)
+    maps = {"pytorch": gate.torch_map, **{k: v.map for k, v in gate.results.items()}}
+    _write_latency(work, rows, maps, gate.results)
     _plot_latency(work / "latency.png", rows, maps)
     artifacts.update({"latency": "latency.md", "latency_csv": "latency.csv", "latency_plot": "latency.png"})
+    return rows
 
-    # disagreements: CSV + FiftyOne tags
+
+def write_disagreements(work: Path, gate: Gate, dataset: str, artifacts: Dict[str, str]) -> None:
+    """``disagreements.csv`` and the ``export_mismatch:<runtime>`` tags in the FiftyOne dataset."""
     lines = ["runtime,file_name,missed,extra"]
-    for name, r in results.items():
-        lines += [f"{name},{row['file_name']},{row['missed']},{row['extra']}" for row in r["rows"]]
-        tag_disagreements(curate.metrics["dataset_name"], r["rows"], f"export_mismatch:{name}")
+    for name, r in gate.results.items():
+        lines += [f"{name},{row['file_name']},{row['missed']},{row['extra']}" for row in r.rows]
+        tag_disagreements(dataset, r.rows, f"export_mismatch:{name}")
     (work / "disagreements.csv").write_text("\n".join(lines) + "\n")
     artifacts["disagreements"] = "disagreements.csv"
 
-    # 6. Triton
-    if ex["triton"]:
-        repo = work / "triton"
-        models = triton_repo(repo, ctx.cfg.project, work / "model.onnx", contract["io"], int(ex["tensorrt"]["max_batch"]),
-                             json.dumps(contract["preprocess"]), engine)
-        artifacts["triton"] = "triton"
-        log.info("  export: Triton model repository %s (%s)", repo, ", ".join(models))
+
+def write_triton(work: Path, project: str, contract: Dict[str, Any], ex: ExportConfig, engine: Optional[Path],
+                 artifacts: Dict[str, str]) -> None:
+    """Step 6: a Triton model repository under ``triton/``."""
+    from cvops.export.triton import write_repository
+
+    repo = work / "triton"
+    models = write_repository(repo, project, work / "model.onnx", contract["io"], ex.tensorrt.max_batch,
+                              json.dumps(contract["preprocess"]), engine)
+    artifacts["triton"] = "triton"
+    log.info("  export: Triton model repository %s (%s)", repo, ", ".join(models))
+
+
+def _metrics(work: Path, ex: ExportConfig, gate: Gate, rows: List[Dict[str, Any]], contract: Dict[str, Any],
+             skipped: Optional[str]) -> Dict[str, Any]:
+    res = gate.results
 
     def ms(name: str, b: int = 1) -> Optional[float]:
         return next((r["median_ms"] for r in rows if r["runtime"] == name and r["batch"] == b), None)
 
-    passed = all(r["pass"] for r in results.values())
     metrics: Dict[str, Any] = {
-        "gate": "pass" if passed else "fail", "gate_split": split,
-        "torch_map": torch_map, "onnx_map": results["onnx"]["mAP"], "map_drop": results["onnx"]["map_drop"],
-        "int8_map": results.get("int8", {}).get("mAP"), "int8_map_drop": results.get("int8", {}).get("map_drop"),
+        "gate": "pass" if all(r.passed for r in res.values()) else "fail", "gate_split": gate.split,
+        "torch_map": gate.torch_map, "onnx_map": res["onnx"].map, "map_drop": res["onnx"].drop,
+        "int8_map": res["int8"].map if "int8" in res else None,
+        "int8_map_drop": res["int8"].drop if "int8" in res else None,
         "torch_ms": ms("pytorch"), "onnx_ms": ms("onnx"), "int8_ms": ms("int8"),
         "torch_ms_b8": ms("pytorch", 8), "onnx_ms_b8": ms("onnx", 8), "int8_ms_b8": ms("int8", 8),
         "onnx_speedup": _ratio(ms("pytorch"), ms("onnx")), "int8_speedup": _ratio(ms("pytorch"), ms("int8")),
-        "disagreeing_images": {k: v["disagreeing_images"] for k, v in results.items()},
+        "disagreeing_images": {k: len(v.rows) for k, v in res.items()},
         "family": contract["family"], "opset": contract["opset"], "batch": contract["batch"],
         "onnx_mb": round((work / "model.onnx").stat().st_size / 2**20, 2),
     }
-    if "tensorrt" in results:
-        metrics.update({"trt_map": results["tensorrt"]["mAP"], "trt_map_drop": results["tensorrt"]["map_drop"],
+    if "tensorrt" in res:
+        metrics.update({"trt_map": res["tensorrt"].map, "trt_map_drop": res["tensorrt"].drop,
                         "trt_ms": ms("tensorrt"), "trt_ms_b8": ms("tensorrt", 8)})
-    if ex["format"] == "tensorrt":
+    if ex.format is ExportFormat.tensorrt:
         metrics["tensorrt"] = "skipped" if skipped else "built"
-    out = ctx.run_dir / "export"
-    out.mkdir(parents=True, exist_ok=True)
-    for rel in ("latency.md", "latency.csv", "latency.png", "disagreements.csv", "preprocess.json"):
-        shutil.copy2(work / rel, out / rel)
-    if not passed:
-        failed = [f"{k}: {v['map_drop']:.2f} mAP points below PyTorch (limit {v['max_drop']:.2f})"
-                  for k, v in results.items() if not v["pass"]]
-        raise ExportError(
-            f"export gate failed on the {split} split: {'; '.join(failed)}. The images where the export disagrees "
-            f"are tagged export_mismatch:<runtime> in FiftyOne dataset {curate.metrics['dataset_name']} "
-            f"(cvops app recipe=...) and listed in {out / 'disagreements.csv'}; latency and mAP in {out / 'latency.md'}")
-    return StageResult(artifacts, metrics, skipped=skipped)
+    return metrics
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -355,26 +420,20 @@ def _recipe_args(ctx: StageContext) -> List[str]:
         args = [f"recipe={hc.runtime.choices.get('recipe')}"] if hc.runtime.choices.get("recipe") else []
         return args + [o for o in hc.overrides.task if not o.startswith(("stages=", "recipe="))]
     except Exception:
-        return [f"project={ctx.cfg.project}", f"export=tensorrt_{'int8' if ctx.cfg.export.tensorrt.int8 else 'fp16'}"]
-
-
-def triton_repo(root: Path, project: str, onnx_path: Path, io: Dict[str, Any], max_batch: int, pre_json: str,
-                engine: Optional[Path]) -> Dict[str, str]:
-    from cvops.export.triton import write_repository
-
-    return write_repository(root, project, onnx_path, io, max_batch, pre_json, engine)
+        ex = ctx.config.export
+        return [f"project={ctx.config.project}", f"export=tensorrt_{'int8' if ex.tensorrt.int8 else 'fp16'}"]
 
 
 def _write_latency(work: Path, rows: List[Dict[str, Any]], maps: Dict[str, Optional[float]],
-                   results: Dict[str, Dict[str, Any]]) -> None:
+                   results: Dict[str, GateResult]) -> None:
     md = ["| runtime | batch | median ms | p90 ms | ms / image | mAP | mAP drop (points) | gate |",
           "|---|---:|---:|---:|---:|---:|---:|---|"]
     csv = ["runtime,batch,median_ms,p90_ms,per_image_ms,mAP,map_drop,gate"]
     for r in rows:
-        res = results.get(r["runtime"], {})
+        res = results.get(r["runtime"])
         m = maps.get(r["runtime"])
-        drop = res.get("map_drop")
-        g = "" if not res else ("pass" if res["pass"] else "FAIL")
+        drop = res.drop if res else None
+        g = "" if not res else ("pass" if res.passed else "FAIL")
         md.append(f"| {r['runtime']} | {r['batch']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['per_image_ms']:.1f} | "
                   f"{'' if m is None else f'{m:.4f}'} | {'' if drop is None else f'{drop:.2f}'} | {g} |")
         csv.append(f"{r['runtime']},{r['batch']},{r['median_ms']},{r['p90_ms']},{r['per_image_ms']},"
