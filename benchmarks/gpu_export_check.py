@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def _match_rate(a, b, score: float = 0.3) -> float:
-    from cvops.export.runtime import box_iou
+    from cvops.detector.runtime import box_iou
 
     ka, kb = a.scores >= score, b.scores >= score
     if not ka.any():
@@ -46,8 +46,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=50)
     args = ap.parse_args()
 
-    from cvops.export import tensorrt as trt
-    from cvops.export.runtime import OnnxDetector, latency, split_outputs
+    from cvops.detector import tensorrt as trt
+    from cvops.detector.runtime import OnnxDetector, latency, split_outputs
 
     why = trt.unavailable()
     if why:

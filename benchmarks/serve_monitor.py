@@ -37,7 +37,7 @@ drift        ``--windows`` windows of ``--size`` freshly generated images (seeds
              the exported model (``run_images`` + ``profile_of``) and ``compare`` against the
              reference with the monitor defaults. Reports the alarm rate per condition with a 95 %
              Clopper-Pearson interval (goals: <= 5 % unshifted, >= 95 % shifted) and which features fired.
-monitor-log  Writes a ``--n`` record request log with :class:`cvops.serve.requestlog.RequestLog`:
+monitor-log  Writes a ``--n`` record request log with :class:`cvops.requestlog.RequestLog`:
              real records (the server's exact record layout, embeddings included) of ``--base``
              generated images run through the model, replicated with small jitter, 10 % of them with
              their image. Then times what ``cvops recipe=X stages=[monitor]`` does on it:
@@ -148,7 +148,7 @@ def recipe_config(recipe: str) -> Any:
 
 def parse_shift(text: str) -> Any:
     """``"brightness=0.55,blur=1.5"`` -> :class:`Shift` (empty or ``none``: identity)."""
-    from cvops.curate.synthetic import Shift
+    from cvops.synthetic import Shift
 
     kw: Dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -169,7 +169,7 @@ def shift_text(shift: Any) -> str:
 def generate_images(cfg: Any, out: Path, seed: int, n: int, shift: Any = None,
                     size: Optional[Tuple[int, int]] = None) -> List[Path]:
     """``n`` images of the recipe's synthetic generator (no videos) under ``shift``; their paths."""
-    from cvops.curate.synthetic import generate, spec_from_config
+    from cvops.synthetic import generate, spec_from_config
 
     spec = spec_from_config(cfg.data.synthetic, shift)
     spec.seed, spec.num_images, spec.videos = int(seed), int(n), 0
@@ -180,7 +180,7 @@ def generate_images(cfg: Any, out: Path, seed: int, n: int, shift: Any = None,
 
 
 def reference_profile(reference_dir: Path) -> Any:
-    from cvops.monitor.drift import Profile
+    from cvops.drift.stats import Profile
 
     path = reference_dir / "profile.npz" if reference_dir.is_dir() else reference_dir
     if not path.is_file():
@@ -211,7 +211,7 @@ import json, sys
 c = json.loads(sys.argv[1])
 drift = None
 if c["reference"]:
-    from cvops.monitor.drift import Profile
+    from cvops.drift.stats import Profile
     from cvops.serve.cli import DriftGauges
     m = c["monitor"]
     drift = DriftGauges(Profile.from_npz(c["reference"]), m["p_value"], m["psi_threshold"], m["permutations"], m["low"])
@@ -360,7 +360,7 @@ def bare(detector: Any, images: Sequence[np.ndarray], n: int, concurrency: int) 
 
 def single_costs(detector: Any, bodies: Sequence[bytes], repeats: int) -> Dict[str, float]:
     """Median single-thread milliseconds of the server's per-request steps: decode, image_stats, predict."""
-    from cvops.monitor.drift import image_stats
+    from cvops.drift.stats import image_stats
     from cvops.serve.app import decode_image
 
     out: Dict[str, List[float]] = {"decode_ms": [], "image_stats_ms": [], "predict_ms": []}
@@ -382,9 +382,9 @@ def single_costs(detector: Any, bodies: Sequence[bytes], repeats: int) -> Dict[s
 def cmd_load(args: argparse.Namespace) -> int:
     import httpx
 
-    from cvops.export.runtime import OnnxDetector
+    from cvops.detector.runtime import OnnxDetector
     from cvops.serve.app import decode_image
-    from cvops.serve.requestlog import read_log
+    from cvops.requestlog import read_log
 
     model = Path(args.model).resolve()
     cfg = recipe_config(args.recipe)
@@ -490,9 +490,9 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
-    from cvops.export.runtime import OnnxDetector
-    from cvops.monitor.drift import compare
-    from cvops.monitor.profile import iter_folder, profile_of, run_images
+    from cvops.detector.runtime import OnnxDetector
+    from cvops.drift.stats import compare
+    from cvops.drift.profile import iter_folder, profile_of, run_images
 
     cfg = recipe_config(args.recipe)
     mon = cfg.monitor
@@ -579,7 +579,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 def server_record(detector: Any, body: bytes, fingerprint: str, latency_ms: float) -> Dict[str, Any]:
     """The record the server logs for a successful raw-JPEG request (see ``cvops.serve.app``)."""
-    from cvops.monitor.drift import image_stats
+    from cvops.drift.stats import image_stats
     from cvops.serve.app import decode_image
 
     bgr, mime = decode_image(body, 40_000_000)
@@ -615,10 +615,10 @@ def jitter(rec: Dict[str, Any], rng: np.random.Generator, rel: float) -> Dict[st
 
 
 def cmd_monitor_log(args: argparse.Namespace) -> int:
-    from cvops.export.runtime import OnnxDetector
-    from cvops.monitor.drift import compare
-    from cvops.monitor.profile import edge_reasons, profile_of, window_from_log
-    from cvops.serve.requestlog import RequestLog, log_files, read_log
+    from cvops.detector.runtime import OnnxDetector
+    from cvops.drift.stats import compare
+    from cvops.drift.profile import edge_reasons, profile_of, window_from_log
+    from cvops.requestlog import RequestLog, log_files, read_log
     from cvops.serve.server import model_fingerprint
 
     cfg = recipe_config(args.recipe)

@@ -44,7 +44,7 @@ def overhead(repeats: int, epochs: int) -> None:
     # The raw side is timed like the stage is: from before torch/mmdet are imported to the end of training.
     raw_code = ("import sys, time\nt0 = time.perf_counter()\n"
                 "from mmengine.config import Config\nfrom mmengine.runner import Runner\n"
-                "import cvops.train.hooks\nfrom cvops.train.checkpoint import allow_mmengine_checkpoints\n"
+                "import cvops.train.hooks\nfrom cvops.detector.checkpoint import allow_mmengine_checkpoints\n"
                 "allow_mmengine_checkpoints()\ncfg = Config.fromfile(sys.argv[1]); cfg.work_dir = sys.argv[2]\n"
                 "Runner.from_cfg(cfg).train(); print('TRAIN', time.perf_counter() - t0)\n")
     with tempfile.TemporaryDirectory() as tmp:

@@ -80,7 +80,7 @@ def _cmd_recipes(argv: List[str]) -> int:
 
 
 def _cmd_app(argv: List[str]) -> int:
-    from cvops.app import main as app
+    from cvops.fiftyone_app import main as app
 
     return app(argv)
 

@@ -98,7 +98,7 @@ class SyntheticConfig:
 
     Shapes of ``classes`` on textured backgrounds, varied sizes, some
     occlusion and some empty images, plus short videos of moving labelled
-    shapes. See :mod:`cvops.curate.synthetic`.
+    shapes. See :mod:`cvops.synthetic`.
     """
 
     num_images: int = 120

@@ -33,7 +33,7 @@ again where the value is used (:func:`check_targets` in
   environment, never the recipe).
 * ``model.load_from`` is a local file or an ``https://`` URL; cvops downloads
   it and loads it under torch's ``weights_only`` allow-list
-  (:mod:`cvops.train.checkpoint`).
+  (:mod:`cvops.detector.checkpoint`).
 
 Plug-ins: an installed package adds objects to :data:`TARGETS` through the
 entry-point group ``cvops.targets`` (``name = "pkg.module:Object"``). Installing

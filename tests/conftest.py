@@ -99,6 +99,6 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def detector(model_path: Path):
-    from cvops.export.runtime import OnnxDetector
+    from cvops.detector.runtime import OnnxDetector
 
     return OnnxDetector(model_path)

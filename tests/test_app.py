@@ -61,9 +61,9 @@ def test_app_shows_the_monitor_edge_cases_in_chromium(cvops, tmp_path):
     import cv2
     import numpy as np
 
-    from cvops.export.runtime import Detections
+    from cvops.detector.runtime import Detections
     from cvops.fo import connect
-    from cvops.monitor.profile import Seen
+    from cvops.drift.profile import Seen
     from cvops.monitor.stage import to_review
 
     project = f"appcheck{abs(hash(tmp_path.name)) % 10**8}"

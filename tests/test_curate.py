@@ -148,7 +148,7 @@ def test_exif_orientation_rotates_image_and_boxes(curate, tmp_path):
 
 
 def test_video_frames_sampled_grouped_and_timestamped(curate, tmp_path):
-    from cvops.curate.synthetic import SyntheticSpec, generate
+    from cvops.synthetic import SyntheticSpec, generate
 
     gen = generate(tmp_path / "gen", SyntheticSpec(num_images=0, videos=3, video_frames=24, video_fps=8), progress=False)
     (tmp_path / "gen" / "videos" / "broken.mp4").write_bytes(b"\x00" * 100)

@@ -1,4 +1,4 @@
-"""Drift statistics and tests (cvops.monitor.drift): power, false alarms, edge cases."""
+"""Drift statistics and tests (cvops.drift.stats): power, false alarms, edge cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cvops.monitor.drift import (DriftReport, Profile, chi2, compare, image_stats, ks, mmd_test,
+from cvops.drift.stats import (DriftReport, Profile, chi2, compare, image_stats, ks, mmd_test,
                                  prediction_stats, psi)
 
 CLASSES = np.array(["car", "person", "bike", "truck"])

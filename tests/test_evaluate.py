@@ -8,8 +8,9 @@ import uuid
 import numpy as np
 import pytest
 
-from cvops.curate.synthetic import SyntheticSpec, generate
-from cvops.evaluate.stage import _to_fiftyone, coco_eval
+from cvops.synthetic import SyntheticSpec, generate
+from cvops.detector.coco import coco_eval
+from cvops.evaluate.stage import _to_fiftyone
 
 TOLERANCE = 1e-3  # measured difference is far smaller; see README "One metric contract"
 

@@ -32,7 +32,8 @@ def _images(n: int, seed: int = 0):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """An untrained RTMDet-tiny (spread head), its mmdet model with the export thresholds, and model.onnx."""
-    from cvops.export.build import export_model, load_model
+    from cvops.detector.mmdet import load_model
+    from cvops.export.build import export_model
     from cvops.export.graph import Thresholds
 
     out = tmp_path_factory.mktemp("export")
@@ -48,7 +49,7 @@ def _torch_dets(model, pre, images, max_det=None):
 
     mmdet's YOLOX head returns every NMS survivor; like the evaluate stage, keep the top ``max_det``.
     """
-    from cvops.export.runtime import Detections
+    from cvops.detector.runtime import Detections
     from cvops.export.stage import torch_runner
 
     tensor, scales = pre.batch(images)
@@ -74,7 +75,7 @@ def _assert_same(a, b, atol=1e-2):
 
 
 def test_onnx_equals_pytorch_at_batch_1_and_4(exported):
-    from cvops.export.runtime import OnnxDetector
+    from cvops.detector.runtime import OnnxDetector
 
     out, _, model, contract = exported
     det = OnnxDetector(out / "model.onnx")
@@ -116,7 +117,7 @@ def test_preprocessing_contract_travels_with_the_model(exported):
 def test_fixed_batch_export(exported, tmp_path):
     from cvops.export.build import export_model
     from cvops.export.graph import Thresholds
-    from cvops.export.runtime import OnnxDetector
+    from cvops.detector.runtime import OnnxDetector
 
     _, cfg, model, _ = exported
     contract = export_model(model, cfg, tmp_path / "model.onnx", SIZE, Thresholds(max_det=50, score_thr=0.2), CLASSES,
@@ -135,9 +136,10 @@ def test_fixed_batch_export(exported, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["yolox_tiny", "retinanet_r18"])
 def test_other_single_stage_families_match_pytorch(model_name, tmp_path):
-    from cvops.export.build import export_model, load_model
+    from cvops.detector.mmdet import load_model
+    from cvops.export.build import export_model
     from cvops.export.graph import Thresholds
-    from cvops.export.runtime import OnnxDetector
+    from cvops.detector.runtime import OnnxDetector
 
     files = make_checkpoint(tmp_path, model=model_name, size=SIZE)
     thr = Thresholds(max_det=30, score_thr=0.3, iou_thr=0.6)
@@ -155,7 +157,8 @@ def test_other_single_stage_families_match_pytorch(model_name, tmp_path):
 
 
 def test_two_stage_model_is_refused_with_the_reason(tmp_path):
-    from cvops.export.build import ExportError, export_model, load_model
+    from cvops.detector.mmdet import load_model
+    from cvops.export.build import ExportError, export_model
     from cvops.export.graph import Thresholds
 
     files = make_checkpoint(tmp_path, model="faster_rcnn_r50", size=SIZE)
@@ -169,7 +172,7 @@ def test_missing_operator_is_named(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from cvops.export.runtime import OnnxDetector
+    from cvops.detector.runtime import OnnxDetector
 
     node = helper.make_node("FancyNMS", ["images"], ["num_dets"])
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
@@ -220,14 +223,14 @@ def test_int8_model_is_qdq_and_keeps_the_contract(exported, tmp_path):
     import onnx
 
     from cvops.export.quantize import quantize
-    from cvops.export.runtime import OnnxDetector
+    from cvops.detector.runtime import OnnxDetector
 
     out, _, _, contract = exported
     files = []
     for i, im in enumerate(_images(8, seed=5)):
         files.append(str(tmp_path / f"{i}.png"))
         cv2.imwrite(files[-1], im)
-    from cvops.export.runtime import Preprocess
+    from cvops.detector.runtime import Preprocess
 
     quantize(out / "model.onnx", tmp_path / "int8.onnx", files, Preprocess.from_dict(contract["preprocess"]))
     m = onnx.load(str(tmp_path / "int8.onnx"))
@@ -267,7 +270,7 @@ def test_triton_config_parses_into_tritons_model_config(exported, tmp_path):
 
 def test_tensorrt_availability_is_reported_with_its_reason():
     """unavailable() says why exactly when TensorRT or a GPU is missing (here: no GPU, no TensorRT)."""
-    from cvops.export import tensorrt
+    from cvops.detector import tensorrt
 
     why = tensorrt.unavailable()
     try:
@@ -291,9 +294,9 @@ def test_gate_passes_the_export_and_fails_a_broken_one(exported, tmp_path):
     """
     import cv2
 
-    from cvops.evaluate.stage import coco_eval
-    from cvops.export.runtime import OnnxDetector, Preprocess
-    from cvops.export.stage import parity, to_coco
+    from cvops.detector.coco import coco_eval, to_coco
+    from cvops.detector.runtime import OnnxDetector, Preprocess
+    from cvops.export.stage import parity
 
     out, _, model, _ = exported
     det = OnnxDetector(out / "model.onnx")
@@ -331,7 +334,7 @@ def test_gate_passes_the_export_and_fails_a_broken_one(exported, tmp_path):
 
 def test_engine_fingerprint_mismatch_means_rebuild(tmp_path):
     """An engine built for another TensorRT / GPU architecture is stale (TrtDetector rebuilds it from the ONNX)."""
-    from cvops.export.tensorrt import stale
+    from cvops.detector.tensorrt import stale
 
     here = {"tensorrt": "10.13.0", "cuda": "12.8", "gpu": "NVIDIA H100", "compute_capability": "9.0"}
     engine = tmp_path / "model.engine"

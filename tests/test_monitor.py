@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from cvops.export.runtime import Detections
-from cvops.monitor.profile import Seen, edge_reasons, nn_distances
+from cvops.detector.runtime import Detections
+from cvops.drift.profile import Seen, edge_reasons, nn_distances
 
 
 def _seen(scores, labels, boxes, emb=None, name="x"):
@@ -83,7 +83,7 @@ def test_edge_cases_arrive_in_fiftyone_with_prelabels(tmp_path):
 
 
 def test_window_from_a_request_log_cut_mid_line(tmp_path):
-    from cvops.monitor.profile import window_from_log
+    from cvops.drift.profile import window_from_log
 
     recs = [{"id": f"r{i}", "status": 200, "width": 64, "height": 48, "brightness": 100.0 + i,
              "detections": [{"box": [1, 2, 30, 40], "score": 0.8, "label": 1, "class": "square"}],

@@ -56,7 +56,7 @@ def test_quickstart_end_to_end_cached_rerun_drift_and_serving(cvops):
     assert q["status"] == "ran" and q["metrics"]["drift_detected"] is False, q["metrics"]["drift_features"]
 
     # TensorRT on a host without it: ONNX still built and gated, the stage says what to run where
-    from cvops.export.tensorrt import unavailable
+    from cvops.detector.tensorrt import unavailable
 
     trt = cvops(*SMALL, "stages=[export,monitor]", "export=tensorrt_fp16", timeout=300)
     assert trt.returncode == 0, trt.stdout[-3000:] + trt.stderr[-3000:]

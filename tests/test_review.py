@@ -16,7 +16,7 @@ import pytest
 
 from cvops.config import compose_config
 from cvops.curate.sources import SourceError, iter_sources
-from cvops.curate.synthetic import SyntheticSpec, generate
+from cvops.synthetic import SyntheticSpec, generate
 from cvops.fo import connect
 from cvops.monitor.review import export_reviewed, next_command
 from cvops.runner import Runner

@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers.images import encode, pil_bytes  # noqa: E402
 from helpers.net import free_port  # noqa: E402
 
-from cvops.export.runtime import OnnxDetector  # noqa: E402
+from cvops.detector.runtime import OnnxDetector  # noqa: E402
 from cvops.serve.app import create_app  # noqa: E402
-from cvops.serve.requestlog import RequestLog, iter_log, log_files, read_log  # noqa: E402
+from cvops.requestlog import RequestLog, iter_log, log_files, read_log  # noqa: E402
 
 INFO = {"fingerprint": "fp-test-123", "recipe": "tiny", "dataset_version": "tiny-0001"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -714,7 +714,7 @@ def test_iter_log_streams_newest_first(tmp_path: Path) -> None:
 
 
 def test_monitor_window_reads_only_the_newest_records(tmp_path: Path) -> None:
-    from cvops.monitor.profile import window_from_log
+    from cvops.drift.profile import window_from_log
 
     log = RequestLog(tmp_path, max_bytes=1200, sample_rate=0.0)
     for i in range(30):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cvops.config import compose_config
-from cvops.curate.synthetic import Shift, SyntheticSpec, generate, spec_from_config
+from cvops.synthetic import Shift, SyntheticSpec, generate, spec_from_config
 
 
 def _digest(root):

@@ -65,7 +65,7 @@ def test_checkpoint_allow_list_loads_mmengine_but_refuses_code(tmp_path):
     import numpy as np
     from mmengine.logging import MessageHub
 
-    from cvops.train.checkpoint import allow_mmengine_checkpoints, load
+    from cvops.detector.checkpoint import allow_mmengine_checkpoints, load
 
     allow_mmengine_checkpoints()  # what every cvops training process does before saving
     hub = MessageHub.get_instance("allowlist")

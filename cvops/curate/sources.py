@@ -1227,7 +1227,7 @@ def read_source(index: int, src: Dict[str, Any], workdir: Path, ledger: Ledger,
 def _read_format(fmt: Any, path: Optional[Path], src: Dict[str, Any], index: int, workdir: Path, ledger: Ledger,
                  scope: Scope) -> Tuple[List[Item], List[str]]:
     if fmt == "synthetic":
-        from cvops.curate.synthetic import generate, spec_from_config
+        from cvops.synthetic import generate, spec_from_config
 
         out = workdir / "source" / f"synthetic-{index}"
         summary = generate(out, spec_from_config(src["synthetic"]))

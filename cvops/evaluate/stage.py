@@ -20,90 +20,16 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from cvops.detector.coco import coco_eval
+from cvops.detector.mmdet import predict
 from cvops.schema import Device
 from cvops.stages import StageContext, StageResult
 
 log = logging.getLogger("cvops")
-
-
-def predict(config: Path, checkpoint: Path, ann_file: Path, device: str, score_thr: float,
-            max_det: int, iou_thr: Optional[float] = None) -> List[Dict[str, Any]]:
-    """COCO-format detections of a checkpoint on one exported split.
-
-    With ``iou_thr``, the model's own post-processing uses (score_thr, iou_thr,
-    max_det) too: the like-for-like reference for an exported graph.
-    """
-    import torch
-    from mmdet.apis import init_detector
-    from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-    from tqdm import tqdm
-
-    from cvops.train.checkpoint import allow_mmengine_checkpoints
-
-    register_all_modules()
-    allow_mmengine_checkpoints()
-    cfg = Config.fromfile(str(config))
-    if iou_thr is not None:
-        from cvops.export.build import apply_test_cfg
-
-        apply_test_cfg(cfg, score_thr, iou_thr, max_det)
-    loader_cfg = cfg.test_dataloader
-    loader_cfg.dataset.ann_file = str(ann_file)
-    loader_cfg.num_workers, loader_cfg.persistent_workers = 0, False
-    model = init_detector(cfg, str(checkpoint), device=device)
-    loader = Runner.build_dataloader(loader_cfg)
-    cat_ids = [c["id"] for c in json.loads(Path(ann_file).read_text())["categories"]]
-    out: List[Dict[str, Any]] = []
-    with torch.no_grad():
-        for batch in tqdm(loader, desc=f"evaluate: {Path(ann_file).stem}", leave=False):
-            for sample in model.test_step(batch):
-                p = sample.pred_instances
-                keep = p.scores >= score_thr
-                boxes, scores, labels = p.bboxes[keep], p.scores[keep], p.labels[keep]
-                order = scores.argsort(descending=True)[:max_det]
-                for b, s, lab in zip(boxes[order].tolist(), scores[order].tolist(), labels[order].tolist()):
-                    out.append({"image_id": int(sample.img_id), "category_id": cat_ids[lab],
-                                "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)})
-    return out
-
-
-def coco_eval(ann_file: Path, dets: List[Dict[str, Any]]) -> Tuple[Dict[str, Any], Any]:
-    """pycocotools' COCOeval: headline numbers, per-class AP and the evaluator."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(ann_file))
-        dt = gt.loadRes(dets) if dets else COCO()
-        if not dets:
-            dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
-            dt.createIndex()
-        ev = COCOeval(gt, dt, "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
-    per_class = {}
-    for k, cat in enumerate(ev.params.catIds):
-        prec = ev.eval["precision"][:, :, k, 0, -1]  # IoU x recall, area all, maxDets 100
-        valid = prec[prec > -1]
-        per_class[names[cat]] = float(valid.mean()) if valid.size else None
-    s = ev.stats
-    stats = {"mAP": _num(s[0]), "mAP50": _num(s[1]), "mAP75": _num(s[2]), "per_class_AP": per_class}
-    return stats, ev
-
-
-def _num(x: float) -> float:
-    return float(max(x, 0.0))  # pycocotools reports -1 when a split has no ground truth
 
 
 def _to_fiftyone(dataset: str, field: str, key: str, exports: Dict[str, Path], preds: Dict[str, List[Dict[str, Any]]],

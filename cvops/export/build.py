@@ -4,46 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 from cvops.config import ConfigError
 from cvops.export.graph import DetectorGraph, Thresholds, UnsupportedModel, export_onnx, family
-from cvops.export.runtime import Preprocess
+from cvops.detector.runtime import Preprocess
 
 
 class ExportError(ConfigError):
     """An export the user has to change something for (the message says what)."""
-
-
-def load_model(config: Path, checkpoint: Optional[Path], device: str = "cpu",
-               test_cfg: Optional[Dict[str, Any]] = None) -> Tuple[Any, Any]:
-    """The mmengine Config and the built detector with its weights (eval mode)."""
-    from mmdet.apis import init_detector
-    from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-
-    from cvops.train.checkpoint import allow_mmengine_checkpoints
-
-    register_all_modules()
-    allow_mmengine_checkpoints()
-    cfg = Config.fromfile(str(config))
-    if test_cfg:
-        apply_test_cfg(cfg, **test_cfg)
-    model = init_detector(cfg, str(checkpoint) if checkpoint else None, device=device)
-    model.eval()
-    return cfg, model
-
-
-def apply_test_cfg(cfg: Any, score_thr: float, iou_thr: float, max_det: int) -> None:
-    """Make mmdet's own post-processing use the export thresholds (for a like-for-like reference)."""
-    tc = cfg.model.get("test_cfg")
-    if tc is None:
-        return
-    tc["score_thr"] = float(score_thr)
-    tc["max_per_img"] = int(max_det)
-    tc["nms"] = dict(type="nms", iou_threshold=float(iou_thr))
-    if "min_bbox_size" in tc:
-        tc["min_bbox_size"] = 0
 
 
 def export_model(model: Any, cfg: Any, out: Path, image_size: Sequence[int], thresholds: Thresholds,

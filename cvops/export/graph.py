@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from cvops.export.runtime import INPUT, OUTPUTS  # noqa: E402  (the I/O contract lives with the runtime: no torch)
+from cvops.detector.runtime import INPUT, OUTPUTS  # noqa: E402  (the I/O contract lives with the runtime: no torch)
 
 SINGLE_STAGE = {"RTMDetHead": "rtmdet", "RTMDetSepBNHead": "rtmdet", "YOLOXHead": "yolox", "RetinaHead": "retinanet"}
 

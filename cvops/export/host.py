@@ -16,6 +16,6 @@ def signature(config: Any, store_root: Any = None) -> str:
     """``config``: the export stage's typed view (only ``export.format`` is read)."""
     if config.export.format != "tensorrt":
         return ""
-    from cvops.export.tensorrt import unavailable
+    from cvops.detector.tensorrt import unavailable
 
     return "tensorrt-unavailable" if unavailable() else "tensorrt-usable"

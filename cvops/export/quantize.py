@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 
 from cvops.config import ConfigError
-from cvops.export.runtime import Preprocess
+from cvops.detector.runtime import Preprocess
 
 MIN_CALIB_IMAGES = 8
 

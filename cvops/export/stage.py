@@ -30,8 +30,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cvops.export.runtime import (Detections, OnnxDetector, Preprocess, box_iou, latency, run_padded,
+from cvops.detector.runtime import (OnnxDetector, Preprocess, box_iou, latency, run_padded,
                                   split_outputs)
+from cvops.detector.coco import coco_eval, read_split, to_coco
 from cvops.schema import ExportConfig, ExportFormat
 from cvops.stages import StageContext, StageResult
 
@@ -40,11 +41,6 @@ GPU_CHECK = "benchmarks/gpu_export_check.py"
 
 
 # ------------------------------------------------------------ prediction
-def read_split(ann_file: Path) -> Tuple[List[Dict[str, Any]], List[int]]:
-    coco = json.loads(Path(ann_file).read_text())
-    return coco["images"], [c["id"] for c in coco["categories"]]
-
-
 def predict_split(run: Any, pre: Preprocess, images: Sequence[Dict[str, Any]], cat_ids: Sequence[int],
                   batch: int = 8) -> List[Dict[str, Any]]:
     """COCO-format detections of a raw-output runner (``run(tensor) -> outputs``) on a split."""
@@ -60,12 +56,6 @@ def predict_split(run: Any, pre: Preprocess, images: Sequence[Dict[str, Any]], c
         for im, d in zip(chunk, dets):
             out.extend(to_coco(d, im["id"], cat_ids))
     return out
-
-
-def to_coco(d: Detections, image_id: int, cat_ids: Sequence[int]) -> List[Dict[str, Any]]:
-    return [{"image_id": int(image_id), "category_id": int(cat_ids[int(lab)]),
-             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(s)}
-            for b, s, lab in zip(d.boxes, d.scores, d.labels)]
 
 
 def disagreements(reference: List[Dict[str, Any]], exported: List[Dict[str, Any]], images: Sequence[Dict[str, Any]],
@@ -125,8 +115,6 @@ class GateResult:
 def parity(run_fn: Any, pre: Preprocess, ann: Path, torch_dets: List[Dict[str, Any]], torch_map: float,
            max_drop: float, conf_thr: float, runtime: str = "onnx") -> GateResult:
     """The gate for one runtime: its mAP on ``ann`` vs PyTorch's, and where they disagree."""
-    from cvops.evaluate.stage import coco_eval
-
     images, cat_ids = read_split(ann)
     dets = predict_split(run_fn, pre, images, cat_ids)
     return GateResult(runtime, coco_eval(ann, dets)[0]["mAP"], torch_map, max_drop,
@@ -201,7 +189,7 @@ class Gate:
     """The parity gate: every exported runtime against PyTorch on one curated split."""
 
     def __init__(self, curate: Any, train: Any, pre: Preprocess, thr: Any, conf_thr: float) -> None:
-        from cvops.evaluate.stage import coco_eval, predict
+        from cvops.detector.mmdet import predict
         from cvops.export.build import ExportError
 
         names = curate.manifest.get("artifacts", {})
@@ -230,7 +218,8 @@ def run(ctx: StageContext) -> StageResult:
     write the Triton repository; fails when a gate fails (the artifact is not kept)."""
     import torch
 
-    from cvops.export.build import ExportError, load_model
+    from cvops.detector.mmdet import load_model
+    from cvops.export.build import ExportError
     from cvops.export.graph import Thresholds
 
     ex = ctx.config.export
@@ -313,7 +302,7 @@ def build_tensorrt(ctx: StageContext, pre: Preprocess, calibration: Optional[Dic
                    artifacts: Dict[str, str]) -> Tuple[Optional[Path], Optional[str]]:
     """Step 4: the TensorRT engine, gated; returns (engine, None), or (None, why) where TensorRT or a GPU is
     missing (the stage is then recorded skipped with the command to run on a GPU host)."""
-    from cvops.export import tensorrt as trt
+    from cvops.detector import tensorrt as trt
     from cvops.export.quantize import quantize
 
     ex, work = ctx.config.export, ctx.workdir

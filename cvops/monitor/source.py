@@ -11,18 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
-
-
-def request_log_dir(log_dir: Optional[str], store_root: Path, project: str) -> Path:
-    """Where ``cvops serve`` writes its request log for a recipe: ``serve.log_dir``, or
-    ``<store>/requests/<project>``."""
-    if log_dir:
-        return Path(log_dir)
-    return Path(store_root).resolve() / "requests" / str(project)
+from cvops.media import IMAGE_EXTS, VIDEO_EXTS
+from cvops.requestlog import request_log_dir
 
 
 def _stat_lines(paths: List[Path]) -> List[str]:

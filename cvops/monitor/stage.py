@@ -1,7 +1,7 @@
 """The monitor stage: is production still the data the model was trained for?
 
 1. **Reference** (cached per exported model): records of the curated val + test
-   images under the exported model (:func:`cvops.monitor.profile.reference`).
+   images under the exported model (:func:`cvops.drift.profile.reference`).
 2. **Window**: the newest ``monitor.window`` images of ``monitor.source``: the
    serve request log (default), a folder of images, a video file or folder of
    videos (``monitor.fps``), or ``synthetic``: new videos from ``data.synthetic``
@@ -10,9 +10,9 @@
 3. **Drift**: per feature KS + PSI (image brightness, contrast, sharpness,
    saturation, size; boxes per image, max/mean score, empty rate, box sizes),
    chi-square on the class mix, MMD on the embeddings, Bonferroni-corrected
-   (:func:`cvops.monitor.drift.compare`). Degradation proxies without labels:
+   (:func:`cvops.drift.stats.compare`). Degradation proxies without labels:
    mean max score, empty-prediction rate, boxes per image (window vs reference).
-4. **Edge cases** (:func:`cvops.monitor.profile.edge_reasons`) go to the FiftyOne
+4. **Edge cases** (:func:`cvops.drift.profile.edge_reasons`) go to the FiftyOne
    review dataset ``<project>-review`` with the predictions as ``prelabels``;
    ``cvops review recipe=X`` turns reviewed ones into the next curate version.
 5. **Report**: ``report.html`` (verdicts + plots), ``drift.json``, W&B, and
@@ -33,9 +33,10 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 
 from cvops.config import ConfigError
-from cvops.monitor.drift import DriftReport, Profile, compare
-from cvops.monitor.source import IMAGE_EXTS, VIDEO_EXTS, request_log_dir
-from cvops.monitor.profile import (Seen, edge_reasons, held_out, iter_folder, iter_videos, profile_of, reference,
+from cvops.drift.stats import DriftReport, Profile, compare
+from cvops.media import IMAGE_EXTS, VIDEO_EXTS
+from cvops.requestlog import request_log_dir
+from cvops.drift.profile import (Seen, edge_reasons, held_out, iter_folder, iter_videos, profile_of, reference,
                                    run_images, window_from_log)
 from cvops.stages import StageContext, StageResult
 
@@ -67,7 +68,7 @@ def load_window(ctx: StageContext, detector: Any, low: float) -> tuple[List[Seen
                                f"yet: serve it (cvops serve recipe=...) and send traffic, or set monitor.source")
         return seen, f"request log {d}", notes
     if src == "synthetic":
-        from cvops.curate.synthetic import Shift, generate, spec_from_config
+        from cvops.synthetic import Shift, generate, spec_from_config
 
         sh = mon.shift
         shift = Shift(brightness=sh.brightness, blur=sh.blur, noise=sh.noise, background=sh.background)
@@ -241,7 +242,7 @@ fixed <code>reviewed</code>, then <code>cvops review recipe=...</code>.</p>
 
 def run(ctx: StageContext) -> StageResult:
     """Drift of a production window against the model's reference profile; edge cases to FiftyOne review."""
-    from cvops.export.runtime import OnnxDetector
+    from cvops.detector.runtime import OnnxDetector
 
     mon = ctx.config.monitor
     curate, export = ctx.inputs["curate"], ctx.inputs["export"]

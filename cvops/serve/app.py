@@ -91,9 +91,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from cvops.export.runtime import OnnxDetector
+from cvops.detector.runtime import OnnxDetector
 from cvops.schema import ServeConfig
-from cvops.serve.requestlog import RequestLog
+from cvops.requestlog import RequestLog
 
 logger = logging.getLogger("cvops.serve")
 
@@ -681,7 +681,7 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None,
         ``app.state.drift`` (:class:`DriftWatch` or None) and
         ``app.state.budget`` (:class:`DecodeBudget`) are exposed for callers.
     """
-    from cvops.monitor.drift import image_stats
+    from cvops.drift.stats import image_stats
 
     if max_upload_mb <= 0 or max_pixels <= 0 or max_aspect_ratio < 1 or body_timeout_s <= 0:
         raise ValueError(f"serve.max_upload_mb ({max_upload_mb}), serve.max_pixels ({max_pixels}) and "

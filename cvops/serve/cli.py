@@ -21,27 +21,6 @@ import sys
 from typing import Any, Callable, Dict, List, Optional
 
 
-class DriftGauges:
-    """The live drift check the server runs over its sliding window of request records (picklable)."""
-
-    def __init__(self, reference: Any, p_value: float, psi_threshold: float, permutations: int, low: float) -> None:
-        self.reference, self.p_value, self.psi_threshold = reference, p_value, psi_threshold
-        self.permutations, self.low = permutations, low
-
-    def __call__(self, records: List[dict]) -> Dict[str, float]:
-        from cvops.monitor.drift import compare
-        from cvops.monitor.profile import Seen, profile_of, record_from_log
-
-        seen = [Seen(r.get("id", "?"), record_from_log(r, self.low)[0]) for r in records if "width" in r]
-        if len(seen) < 20:  # too few to say anything
-            return {}
-        rep = compare(self.reference, profile_of(seen), p_value=self.p_value, psi_threshold=self.psi_threshold,
-                      permutations=self.permutations)
-        out: Dict[str, float] = {"drift_detected": float(rep.drift_detected)}
-        out.update({f.name: float(f.drifted) for f in rep.features if f.test != "skipped"})
-        return out
-
-
 def serve_export(config: Any, store_root: Any, export: Any, curate: Optional[Any], recipe: Optional[str],
                  train_fp: Optional[str], workers: int = 1) -> None:
     """Serve an export artifact until interrupted (``cvops serve`` and ``stages=[..., serve]``).
@@ -56,8 +35,9 @@ def serve_export(config: Any, store_root: Any, export: Any, curate: Optional[Any
     from pathlib import Path
 
     from cvops.config import ConfigError
-    from cvops.monitor.profile import held_out, reference
-    from cvops.monitor.source import request_log_dir
+    from cvops.drift.gauges import DriftGauges
+    from cvops.drift.profile import held_out, reference
+    from cvops.requestlog import request_log_dir
     from cvops.serve.server import LIMITS, check_exposure, serve
 
     mon, sv = config.monitor, config.serve
@@ -72,7 +52,7 @@ def serve_export(config: Any, store_root: Any, export: Any, curate: Optional[Any
     model = export.path("onnx")
     engine = None
     if sv.backend == "tensorrt":
-        from cvops.export.tensorrt import unavailable
+        from cvops.detector.tensorrt import unavailable
 
         names = export.manifest.get("artifacts", {})
         why = unavailable() or (None if "engine" in names else

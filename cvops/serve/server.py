@@ -70,19 +70,19 @@ def build_app(model_path: str | Path, *, info: dict | None = None, log_dir: str 
         seed: seeds the image sampling.
         max_aspect_ratio, decode_memory_mb, decode_wait_s, body_timeout_s: the request limits of
             :func:`cvops.serve.app.create_app` (``serve.*``; defaults from :class:`cvops.schema.ServeConfig`).
-        log_max_mb, log_max_days: the request log's retention (:class:`cvops.serve.requestlog.RequestLog`).
+        log_max_mb, log_max_days: the request log's retention (:class:`cvops.requestlog.RequestLog`).
 
     Returns:
         The FastAPI application, warmed up with one inference.
     """
     import numpy as np
 
-    from cvops.export.runtime import OnnxDetector
+    from cvops.detector.runtime import OnnxDetector
     from cvops.serve.app import create_app
-    from cvops.serve.requestlog import RequestLog
+    from cvops.requestlog import RequestLog
 
     if engine_path:  # TensorRT where an engine runs (built by export=tensorrt_*; rebuilt if from another machine)
-        from cvops.export.tensorrt import EngineDetector
+        from cvops.detector.tensorrt import EngineDetector
 
         detector: Any = EngineDetector(Path(engine_path), Path(model_path))
     else:

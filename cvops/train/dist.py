@@ -17,7 +17,7 @@ def main() -> None:
     from mmengine.config import Config
 
     from cvops.train import hooks  # noqa: F401  (registers CvopsFiniteLossHook)
-    from cvops.train.checkpoint import allow_mmengine_checkpoints
+    from cvops.detector.checkpoint import allow_mmengine_checkpoints
 
     allow_mmengine_checkpoints()
     cfg = Config.fromfile(args.config)

@@ -124,7 +124,7 @@ def _pretrained(model_cfg: Any, load_from: Optional[str]) -> Tuple[Optional[str]
                 notes.append(f"pretrained backbone weights {ckpt} are unreachable (offline?): "
                              "training the backbone from scratch")
             else:  # fetched (https only, every redirect too) and checked under weights_only by cvops itself
-                from cvops.train.checkpoint import download, load
+                from cvops.detector.checkpoint import download, load
 
                 local = download(ckpt)
                 load(str(local))
@@ -141,7 +141,7 @@ def _pretrained(model_cfg: Any, load_from: Optional[str]) -> Tuple[Optional[str]
                 notes.append(f"model.load_from={load_from} is unreachable (offline?): training from scratch")
                 load_from = None
             else:
-                from cvops.train.checkpoint import download
+                from cvops.detector.checkpoint import download
 
                 load_from = str(download(load_from))  # https only; verified under weights_only below
         if load_from is None:
@@ -149,7 +149,7 @@ def _pretrained(model_cfg: Any, load_from: Optional[str]) -> Tuple[Optional[str]
         elif not Path(load_from).expanduser().is_file():
             raise TrainConfigError(f"model.load_from={load_from} does not exist; give a checkpoint path or URL")
         else:
-            from cvops.train.checkpoint import load
+            from cvops.detector.checkpoint import load
 
             load(str(Path(load_from).expanduser()))  # a corrupt file fails here, before anything is written
     return load_from, notes

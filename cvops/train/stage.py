@@ -102,7 +102,7 @@ def run(ctx: StageContext) -> StageResult:
 
     from cvops.train import hooks  # noqa: F401  (registers CvopsFiniteLossHook)
     from cvops.train import mmconfig
-    from cvops.train.checkpoint import allow_mmengine_checkpoints
+    from cvops.detector.checkpoint import allow_mmengine_checkpoints
 
     cuda = torch.cuda.is_available() and train.device is not Device.cpu
     if train.device is Device.cuda and not cuda:
@@ -122,7 +122,7 @@ def run(ctx: StageContext) -> StageResult:
     if train.resume:
         start = _resume_point(ctx, lineage)
         if start:
-            from cvops.train.checkpoint import load
+            from cvops.detector.checkpoint import load
 
             try:
                 load(start)  # a corrupt checkpoint fails here, before mmengine touches the work dir

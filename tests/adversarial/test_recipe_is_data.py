@@ -214,7 +214,7 @@ def test_training_config_builder_checks_registry_names(tmp_path):
 
 
 def test_remote_checkpoints_are_https_only_and_never_fully_unpickled(tmp_path):
-    from cvops.train.checkpoint import download, load
+    from cvops.detector.checkpoint import download, load
 
     with pytest.raises(ValueError, match="https"):
         download("http://example.com/x.pth")

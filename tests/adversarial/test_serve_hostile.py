@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers.images import encode, pil_bytes  # noqa: E402
 from helpers.net import free_port  # noqa: E402
 
-from cvops.export.runtime import OnnxDetector, Prepared, Preprocess  # noqa: E402
+from cvops.detector.runtime import OnnxDetector, Prepared, Preprocess  # noqa: E402
 from cvops.serve.app import MicroBatcher, create_app, decode_cost  # noqa: E402
-from cvops.serve.requestlog import read_log  # noqa: E402
+from cvops.requestlog import read_log  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 INFO = {"fingerprint": "fp-hostile"}
@@ -355,7 +355,7 @@ class Float64Preprocess(Preprocess):
 def test_inference_failure_answers_an_error_id_and_logs_the_detail(
         make_client: Callable[..., TestClient], model_path: Path, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
-    from cvops.serve.requestlog import RequestLog
+    from cvops.requestlog import RequestLog
 
     broken = OnnxDetector(model_path)
     broken.preprocess = Float64Preprocess(**broken.preprocess.to_dict())
@@ -539,7 +539,8 @@ def test_cvops_serve_refuses_before_any_work(monkeypatch: pytest.MonkeyPatch) ->
     serve_cfg = dataclasses.asdict(ServeConfig(host="0.0.0.0", token_env="CVOPS_TEST_UNSET_TOKEN"))
     cfg = OmegaConf.create({"serve": serve_cfg, "monitor": {}})
     with pytest.raises(ConfigError, match="serve.allow_anonymous=true"):
-        serve_export(cfg, export=None, curate=None, recipe=None, train_fp=None)  # nothing else is touched
+        serve_export(cfg, "/nonexistent/store", export=None, curate=None, recipe=None,
+                     train_fp=None)  # nothing else is touched
 
 
 def test_serve_config_reaches_the_app() -> None:

@@ -92,7 +92,8 @@ def _spread_head(net: Any, size: Sequence[int] = (128, 128)) -> None:
 def make_onnx(out: Path, size: Sequence[int] = (128, 128), batch: str = "dynamic", score_thr: float = 0.05,
               max_det: int = 100) -> Path:
     """``out/model.onnx`` (+ preprocess.json) of an untrained RTMDet-tiny; the classes are :data:`CLASSES`."""
-    from cvops.export.build import export_model, load_model
+    from cvops.detector.mmdet import load_model
+    from cvops.export.build import export_model
     from cvops.export.graph import Thresholds
 
     files = make_checkpoint(out, size=size)

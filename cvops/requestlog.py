@@ -31,7 +31,7 @@ A record written by the server (:mod:`cvops.serve.app`) has the keys ``id``,
 ``time`` (ISO 8601, UTC), ``status`` (the HTTP status), ``latency_ms``,
 ``content_type``, ``model`` and, for a successful prediction, ``upload``
 (``"multipart"`` or ``"raw"``), ``width``, ``height``, the
-flat image statistics of :func:`cvops.monitor.drift.image_stats` and
+flat image statistics of :func:`cvops.drift.stats.image_stats` and
 ``detections`` (a list of ``{"box", "score", "label", "class"}``); a sampled
 request also has ``image_path`` (relative to the log directory; the image may
 be gone later, deleted by retention). A failed request has ``error`` (a short
@@ -51,11 +51,12 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
 from cvops.schema import ServeConfig
+
+if TYPE_CHECKING:  # numpy is imported where images are encoded: the runner reads log paths from here
+    import numpy as np
 
 try:  # POSIX: serialise appends and rotation between worker processes too
     import fcntl
@@ -70,6 +71,14 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _BLOCK = 1 << 16
 DIR_MODE, FILE_MODE = 0o700, 0o600
 JPEG_QUALITY = 95
+
+
+def request_log_dir(log_dir: str | None, store_root: str | Path, project: str) -> Path:
+    """Where ``cvops serve`` writes its request log for a recipe: ``serve.log_dir``, or
+    ``<store>/requests/<project>``."""
+    if log_dir:
+        return Path(log_dir)
+    return Path(store_root).resolve() / "requests" / str(project)
 
 
 def utc_now() -> str:
@@ -97,6 +106,8 @@ def encode_clean(image: bytes | np.ndarray, fmt: str | None = None) -> tuple[byt
 
     if isinstance(image, (bytes, bytearray, memoryview)):
         fmt = fmt or image_extension(bytes(image))
+        import numpy as np
+
         image = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             return None

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from cvops.export.runtime import INPUT, OUTPUTS
+from cvops.detector.runtime import INPUT, OUTPUTS
 
 log = logging.getLogger("cvops")
 
@@ -225,7 +225,7 @@ class TrtDetector:
 
 
 class EngineDetector:
-    """:class:`cvops.export.runtime.OnnxDetector`'s interface over a TensorRT engine (what ``cvops serve`` uses).
+    """:class:`cvops.detector.runtime.OnnxDetector`'s interface over a TensorRT engine (what ``cvops serve`` uses).
 
     The preprocessing contract and class names come from the ONNX the engine was built from.
     """
@@ -233,7 +233,7 @@ class EngineDetector:
     def __init__(self, engine_path: Path, onnx_path: Path) -> None:
         import onnx
 
-        from cvops.export.runtime import Preprocess
+        from cvops.detector.runtime import Preprocess
 
         self.path = Path(engine_path)
         self.engine = TrtDetector(self.path, Path(onnx_path))
@@ -252,8 +252,8 @@ class EngineDetector:
 
     def detect(self, prepared: Sequence[Any]) -> List[Any]:
         """Detections for images already preprocessed (``Preprocess.prepare``): the engine and the
-        un-letterboxing only, as :meth:`cvops.export.runtime.OnnxDetector.detect`."""
-        from cvops.export.runtime import run_padded, split_outputs
+        un-letterboxing only, as :meth:`cvops.detector.runtime.OnnxDetector.detect`."""
+        from cvops.detector.runtime import run_padded, split_outputs
 
         tensor = np.stack([p.tensor for p in prepared])
         chunk = self.fixed_batch or (None if len(tensor) <= self.engine.batch_range[1] else self.engine.batch_range[1])

@@ -1,8 +1,8 @@
 """Per-image records, the reference profile, production windows and edge cases.
 
 A *record* describes one image the model saw: image statistics
-(:func:`cvops.monitor.drift.image_stats`), prediction statistics
-(:func:`cvops.monitor.drift.prediction_stats` at ``monitor.low_confidence``) and
+(:func:`cvops.drift.stats.image_stats`), prediction statistics
+(:func:`cvops.drift.stats.prediction_stats` at ``monitor.low_confidence``) and
 the model's pooled embedding (the exported graph's ``embedding`` output). The
 serve request log stores exactly these; folders, videos and generated windows
 are turned into them by running the exported model.
@@ -24,11 +24,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cvops.export.runtime import Detections, OnnxDetector, box_iou
-from cvops.monitor.drift import Profile, image_stats, prediction_stats
+from cvops.detector.runtime import Detections, OnnxDetector, box_iou
+from cvops.drift.stats import Profile, image_stats, prediction_stats
 
 log = logging.getLogger("cvops")
-from cvops.monitor.source import IMAGE_EXTS
+from cvops.media import IMAGE_EXTS
 
 
 @dataclass
@@ -200,7 +200,7 @@ def window_from_log(log_dir: Path, window: int, low: float, model: Optional[str]
         model: keep only requests answered by this model fingerprint (the log directory is shared by every
             export of a project; another model's embeddings and scores are not this model's traffic).
     """
-    from cvops.serve.requestlog import iter_log
+    from cvops.requestlog import iter_log
 
     reader = iter_log(log_dir, newest_first=True)
     ok: List[dict] = []

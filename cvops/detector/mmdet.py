@@ -1,0 +1,74 @@
+"""A trained mmdet detector: loaded once, predicting on a COCO split (torch and mmdet imported lazily).
+
+Used by evaluate (mAP of the checkpoint) and export (the PyTorch reference of the parity gate, the model
+to export).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+
+def load_model(config: Path, checkpoint: Optional[Path], device: str = "cpu",
+               test_cfg: Optional[Dict[str, Any]] = None) -> Tuple[Any, Any]:
+    """The mmengine Config and the built detector with its weights (eval mode)."""
+    from mmdet.apis import init_detector
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from cvops.detector.checkpoint import allow_mmengine_checkpoints
+
+    register_all_modules()
+    allow_mmengine_checkpoints()
+    cfg = Config.fromfile(str(config))
+    if test_cfg:
+        apply_test_cfg(cfg, **test_cfg)
+    model = init_detector(cfg, str(checkpoint) if checkpoint else None, device=device)
+    model.eval()
+    return cfg, model
+
+
+def apply_test_cfg(cfg: Any, score_thr: float, iou_thr: float, max_det: int) -> None:
+    """Make mmdet's own post-processing use the export thresholds (for a like-for-like reference)."""
+    tc = cfg.model.get("test_cfg")
+    if tc is None:
+        return
+    tc["score_thr"] = float(score_thr)
+    tc["max_per_img"] = int(max_det)
+    tc["nms"] = dict(type="nms", iou_threshold=float(iou_thr))
+    if "min_bbox_size" in tc:
+        tc["min_bbox_size"] = 0
+
+
+def predict(config: Path, checkpoint: Path, ann_file: Path, device: str, score_thr: float,
+            max_det: int, iou_thr: Optional[float] = None) -> List[Dict[str, Any]]:
+    """COCO-format detections of a checkpoint on one exported split.
+
+    With ``iou_thr``, the model's own post-processing uses (score_thr, iou_thr,
+    max_det) too: the like-for-like reference for an exported graph.
+    """
+    import torch
+    from mmengine.runner import Runner
+    from tqdm import tqdm
+
+    test_cfg = dict(score_thr=score_thr, iou_thr=iou_thr, max_det=max_det) if iou_thr is not None else None
+    cfg, model = load_model(config, checkpoint, device, test_cfg=test_cfg)
+    loader_cfg = cfg.test_dataloader
+    loader_cfg.dataset.ann_file = str(ann_file)
+    loader_cfg.num_workers, loader_cfg.persistent_workers = 0, False
+    loader = Runner.build_dataloader(loader_cfg)
+    cat_ids = [c["id"] for c in json.loads(Path(ann_file).read_text())["categories"]]
+    out: List[Dict[str, Any]] = []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=f"evaluate: {Path(ann_file).stem}", leave=False):
+            for sample in model.test_step(batch):
+                p = sample.pred_instances
+                keep = p.scores >= score_thr
+                boxes, scores, labels = p.bboxes[keep], p.scores[keep], p.labels[keep]
+                order = scores.argsort(descending=True)[:max_det]
+                for b, s, lab in zip(boxes[order].tolist(), scores[order].tolist(), labels[order].tolist()):
+                    out.append({"image_id": int(sample.img_id), "category_id": cat_ids[lab],
+                                "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)})
+    return out
