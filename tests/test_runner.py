@@ -162,3 +162,53 @@ def test_code_version_covers_the_cvops_modules_a_stage_imports():
     assert "fo.py" in closure("curate") and "__init__.py" in closure("curate")
     assert not PLUMBING & closure("export")  # the runner and config plumbing do not invalidate artifacts
     assert "serve/app.py" not in closure("export")  # and what a stage does not import does not either
+
+
+def test_hooks_see_every_outcome_and_reports_reach_each_run_dir(tmp_path, test_stages, monkeypatch):
+    """before/after/on_cached/on_failure are called once per stage; reports appear in the run dir whether the
+    stage ran or was cached; a stage that tries to read an undeclared key gets an error naming it."""
+    from cvops.runner import Hooks, ReportsHook, StageResult, register_stage
+
+    events = []
+
+    class Recorder(Hooks):
+        def before_stage(self, ctx):
+            events.append(("before", ctx.name))
+
+        def after_stage(self, ctx, art, result):
+            events.append(("after", ctx.name))
+
+        def on_cached(self, art, run_dir):
+            events.append(("cached", art.stage))
+
+        def on_failure(self, ctx, error):
+            events.append(("failure", ctx.name, type(error).__name__))
+
+    def evaluate(ctx):
+        (ctx.workdir / "plot.png").write_bytes(b"png")
+        (ctx.workdir / "tables").mkdir()
+        (ctx.workdir / "tables" / "ap.md").write_text("| class | AP |")
+        return StageResult({"plot": "plot.png"}, {"val_mAP": 0.5}, reports=["plot.png", "tables"])
+
+    register_stage("evaluate", evaluate)
+    cfg = compose_config(["recipe=quickstart", f"paths.store={tmp_path / 'store'}", "stages=[curate,train,evaluate]"])
+    hooks = [Recorder(), ReportsHook()]
+    Runner(cfg, tmp_path / "r1", hooks=hooks).run()
+    assert events == [("before", "curate"), ("after", "curate"), ("before", "train"), ("after", "train"),
+                      ("before", "evaluate"), ("after", "evaluate")]
+    events.clear()
+    Runner(cfg, tmp_path / "r2", hooks=hooks).run()
+    assert events == [("cached", "curate"), ("cached", "train"), ("cached", "evaluate")]
+    for run_dir in ("r1", "r2"):
+        assert (tmp_path / run_dir / "evaluate" / "plot.png").read_bytes() == b"png"
+        assert (tmp_path / run_dir / "evaluate" / "tables" / "ap.md").is_file()
+
+    def nosy(ctx):
+        return StageResult({}, {"lr": ctx.config.train.lr})  # evaluate does not declare train.lr
+
+    register_stage("evaluate", nosy)
+    events.clear()
+    with pytest.raises(AttributeError, match="did not declare config key 'train.lr'"):
+        Runner(compose_config(["recipe=quickstart", f"paths.store={tmp_path / 'store'}", "stages=[evaluate]",
+                               "evaluate.max_det=7"]), tmp_path / "r3", hooks=hooks).run()
+    assert ("failure", "evaluate", "AttributeError") in events
