@@ -112,9 +112,11 @@ def held_out(curate: Any) -> List[Path]:
 
 
 def _code_hash() -> str:
+    """The code a reference profile depends on: the features and tests here, and the detector's outputs."""
     h = hashlib.sha256()
-    for mod in ("profile.py", "drift.py"):
-        h.update((Path(__file__).parent / mod).read_bytes())
+    here = Path(__file__).parent
+    for f in (here / "profile.py", here / "stats.py", here.parent / "detector" / "runtime.py"):
+        h.update(f.read_bytes())
     return h.hexdigest()[:8]
 
 
