@@ -224,7 +224,12 @@ SERVER = """
 import json, sys
 c = json.loads(sys.argv[1])
 from cvops.serve.server import serve
-serve(c["model"], host="127.0.0.1", port=c["port"], log_dir=c["log_dir"], sample_rate=0.1, max_batch=8)
+import inspect
+if "cfg" in inspect.signature(serve).parameters:  # one ServeConfig handed down (since issue #11)
+    from cvops.schema import ServeConfig
+    serve(c["model"], ServeConfig(host="127.0.0.1", port=c["port"], sample_rate=0.1, max_batch=8), log_dir=c["log_dir"])
+else:  # the baseline worktree of an older commit
+    serve(c["model"], host="127.0.0.1", port=c["port"], log_dir=c["log_dir"], sample_rate=0.1, max_batch=8)
 """
 
 

@@ -212,12 +212,13 @@ c = json.loads(sys.argv[1])
 drift = None
 if c["reference"]:
     from cvops.drift.stats import Profile
-    from cvops.serve.cli import DriftGauges
+    from cvops.drift.gauges import DriftGauges
     m = c["monitor"]
     drift = DriftGauges(Profile.from_npz(c["reference"]), m["p_value"], m["psi_threshold"], m["permutations"], m["low"])
 from cvops.serve.server import serve
-serve(c["model"], host="127.0.0.1", port=c["port"], log_dir=c["log_dir"], sample_rate=c["sample_rate"],
-      token_env=c["token_env"], drift=drift, drift_window=c["monitor"]["drift_window"],
+from cvops.schema import ServeConfig
+cfg = ServeConfig(host="127.0.0.1", port=c["port"], sample_rate=c["sample_rate"], token_env=c["token_env"])
+serve(c["model"], cfg, log_dir=c["log_dir"], drift=drift, drift_window=c["monitor"]["drift_window"],
       drift_every=c["monitor"]["drift_every"])
 """
 NO_TOKEN_ENV = "CVOPS_BENCH_SERVE_NO_TOKEN"

@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from helpers.apps import app_args  # noqa: E402
 from helpers.images import encode, pil_bytes  # noqa: E402
 from helpers.net import free_port  # noqa: E402
 
@@ -55,9 +56,7 @@ def make_client(detector: OnnxDetector) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def make(**kwargs: Any) -> TestClient:
-        kwargs.setdefault("info", INFO)
-        kwargs.setdefault("log", None)
-        client = TestClient(create_app(detector, **kwargs))
+        client = TestClient(create_app(detector, **app_args(INFO, **kwargs)))
         client.__enter__()
         clients.append(client)
         return client
@@ -486,9 +485,10 @@ def test_real_server_in_a_subprocess(model_path: Path, tmp_path: Path) -> None:
 
     port = free_port()
     script = ("import sys\nfrom cvops.serve.server import serve\n"
-              "serve(sys.argv[1], host='127.0.0.1', port=int(sys.argv[2]), info={'fingerprint': 'subprocess'}, "
-              "log_dir=sys.argv[3], sample_rate=0.0, max_upload_mb=5, max_pixels=10_000_000, "
-              "token_env='CVOPS_TEST_SERVE_TOKEN')\n")
+              "from cvops.schema import ServeConfig\n"
+              "cfg = ServeConfig(host='127.0.0.1', port=int(sys.argv[2]), sample_rate=0.0, max_upload_mb=5, "
+              "max_pixels=10_000_000, token_env='CVOPS_TEST_SERVE_TOKEN')\n"
+              "serve(sys.argv[1], cfg, info={'fingerprint': 'subprocess'}, log_dir=sys.argv[3])\n")
     out = tmp_path / "server.out"
     env = {**os.environ, "CVOPS_TEST_SERVE_TOKEN": "tok-42", "PYTHONPATH": str(ROOT)}
     with open(out, "w") as f:

@@ -92,7 +92,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from cvops.detector.runtime import OnnxDetector
-from cvops.schema import ServeConfig
+from cvops.schema import MonitorConfig, ServeConfig
 from cvops.requestlog import RequestLog
 
 logger = logging.getLogger("cvops.serve")
@@ -641,14 +641,9 @@ def _pipeline(detector: Any) -> tuple[Callable[[np.ndarray], Any], Callable[[lis
     return (lambda bgr: bgr), detector.predict
 
 
-def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None,
-               max_upload_mb: float = ServeConfig.max_upload_mb, max_pixels: int = ServeConfig.max_pixels,
-               token: str | None = None, drift: DriftFn | None = None, window: int = 200, drift_every: int = 50,
-               max_batch: int = 1, batch_wait_ms: float = ServeConfig.batch_wait_ms,
-               max_aspect_ratio: float = ServeConfig.max_aspect_ratio,
-               decode_memory_mb: float = ServeConfig.decode_memory_mb,
-               decode_wait_s: float = ServeConfig.decode_wait_s,
-               body_timeout_s: float = ServeConfig.body_timeout_s) -> FastAPI:
+def create_app(detector: OnnxDetector, cfg: ServeConfig, *, info: dict, log: RequestLog | None,
+               token: str | None = None, drift: DriftFn | None = None,
+               drift_window: int = MonitorConfig.drift_window, drift_every: int = MonitorConfig.drift_every) -> FastAPI:
     """Build the FastAPI application serving ``detector`` (see the module docstring).
 
     Args:
@@ -657,24 +652,13 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None,
             version, ``fingerprint``, ...); ``info["fingerprint"]`` is the
             ``model`` of every prediction.
         log: where every prediction request is recorded (None: no request log).
-        max_upload_mb: the largest request body accepted, in MiB.
-        max_pixels: the largest ``width * height`` accepted.
+        cfg: the ``serve`` config (limits, batching; :class:`cvops.schema.ServeConfig`, where the
+            defaults live).
         token: when set (and not empty), every endpoint except ``/healthz`` needs
             ``Authorization: Bearer <token>``.
-        max_batch: with more than 1, concurrent requests are batched into one inference
-            (:class:`MicroBatcher`, waiting at most ``batch_wait_ms`` for company).
-        drift: called in a background thread with the last ``window`` records of
-            successful requests, every ``drift_every`` of them; see
-            :class:`DriftWatch` for what its result sets.
-        window: number of records the drift check sees.
-        drift_every: requests between drift checks.
-        max_aspect_ratio: images whose long side exceeds this many times the short
-            side are refused (400).
-        decode_memory_mb: the budget of the decodes in flight (:class:`DecodeBudget`).
-        decode_wait_s: how long a decode waits for budget before a 503.
-        body_timeout_s: the whole body must arrive within this (else 408).
-
-    The defaults are :class:`cvops.schema.ServeConfig`'s (``max_batch`` apart: 1).
+        drift: called in a background thread with the last ``drift_window`` records of
+            successful requests, every ``drift_every`` of them (``monitor.drift_window`` /
+            ``drift_every``); see :class:`DriftWatch` for what its result sets.
 
     Returns:
         The application; ``app.state.metrics`` (:class:`ServeMetrics`),
@@ -683,6 +667,9 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None,
     """
     from cvops.drift.stats import image_stats
 
+    max_upload_mb, max_pixels, max_aspect_ratio = cfg.max_upload_mb, cfg.max_pixels, cfg.max_aspect_ratio
+    body_timeout_s, max_batch, batch_wait_ms = cfg.body_timeout_s, cfg.max_batch, cfg.batch_wait_ms
+    window = drift_window
     if max_upload_mb <= 0 or max_pixels <= 0 or max_aspect_ratio < 1 or body_timeout_s <= 0:
         raise ValueError(f"serve.max_upload_mb ({max_upload_mb}), serve.max_pixels ({max_pixels}) and "
                          f"serve.body_timeout_s ({body_timeout_s}) must be positive and serve.max_aspect_ratio "
@@ -692,7 +679,7 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None,
     fingerprint = info.get("fingerprint")
     classes = list(detector.classes)
     metrics = ServeMetrics()
-    budget = DecodeBudget(decode_memory_mb, decode_wait_s)
+    budget = DecodeBudget(cfg.decode_memory_mb, cfg.decode_wait_s)
     watch = DriftWatch(drift, window, drift_every, metrics) if drift is not None else None
     prepare, network = _pipeline(detector)
 
@@ -707,7 +694,7 @@ def create_app(detector: OnnxDetector, *, info: dict, log: RequestLog | None,
     model_info = dict(info)
     model_info.update(classes=classes, preprocess=detector.preprocess.to_dict(), fixed_batch=detector.fixed_batch,
                       limits={"max_upload_mb": max_upload_mb, "max_pixels": max_pixels,
-                              "max_aspect_ratio": max_aspect_ratio, "decode_memory_mb": decode_memory_mb,
+                              "max_aspect_ratio": max_aspect_ratio, "decode_memory_mb": cfg.decode_memory_mb,
                               "body_timeout_s": body_timeout_s})
     if "cvops.thresholds" in detector.metadata:
         try:

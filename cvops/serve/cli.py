@@ -38,17 +38,16 @@ def serve_export(config: Any, store_root: Any, export: Any, curate: Optional[Any
     from cvops.drift.gauges import DriftGauges
     from cvops.drift.profile import held_out, reference
     from cvops.requestlog import request_log_dir
-    from cvops.serve.server import LIMITS, check_exposure, serve
+    from cvops.serve.server import check_exposure, serve
 
     mon, sv = config.monitor, config.serve
     # before the reference profile is computed: a refused start says so at once
-    check_exposure(str(sv.host), os.environ.get(str(sv.token_env)) or None, str(sv.token_env), bool(sv.allow_anonymous))
+    check_exposure(sv.host, os.environ.get(sv.token_env) or None, sv.token_env, sv.allow_anonymous)
     drift: Optional[Callable[[List[dict]], Dict[str, float]]] = None
     if curate is not None:  # live drift gauges against the model's reference profile
         ref, _, _ = reference(Path(store_root), export.fingerprint, export.path("onnx"),
-                              held_out(curate), float(mon.low_confidence))
-        drift = DriftGauges(ref, float(mon.p_value), float(mon.psi_threshold), int(mon.mmd_permutations),
-                            float(mon.low_confidence))
+                              held_out(curate), mon.low_confidence)
+        drift = DriftGauges(ref, mon.p_value, mon.psi_threshold, mon.mmd_permutations, mon.low_confidence)
     model = export.path("onnx")
     engine = None
     if sv.backend == "tensorrt":
@@ -68,12 +67,8 @@ def serve_export(config: Any, store_root: Any, export: Any, curate: Optional[Any
             "dataset_version": curate.metrics.get("dataset_version") if curate else None,
             "fingerprint": export.fingerprint, "train_fingerprint": train_fp,
             "model": str(config.model.name), "onnx": Path(model).name}  # a file name: /v1/model never shows a path
-    limits = {k: float(getattr(sv, k)) for k in LIMITS}
-    serve(model, host=str(sv.host), port=int(sv.port), info=info, log_dir=request_log_dir(sv.log_dir, store_root, config.project),
-          sample_rate=float(sv.sample_rate), max_upload_mb=float(sv.max_upload_mb), max_pixels=int(sv.max_pixels),
-          token_env=str(sv.token_env), drift=drift, workers=workers, drift_window=int(mon.drift_window),
-          drift_every=int(mon.drift_every), engine_path=engine, max_batch=int(sv.max_batch),
-          batch_wait_ms=float(sv.batch_wait_ms), allow_anonymous=bool(sv.allow_anonymous), **limits)
+    serve(model, sv, info=info, log_dir=request_log_dir(sv.log_dir, store_root, config.project), drift=drift,
+          workers=workers, drift_window=mon.drift_window, drift_every=mon.drift_every, engine_path=engine)
 
 
 def main(argv: List[str]) -> int:

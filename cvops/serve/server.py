@@ -29,11 +29,9 @@ import socket
 from pathlib import Path
 from typing import Any, Callable
 
-from cvops.schema import ServeConfig
+from cvops.schema import MonitorConfig, ServeConfig
 
 CONFIG_ENV = "CVOPS_SERVE_CONFIG"
-#: What :func:`serve` hands to :func:`build_app` (and through it to create_app / RequestLog) unchanged.
-LIMITS = ("max_aspect_ratio", "decode_memory_mb", "decode_wait_s", "body_timeout_s", "log_max_mb", "log_max_days")
 
 
 def model_fingerprint(path: str | Path) -> str:
@@ -45,32 +43,25 @@ def model_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_app(model_path: str | Path, *, info: dict | None = None, log_dir: str | Path | None = None,
-              sample_rate: float = 0.1, max_upload_mb: float = 20, max_pixels: int = 40_000_000,
+def build_app(model_path: str | Path, cfg: ServeConfig, *, info: dict | None = None, log_dir: str | Path | None = None,
               token: str | None = None, drift: Callable[[list[dict]], dict[str, float]] | None = None,
-              threads: int | None = None, seed: int = 0, drift_window: int = 200, drift_every: int = 50,
-              engine_path: str | Path | None = None, max_batch: int = 8, batch_wait_ms: float = 2.0,
-              max_aspect_ratio: float = ServeConfig.max_aspect_ratio,
-              decode_memory_mb: float = ServeConfig.decode_memory_mb, decode_wait_s: float = ServeConfig.decode_wait_s,
-              body_timeout_s: float = ServeConfig.body_timeout_s, log_max_mb: float = ServeConfig.log_max_mb,
-              log_max_days: float = ServeConfig.log_max_days) -> Any:
+              threads: int | None = None, seed: int = 0, drift_window: int = MonitorConfig.drift_window,
+              drift_every: int = MonitorConfig.drift_every, engine_path: str | Path | None = None) -> Any:
     """Load the model, open the request log and build the application.
 
     Args:
         model_path: the exported ``model.onnx``.
         info: reported by ``/v1/model``; ``fingerprint`` defaults to the model
             file's hash (:func:`model_fingerprint`).
+        cfg: the ``serve`` config (:class:`cvops.schema.ServeConfig`: limits, batching, request log
+            sampling and retention).
         log_dir: the request log directory (None: no request log).
-        sample_rate: share of request images kept in the log.
-        max_upload_mb: the largest request body accepted, in MiB.
-        max_pixels: the largest image (width x height) accepted.
         token: the bearer token (None or empty: no authentication).
-        drift: the drift check (see :func:`cvops.serve.app.create_app`).
+        drift: the drift check, run every ``drift_every`` requests over the last ``drift_window``
+            (see :func:`cvops.serve.app.create_app`).
         threads: ONNX Runtime intra-op threads (None: its default).
         seed: seeds the image sampling.
-        max_aspect_ratio, decode_memory_mb, decode_wait_s, body_timeout_s: the request limits of
-            :func:`cvops.serve.app.create_app` (``serve.*``; defaults from :class:`cvops.schema.ServeConfig`).
-        log_max_mb, log_max_days: the request log's retention (:class:`cvops.requestlog.RequestLog`).
+        engine_path: a TensorRT engine to serve instead of the ONNX model.
 
     Returns:
         The FastAPI application, warmed up with one inference.
@@ -93,20 +84,17 @@ def build_app(model_path: str | Path, *, info: dict | None = None, log_dir: str 
     if not info.get("fingerprint"):
         info["fingerprint"] = model_fingerprint(model_path)
     info.setdefault("model_file", Path(model_path).name)  # a name, never a path: /v1/model is public to clients
-    log = (RequestLog(log_dir, sample_rate=sample_rate, seed=seed, max_total_mb=log_max_mb, max_days=log_max_days)
-           if log_dir else None)
-    return create_app(detector, info=info, log=log, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-                      token=token or None, drift=drift, window=drift_window, drift_every=drift_every,
-                      max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_aspect_ratio=max_aspect_ratio,
-                      decode_memory_mb=decode_memory_mb, decode_wait_s=decode_wait_s, body_timeout_s=body_timeout_s)
+    log = (RequestLog(log_dir, sample_rate=cfg.sample_rate, seed=seed, max_total_mb=cfg.log_max_mb,
+                      max_days=cfg.log_max_days) if log_dir else None)
+    return create_app(detector, cfg, info=info, log=log, token=token or None, drift=drift, drift_window=drift_window,
+                      drift_every=drift_every)
 
 
 def app_from_env() -> Any:
     """The application of one uvicorn worker process, from :data:`CONFIG_ENV` (set by :func:`serve`)."""
     with open(os.environ[CONFIG_ENV], "rb") as f:  # written by serve() in the parent process (mode 0600)
         config = pickle.load(f)
-    token_env = config.pop("token_env")
-    return build_app(**config, token=os.environ.get(token_env) or None, seed=os.getpid())
+    return build_app(**config, token=os.environ.get(config["cfg"].token_env) or None, seed=os.getpid())
 
 
 def is_loopback(host: str) -> bool:
@@ -147,51 +135,39 @@ def _display_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, info: dict | None = None,
-          log_dir: str | Path | None = None, sample_rate: float = 0.1, max_upload_mb: float = 20,
-          max_pixels: int = 40_000_000, token_env: str = "CVOPS_SERVE_TOKEN",
+def serve(model_path: str | Path, cfg: ServeConfig, *, info: dict | None = None, log_dir: str | Path | None = None,
           drift: Callable[[list[dict]], dict[str, float]] | None = None, workers: int = 1,
-          drift_window: int = 200, drift_every: int = 50, engine_path: str | Path | None = None,
-          max_batch: int = 8, batch_wait_ms: float = 2.0, allow_anonymous: bool = ServeConfig.allow_anonymous,
-          **limits: float) -> None:
+          drift_window: int = MonitorConfig.drift_window, drift_every: int = MonitorConfig.drift_every,
+          engine_path: str | Path | None = None) -> None:
     """Serve an exported model over HTTP until interrupted (uvicorn, log level info, no reload).
 
     Args:
         model_path: the exported ``model.onnx``.
-        host: the interface to listen on (``0.0.0.0``: all).
-        port: the TCP port.
+        cfg: the ``serve`` config (:class:`cvops.schema.ServeConfig`): host, port, ``token_env`` (the
+            environment variable holding the bearer token; unset or empty: no authentication),
+            ``allow_anonymous``, limits, batching, request log.
         info: reported by ``/v1/model`` (recipe, dataset version, ``fingerprint``, ...).
-        log_dir: the request log directory (None: no request log).
-        sample_rate: share of request images kept in the log.
-        max_upload_mb: the largest request body accepted, in MiB.
-        max_pixels: the largest image (width x height) accepted.
-        token_env: the environment variable holding the bearer token; unset or
-            empty means no authentication.
+        log_dir: the request log directory (None: ``cfg.log_dir``; both None: no request log).
         drift: the drift check (see :func:`cvops.serve.app.create_app`); with
             several workers it must be picklable (a module-level function).
         workers: uvicorn worker processes.
-        allow_anonymous: allow a non-loopback ``host`` without a token (else :func:`check_exposure` refuses).
-        limits: any of :data:`LIMITS`, passed to :func:`build_app` (defaults: :class:`cvops.schema.ServeConfig`).
+        engine_path: a TensorRT engine to serve instead of the ONNX model.
 
     Raises:
         ConfigError: a non-loopback ``host`` without a token and not ``allow_anonymous``.
-        TypeError: an unknown keyword in ``limits``.
     """
     import uvicorn
 
-    unknown = sorted(set(limits) - set(LIMITS))
-    if unknown:
-        raise TypeError(f"serve() got unknown limits {unknown}; known: {list(LIMITS)}")
+    host, port, token_env = cfg.host, cfg.port, cfg.token_env
+    log_dir = log_dir if log_dir is not None else cfg.log_dir
     token = os.environ.get(token_env) or None
-    check_exposure(host, token, token_env, allow_anonymous)
+    check_exposure(host, token, token_env, cfg.allow_anonymous)
     url = f"http://{_display_host(host)}:{port}"
     auth = f"-H \"Authorization: Bearer ${token_env}\" " if token else ""
-    config: dict[str, Any] = dict(model_path=str(model_path), info=info,
-                                  log_dir=None if log_dir is None else str(log_dir), sample_rate=sample_rate,
-                                  max_upload_mb=max_upload_mb, max_pixels=max_pixels, drift=drift,
+    config: dict[str, Any] = dict(model_path=str(model_path), cfg=cfg, info=info,
+                                  log_dir=None if log_dir is None else str(log_dir), drift=drift,
                                   drift_window=drift_window, drift_every=drift_every,
-                                  engine_path=None if engine_path is None else str(engine_path),
-                                  max_batch=max_batch, batch_wait_ms=batch_wait_ms, **limits)
+                                  engine_path=None if engine_path is None else str(engine_path))
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
         # a file, not the variable itself: the reference profile easily exceeds Linux's 128 KiB per variable
@@ -199,7 +175,7 @@ def serve(model_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, 
 
         fd, cfg_path = tempfile.mkstemp(prefix="cvops-serve-", suffix=".pkl")
         with os.fdopen(fd, "wb") as f:
-            pickle.dump({**config, "threads": threads, "token_env": token_env}, f)
+            pickle.dump({**config, "threads": threads}, f)
         os.environ[CONFIG_ENV] = cfg_path
         target: Any = "cvops.serve.server:app_from_env"
     else:

@@ -33,10 +33,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from helpers.apps import app_args  # noqa: E402
 from helpers.images import encode, pil_bytes  # noqa: E402
 from helpers.net import free_port  # noqa: E402
 
 from cvops.detector.runtime import OnnxDetector, Prepared, Preprocess  # noqa: E402
+from cvops.schema import ServeConfig  # noqa: E402
 from cvops.serve.app import MicroBatcher, create_app, decode_cost  # noqa: E402
 from cvops.requestlog import read_log  # noqa: E402
 
@@ -56,9 +58,7 @@ def make_client(detector: OnnxDetector) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def make(det: Any = None, **kwargs: Any) -> TestClient:
-        kwargs.setdefault("info", INFO)
-        kwargs.setdefault("log", None)
-        client = TestClient(create_app(det or detector, **kwargs))
+        client = TestClient(create_app(det or detector, **app_args(INFO, **kwargs)))
         client.__enter__()
         clients.append(client)
         return client
@@ -121,7 +121,14 @@ VALID_JPG = encode(scene(48, 64, seed=9))
 # A real server in a subprocess
 # ---------------------------------------------------------------------------
 
-SERVER = "import json, sys\nfrom cvops.serve.server import serve\nserve(**json.loads(sys.argv[1]))\n"
+SERVER = """\
+import json, sys
+from cvops.schema import ServeConfig
+from cvops.serve.server import serve
+c = json.loads(sys.argv[1])
+fields = set(ServeConfig.__dataclass_fields__)
+serve(c.pop("model_path"), ServeConfig(**{k: c.pop(k) for k in list(c) if k in fields}), **c)
+"""
 
 
 class Server:
@@ -400,7 +407,7 @@ def test_any_unexpected_exception_is_a_json_500_without_detail(make_client: Call
 def test_model_info_shows_no_path(model_path: Path) -> None:
     from cvops.serve.server import build_app
 
-    with TestClient(build_app(model_path, info={"recipe": "tiny"}, max_batch=1)) as client:
+    with TestClient(build_app(model_path, ServeConfig(max_batch=1), info={"recipe": "tiny"})) as client:
         text = client.get("/v1/model").text
         info = json.loads(text)
     assert "model_path" not in info and info["model_file"] == "model.onnx"
@@ -515,7 +522,7 @@ def test_off_loopback_without_a_token_is_refused(model_path: Path, monkeypatch: 
     monkeypatch.delenv("CVOPS_TEST_UNSET_TOKEN", raising=False)
     start = time.perf_counter()
     with pytest.raises(ConfigError) as e:
-        serve(model_path, host="0.0.0.0", port=free_port(), token_env="CVOPS_TEST_UNSET_TOKEN")
+        serve(model_path, ServeConfig(host="0.0.0.0", port=free_port(), token_env="CVOPS_TEST_UNSET_TOKEN"))
     assert time.perf_counter() - start < 5  # refused before the model loads
     msg = str(e.value)
     assert "'0.0.0.0'" in msg and "$CVOPS_TEST_UNSET_TOKEN" in msg and "serve.allow_anonymous=true" in msg
@@ -544,19 +551,18 @@ def test_cvops_serve_refuses_before_any_work(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_serve_config_reaches_the_app() -> None:
-    """Every new serve.* key is in the schema and the yaml, and serve() hands each to build_app."""
+    """One config object is handed down: no serve function restates a default the schema owns."""
     import inspect
 
-    import yaml
-
     from cvops.schema import ServeConfig
-    from cvops.serve.server import LIMITS, build_app
+    from cvops.serve.app import create_app
+    from cvops.serve.server import build_app, serve
 
-    keys = set(yaml.safe_load((ROOT / "conf" / "serve" / "default.yaml").read_text()))
-    for name in (*LIMITS, "allow_anonymous"):
-        assert name in ServeConfig.__dataclass_fields__ and name in keys, name
-    params = inspect.signature(build_app).parameters
-    assert all(params[k].default == getattr(ServeConfig, k) for k in LIMITS)
+    fields = set(ServeConfig.__dataclass_fields__) - {"log_dir"}  # log_dir: the resolved folder, default None
+    for fn in (serve, build_app, create_app):
+        params = inspect.signature(fn).parameters
+        assert params["cfg"].annotation in (ServeConfig, "ServeConfig"), fn.__name__
+        assert not fields & set(params), f"{fn.__name__} re-declares {sorted(fields & set(params))}"
 
 
 def test_python_multipart_is_not_a_vulnerable_version() -> None:
@@ -671,7 +677,7 @@ def test_fuzz_upload_bodies(detector: OnnxDetector) -> None:
     from hypothesis import HealthCheck, given, seed, settings
 
     seen: dict[int, int] = {}
-    with TestClient(create_app(detector, info=INFO, log=None, max_pixels=2_000_000, max_upload_mb=1)) as client:
+    with TestClient(create_app(detector, ServeConfig(max_pixels=2_000_000, max_upload_mb=1, max_batch=1), info=INFO, log=None)) as client:
 
         @seed(FUZZ_SEED)
         @settings(max_examples=FUZZ_CASES, database=None, deadline=None, print_blob=True,
