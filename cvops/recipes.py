@@ -1,7 +1,7 @@
 """Recipe discovery: ``recipe=<name>`` selects ``<dir>/<name>.yaml``.
 
-Recipes live in plain directories, not inside ``conf/``: the checkout's
-``recipes/`` plus any directories listed in the ``CVOPS_RECIPE_PATH``
+Recipes live in plain directories, not inside ``conf/``: the bundled
+``recipes/`` (shipped inside the package as ``cvops/_recipes``) plus any directories listed in the ``CVOPS_RECIPE_PATH``
 environment variable (``os.pathsep``-separated, searched first, so a user's
 ``quickstart.yaml`` shadows the bundled one).
 
@@ -21,9 +21,14 @@ from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = ROOT / "conf"
-RECIPES_DIR = ROOT / "recipes"
+PKG = Path(__file__).resolve().parent
+#: The checkout (for ``git_sha`` in run.json); an installed package has none.
+ROOT = PKG.parent
+#: The config groups and bundled recipes, inside the package (``cvops/_conf`` and ``cvops/_recipes`` link
+#: to the checkout's ``conf/`` and ``recipes/``; a built wheel holds copies), so an installed cvops works
+#: from any directory.
+CONF_DIR = (PKG / "_conf").resolve()
+RECIPES_DIR = (PKG / "_recipes").resolve()
 GROUP = "recipe"
 
 
