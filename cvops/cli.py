@@ -127,13 +127,20 @@ def main(argv: Optional[List[str]] = None) -> None:
         if getattr(args, "experimental_rerun", None):
             raise ConfigError("--experimental-rerun is not a cvops option: it unpickles a file, which can run code. "
                               "Rerun a job from its recipe and overrides (run.json lists them)")
+        composed = None
         if informational:
             _check_safe_if_composable(args.overrides)
         else:
-            preflight(args.overrides, check_missing=args.cfg is None)
+            composed = preflight(args.overrides, check_missing=args.cfg is None)
     except ConfigError as e:
         print(f"cvops: error: {e}", file=sys.stderr)
         sys.exit(2)
+    if args.cfg == "job" and composed is not None and not (args.package or args.resolve or args.multirun):
+        # the spec the preflight just composed is the one Hydra would compose again: print it once
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])), end="")
+        return
     sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "cvops", *argv]
     _hydra_main()
 

@@ -55,13 +55,17 @@ def compose_config(overrides: Sequence[str] = (), *, hydra_node: bool = False) -
         raise explain(e, overrides) from e
 
 
-def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> None:
+def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> Optional[DictConfig]:
     """Validate a command line (one job, or every value of every sweep).
+
+    Returns:
+        The composed config (``hydra`` node included) when the line is one job, else None.
 
     Raises:
         ConfigError: at the first problem, before anything is written.
     """
     variants = _variants(overrides)
+    cfg = None
     for variant in variants:
         cfg = compose_config(variant, hydra_node=True)
         names = list(graph(cfg))
@@ -89,6 +93,7 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> None:
                     f"Set {'them' if len(missing) > 1 else 'it'} in your recipe or on the command line: cvops {fixes}"
                     + ("" if _recipe_override(variant) else f"\n  (no recipe selected; available: {', '.join(available_recipes())})")
                 )
+    return cfg if len(variants) == 1 else None
 
 
 def check_safe(cfg: DictConfig, overrides: Sequence[str]) -> None:

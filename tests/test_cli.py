@@ -23,6 +23,16 @@ def test_cfg_job_prints_the_whole_composed_spec(cvops):
     assert not (cvops.workdir / "outputs").exists()
 
 
+def test_cfg_job_printed_from_the_preflight_equals_hydras_own(cvops):
+    """``--cfg job`` prints the config the preflight composed (composing once); Hydra's own printing
+    (reached with ``--package _global_``) must give the same text, overrides, interpolations and all."""
+    for line in (["recipe=quickstart"], ["recipe=bccd", "train.lr=0.01", "export=onnx_int8", "model=yolox_tiny"]):
+        ours = cvops(*line, "--cfg", "job")
+        hydras = cvops(*line, "--cfg", "job", "--package", "_global_")
+        assert ours.returncode == hydras.returncode == 0, ours.stderr + hydras.stderr
+        assert ours.stdout == hydras.stdout and "${" in ours.stdout  # interpolations stay unresolved in both
+
+
 def test_cvops_script_and_python_m_agree(cvops):
     exe = shutil.which("cvops", path=str(sys.executable.rsplit("/", 1)[0]))
     assert exe, "the cvops console script is installed next to the interpreter"
