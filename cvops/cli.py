@@ -141,6 +141,14 @@ def main(argv: Optional[List[str]] = None) -> None:
 
         print(OmegaConf.to_yaml(OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])), end="")
         return
+    if composed is not None and not args.multirun:
+        # Hydra's main composes the command line once only to read hydra.mode, then again to run: the
+        # preflight's composition (same primary config, same overrides) already says it
+        from hydra._internal.hydra import Hydra
+        from omegaconf import OmegaConf
+
+        mode = OmegaConf.select(composed, "hydra.mode")
+        Hydra.get_mode = lambda self, config_name, overrides: mode  # type: ignore[method-assign]
     sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "cvops", *argv]
     _hydra_main()
 
