@@ -537,6 +537,38 @@ def test_real_server_in_a_subprocess(model_path: Path, tmp_path: Path) -> None:
     assert json.loads(json.dumps(records))  # plain JSON all the way
 
 
+def test_workers_rebuild_the_app_from_the_same_serve_config(model_path: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``workers > 1``: each uvicorn worker calls ``app_from_env``, which unpickles the ServeConfig that
+    ``serve`` wrote and builds the same app (limits, token from ``cfg.token_env``, request log)."""
+    import uvicorn
+
+    from cvops.schema import ServeConfig
+    from cvops.serve.server import CONFIG_ENV, app_from_env, serve
+
+    started: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: started.update(target=target, **kw))
+    monkeypatch.setenv("CVOPS_TEST_WORKER_TOKEN", "w-tok")
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    cfg = ServeConfig(port=free_port(), max_pixels=123_456, max_batch=1, token_env="CVOPS_TEST_WORKER_TOKEN")
+    serve(model_path, cfg, info={"fingerprint": "workers"}, log_dir=tmp_path / "log", workers=2)
+    assert started["target"] == "cvops.serve.server:app_from_env" and started["workers"] == 2
+    pickled = Path(os.environ[CONFIG_ENV])
+    try:
+        with TestClient(app_from_env()) as client:
+            assert client.get("/v1/model").status_code == 401
+            auth = {"Authorization": "Bearer w-tok"}
+            info = client.get("/v1/model", headers=auth).json()
+            assert info["fingerprint"] == "workers" and info["limits"]["max_pixels"] == 123_456
+            r = client.post("/v1/predict", content=encode(scene(48, 64, seed=2)),
+                            headers={"Content-Type": "image/jpeg", **auth})
+            assert r.status_code == 200, r.text
+    finally:
+        pickled.unlink()
+    records, _ = read_log(tmp_path / "log")
+    assert [r["status"] for r in records] == [200]
+
+
 def test_micro_batcher_answers_each_caller_with_its_own_image(detector):
     """Concurrent requests batched into one inference get exactly the detections of their own image."""
     import threading

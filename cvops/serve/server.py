@@ -2,12 +2,15 @@
 
 ::
 
+    from cvops.schema import ServeConfig
     from cvops.serve.server import serve
-    serve("outputs/.../model.onnx", host="0.0.0.0", port=8000, info={"fingerprint": "..."},
-          log_dir="serve_logs", sample_rate=0.1, max_upload_mb=20, max_pixels=40_000_000,
-          token_env="CVOPS_SERVE_TOKEN")
+    serve("outputs/.../model.onnx", ServeConfig(host="0.0.0.0", port=8000, sample_rate=0.1),
+          info={"fingerprint": "..."}, log_dir="serve_logs")
 
-The bearer token is never a parameter: it is read from the environment variable
+Every setting is a field of the one :class:`cvops.schema.ServeConfig` handed
+down (``serve`` -> :func:`build_app` -> :func:`cvops.serve.app.create_app`),
+where its default lives; ``cvops serve`` builds it from the recipe's ``serve``
+node. The bearer token is never a parameter: it is read from the environment variable
 named by ``token_env`` so it stays out of command lines and logs. With
 ``workers > 1`` uvicorn starts that many processes, each with its own model
 session (ONNX Runtime threads split between them), its own ``/metrics`` registry
