@@ -50,6 +50,14 @@ def test_no_group_option_restates_a_schema_default():
         "\n".join(found)
 
 
+def test_every_group_option_points_to_its_schema_dataclass():
+    """A reader of a short option file learns where the rest of the values are."""
+    missing = [str(f.relative_to(CONF_DIR)) for group, cls in GROUPS.items()
+               for f in sorted((CONF_DIR / group).glob("*.yaml"))
+               if f"cvops/schema.py ({cls.__name__})" not in f.read_text()]
+    assert not missing, f"no '# ... cvops/schema.py (<dataclass>) ...' comment in {missing}"
+
+
 def test_primary_config_restates_no_root_default():
     primary = yaml.safe_load((CONF_DIR / "config.yaml").read_text())
     root = {k: v for k, v in schema_defaults(schema.CvopsConfig).items() if not isinstance(v, dict) or k in
