@@ -332,6 +332,28 @@ def test_gate_passes_the_export_and_fails_a_broken_one(exported, tmp_path):
     assert len(bad.rows) > len(good.rows) and {r["file_name"] for r in bad.rows} <= {im["file_name"] for im in coco["images"]}
 
 
+def test_a_failed_gate_names_each_runtime_and_keeps_the_reports_in_the_run_dir(tmp_path):
+    """The runner publishes a committed artifact's reports; a failed gate leaves them in the run dir itself."""
+    from types import SimpleNamespace
+
+    from cvops.export.build import ExportError
+    from cvops.export.stage import REPORTS, GateResult, fail_if_gate_failed
+
+    work, run_dir = tmp_path / "store" / "export" / "fp", tmp_path / "run"
+    work.mkdir(parents=True)
+    for rel in REPORTS:
+        (work / rel).write_text(rel)
+    ctx = SimpleNamespace(workdir=work, run_dir=run_dir)
+    results = {"onnx": GateResult("onnx", 0.60, 0.601, 0.5), "int8": GateResult("int8", 0.55, 0.601, 2.0)}
+    assert results["onnx"].passed and not results["int8"].passed and results["int8"].drop == 5.1
+    fail_if_gate_failed(ctx, SimpleNamespace(results={"onnx": results["onnx"]}, split="test"), "ds")
+    assert not run_dir.exists()  # passed: the runner publishes the reports
+    with pytest.raises(ExportError, match=r"test split: int8: 5\.10 mAP points below PyTorch \(limit 2\.00\)\. ") as e:
+        fail_if_gate_failed(ctx, SimpleNamespace(results=results, split="test"), "ds")
+    assert "onnx" not in str(e.value).split(". The images")[0] and str(run_dir / "export" / "latency.md") in str(e.value)
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == sorted(REPORTS)
+
+
 def test_engine_fingerprint_mismatch_means_rebuild(tmp_path):
     """An engine built for another TensorRT / GPU architecture is stale (TrtDetector rebuilds it from the ONNX)."""
     from cvops.detector.tensorrt import stale

@@ -38,6 +38,8 @@ from cvops.stages import StageContext, StageResult
 
 log = logging.getLogger("cvops")
 GPU_CHECK = "benchmarks/gpu_export_check.py"
+#: What ``<run_dir>/export/`` shows (``StageResult.reports``; published by the runner, ran or cached).
+REPORTS = ("latency.md", "latency.csv", "latency.png", "disagreements.csv", "preprocess.json")
 
 
 # ------------------------------------------------------------ prediction
@@ -206,6 +208,8 @@ class Gate:
         self.runners: Dict[str, Any] = {}
 
     def check(self, name: str, run_fn: Any, limit: float) -> GateResult:
+        """Gate one runtime (``run_fn``: tensor -> raw outputs) at ``limit`` mAP points; kept for the latency
+        table and the disagreements."""
         r = parity(run_fn, self.pre, self.ann, self.torch_dets, self.torch_map, limit, self.conf_thr, runtime=name)
         self.results[name], self.runners[name] = r, run_fn
         log.info("  export: %-8s mAP %.4f vs PyTorch %.4f: drop %.2f points (limit %.2f) -> %s; %d image(s) disagree",
@@ -219,7 +223,6 @@ def run(ctx: StageContext) -> StageResult:
     import torch
 
     from cvops.detector.mmdet import load_model
-    from cvops.export.build import ExportError
     from cvops.export.graph import Thresholds
 
     ex = ctx.config.export
@@ -246,22 +249,36 @@ def run(ctx: StageContext) -> StageResult:
     if ex.triton:
         write_triton(work, ctx.config.project, contract, ex, engine, artifacts)
     metrics = _metrics(work, ex, gate, rows, contract, skipped)
+    fail_if_gate_failed(ctx, gate, curate.metrics["dataset_name"])
+    return StageResult(artifacts, metrics, skipped=skipped, reports=list(REPORTS))
+
+
+def fail_if_gate_failed(ctx: StageContext, gate: Gate, dataset: str) -> None:
+    """Raise :class:`ExportError` naming every runtime over its limit. The reports are copied into the run
+    dir first (``<run_dir>/export/``): the runner publishes only a committed artifact's reports, and the
+    failed build's own folder is wiped by the next attempt."""
+    import shutil
+
+    from cvops.export.build import ExportError
+
     failed = [r.verdict() for r in gate.results.values() if not r.passed]
-    if failed:
-        raise ExportError(
-            f"export gate failed on the {gate.split} split: {'; '.join(failed)}. The images where the export disagrees "
-            f"are tagged export_mismatch:<runtime> in FiftyOne dataset {curate.metrics['dataset_name']} "
-            f"(cvops app recipe=...) and listed in {work / 'disagreements.csv'}; latency and mAP in "
-            f"{work / 'latency.md'}")
-    reports = ["latency.md", "latency.csv", "latency.png", "disagreements.csv", "preprocess.json"]
-    return StageResult(artifacts, metrics, skipped=skipped, reports=reports)
+    if not failed:
+        return
+    out = ctx.run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    for rel in REPORTS:
+        shutil.copy2(ctx.workdir / rel, out / rel)
+    raise ExportError(
+        f"export gate failed on the {gate.split} split: {'; '.join(failed)}. The images where the export disagrees "
+        f"are tagged export_mismatch:<runtime> in FiftyOne dataset {dataset} (cvops app recipe=...) and listed in "
+        f"{out / 'disagreements.csv'}; latency and mAP in {out / 'latency.md'}")
 
 
 def _check(ex: ExportConfig) -> None:
     """Combinations the schema's types cannot refuse on their own."""
     from cvops.export.build import ExportError
 
-    if ex.batch != "dynamic" and not str(ex.batch).isdigit():
+    if ex.batch != "dynamic" and not ex.batch.isdigit():
         raise ExportError(f"export.batch={ex.batch!r}: use 'dynamic' or a batch size such as 1")
     if ex.format is ExportFormat.tensorrt and ex.tensorrt.int8 and not ex.int8:
         raise ExportError("export.tensorrt.int8=true builds the engine from the INT8 (QDQ) model, which needs "
@@ -277,7 +294,7 @@ def build_onnx(ctx: StageContext, model: Any, cfg: Any, thr: Any) -> Dict[str, A
             "train_fingerprint": train.fingerprint, "export_fingerprint": ctx.fingerprint,
             "model": ctx.config.model.name}
     contract = export_model(model, cfg, work / "model.onnx", list(ctx.config.model.image_size), thr,
-                            list(curate.metrics["classes"]), batch=str(ex.batch), opset=ex.opset, metadata=meta)
+                            list(curate.metrics["classes"]), batch=ex.batch, opset=ex.opset, metadata=meta)
     log.info("  export: model.onnx (%s, opset %s, batch %s) %.1f MB", contract["family"], contract["opset"],
              contract["batch"], (work / "model.onnx").stat().st_size / 2**20)
     return contract
@@ -371,6 +388,7 @@ def write_triton(work: Path, project: str, contract: Dict[str, Any], ex: ExportC
 
 def _metrics(work: Path, ex: ExportConfig, gate: Gate, rows: List[Dict[str, Any]], contract: Dict[str, Any],
              skipped: Optional[str]) -> Dict[str, Any]:
+    """``run.json``'s ``stages.export.metrics``: the gate, mAP and latency of every runtime, the graph."""
     res = gate.results
 
     def ms(name: str, b: int = 1) -> Optional[float]:
