@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import enum
 import shutil
+import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple
 
@@ -33,6 +34,8 @@ from cvops.config import compose_config
 from cvops.stages import BUILTIN, graph, typed_view
 
 PKG = Path(runner.__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers.imports import imports  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -186,21 +189,7 @@ def test_the_typed_view_refuses_an_undeclared_key(cfg):
 
 # --------------------------------------------------------------------- modules
 def ast_imports(path: Path, pkg_root: Path) -> Set[str]:
-    rel = path.relative_to(pkg_root).with_suffix("")
-    package = ["cvops", *rel.parts][:-1]  # a module's package; for __init__.py the package itself
-    out: Set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
-            out.add(mod)
-            out.update(f"{mod}.{a.name}" for a in node.names)
-    return {m for m in out if m == "cvops" or m.startswith("cvops.")}
+    return {m for _, m in imports(path, pkg_root, "cvops") if m == "cvops" or m.startswith("cvops.")}
 
 
 def module_file(mod: str, pkg_root: Path) -> Path | None:

@@ -7,31 +7,17 @@ import x`` inside a function is caught as surely as one at the top.
 
 from __future__ import annotations
 
-import ast
+import sys
 from pathlib import Path
-from typing import Iterator, List, Sequence, Tuple
+from typing import List, Sequence
 
 import cvops
 from cvops.stages import BUILTIN_NAMES
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers.imports import imports  # noqa: E402
+
 PKG = Path(cvops.__file__).resolve().parent
-
-
-def imports(path: Path, root: Path, top: str) -> Iterator[Tuple[int, str]]:
-    package = [top, *path.relative_to(root).with_suffix("").parts][:-1]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            for a in node.names:
-                yield node.lineno, a.name
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
-            yield node.lineno, mod
-            for a in node.names:  # `from cvops import export` imports the package cvops.export
-                yield node.lineno, f"{mod}.{a.name}"
 
 
 def owner(module: str, top: str, stages: Sequence[str]) -> str | None:
