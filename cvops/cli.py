@@ -110,6 +110,37 @@ def _check_safe_if_composable(overrides: List[str]) -> None:
     check_safe(cfg, overrides)
 
 
+def _run_on(composed: DictConfig, overrides: List[str]) -> None:
+    """Hand the preflight's composed config to Hydra's main as the job's config, instead of it composing again.
+
+    For one job Hydra's main composes ``config`` with the command line, plus ``hydra.mode=RUN`` when
+    nothing set the mode; the preflight composed that same primary config and command line. The next
+    such composition gets the preflight's config, with ``hydra.mode=RUN`` applied the way Hydra's loader
+    applies a ``hydra.*`` override (set, and listed in ``hydra.overrides.hydra``); any other request
+    composes as usual. Once: the config is Hydra's from then on.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    compose = ConfigLoaderImpl.load_configuration
+    line, pending = list(overrides), [composed]
+
+    def load_configuration(self: ConfigLoaderImpl, config_name: Optional[str], overrides: List[str],
+                           run_mode: RunMode, from_shell: bool = True, validate_sweep_overrides: bool = True
+                           ) -> DictConfig:
+        extra = list(overrides[len(line):])
+        if (pending and config_name == "config" and run_mode == RunMode.RUN and list(overrides[:len(line)]) == line
+                and extra in ([], ["hydra.mode=RUN"])):
+            cfg = pending.pop()
+            ConfigLoaderImpl._apply_overrides_to_config(OverridesParser.create().parse_overrides(extra), cfg)
+            cfg.hydra.overrides.hydra.extend(extra)
+            return cfg
+        return compose(self, config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+
+    ConfigLoaderImpl.load_configuration = load_configuration  # type: ignore[method-assign]
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of ``cvops``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -149,6 +180,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 
         mode = OmegaConf.select(composed, "hydra.mode")
         Hydra.get_mode = lambda self, config_name, overrides: mode  # type: ignore[method-assign]
+        if mode is None or mode.name == "RUN":  # hydra.mode: MULTIRUN in a recipe sweeps: Hydra composes each job
+            _run_on(composed, args.overrides)
     sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "cvops", *argv]
     _hydra_main()
 

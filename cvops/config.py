@@ -59,7 +59,7 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> Option
     """Validate a command line (one job, or every value of every sweep).
 
     Returns:
-        The composed config (``hydra`` node included) when the line is one job, else None.
+        The composed config (``hydra`` node included) when the line is one job (no sweep), else None.
 
     Raises:
         ConfigError: at the first problem, before anything is written.
@@ -93,7 +93,7 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> Option
                     f"Set {'them' if len(missing) > 1 else 'it'} in your recipe or on the command line: cvops {fixes}"
                     + ("" if _recipe_override(variant) else f"\n  (no recipe selected; available: {', '.join(available_recipes())})")
                 )
-    return cfg if len(variants) == 1 else None
+    return cfg if variants == [list(overrides)] else None  # a sweep (an interval one too) is not one job
 
 
 def check_safe(cfg: DictConfig, overrides: Sequence[str]) -> None:
