@@ -5,9 +5,10 @@
 #   CVOPS_VENV=/opt/cvops ./install.sh
 #
 # Safe to rerun: every step is skipped when what it installs already works.
-# The slow step is mmcv (compiled from source with its C++ ops, ~24 min on
-# 2 cores); pip keeps the built wheel in its cache, so it is built once per
-# machine. Do not pass --no-cache-dir. GPU hosts: see README "GPU hosts".
+# Measured on 2 cores (Python 3.11): about 10 min with an empty pip cache, of
+# which compiling mmcv's C++ ops takes about 7; about 5 min when pip's cache
+# already holds the mmcv wheel (pip keeps the built wheel, so it is built once
+# per machine: do not pass --no-cache-dir). GPU hosts: see README "GPU hosts".
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,11 +40,30 @@ say "torch (CPU) and build helpers"
 #    for this torch, so build the PyPI sdist against the installed torch.
 #    Its setup.py imports pkg_resources: setuptools<70 while it builds.
 if ! "$py" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '2.1.0'" 2>/dev/null; then
-  say "mmcv 2.1.0 with ops: compiling from source (about 24 min on 2 cores the first time;"
+  say "mmcv 2.1.0 with ops: compiling from source (about 7 min on 2 cores the first time;"
   say "  later installs on this machine reuse the wheel from pip's cache)"
   "${pip[@]}" -q "setuptools<70"
+  buildlog="$(mktemp -t cvops-mmcv-build.XXXXXX.log)"
   MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
-    "${pip[@]}" --no-build-isolation "mmcv==2.1.0" "numpy>=1.24,<2" "opencv-python>=4.8,<5"
+    "${pip[@]}" -v --no-build-isolation "mmcv==2.1.0" "numpy>=1.24,<2" "opencv-python>=4.8,<5" \
+    >"$buildlog" 2>&1 &
+  build=$!
+  started=$SECONDS
+  # a line a minute while it compiles: elapsed time, how many of mmcv's C++/CUDA sources are done
+  while kill -0 "$build" 2>/dev/null; do
+    for _ in $(seq 60); do kill -0 "$build" 2>/dev/null || break; sleep 1; done
+    kill -0 "$build" 2>/dev/null || break
+    done_n=$(grep -c -E '^\[[0-9]+/[0-9]+\]' "$buildlog" || true)
+    total=$(grep -o -E '^\[[0-9]+/[0-9]+\]' "$buildlog" | tail -1 | sed -E 's/.*\/([0-9]+)\]/\1/' || true)
+    say "  mmcv: $(( (SECONDS - started) / 60 )) min${total:+, compiled $done_n of $total sources}"
+  done
+  if ! wait "$build"; then
+    say "mmcv build failed; the end of its log ($buildlog):"
+    tail -40 "$buildlog"
+    exit 1
+  fi
+  say "  mmcv: built in $(( (SECONDS - started) / 60 )) min $(( (SECONDS - started) % 60 )) s"
+  rm -f "$buildlog"
 fi
 # torch itself declares setuptools>=77; mmengine still imports pkg_resources,
 # which setuptools dropped in 81.

@@ -9,6 +9,11 @@
     cvops doctor                                 # what is installed and working
     cvops recipes                                # the recipes cvops can see
     cvops app recipe=quickstart                  # the curated dataset in the FiftyOne App
+    cvops -v recipe=quickstart                   # with the libraries' full logs on the console
+
+The console shows one line per stage start and finish, progress bars and a
+closing summary; everything (mmengine, FiftyOne, warnings) is in
+``<run dir>/cvops.log`` (:mod:`cvops.console`).
 
 Everything after ``cvops`` is a Hydra command line. It is validated first
 (:func:`cvops.config.preflight`): a typo, a wrong type or a disallowed
@@ -41,13 +46,21 @@ def _task(cfg: DictConfig) -> Optional[float]:
 
     from cvops.runner import Runner
 
+    from cvops import console
+
     hc = HydraConfig.get()
+    if hc.verbose:
+        console.set_verbose(True)
+    console.install()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
     try:
         check_safe(cfg, [])  # again per job: a sweep's values reach each job's config here
         runner = Runner(cfg, run_dir, recipe=hc.runtime.choices.get("recipe"))
-        return runner.run().headline()["value"]
+        try:
+            return runner.run().headline()["value"]
+        finally:
+            _print_summary(runner)
     except USER_ERRORS as e:
         if multirun:  # Hydra records the failed job and goes on with the others
             raise
@@ -59,6 +72,16 @@ def _task(cfg: DictConfig) -> Optional[float]:
             from cvops.sweep import update_leaderboard
 
             update_leaderboard(Path(hc.sweep.dir), cfg)
+
+
+def _print_summary(runner: object) -> None:
+    try:
+        lines = runner.summary()  # type: ignore[attr-defined]
+    except Exception as e:  # the summary must not hide the run's own result or error
+        logging.getLogger("cvops.detail").warning("closing summary failed: %s", e)
+        return
+    for line in lines:
+        log.info("%s", line)
 
 
 _hydra_main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_task)
@@ -144,6 +167,11 @@ def _run_on(composed: DictConfig, overrides: List[str]) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point of ``cvops``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-v", "--verbose") for a in argv):  # cvops' own flag (Hydra's is hydra.verbose=...)
+        from cvops.console import set_verbose
+
+        set_verbose(True)
+        argv = [a for a in argv if a not in ("-v", "--verbose")]
     if argv and argv[0] in COMMANDS:
         sys.exit(COMMANDS[argv[0]](argv[1:]))
     from hydra._internal.utils import get_args_parser

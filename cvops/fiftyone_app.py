@@ -6,10 +6,18 @@
     cvops app recipe=bccd --address 0.0.0.0 --port 5151   # reachable from other machines
     cvops app recipe=bccd --dataset bccd-481cebafda26     # a specific version
     cvops app recipe=bccd --review                        # the monitor's edge cases (<project>-review)
+    cvops app recipe=bccd --all                           # every prediction, not the confident view
 
 It opens the dataset curated for the recipe as configured now (the curate
 artifact of the current config); if that was not built yet, the project's most
-recently created dataset, and says so. On a remote machine, forward the port
+recently created dataset, and says so. When the evaluate stage ran for this
+config, the App opens its saved view: predictions down to the confusion
+threshold (``evaluate.confusion_score_thr``) only, since the stored ones go
+down to ``evaluate.score_thr`` for mAP and would bury each image in faint
+boxes; the whole dataset is one click away (the view bar's saved-view menu, or
+``--all``).
+
+On a remote machine, forward the port
 (``ssh -L 5151:localhost:5151 host``) or pass ``--address 0.0.0.0``.
 """
 
@@ -19,6 +27,22 @@ import argparse
 import sys
 import urllib.parse
 from typing import List, Optional
+
+
+def confident_view(overrides: List[str], dataset: str) -> Optional[str]:
+    """The evaluate stage's saved view for this config (its artifact's ``app_view``), if built and on ``dataset``."""
+    from cvops.artifacts import ArtifactStore
+    from cvops.config import compose_config
+    from cvops.fo import connect
+    from cvops.runner import fingerprints
+
+    cfg = compose_config(overrides)
+    fp = fingerprints(cfg)["evaluate"]["fingerprint"]
+    art = ArtifactStore(cfg.paths.store).get("evaluate", fp)
+    name = art.metrics.get("app_view") if art is not None else None
+    if name and name in connect().load_dataset(dataset).list_saved_views():
+        return str(name)
+    return None
 
 
 def resolve_dataset(overrides: List[str], dataset: Optional[str] = None) -> tuple:
@@ -53,6 +77,7 @@ def main(argv: List[str]) -> int:
     ap.add_argument("--port", type=int, default=5151)
     ap.add_argument("--address", default="localhost", help="bind address; 0.0.0.0 to serve other machines")
     ap.add_argument("--dataset", default=None, help="open this FiftyOne dataset instead")
+    ap.add_argument("--all", action="store_true", help="open the whole dataset, not the confident-predictions view")
     ap.add_argument("--review", action="store_true",
                     help="open the monitor's review dataset (monitor.review_dataset, default <project>-review)")
     args, overrides = ap.parse_known_args(argv)
@@ -73,11 +98,18 @@ def main(argv: List[str]) -> int:
 
     fo = connect()
     ds = fo.load_dataset(name)
-    session = fo.launch_app(ds, port=args.port, address=args.address, remote=True, auto=False)
+    saved = None if (args.all or args.review or args.dataset) else confident_view(overrides, name)
+    view = ds.load_saved_view(saved) if saved else None
+    session = fo.launch_app(ds, view=view, port=args.port, address=args.address, remote=True, auto=False)
     host = "localhost" if args.address in ("0.0.0.0", "::") else args.address
     # the dataset's own URL: it opens that dataset whatever the session state (with FIFTYONE_DATABASE_URI the
-    # App's root page shows "No dataset selected")
+    # App's root page shows "No dataset selected"); a saved view by its slug
     url = f"http://{host}:{args.port}/datasets/{urllib.parse.quote(name)}"
+    if saved:
+        from fiftyone.core.utils import to_slug
+
+        url += f"?view={urllib.parse.quote(to_slug(saved))}"
+        why += f"; view '{saved}' (every prediction: the dataset itself, or --all)"
     print(f"FiftyOne App: {url}  dataset {name} ({len(ds)} samples; {why}). Ctrl-C stops it.", flush=True)
     try:
         session.wait(-1)

@@ -40,7 +40,8 @@ from cvops.manifest import RunManifest
 from cvops.stages import (BUILTIN_NAMES, Stage, StageContext, StageFn, StageResult, declared, graph,
                           typed_view)
 
-log = logging.getLogger("cvops")
+log = logging.getLogger("cvops")  # the console's lines: one per stage start and finish
+detail = logging.getLogger("cvops.detail")  # cvops.log only: fingerprints, store paths
 PKG_DIR = Path(__file__).resolve().parent
 
 #: The built-in lifecycle order (a recipe's graph may add plug-in stages: :func:`cvops.stages.graph`).
@@ -130,8 +131,10 @@ def _imports(path: Path) -> List[str]:
 #: it moves artifacts and config values, which enter fingerprints on their own; it does not shape what a
 #: stage computes, so an edit to it does not invalidate every artifact (the stage packages and the shared
 #: layers they use do).
+#: The console (what is printed, :mod:`cvops.console`) and the run's words (:mod:`cvops.summary`) are plumbing
+#: too: rewording a line or a progress bar rebuilds nothing.
 PLUMBING = frozenset({"runner.py", "stages.py", "artifacts.py", "manifest.py", "config.py", "recipes.py",
-                      "schema.py", "trust.py"})
+                      "schema.py", "trust.py", "console.py", "summary.py"})
 
 
 def source_closure(roots: Sequence[Path]) -> List[Path]:
@@ -259,6 +262,14 @@ class TrackerHook(Hooks):
 
     def after_stage(self, ctx: StageContext, art: Optional[Artifact], result: StageResult) -> None:
         ctx.tracker.close(result.metrics)
+        ref = ctx.tracker.run_ref
+        if ref is None and result.artifacts.get("wandb_run"):  # mmengine's W&B backend owned the run (train)
+            ref = str(ctx.workdir / result.artifacts["wandb_run"])
+            if art is not None:
+                ref = str(art.dir / result.artifacts["wandb_run"])
+        if ref:
+            where = ref if "://" in ref else f"{ref} (offline; upload: wandb sync {ref})"
+            log.info("  %-9s W&B run  %s", ctx.name, where)
 
     def on_failure(self, ctx: StageContext, error: BaseException) -> None:
         ctx.tracker.close({"failed": f"{type(error).__name__}: {error}"})
@@ -318,6 +329,7 @@ class Runner:
         self.store = ArtifactStore(cfg.paths.store)
         self.graph = graph(cfg)
         self.requested = self._requested(list(cfg.stages))
+        self.recipe = recipe
         self.manifest = RunManifest(self.run_dir / "run.json", cfg, recipe)
         self.hooks = list(default_hooks() if hooks is None else hooks)
 
@@ -371,7 +383,8 @@ class Runner:
         try:
             self.store.check_writable()
             fps = self.plan()
-            log.info("cvops · %s · run dir %s · store %s", self.cfg.project, self.run_dir, self.store.root)
+            log.info("cvops · %s · run dir %s", self.cfg.project, self.run_dir)
+            detail.info("store %s", self.store.root)
             for name, stage in self.graph.items():
                 fp = fps[name]["fingerprint"]
                 if name not in self.requested:
@@ -451,7 +464,7 @@ class Runner:
             self.manifest.stage(name, status="ran", fingerprint=fp, seconds=secs,
                                 artifacts={k: str(workdir / v) for k, v in result.artifacts.items()}, metrics=result.metrics)
             self._after(ctx, None, result)
-            log.info("  %-9s ran      %6.1fs", name, secs)
+            self._done_line(name, "ran", secs, result.metrics)
             return None
 
         existing = self.store.get(name, fp)
@@ -461,7 +474,7 @@ class Runner:
         keep = bool(OmegaConf.select(self.cfg, stage.resume_key)) if stage.resume_key else False
 
         def waiting(d: Path) -> None:
-            log.info("  %-9s waiting  another run is building %s", name, d)
+            log.info("  %-9s waiting  for another run building it (%s)", name, d)
 
         with self.store.build(name, fp, timeout=float(self.cfg.lock_timeout_s), keep_partial=keep, on_wait=waiting) as builder:
             if builder is None:  # a concurrent run finished it while we waited
@@ -469,7 +482,8 @@ class Runner:
                 assert art is not None
                 self._cached(art, t0, "built by a concurrent run")
                 return art
-            log.info("  %-9s running  fp %s -> %s", name, fp, builder.dir)
+            log.info("  %-9s running  fp %s", name, fp)
+            detail.info("%s: building %s", name, builder.dir)
             resuming = keep and any(builder.dir.iterdir())
             ctx = self._context(stage, fp, builder.dir, done, resuming)
             result = self._call(fn, ctx, t0)
@@ -496,11 +510,13 @@ class Runner:
         if result.skipped:
             self.manifest.stage(name, status="skipped", fingerprint=fp, seconds=secs, artifacts=self._abs(art),
                                 metrics=art.metrics, reason=result.skipped)
-            log.info("  %-9s skipped  %6.1fs  (partly: %s) fp %s -> %s", name, secs, result.skipped, fp, art.dir)
+            self._done_line(name, "skipped", secs, art.metrics, f"partly: {result.skipped}")
+            detail.info("%s: fp %s -> %s", name, fp, art.dir)
             return art
         self.manifest.stage(name, status="ran", fingerprint=fp, seconds=secs,
                             artifacts=self._abs(art), metrics=art.metrics)
-        log.info("  %-9s ran      %6.1fs  fp %s -> %s", name, secs, fp, art.dir)
+        self._done_line(name, "ran", secs, art.metrics)
+        detail.info("%s: fp %s -> %s", name, fp, art.dir)
         return art
 
     def _cached(self, art: Artifact, t0: float, why: str) -> None:
@@ -514,12 +530,29 @@ class Runner:
             self.manifest.stage(art.stage, status="skipped", fingerprint=art.fingerprint, seconds=secs,
                                 artifacts=self._abs(art), metrics=art.metrics,
                                 reason=f"{art.manifest['skipped']} (cached: {why})")
-            log.info("  %-9s skipped  (cached, partly: %s) -> %s", art.stage, art.manifest["skipped"], art.dir)
+            self._done_line(art.stage, "skipped", secs, art.metrics, f"cached, partly: {art.manifest['skipped']}")
+            detail.info("%s: fp %s -> %s", art.stage, art.fingerprint, art.dir)
             return
         self.manifest.stage(art.stage, status="cached", fingerprint=art.fingerprint, seconds=secs,
                             artifacts=self._abs(art), metrics=art.metrics,
                             reason=f"{why} (built {art.manifest.get('created', '?')} by {art.manifest.get('run_dir', '?')})")
-        log.info("  %-9s cached   fp %s %s -> %s", art.stage, art.fingerprint, why, art.dir)
+        self._done_line(art.stage, "cached", secs, art.metrics)
+        detail.info("%s: cached, fp %s %s -> %s", art.stage, art.fingerprint, why, art.dir)
+
+    def _done_line(self, name: str, status: str, secs: float, metrics: Optional[Dict[str, Any]],
+                   note: str = "") -> None:
+        from cvops.summary import headline
+
+        text = "; ".join(t for t in (headline(self.graph.get(name), metrics), note) if t)
+        log.info("  %-9s %-8s %7.1fs  %s", name, status, secs, text)
+
+    def summary(self) -> List[str]:
+        """The closing summary of this run (printed by ``cvops`` at the end): a table of every stage's
+        status and headline, then the next commands to try."""
+        from cvops.summary import closing, command_args
+
+        return closing(self.manifest.data, self.graph, command_args(self.recipe, self.manifest.data.get("overrides", [])),
+                       self.run_dir)
 
     def _failed(self, name: str, fp: str, t0: float, e: BaseException) -> None:
         reason = f"{type(e).__name__}: {e}"

@@ -189,6 +189,9 @@ class ModelConfig:
     mmdet_config: str = MISSING  # e.g. mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py
     image_size: List[int] = field(default_factory=lambda: [320, 320])
     load_from: Optional[str] = None  # checkpoint path or URL
+    # the base config's pretrained backbone (downloaded once, https only); false: from scratch, no network, so
+    # the same recipe gives the same model on a machine without internet access
+    pretrained: bool = True
     cfg_options: Dict[str, Any] = field(default_factory=dict)  # raw mmengine overrides
 
 

@@ -71,6 +71,12 @@ class Stage:
     feeds: Tuple[str, ...] = ()
     #: plug-ins: the dataclass of the stage's own config section (key and group = ``name``)
     schema: Optional[type] = None
+    #: ``"module:function"`` of ``f(metrics) -> str``: the stage's result in one line, for its finish line and
+    #: the run's closing summary (:mod:`cvops.summary`); not part of the fingerprint
+    summary: Optional[str] = None
+    #: commands worth trying once the stage has an artifact, shown after the closing summary;
+    #: ``{args}`` is the run's ``recipe=... key=value`` command line, ``{artifacts[key]}`` an artifact's path
+    next: Tuple[str, ...] = ()
     issue: Optional[int] = None  # where an unimplemented built-in stage is tracked
     origin: str = "cvops"  # the distribution that declared it
 
@@ -89,19 +95,24 @@ class Stage:
 #: The built-in lifecycle, in order. ``project`` is read by the stages that name things after it.
 BUILTIN: Tuple[Stage, ...] = (
     Stage("curate", "cvops.curate.stage:run", ("project", "data", "curate"),
-          libraries=("fiftyone", "pillow", "opencv-python-headless"), issue=3),
+          libraries=("fiftyone", "pillow", "opencv-python-headless"), summary="cvops.summary:curate", issue=3),
     Stage("train", "cvops.train.stage:run", ("model", "train"), ("curate",),
-          ("torch", "mmcv", "mmdet", "mmengine"), exclude=("train.resume",), resume_key="train.resume", issue=4),
+          ("torch", "mmcv", "mmdet", "mmengine"), exclude=("train.resume",), resume_key="train.resume",
+          summary="cvops.summary:train", issue=4),
     Stage("evaluate", "cvops.evaluate.stage:run", ("model", "train.device", "evaluate"), ("curate", "train"),
-          ("pycocotools", "fiftyone"), issue=4),
+          ("pycocotools", "fiftyone"), summary="cvops.summary:evaluate",
+          next=("cvops app {args}   # predictions, TP/FP/FN in the FiftyOne App",), issue=4),
     Stage("export", "cvops.export.stage:run", ("project", "model", "export", "evaluate.confusion_score_thr"),
           ("curate", "train"), ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "tensorrt"),
-          external="cvops.export.host:signature", issue=5),
+          external="cvops.export.host:signature", summary="cvops.summary:export",
+          next=("cvops serve {args}   # the exported model over HTTP",), issue=5),
     Stage("serve", "cvops.serve.stage:run", ("project", "model.name", "serve", "monitor"),
-          ("curate", "train", "export"), cacheable=False, issue=6),
+          ("curate", "train", "export"), cacheable=False, summary="cvops.summary:serve", issue=6),
     Stage("monitor", "cvops.monitor.stage:run",
           ("project", "monitor", "serve.log_dir", "data.synthetic", "lock_timeout_s"), ("curate", "train", "export"),
-          exclude=("lock_timeout_s",), external="cvops.monitor.source:signature", issue=6),
+          exclude=("lock_timeout_s",), external="cvops.monitor.source:signature", summary="cvops.summary:monitor",
+          next=("cvops app {args} --review   # the monitor's edge cases, pre-labelled",
+                "open {artifacts[report]}   # the drift report"), issue=6),
 )
 BUILTIN_NAMES: Tuple[str, ...] = tuple(s.name for s in BUILTIN)
 

@@ -214,7 +214,7 @@ def generate(out_dir: Path | str, spec: Optional[SyntheticSpec] = None, progress
         and image/box/empty counts.
     """
     import cv2
-    from tqdm import tqdm
+    from cvops.console import track
 
     spec = spec or SyntheticSpec()
     _check(spec)
@@ -225,7 +225,7 @@ def generate(out_dir: Path | str, spec: Optional[SyntheticSpec] = None, progress
     styles = [spec.shift.background] if spec.shift.background else list(BACKGROUNDS)
     coco = _coco(spec.classes)
     n_empty = 0
-    for i in tqdm(range(spec.num_images), desc="synthetic images", disable=not progress, leave=False):
+    for i in track(range(spec.num_images), "synthetic images", enabled=progress):
         bg = _background(rng, w, h, styles[int(rng.integers(len(styles)))])
         empty = rng.random() < spec.empty_fraction
         objs = [] if empty else _objects(rng, spec, w, h, int(rng.integers(1, spec.max_objects + 1)))
@@ -257,7 +257,7 @@ def generate(out_dir: Path | str, spec: Optional[SyntheticSpec] = None, progress
 def _video(out: Path, index: int, spec: SyntheticSpec, rng: np.random.Generator, styles: List[str],
            w: int, h: int, progress: bool) -> Dict[str, Any]:
     import cv2
-    from tqdm import tqdm
+    from cvops.console import track
 
     (out / "videos").mkdir(parents=True, exist_ok=True)
     name = f"videos/video_{index:03d}"
@@ -271,7 +271,7 @@ def _video(out: Path, index: int, spec: SyntheticSpec, rng: np.random.Generator,
         raise RuntimeError(f"OpenCV cannot write {out / name}.mp4 (no mp4v encoder in this OpenCV build)")
     coco = _coco(spec.classes)
     try:
-        for f in tqdm(range(spec.video_frames), desc=f"synthetic video {index}", disable=not progress, leave=False):
+        for f in track(range(spec.video_frames), f"synthetic video {index}", enabled=progress):
             frame_bg = np.clip(bg.astype(np.int16) + rng.integers(-3, 4, size=bg.shape), 0, 255).astype(np.uint8)
             img, anns = _render(frame_bg, objs, spec.classes, spec.shift, rng)
             writer.write(img[..., ::-1])

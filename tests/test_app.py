@@ -81,3 +81,33 @@ def test_app_shows_the_monitor_edge_cases_in_chromium(cvops, tmp_path):
     assert f"dataset {name} (4 samples" in line, line
     assert name in dom and dom.count("<canvas") >= 4
     assert cv2.imread(str(tmp_path / "edge_cases" / "00000.jpg")) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium); .ci/run installs it")
+def test_app_opens_the_confident_predictions_view_with_every_prediction_one_click_away(cvops, tmp_path):
+    """Predictions are stored down to evaluate.score_thr (mAP needs them); the App opens the evaluate
+    stage's saved view of those at or above its confusion threshold; the dataset keeps them all."""
+    from cvops.fo import connect
+
+    args = ("recipe=quickstart", "project=appview", "stages=[curate,train,evaluate]", "data.synthetic.num_images=30",
+            "data.synthetic.videos=0", "model.image_size=[128,128]", "train.max_epochs=1", "tracker=none",
+            "evaluate.score_thr=0.01", "evaluate.confusion_score_thr=0.05")
+    r = cvops(*args, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    ev = cvops.run_jsons()[-1]["stages"]["evaluate"]["metrics"]
+    view_name, field = ev["app_view"], ev["predictions_field"]
+    assert view_name == f"{field} confidence >= 0.05"
+    ds = connect().load_dataset(cvops.run_jsons()[-1]["stages"]["curate"]["metrics"]["dataset_name"])
+    every = ds.values(f"{field}.detections.confidence", unwind=True)
+    shown = ds.load_saved_view(view_name).values(f"{field}.detections.confidence", unwind=True)
+    assert every and min(every) < 0.05 <= min(shown) and len(shown) < len(every)
+    assert len(shown) == sum(c >= 0.05 for c in every)
+
+    line, dom = _app_dom(cvops, tmp_path, *args)
+    from fiftyone.core.utils import to_slug
+
+    assert f"?view={to_slug(view_name)}" in line and f"view '{view_name}'" in line, line
+    assert ds.name in dom and dom.count("<canvas") >= 3
+    all_line, _ = _app_dom(cvops, tmp_path, *args, "--all")
+    assert "?view=" not in all_line and "view '" not in all_line, all_line

@@ -209,3 +209,19 @@ def test_corrupt_load_from_is_refused_before_training(tmp_path):
                              "https://invalid.invalid/y.pth")
     assert url is None and len(notes) == 2 and all("from scratch" in n for n in notes)
 
+
+
+def test_pretrained_false_trains_from_scratch_without_asking_the_network(monkeypatch):
+    """model.pretrained=false drops the base config's backbone weights before any download or HEAD request,
+    so a recipe gives the same model on a machine with and without internet access."""
+    from cvops.train import mmconfig
+
+    def no_network(url: str, timeout: float = 3.0) -> bool:
+        raise AssertionError(f"asked the network for {url}")
+
+    monkeypatch.setattr(mmconfig, "_reachable", no_network)
+    model = {"backbone": {"init_cfg": {"type": "Pretrained", "checkpoint": "https://example.org/x.pth"}},
+             "neck": {"init_cfg": {"type": "Kaiming"}}}
+    url, notes = mmconfig._pretrained(model, None, pretrained=False)
+    assert url is None and notes == []
+    assert model["backbone"]["init_cfg"] is None and model["neck"]["init_cfg"] == {"type": "Kaiming"}

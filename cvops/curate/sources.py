@@ -41,7 +41,7 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".ta
 JUNK_NAMES = {".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", ".localized"}
 JUNK_DIRS = {"__macosx", ".spotlight-v100", ".trashes", ".fseventsd", "$recycle.bin"}
 OUTSIDE = "path outside the dataset root"
-log = logging.getLogger("cvops")
+log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 YOLO_LAYOUTS = ("Ultralytics: images/<split>/<name>.jpg -> labels/<split>/<name>.txt (the last 'images' folder "
                 "of the image path replaced by 'labels'); Roboflow: <split>/images -> <split>/labels; "
                 "or <name>.txt beside each image")

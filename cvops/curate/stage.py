@@ -36,7 +36,7 @@ from cvops.curate.validate import Sample, check_boxes, open_image, phash, sharpn
 from cvops.schema import DedupConfig, DedupPolicy, DifferingLabels
 from cvops.stages import StageContext, StageResult
 
-log = logging.getLogger("cvops")
+log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 
 
 # ------------------------------------------------------------------ gather
@@ -84,6 +84,8 @@ def _decode(items: List[Item], workdir: Path, ledger: Ledger, want_sharpness: bo
     import cv2
     from tqdm import tqdm
 
+    from cvops.console import live, track
+
     out: List[Decoded] = []
     frames_by_video: Dict[Path, List[Item]] = defaultdict(list)
     stills = []
@@ -98,7 +100,7 @@ def _decode(items: List[Item], workdir: Path, ledger: Ledger, want_sharpness: bo
         return _features(it, path, rgb, changes, boxes, hashlib.sha256(path.read_bytes()).hexdigest(), want_sharpness)
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for r in tqdm(pool.map(still, stills), total=len(stills), desc="curate: images", leave=False):
+        for r in track(pool.map(still, stills), "curate: images", total=len(stills)):
             if r is not None:
                 out.append(r)
     for video, frame_items in frames_by_video.items():
@@ -108,7 +110,7 @@ def _decode(items: List[Item], workdir: Path, ledger: Ledger, want_sharpness: bo
         cap = cv2.VideoCapture(str(video))
         idx, last = 0, max(want)
         try:
-            with tqdm(total=len(want), desc=f"curate: frames of {video.name}", leave=False) as bar:
+            with tqdm(total=len(want), desc=f"curate: frames of {video.name}", leave=False, disable=not live()) as bar:
                 while idx <= last:
                     if idx not in want:
                         if not cap.grab():

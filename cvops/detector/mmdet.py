@@ -51,7 +51,7 @@ def predict(config: Path, checkpoint: Path, ann_file: Path, device: str, score_t
     """
     import torch
     from mmengine.runner import Runner
-    from tqdm import tqdm
+    from cvops.console import track
 
     test_cfg = dict(score_thr=score_thr, iou_thr=iou_thr, max_det=max_det) if iou_thr is not None else None
     cfg, model = load_model(config, checkpoint, device, test_cfg=test_cfg)
@@ -62,7 +62,7 @@ def predict(config: Path, checkpoint: Path, ann_file: Path, device: str, score_t
     cat_ids = [c["id"] for c in json.loads(Path(ann_file).read_text())["categories"]]
     out: List[Dict[str, Any]] = []
     with torch.no_grad():
-        for batch in tqdm(loader, desc=f"evaluate: {Path(ann_file).stem}", leave=False):
+        for batch in track(loader, f"predict: {Path(ann_file).stem}"):
             for sample in model.test_step(batch):
                 p = sample.pred_instances
                 keep = p.scores >= score_thr

@@ -31,7 +31,7 @@ import numpy as np
 
 from cvops.detector.runtime import INPUT, OUTPUTS
 
-log = logging.getLogger("cvops")
+log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 
 
 def unavailable() -> Optional[str]:

@@ -27,7 +27,7 @@ import numpy as np
 from cvops.detector.runtime import Detections, OnnxDetector, box_iou
 from cvops.drift.stats import Profile, image_stats, prediction_stats
 
-log = logging.getLogger("cvops")
+log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 from cvops.media import IMAGE_EXTS
 
 
@@ -83,7 +83,7 @@ def run_images(detector: OnnxDetector, frames: Iterator[Tuple[str, Optional[str]
     edge cases can be shown later without holding decoded frames in memory.
     """
     import cv2
-    from tqdm import tqdm
+    from cvops.console import track
 
     out: List[Seen] = []
     chunk: List[Tuple[str, Optional[str], np.ndarray]] = []
@@ -95,7 +95,7 @@ def run_images(detector: OnnxDetector, frames: Iterator[Tuple[str, Optional[str]
             out.append(Seen(name, record_of(bgr, d, detector.classes, low), d, path, jpg))
         chunk.clear()
 
-    for item in tqdm(frames, desc=desc, leave=False):
+    for item in track(frames, desc):
         chunk.append(item)
         if len(chunk) == batch:
             flush()

@@ -29,7 +29,7 @@ from cvops.detector.mmdet import predict
 from cvops.schema import Device
 from cvops.stages import StageContext, StageResult
 
-log = logging.getLogger("cvops")
+log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 
 
 def _to_fiftyone(dataset: str, field: str, key: str, exports: Dict[str, Path], preds: Dict[str, List[Dict[str, Any]]],
@@ -63,6 +63,26 @@ def _to_fiftyone(dataset: str, field: str, key: str, exports: Dict[str, Path], p
     results = test.evaluate_detections(field, gt_field="ground_truth", eval_key=key, method="coco",
                                        compute_mAP=True, classes=classes, progress=False)
     return float(results.mAP()), results
+
+
+def app_view_name(field: str, thr: float) -> str:
+    return f"{field} confidence >= {thr:g}"
+
+
+def save_app_view(dataset: str, field: str, thr: float) -> str:
+    """A saved view of the dataset showing only ``field``'s predictions scored >= ``thr`` (the confusion
+    matrix's threshold), which ``cvops app`` opens; the full set (down to ``evaluate.score_thr``, which mAP
+    needs) stays one click away as the dataset itself."""
+    from fiftyone import ViewField as F
+
+    from cvops.fo import load_dataset
+
+    ds = load_dataset(dataset, "the curate stage")
+    name = app_view_name(field, thr)
+    view = ds.filter_labels(field, F("confidence") >= thr, only_matches=False)
+    ds.save_view(name, view, description=f"{field}: predictions with confidence >= {thr:g} "
+                 "(the evaluate stage's confusion_score_thr); the dataset itself has all of them", overwrite=True)
+    return name
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -100,6 +120,7 @@ def run(ctx: StageContext) -> StageResult:
         fo_map, results = _to_fiftyone(curate.metrics["dataset_name"], field, key, exports, preds, classes)
         metrics["fiftyone_mAP"] = fo_map
         metrics["contract_abs_diff"] = abs(fo_map - (test["mAP"] or 0.0))
+        metrics["app_view"] = save_app_view(curate.metrics["dataset_name"], field, ev.confusion_score_thr)
         if ev.plots:
             artifacts.update(_plots(work, classes, evals["test"], results, test["per_class_AP"],
                                     ev.confusion_score_thr))

@@ -36,7 +36,7 @@ from cvops.detector.coco import coco_eval, read_split, to_coco
 from cvops.schema import ExportConfig, ExportFormat
 from cvops.stages import StageContext, StageResult
 
-log = logging.getLogger("cvops")
+log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 GPU_CHECK = "benchmarks/gpu_export_check.py"
 #: What ``<run_dir>/export/`` shows (``StageResult.reports``; published by the runner, ran or cached).
 REPORTS = ("latency.md", "latency.csv", "latency.png", "disagreements.csv", "preprocess.json")
@@ -47,10 +47,10 @@ def predict_split(run: Any, pre: Preprocess, images: Sequence[Dict[str, Any]], c
                   batch: int = 8) -> List[Dict[str, Any]]:
     """COCO-format detections of a raw-output runner (``run(tensor) -> outputs``) on a split."""
     import cv2
-    from tqdm import tqdm
+    from cvops.console import track
 
     out: List[Dict[str, Any]] = []
-    for i in tqdm(range(0, len(images), batch), desc="export: parity", leave=False):
+    for i in track(range(0, len(images), batch), "export: parity"):
         chunk = images[i:i + batch]
         bgr = [cv2.imread(im["file_name"], cv2.IMREAD_COLOR) for im in chunk]
         tensor, scales = pre.batch(bgr)

@@ -40,7 +40,7 @@ from cvops.drift.profile import (Seen, edge_reasons, held_out, iter_folder, iter
                                    run_images, window_from_log)
 from cvops.stages import StageContext, StageResult
 
-log = logging.getLogger("cvops")
+log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 DEGRADATION = ("max_score", "empty", "num_boxes")
 MIN_WINDOW = 20
 

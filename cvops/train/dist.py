@@ -14,7 +14,16 @@ def main() -> None:
     ap.add_argument("config")
     ap.add_argument("--resume", default=None)
     args = ap.parse_args()
+    import logging
+
     from mmengine.config import Config
+
+    from cvops.console import install, verbose
+
+    # a worker's console: mmengine's lines with -v (CVOPS_VERBOSE), else warnings; the parent's cvops.log
+    # does not see this process (mmengine writes its own log into the work dir)
+    logging.basicConfig(level=logging.INFO if verbose() else logging.WARNING, format="%(message)s")
+    install()
 
     from cvops.train import hooks  # noqa: F401  (registers CvopsFiniteLossHook)
     from cvops.detector.checkpoint import allow_mmengine_checkpoints

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cvops.schema import ModelConfig, TrainConfig
 
-log = logging.getLogger("cvops")
+log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 
 SIZE_KEYS = ("scale", "img_scale", "crop_size", "size")
 
@@ -108,12 +108,15 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _pretrained(model_cfg: Any, load_from: Optional[str]) -> Tuple[Optional[str], List[str]]:
-    """Drop unreachable pretrained weights (saying so); check a given load_from."""
+def _pretrained(model_cfg: Any, load_from: Optional[str], pretrained: bool = True) -> Tuple[Optional[str], List[str]]:
+    """Drop unreachable pretrained weights (saying so), or all of them (``pretrained=False``); check a given
+    load_from."""
     notes = []
     for d in _walk(model_cfg):
         init = d.get("init_cfg")
-        if isinstance(init, dict) and init.get("type") == "Pretrained":
+        if isinstance(init, dict) and init.get("type") == "Pretrained" and not pretrained:
+            d["init_cfg"] = None  # model.pretrained=false: from scratch, without asking the network
+        elif isinstance(init, dict) and init.get("type") == "Pretrained":
             ckpt = str(init.get("checkpoint", ""))
             if ckpt.startswith("http://"):
                 raise TrainConfigError(f"init_cfg checkpoint {ckpt}: remote checkpoints must be https:// URLs")
@@ -242,7 +245,8 @@ def build(model: ModelConfig, train: TrainConfig, classes: Sequence[str], export
             hook["switch_epoch"] = int(strong) if strong is not None else max(1, epochs - max(1, round(epochs * 20 / 300)))
         if hook.get("type") == "YOLOXModeSwitchHook":
             hook["num_last_epochs"] = max(0, epochs - int(strong)) if strong is not None else max(1, round(epochs * 15 / 300))
-    cfg.custom_hooks = list(cfg.get("custom_hooks", []) or []) + [dict(type="CvopsFiniteLossHook")]
+    cfg.custom_hooks = list(cfg.get("custom_hooks", []) or []) + [dict(type="CvopsFiniteLossHook"),
+                                                                dict(type="CvopsProgressHook")]
 
     # hooks, logging, checkpoints
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=train.log_interval)
@@ -256,7 +260,7 @@ def build(model: ModelConfig, train: TrainConfig, classes: Sequence[str], export
                        dist_cfg=dict(backend="nccl" if cuda else "gloo"))
     cfg.launcher = train.launcher.value
     cfg.work_dir = str(work_dir)
-    cfg.load_from, more = _pretrained(cfg.model, model.load_from)
+    cfg.load_from, more = _pretrained(cfg.model, model.load_from, model.pretrained)
     notes += more
     cfg.resume = False
     cfg.default_scope = "mmdet"

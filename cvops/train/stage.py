@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional
 from cvops.schema import Device, Launcher
 from cvops.stages import StageContext, StageResult
 
-log = logging.getLogger("cvops")
+log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 LINEAGE = "lineage.json"
 
 
@@ -147,14 +147,18 @@ def run(ctx: StageContext) -> StageResult:
 
 def quiet_runner(cfg: Any) -> Any:
     """mmengine's Runner without the multi-page config and environment dumps in the log
-    (the config is in ``config.py``; the environment in ``run.json`` and ``cvops doctor``)."""
+    (the config is in ``config.py``; the environment in ``run.json`` and ``cvops doctor``), its
+    lines handed to the ``mmengine`` logger: ``cvops.log`` gets them all, the console with ``-v``."""
     from mmengine.runner import Runner
+
+    from cvops.console import adopt
 
     class _Runner(Runner):
         def build_logger(self, *args: Any, **kwargs: Any) -> Any:
             logger = super().build_logger(*args, **kwargs)
             logger.addFilter(lambda r: not (str(r.msg).startswith("Config:")
                                             or "System environment:" in str(r.msg)[:100]))
+            adopt(logger, "mmengine")
             return logger
 
     return _Runner.from_cfg(cfg)

@@ -1,0 +1,133 @@
+"""What a run says about itself in words: each stage's headline and the closing summary.
+
+A stage's headline (``Stage.summary``, ``"module:function"`` of
+``f(metrics) -> str``) is the short result a person looks for: curate's
+counts, the test mAP, the export gate and latency, the drift verdict. The
+runner prints it on the stage's finish line and in the summary table at the
+end of every run, followed by the next commands worth trying (``Stage.next``).
+
+These functions read ``run.json``'s metrics only; they are not part of any
+stage's code version (rewording a line does not rebuild an artifact).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any, Callable, List, Mapping, Optional, Sequence
+
+log = logging.getLogger("cvops")
+
+
+def _pct(v: Any) -> str:
+    return "?" if v is None else f"{float(v):.3f}"
+
+
+def curate(m: Mapping[str, Any]) -> str:
+    splits = m.get("splits") or {}
+    parts = [f"{m.get('images_kept', '?')} images, {m.get('boxes_kept', '?')} boxes kept",
+             f"{m.get('images_quarantined', 0)} quarantined, {m.get('images_deduplicated', 0)} duplicates"]
+    if splits:
+        parts.append("/".join(str(splits[k]) for k in splits) + f" {'/'.join(splits)}")
+    return "; ".join(parts)
+
+
+def train(m: Mapping[str, Any]) -> str:
+    out = f"{m.get('epochs', '?')} epochs"
+    if m.get("best_val_mAP50") is not None:
+        out += f"; best val mAP50 {_pct(m['best_val_mAP50'])} (epoch {m.get('best_epoch', '?')})"
+    return out
+
+
+def evaluate(m: Mapping[str, Any]) -> str:
+    if m.get("mAP") is None:
+        return f"val mAP {_pct(m.get('val_mAP'))}, mAP50 {_pct(m.get('val_mAP50'))}"
+    return f"test mAP {_pct(m.get('mAP'))}, mAP50 {_pct(m.get('mAP50'))}"
+
+
+def export(m: Mapping[str, Any]) -> str:
+    drops = [f"ONNX {m['map_drop']:+.2f}" if m.get("map_drop") is not None else None,
+             f"INT8 {m['int8_map_drop']:+.2f}" if m.get("int8_map_drop") is not None else None,
+             f"TensorRT {m['trt_map_drop']:+.2f}" if m.get("trt_map_drop") is not None else None]
+    out = f"gate {m.get('gate', '?')} (mAP drop, points: {', '.join(d for d in drops if d)})"
+    speed = [f"ONNX {m['onnx_speedup']:.2f}x" if m.get("onnx_speedup") else None,
+             f"INT8 {m['int8_speedup']:.2f}x" if m.get("int8_speedup") else None]
+    if any(speed):
+        out += f"; speed-up vs PyTorch {', '.join(s for s in speed if s)}"
+    return out
+
+
+def serve(m: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in m.items() if isinstance(v, (int, float, str)))[:120]
+
+
+def monitor(m: Mapping[str, Any]) -> str:
+    verdict = (f"DRIFT in {', '.join(m.get('drift_features') or [])}" if m.get("drift_detected") else "no drift")
+    return (f"{verdict} on {m.get('window_images', '?')} images; {m.get('edge_cases', 0)} edge cases "
+            f"-> {m.get('review_dataset', 'review')}")
+
+
+def headline(stage: Any, metrics: Optional[Mapping[str, Any]]) -> str:
+    """``stage``'s one-line result from its metrics ('' when it has none or its summary fails)."""
+    if not metrics or not getattr(stage, "summary", None):
+        return ""
+    mod, _, fun = stage.summary.partition(":")
+    try:
+        fn: Callable[[Mapping[str, Any]], str] = getattr(importlib.import_module(mod), fun)
+        return str(fn(metrics))
+    except Exception as e:  # a summary must never fail a run
+        logging.getLogger("cvops.detail").warning("summary of %s failed: %s", getattr(stage, "name", "?"), e)
+        return ""
+
+
+def _secs(s: Optional[float]) -> str:
+    if s is None:
+        return ""
+    return f"{s:.1f} s" if s < 120 else f"{int(s) // 60} min {int(s) % 60:02d} s"
+
+
+def closing(data: Mapping[str, Any], stages: Mapping[str, Any], args: str, run_dir: Any) -> List[str]:
+    """The lines printed at the end of a run: a table of every stage of ``run.json``, then what to try next."""
+    rows = data.get("stages", {})
+    lines = ["", f"cvops · {data.get('project', '')} · {data.get('status', '?')} in {_secs(data.get('seconds'))}"]
+    width = max([len(n) for n in rows] + [5])
+    for name, row in rows.items():
+        text = headline(stages.get(name), row.get("metrics")) if row.get("status") in ("ran", "cached") else ""
+        if row.get("status") in ("skipped", "failed"):
+            text = str(row.get("reason", ""))[:160]
+        lines.append(f"  {name:<{width}}  {row.get('status', '?'):<7}  {_secs(row.get('seconds')):>11}  {text}".rstrip())
+    hints = next_steps(rows, stages, args)
+    if hints:
+        lines.append("next:")
+        lines += [f"  {h}" for h in hints]
+    lines.append(f"(run dir {run_dir}: run.json, cvops.log, each stage's reports)")
+    return lines
+
+
+def next_steps(rows: Mapping[str, Any], stages: Mapping[str, Any], args: str) -> List[str]:
+    """Each finished stage's ``next`` hints, formatted with the command line's arguments and its artifacts."""
+    out: List[str] = []
+    for name, row in rows.items():
+        if row.get("status") not in ("ran", "cached") or name not in stages:
+            continue
+        for template in getattr(stages[name], "next", ()) or ():
+            try:
+                line = template.format(args=args, artifacts=row.get("artifacts", {}))
+            except (KeyError, IndexError, AttributeError):
+                continue
+            if line not in out:
+                out.append(line)
+    return out
+
+
+def command_args(recipe: Optional[str], overrides: Sequence[str]) -> str:
+    """``recipe=X`` plus the overrides that select the same artifacts (not ``stages=``/``hydra.*``), quoted."""
+    keep = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~") in ("stages",)
+            and not o.lstrip("+~").startswith("hydra.") and not o.startswith("recipe=")]
+    import shlex
+
+    return " ".join([*([f"recipe={recipe}"] if recipe else []), *(shlex.quote(o) for o in keep)])
+
+
+__all__ = ["headline", "closing", "next_steps", "command_args", "curate", "train", "evaluate", "export", "serve",
+           "monitor"]
