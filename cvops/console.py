@@ -20,7 +20,6 @@ import os
 import re
 import sys
 import time
-import warnings
 from typing import Any, Optional, Set, TextIO
 
 ENV = "CVOPS_VERBOSE"
@@ -94,8 +93,7 @@ def install() -> None:
     in the default mode the console handler gets a :class:`ConsoleFilter`, and
     W&B's own banner is silenced (:func:`wandb_line` says where its run is).
     """
-    logging.captureWarnings(True)
-    warnings.simplefilter("default")  # once per location, into the log
+    logging.captureWarnings(True)  # shown warnings become records of "py.warnings" (Python's filters unchanged)
     logging.getLogger("py.warnings").setLevel(logging.WARNING)
     _route_prints()
     # FiftyOne gives its loggers stdout handlers of their own at import unless its destination is something
@@ -165,6 +163,20 @@ def adopt(logger: logging.Logger, name: str) -> None:
     if not any(isinstance(h, ForwardHandler) for h in logger.handlers):
         logger.addHandler(ForwardHandler(name))
     logging.getLogger(name).setLevel(logging.INFO)
+
+
+def adopt_mmengine() -> None:
+    """:func:`adopt` every mmengine logger there is, and the one its ``print_log(logger="current")`` uses.
+
+    mmengine creates its default ``mmengine`` logger (with a stdout handler) the
+    first time something logs outside a Runner, e.g. ``load_checkpoint``'s
+    "Loads checkpoint by local backend" line; call this before such work.
+    """
+    from mmengine.logging import MMLogger
+
+    MMLogger.get_current_instance()
+    for logger in list(MMLogger._instance_dict.values()):
+        adopt(logger, "mmengine")
 
 
 def _fmt_seconds(s: float) -> str:

@@ -58,7 +58,7 @@ def export(m: Mapping[str, Any]) -> str:
 
 
 def serve(m: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in m.items() if isinstance(v, (int, float, str)))[:120]
+    return "server stopped" if m.get("stopped") else ""
 
 
 def monitor(m: Mapping[str, Any]) -> str:

@@ -72,6 +72,11 @@ class Cvops:
         files = sorted(self.workdir.glob("outputs/**/run.json"), key=lambda p: p.stat().st_mtime)
         return [json.loads(p.read_text()) for p in files]
 
+    def logs(self) -> str:
+        """Every run dir's ``cvops.log`` (the details the console leaves out), oldest first."""
+        files = sorted(self.workdir.glob("outputs/**/cvops.log"), key=lambda p: p.stat().st_mtime)
+        return "".join(p.read_text(errors="replace") for p in files)
+
 
 @pytest.fixture
 def cvops(tmp_path: Path) -> Cvops:

@@ -18,8 +18,10 @@ def load_model(config: Path, checkpoint: Optional[Path], device: str = "cpu",
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
 
+    from cvops.console import adopt_mmengine
     from cvops.detector.checkpoint import allow_mmengine_checkpoints
 
+    adopt_mmengine()  # its checkpoint lines: cvops.log
     register_all_modules()
     allow_mmengine_checkpoints()
     cfg = Config.fromfile(str(config))

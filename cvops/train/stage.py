@@ -130,7 +130,7 @@ def run(ctx: StageContext) -> StageResult:
                 raise ValueError(f"cannot resume: {e}. Delete it (or its run) to resume from an earlier "
                                  "checkpoint, or drop train.resume to start fresh") from e
             cfg.load_from, cfg.resume = start, True
-            log.info("  train: resuming from %s", start)
+            logging.getLogger("cvops").info("  train     resuming from %s", start)  # the console's too
         else:
             log.info("  train: train.resume=true but no checkpoint of this lineage exists: starting fresh")
     (work / LINEAGE).write_text(json.dumps({"lineage": lineage, "fingerprint": ctx.fingerprint}))
@@ -173,7 +173,9 @@ def _torchrun(config: Path, nproc: int, resume: bool, load_from: Optional[str]) 
     log.info("  train: %s", " ".join(cmd))
     r = subprocess.run(cmd)
     if r.returncode != 0:
-        raise RuntimeError(f"distributed training failed (torchrun exit {r.returncode}); see the log above")
+        raise RuntimeError(f"distributed training failed (torchrun exit {r.returncode}): its workers' errors are "
+                           f"above; their full logs are in {config.parent}/<timestamp>/ (rerun with -v to see them "
+                           "here)")
 
 
 def _collect(work: Path, seconds: float) -> StageResult:
