@@ -114,6 +114,24 @@ def _cmd_serve(argv: List[str]) -> int:
     return serve(argv)
 
 
+def _cmd_promote(argv: List[str]) -> int:
+    from cvops.registry import cmd_promote
+
+    return cmd_promote(argv)
+
+
+def _cmd_rollback(argv: List[str]) -> int:
+    from cvops.registry import cmd_rollback
+
+    return cmd_rollback(argv)
+
+
+def _cmd_models(argv: List[str]) -> int:
+    from cvops.registry import cmd_models
+
+    return cmd_models(argv)
+
+
 def _cmd_review(argv: List[str]) -> int:
     from cvops.monitor.review import main as review
 
@@ -121,7 +139,9 @@ def _cmd_review(argv: List[str]) -> int:
 
 
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {"doctor": _cmd_doctor, "recipes": _cmd_recipes, "app": _cmd_app,
-                                                   "serve": _cmd_serve, "review": _cmd_review}
+                                                   "serve": _cmd_serve, "review": _cmd_review,
+                                                   "promote": _cmd_promote, "rollback": _cmd_rollback,
+                                                   "models": _cmd_models}
 
 
 def _check_safe_if_composable(overrides: List[str]) -> None:

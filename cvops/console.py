@@ -113,8 +113,10 @@ def install() -> None:
 
 
 #: Libraries that ``print()`` progress chatter (pycocotools: "loading annotations into memory...", its AP
-#: table): their prints become INFO records of the logger of the same name (cvops.log; the console with -v).
-PRINTERS = ("pycocotools",)
+#: table; mmengine's ``print_log(logger=None)``: "Loads checkpoint by local backend ..."): their prints become
+#: INFO records of the logger of the same name (cvops.log; the console with -v); so do ONNX Runtime's
+#: quantisation prints ("Collecting tensor data and making histogram ...").
+PRINTERS = ("pycocotools", "mmengine", "onnxruntime")
 
 
 def _route_prints() -> None:
@@ -189,9 +191,13 @@ class Progress:
 
     On a terminal it is a live bar (tqdm, on stderr). In a pipe or a CI log,
     where a redrawn bar becomes a wall of carriage returns, it prints a line
-    when :meth:`note` is given something new to say (a validation result) and
-    at the end, each with the elapsed time and an ETA.
+    when :meth:`note` is given something new to say (a validation result), at
+    least once a minute while it moves (:attr:`pipe_interval_s`), and at the
+    end, each with the elapsed time and an ETA.
     """
+
+    #: In a pipe, the longest silence between two lines of a running phase.
+    pipe_interval_s = 60.0
 
     def __init__(self, total: int, desc: str, unit: str = "it", stream: Optional[TextIO] = None) -> None:
         self.total, self.desc, self.unit = max(1, int(total)), desc, unit
@@ -199,6 +205,7 @@ class Progress:
         self.n = 0
         self.t0 = time.perf_counter()
         self.postfix: dict = {}
+        self._last = self.t0
         self.live = bool(getattr(self.stream, "isatty", lambda: False)()) and not os.environ.get("CI")
         self._bar: Any = None
         if self.live:
@@ -218,6 +225,8 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
             self._bar.set_postfix_str(self._postfix(), refresh=False)
+        elif time.perf_counter() - self._last >= self.pipe_interval_s and self.n < self.total:
+            self._line()  # a pipe's heartbeat: a line a minute, so a log tail shows that it moves
 
     def set_desc(self, desc: str) -> None:
         self.desc = desc
@@ -236,7 +245,8 @@ class Progress:
         return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.postfix.items())
 
     def _line(self, done: bool = False) -> None:
-        elapsed = time.perf_counter() - self.t0
+        self._last = time.perf_counter()
+        elapsed = self._last - self.t0
         tail = f"in {_fmt_seconds(elapsed)}" if done else f"{_fmt_seconds(elapsed)} elapsed, ETA {_fmt_seconds(self.eta())}"
         print(f"{self.desc}  {self.n}/{self.total} {self.unit}  {self._postfix()}  ({tail})".rstrip(),
               file=self.stream, flush=True)

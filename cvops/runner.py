@@ -541,10 +541,10 @@ class Runner:
 
     def _done_line(self, name: str, status: str, secs: float, metrics: Optional[Dict[str, Any]],
                    note: str = "") -> None:
-        from cvops.summary import headline
+        from cvops.summary import headline, seconds
 
         text = "; ".join(t for t in (headline(self.graph.get(name), metrics), note) if t)
-        log.info("  %-9s %-8s %7.1fs  %s", name, status, secs, text)
+        log.info("  %-9s %-8s %11s  %s", name, status, seconds(secs), text)
 
     def summary(self) -> List[str]:
         """The closing summary of this run (printed by ``cvops`` at the end): a table of every stage's

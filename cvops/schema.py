@@ -291,6 +291,10 @@ class ServeConfig:
     allow_anonymous: bool = False  # allow binding a non-loopback host without a bearer token (token_env unset)
     log_max_mb: float = 1024.0  # retention: the whole request log directory (records + sampled images), MiB
     log_max_days: float = 30.0  # retention: delete request log files and images older than this (0: no limit)
+    # serve the export a registry alias points at (cvops promote ... --alias NAME) and follow it: a promotion
+    # or rollback loads the new model beside the old one, warms it, then switches (null: the recipe's export)
+    alias: Optional[str] = None
+    alias_poll_s: float = 2.0  # how often the alias is checked (POST /v1/admin/reload checks at once)
 
 
 # ------------------------------------------------------------------ monitor

@@ -80,7 +80,8 @@ def headline(stage: Any, metrics: Optional[Mapping[str, Any]]) -> str:
         return ""
 
 
-def _secs(s: Optional[float]) -> str:
+def seconds(s: Optional[float]) -> str:
+    """A duration as a person reads it: "6.1 s", "14 min 38 s" (the finish lines and the summary table)."""
     if s is None:
         return ""
     return f"{s:.1f} s" if s < 120 else f"{int(s) // 60} min {int(s) % 60:02d} s"
@@ -89,13 +90,13 @@ def _secs(s: Optional[float]) -> str:
 def closing(data: Mapping[str, Any], stages: Mapping[str, Any], args: str, run_dir: Any) -> List[str]:
     """The lines printed at the end of a run: a table of every stage of ``run.json``, then what to try next."""
     rows = data.get("stages", {})
-    lines = ["", f"cvops · {data.get('project', '')} · {data.get('status', '?')} in {_secs(data.get('seconds'))}"]
+    lines = ["", f"cvops · {data.get('project', '')} · {data.get('status', '?')} in {seconds(data.get('seconds'))}"]
     width = max([len(n) for n in rows] + [5])
     for name, row in rows.items():
         text = headline(stages.get(name), row.get("metrics")) if row.get("status") in ("ran", "cached") else ""
         if row.get("status") in ("skipped", "failed"):
             text = str(row.get("reason", ""))[:160]
-        lines.append(f"  {name:<{width}}  {row.get('status', '?'):<7}  {_secs(row.get('seconds')):>11}  {text}".rstrip())
+        lines.append(f"  {name:<{width}}  {row.get('status', '?'):<7}  {seconds(row.get('seconds')):>11}  {text}".rstrip())
     hints = next_steps(rows, stages, args)
     if hints:
         lines.append("next:")
@@ -129,5 +130,5 @@ def command_args(recipe: Optional[str], overrides: Sequence[str]) -> str:
     return " ".join([*([f"recipe={recipe}"] if recipe else []), *(shlex.quote(o) for o in keep)])
 
 
-__all__ = ["headline", "closing", "next_steps", "command_args", "curate", "train", "evaluate", "export", "serve",
+__all__ = ["headline", "seconds", "closing", "next_steps", "command_args", "curate", "train", "evaluate", "export", "serve",
            "monitor"]

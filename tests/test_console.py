@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 
 import pytest
 
@@ -68,6 +69,18 @@ def test_progress_in_a_pipe_prints_a_line_per_note_and_one_at_the_end():
     assert "10/10 it" in lines[1] and "\r" not in out.getvalue()
 
 
+def test_progress_in_a_pipe_is_never_silent_longer_than_its_interval():
+    out = io.StringIO()
+    bar = console.Progress(100, "  train     epoch 1/1", stream=out)
+    bar.pipe_interval_s = 0.05
+    bar.update(1)
+    assert out.getvalue() == ""  # not yet due
+    time.sleep(0.06)
+    bar.update(1)
+    bar.update(1)  # just printed: not due again
+    assert out.getvalue().count("\n") == 1 and "2/100 it" in out.getvalue() and "ETA" in out.getvalue()
+
+
 def test_closing_summary_names_every_stage_its_headline_and_what_to_try_next():
     stages = {s.name: s for s in BUILTIN}
     data = {"project": "demo", "status": "ok", "seconds": 125.0, "stages": {
@@ -102,6 +115,9 @@ def test_default_output_is_short_and_ends_with_a_summary_and_v_restores_the_libr
     assert len(lines) <= 40, out
     assert not [ln for ln in lines if re.search(r"[A-Za-z]+Warning\b", ln)], out
     assert not [ln for ln in lines if "Epoch(train)" in ln or "mmengine" in ln], out
+    # every line is cvops' own: its header/summary lines, indented stage lines, the next commands, the run dir
+    foreign = [ln for ln in lines if ln and not re.match(r"^(cvops · |  \S|next:|\(run dir )", ln)]
+    assert not foreign, out
     assert any(re.match(r"^cvops · quickstart · ok in ", ln) for ln in lines), out
     summary = [ln for ln in lines if re.match(r"^\s+evaluate\s+ran\s", ln)]
     assert summary and all("test mAP" in ln for ln in summary), out

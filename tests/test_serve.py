@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers.apps import app_args  # noqa: E402
 from helpers.images import encode, pil_bytes  # noqa: E402
-from helpers.net import free_port  # noqa: E402
+from helpers.net import free_port, wait_for_http  # noqa: E402
 
 from cvops.detector.runtime import OnnxDetector  # noqa: E402
 from cvops.serve.app import create_app  # noqa: E402
@@ -496,16 +496,7 @@ def test_real_server_in_a_subprocess(model_path: Path, tmp_path: Path) -> None:
                                 stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, out.read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, out.read_text()
-            time.sleep(0.2)
+        wait_for_http(proc, f"{url}/healthz", out, timeout=60)
         auth = {"Authorization": "Bearer tok-42"}
         jpg = encode(scene(120, 160, seed=6))
         r = httpx.post(f"{url}/v1/predict", content=jpg, headers={"Content-Type": "image/jpeg", **auth}, timeout=30)

@@ -8,7 +8,11 @@ Endpoints (all JSON except ``/metrics``):
   "height", "latency_ms", "model"}``; ``detections`` is a list of ``{"box":
   [x1, y1, x2, y2], "score", "label", "class"}`` in pixels of the image as
   uploaded (after its EXIF orientation is applied).
-* ``GET /healthz``: ``{"status": "ok"}``, never behind the token.
+* ``GET /healthz``: liveness, ``{"status": "ok"}`` while the process serves HTTP, never behind the token.
+* ``GET /readyz``: readiness, 200 ``{"status": "ready", "model": <export>}`` once a model is loaded and
+  warm, else 503 (a server following a registry alias that is not set yet); never behind the token.
+* ``POST /v1/admin/reload``: a server following an alias (``serve.alias``) reads it now and switches
+  if it moved (the answer says to which export); 404 for a server of one fixed model.
 * ``GET /v1/model``: what is served: the ``info`` given to :func:`create_app`
   (recipe, dataset version, model fingerprint, model file name; never a path),
   the class names, the preprocessing contract and the upload limits.
@@ -40,6 +44,13 @@ on serving (the ``reason`` label of ``cvops_errors_total`` in brackets):
 A failure of the server itself answers 500 ``{"error": "... error id <id> in the
 server log"}``; the detail (exception, library paths) goes to the server log
 only, never into a response.
+
+**Swaps.** The model is held in a :class:`ModelSlot`: each request takes
+the current :class:`Served` model once and keeps it from decode to answer,
+so a swap (``app.state.load``, after the new model answered one warm-up
+inference) changes the model of the next requests only; the replaced one
+closes its batcher when its last request is answered. Every answer's
+``model`` is the export that computed it.
 
 **Isolation.** Each request decodes and preprocesses (letterbox, normalise) its
 image in its own worker thread; only ready tensors reach the
@@ -98,7 +109,7 @@ from cvops.requestlog import RequestLog
 logger = logging.getLogger("cvops.serve")
 
 PREDICT = "/v1/predict"
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 FIELD = "image"
 JPEG_TYPES = frozenset({"image/jpeg", "image/jpg", "image/pjpeg"})
 PNG_TYPES = frozenset({"image/png"})
@@ -405,6 +416,8 @@ class ServeMetrics:
         self.drift_feature = Gauge("cvops_drift_feature", "Per-feature value of the last drift check", ["feature"],
                                    registry=r)
         self.drift_checks = Counter("cvops_drift_checks", "Drift checks completed", registry=r)
+        self.ready = Gauge("cvops_model_ready", "1 once a model is loaded and warm", registry=r)
+        self.model_swaps = Counter("cvops_model_swaps", "Models switched to after the first", registry=r)
         self.batch_size = Histogram("cvops_batch_size", "Images per inference call (micro-batching)",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
 
@@ -436,8 +449,17 @@ class DriftWatch:
         self._running = threading.Lock()
         self._thread: threading.Thread | None = None
 
+    def retarget(self, fn: DriftFn | None) -> None:
+        """Check against another model's reference from now on (a swap): the window starts empty."""
+        with self._lock:
+            self.fn = fn
+            self.records.clear()
+            self.count = 0
+
     def add(self, record: dict) -> None:
         """Add one successful request's record; start a check when one is due."""
+        if self.fn is None:
+            return
         with self._lock:
             self.records.append(record)
             self.count += 1
@@ -458,7 +480,10 @@ class DriftWatch:
 
     def _check(self, records: list[dict]) -> None:
         try:
-            result = self.fn(records)
+            fn = self.fn
+            if fn is None:
+                return
+            result = fn(records)
             for name, value in dict(result).items():
                 if isinstance(value, (bool, int, float, np.number, np.bool_)):
                     if name in ("drift_detected", "detected"):
@@ -605,9 +630,19 @@ class MicroBatcher:
                 break
         return items
 
+    def close(self) -> None:
+        """Stop the thread once the items queued so far are answered (no caller may submit after this)."""
+        self.queue.put((_STOP, None))
+
     def _loop(self) -> None:
         while True:
-            self._run_batch(self._collect())
+            items = self._collect()
+            stop = any(item is _STOP for item, _ in items)
+            items = [one for one in items if one[0] is not _STOP]
+            if items:
+                self._run_batch(items)
+            if stop:
+                return
 
     def _run_batch(self, items: list[tuple]) -> None:
         try:
@@ -629,6 +664,118 @@ class MicroBatcher:
             fut.set_result(r)
 
 
+_STOP = object()
+
+
+class Served:
+    """One loaded model as the application serves it: its detector, its batcher, what ``/v1/model`` says.
+
+    Requests hold it from decode to answer (:meth:`ModelSlot.hold`), so a swap
+    never changes the model under a request in flight; a retired model closes
+    its batcher when its last request is answered.
+    """
+
+    def __init__(self, detector: Any, info: dict, cfg: ServeConfig, metrics: "ServeMetrics",
+                 drift: DriftFn | None = None) -> None:
+        self.detector, self.drift = detector, drift
+        self.fingerprint = info.get("fingerprint")
+        self.classes = list(detector.classes)
+        prepare, network = _pipeline(detector)
+        self.prepare = prepare
+
+        def run(items: list) -> list:
+            metrics.batch_size.observe(len(items))
+            return network(items)
+
+        def retried(n: int) -> None:
+            metrics.errors.labels(reason="batch_retry").inc()
+
+        self.run = run
+        self.batcher = MicroBatcher(run, cfg.max_batch, cfg.batch_wait_ms, on_retry=retried) if cfg.max_batch > 1 else None
+        model_info = dict(info)
+        model_info.update(classes=self.classes, preprocess=detector.preprocess.to_dict(),
+                          fixed_batch=detector.fixed_batch,
+                          limits={"max_upload_mb": cfg.max_upload_mb, "max_pixels": cfg.max_pixels,
+                                  "max_aspect_ratio": cfg.max_aspect_ratio, "decode_memory_mb": cfg.decode_memory_mb,
+                                  "body_timeout_s": cfg.body_timeout_s})
+        if "cvops.thresholds" in getattr(detector, "metadata", {}):
+            try:
+                model_info.setdefault("thresholds", json.loads(detector.metadata["cvops.thresholds"]))
+            except ValueError:
+                pass
+        self.model_info = jsonable_encoder(model_info)
+        self._users = 0
+        self._retired = False
+        self._lock = threading.Lock()
+
+    def infer(self, item: Any) -> Any:
+        return self.batcher.submit(item) if self.batcher is not None else self.run([item])[0]
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def _exit(self) -> None:
+        with self._lock:
+            self._users -= 1
+            done = self._retired and self._users == 0
+        if done:
+            self._close()
+
+    def retire(self) -> None:
+        with self._lock:
+            self._retired = True
+            done = self._users == 0
+        if done:
+            self._close()
+
+    def _close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+class ModelSlot:
+    """The model being served now; :meth:`swap` replaces it atomically (the old one finishes its requests)."""
+
+    def __init__(self) -> None:
+        self._current: Served | None = None
+        self._lock = threading.Lock()
+        self.swaps = 0
+
+    @property
+    def current(self) -> Served | None:
+        return self._current
+
+    @contextmanager
+    def hold(self) -> Iterator[Served]:
+        """The current model, kept for the caller's request even if a swap happens meanwhile.
+
+        Raises:
+            ApiError: 503 when no model is loaded yet.
+        """
+        with self._lock:
+            served = self._current
+            if served is not None:
+                served._enter()
+        if served is None:
+            raise ApiError(503, "not_ready", "no model is loaded yet (the server follows a registry alias that is "
+                                             "not set, or its first model is loading); /readyz says when",
+                           headers={"Retry-After": "2"})
+        try:
+            yield served
+        finally:
+            served._exit()
+
+    def swap(self, new: Served) -> Served | None:
+        """Serve ``new`` from the next request on; returns the model it replaced (retired)."""
+        with self._lock:
+            old, self._current = self._current, new
+            self.swaps += old is not None
+        if old is not None:
+            old.retire()
+        return old
+
+
 def _pipeline(detector: Any) -> tuple[Callable[[np.ndarray], Any], Callable[[list], list]]:
     """``(prepare, run)``: the per-request preprocessing and the (batched) network call of a detector.
 
@@ -641,34 +788,38 @@ def _pipeline(detector: Any) -> tuple[Callable[[np.ndarray], Any], Callable[[lis
     return (lambda bgr: bgr), detector.predict
 
 
-def create_app(detector: OnnxDetector, cfg: ServeConfig, *, info: dict, log: RequestLog | None,
+def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, log: RequestLog | None,
                token: str | None = None, drift: DriftFn | None = None,
-               drift_window: int = MonitorConfig.drift_window, drift_every: int = MonitorConfig.drift_every) -> FastAPI:
+               drift_window: int = MonitorConfig.drift_window, drift_every: int = MonitorConfig.drift_every,
+               reload: Callable[[], dict] | None = None) -> FastAPI:
     """Build the FastAPI application serving ``detector`` (see the module docstring).
 
     Args:
-        detector: the loaded exported model.
+        detector: the loaded exported model (None: not ready until ``app.state.load`` gives it one).
         info: what ``GET /v1/model`` reports about the model (recipe, dataset
             version, ``fingerprint``, ...); ``info["fingerprint"]`` is the
             ``model`` of every prediction.
         log: where every prediction request is recorded (None: no request log).
         cfg: the ``serve`` config (limits, batching; :class:`cvops.schema.ServeConfig`, where the
             defaults live).
-        token: when set (and not empty), every endpoint except ``/healthz`` needs
+        token: when set (and not empty), every endpoint except ``/healthz`` and ``/readyz`` needs
             ``Authorization: Bearer <token>``.
         drift: called in a background thread with the last ``drift_window`` records of
             successful requests, every ``drift_every`` of them (``monitor.drift_window`` /
             ``drift_every``); see :class:`DriftWatch` for what its result sets.
+        reload: what ``POST /v1/admin/reload`` calls (in a worker thread): look for a new model and
+            swap to it; returns the answer's JSON. None: the endpoint answers 404.
 
     Returns:
         The application; ``app.state.metrics`` (:class:`ServeMetrics`),
-        ``app.state.drift`` (:class:`DriftWatch` or None) and
-        ``app.state.budget`` (:class:`DecodeBudget`) are exposed for callers.
+        ``app.state.drift`` (:class:`DriftWatch` or None), ``app.state.budget``
+        (:class:`DecodeBudget`), ``app.state.models`` (:class:`ModelSlot`) and
+        ``app.state.load(detector, info, drift=None)`` (warm it, then serve it) are exposed for callers.
     """
     from cvops.drift.stats import image_stats
 
     max_upload_mb, max_pixels, max_aspect_ratio = cfg.max_upload_mb, cfg.max_pixels, cfg.max_aspect_ratio
-    body_timeout_s, max_batch, batch_wait_ms = cfg.body_timeout_s, cfg.max_batch, cfg.batch_wait_ms
+    body_timeout_s = cfg.body_timeout_s
     window = drift_window
     if max_upload_mb <= 0 or max_pixels <= 0 or max_aspect_ratio < 1 or body_timeout_s <= 0:
         raise ValueError(f"serve.max_upload_mb ({max_upload_mb}), serve.max_pixels ({max_pixels}) and "
@@ -676,32 +827,28 @@ def create_app(detector: OnnxDetector, cfg: ServeConfig, *, info: dict, log: Req
                          f"({max_aspect_ratio}) at least 1")
     request_log = log
     max_bytes = int(max_upload_mb * MiB)
-    fingerprint = info.get("fingerprint")
-    classes = list(detector.classes)
     metrics = ServeMetrics()
     budget = DecodeBudget(cfg.decode_memory_mb, cfg.decode_wait_s)
-    watch = DriftWatch(drift, window, drift_every, metrics) if drift is not None else None
-    prepare, network = _pipeline(detector)
+    watch = DriftWatch(drift, window, drift_every, metrics) if drift is not None or reload is not None else None
+    models = ModelSlot()
 
-    def run(items: list) -> list:
-        metrics.batch_size.observe(len(items))
-        return network(items)
+    def load(new_detector: Any, new_info: dict, new_drift: DriftFn | None = None) -> Served:
+        """Serve ``new_detector`` from the next request on (warm it first: a model that fails does not go live)."""
+        pre = new_detector.preprocess
+        new_detector.predict([np.zeros((pre.height, pre.width, 3), np.uint8)] * (new_detector.fixed_batch or 1))
+        served = Served(new_detector, new_info, cfg, metrics, new_drift)
+        if watch is not None:
+            watch.retarget(new_drift)
+        if models.swap(served) is not None:
+            metrics.model_swaps.inc()
+        metrics.ready.set(1)
+        logger.info("serving model %s", served.fingerprint)
+        return served
 
-    def retried(n: int) -> None:
-        metrics.errors.labels(reason="batch_retry").inc()
-
-    batcher = MicroBatcher(run, max_batch, batch_wait_ms, on_retry=retried) if max_batch > 1 else None
-    model_info = dict(info)
-    model_info.update(classes=classes, preprocess=detector.preprocess.to_dict(), fixed_batch=detector.fixed_batch,
-                      limits={"max_upload_mb": max_upload_mb, "max_pixels": max_pixels,
-                              "max_aspect_ratio": max_aspect_ratio, "decode_memory_mb": cfg.decode_memory_mb,
-                              "body_timeout_s": body_timeout_s})
-    if "cvops.thresholds" in detector.metadata:
-        try:
-            model_info.setdefault("thresholds", json.loads(detector.metadata["cvops.thresholds"]))
-        except ValueError:
-            pass
-    model_info = jsonable_encoder(model_info)
+    if detector is not None:
+        served0 = Served(detector, info, cfg, metrics, drift)
+        models.swap(served0)
+        metrics.ready.set(1)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -711,11 +858,13 @@ def create_app(detector: OnnxDetector, cfg: ServeConfig, *, info: dict, log: Req
         if request_log is not None:
             request_log.close()
 
-    app = FastAPI(title="cvops detector", version=str(fingerprint or "unknown"), lifespan=lifespan)
+    app = FastAPI(title="cvops detector", version=str(info.get("fingerprint") or "unknown"), lifespan=lifespan)
     app.state.metrics = metrics
     app.state.drift = watch
     app.state.detector = detector
     app.state.budget = budget
+    app.state.models = models
+    app.state.load = load
 
     def refused(path: str) -> None:
         metrics.errors.labels(reason="unauthorized").inc()
@@ -810,34 +959,37 @@ def create_app(detector: OnnxDetector, cfg: ServeConfig, *, info: dict, log: Req
             await form.close()
 
     def handle(data: bytes, started: float, upload: str) -> dict[str, Any]:
-        """Decode (within the budget), preprocess, detect, log: runs in the thread pool."""
-        image, fmt = open_image(data, max_pixels, max_aspect_ratio)
-        w, h = image.size
-        with budget.reserve(decode_cost(w, h, image.mode), f"{w}x{h} {fmt} image (mode {image.mode})") as held:
-            bgr = load_bgr(image, fmt, len(data))
-            del image
-            held.shrink(bgr.nbytes)  # the decoded pixels stay until the answer (statistics, sampled image)
-            try:
-                item = prepare(bgr)  # in this request's thread: a failure here is this request's alone
-            except Exception as e:
-                raise failed("preprocessing", e, _mime(fmt)) from e
-            try:
-                dets = batcher.submit(item) if batcher is not None else run([item])[0]
-            except Exception as e:
-                raise failed("inference", e, _mime(fmt)) from e
-            return answer(bgr, dets, _mime(fmt), started, upload)
+        """Decode (within the budget), preprocess, detect, log: runs in the thread pool, on one model
+        from start to answer (a swap meanwhile serves the next request)."""
+        with models.hold() as served:
+            image, fmt = open_image(data, max_pixels, max_aspect_ratio)
+            w, h = image.size
+            with budget.reserve(decode_cost(w, h, image.mode), f"{w}x{h} {fmt} image (mode {image.mode})") as held:
+                bgr = load_bgr(image, fmt, len(data))
+                del image
+                held.shrink(bgr.nbytes)  # the decoded pixels stay until the answer (statistics, sampled image)
+                try:
+                    item = served.prepare(bgr)  # in this request's thread: a failure here is this request's alone
+                except Exception as e:
+                    raise failed("preprocessing", e, _mime(fmt), served.fingerprint) from e
+                try:
+                    dets = served.infer(item)
+                except Exception as e:
+                    raise failed("inference", e, _mime(fmt), served.fingerprint) from e
+                return answer(served, bgr, dets, _mime(fmt), started, upload)
 
-    def failed(stage: str, error: Exception, mime: str) -> ApiError:
+    def failed(stage: str, error: Exception, mime: str, fingerprint: Any = None) -> ApiError:
         """Log a failure of the server's own work under an error id; the answer carries the id only."""
         eid = error_id()
         logger.error("%s failed (error id %s): %s: %s", stage, eid, type(error).__name__, error,
                      exc_info=(type(error), error, error.__traceback__))
-        log_failure(500, stage, mime)
+        log_failure(500, stage, mime, fingerprint=fingerprint)
         return ApiError(500, stage, f"{stage} failed; error id {eid} in the server log")
 
-    def answer(bgr: np.ndarray, dets: Any, mime: str, started: float, upload: str) -> dict[str, Any]:
+    def answer(served: Served, bgr: np.ndarray, dets: Any, mime: str, started: float, upload: str) -> dict[str, Any]:
         """The response of a successful prediction, recorded in the log, the drift window and the metrics."""
-        detections = dets.to_json(classes)
+        fingerprint = served.fingerprint
+        detections = dets.to_json(served.classes)
         h, w = bgr.shape[:2]
         latency_ms = (time.perf_counter() - started) * 1000
         rid = uuid.uuid4().hex
@@ -859,9 +1011,12 @@ def create_app(detector: OnnxDetector, cfg: ServeConfig, *, info: dict, log: Req
         return {"id": rid, "detections": detections, "width": w, "height": h, "latency_ms": round(latency_ms, 3),
                 "model": fingerprint}
 
-    def log_failure(status: int, reason: str, content_type: str, started: float | None = None) -> None:
+    def log_failure(status: int, reason: str, content_type: str, started: float | None = None,
+                    fingerprint: Any = None) -> None:
         if request_log is None:
             return
+        if fingerprint is None and models.current is not None:
+            fingerprint = models.current.fingerprint
         rec: dict[str, Any] = {"status": status, "error": reason, "content_type": content_type, "model": fingerprint}
         if started is not None:
             rec["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
@@ -888,9 +1043,34 @@ def create_app(detector: OnnxDetector, cfg: ServeConfig, *, info: dict, log: Req
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        served = models.current
+        if served is None:
+            return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse({"status": "ready", "model": served.fingerprint})
+
     @app.get("/v1/model")
     async def model() -> JSONResponse:
-        return JSONResponse(model_info)
+        served = models.current
+        if served is None:
+            raise ApiError(503, "not_ready", "no model is loaded yet; /readyz says when", headers={"Retry-After": "2"})
+        return JSONResponse(served.model_info)
+
+    @app.post("/v1/admin/reload")
+    async def admin_reload() -> JSONResponse:
+        if reload is None:
+            raise ApiError(404, "no_reload", "this server serves one fixed model (start it with serve.alias=NAME "
+                                             "to follow a registry alias)")
+        try:
+            result = await run_in_threadpool(reload)
+        except Exception as e:
+            eid = error_id()
+            logger.error("reload failed (error id %s): %s: %s", eid, type(e).__name__, e, exc_info=True)
+            metrics.errors.labels(reason="reload").inc()
+            raise ApiError(500, "reload", f"reload failed ({type(e).__name__}: {clean(str(e))}); the previous "
+                                          f"model is still served; error id {eid} in the server log") from e
+        return JSONResponse(jsonable_encoder(result))
 
     @app.get("/metrics")
     async def prometheus() -> Response:

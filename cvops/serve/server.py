@@ -46,14 +46,16 @@ def model_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_app(model_path: str | Path, cfg: ServeConfig, *, info: dict | None = None, log_dir: str | Path | None = None,
-              token: str | None = None, drift: Callable[[list[dict]], dict[str, float]] | None = None,
+def build_app(model_path: str | Path | None, cfg: ServeConfig, *, info: dict | None = None,
+              log_dir: str | Path | None = None, token: str | None = None,
+              drift: Callable[[list[dict]], dict[str, float]] | None = None,
               threads: int | None = None, seed: int = 0, drift_window: int = MonitorConfig.drift_window,
-              drift_every: int = MonitorConfig.drift_every, engine_path: str | Path | None = None) -> Any:
+              drift_every: int = MonitorConfig.drift_every, engine_path: str | Path | None = None,
+              source: Any = None) -> Any:
     """Load the model, open the request log and build the application.
 
     Args:
-        model_path: the exported ``model.onnx``.
+        model_path: the exported ``model.onnx`` (None with ``source`` and ``cfg.alias``: the alias's).
         info: reported by ``/v1/model``; ``fingerprint`` defaults to the model
             file's hash (:func:`model_fingerprint`).
         cfg: the ``serve`` config (:class:`cvops.schema.ServeConfig`: limits, batching, request log
@@ -65,30 +67,44 @@ def build_app(model_path: str | Path, cfg: ServeConfig, *, info: dict | None = N
         threads: ONNX Runtime intra-op threads (None: its default).
         seed: seeds the image sampling.
         engine_path: a TensorRT engine to serve instead of the ONNX model.
+        source: with ``cfg.alias``, the store's exports (:class:`cvops.serve.models.ExportSource`): the
+            application follows the alias (:class:`cvops.serve.models.AliasFollower`).
 
     Returns:
-        The FastAPI application, warmed up with one inference.
+        The FastAPI application, warmed up with one inference (following an alias that is not set yet:
+        not ready, ``/readyz`` 503, until a promotion).
     """
     import numpy as np
 
-    from cvops.detector.runtime import OnnxDetector
     from cvops.serve.app import create_app
+    from cvops.serve.models import AliasFollower, open_detector
     from cvops.requestlog import RequestLog
 
-    if engine_path:  # TensorRT where an engine runs (built by export=tensorrt_*; rebuilt if from another machine)
-        from cvops.detector.tensorrt import EngineDetector
-
-        detector: Any = EngineDetector(Path(engine_path), Path(model_path))
-    else:
-        detector = OnnxDetector(model_path, threads=threads)
+    log = (RequestLog(log_dir, sample_rate=cfg.sample_rate, seed=seed, max_total_mb=cfg.log_max_mb,
+                      max_days=cfg.log_max_days) if log_dir else None)
+    if source is not None and cfg.alias:
+        follower: list = []
+        app = create_app(None, cfg, info={"alias": cfg.alias}, log=log, token=token or None,
+                         drift_window=drift_window, drift_every=drift_every, reload=lambda: follower[0].check())
+        f = AliasFollower(source, app.state.load, cfg.alias_poll_s)
+        f.on_error = lambda why: app.state.metrics.errors.labels(reason="model_load").inc()
+        follower.append(f)
+        try:
+            f.check()
+        except RuntimeError:  # said in the log: not ready until the alias points at a model that loads
+            pass
+        app.state.follower = f.start()
+        return app
+    if model_path is None:
+        raise ValueError("build_app needs a model_path, or a source with cfg.alias")
+    # TensorRT where an engine runs (built by export=tensorrt_*; rebuilt if from another machine)
+    detector = open_detector(Path(model_path), Path(engine_path) if engine_path else None, threads)
     pre = detector.preprocess
     detector.predict([np.zeros((pre.height, pre.width, 3), np.uint8)] * (detector.fixed_batch or 1))  # fail early
     info = dict(info or {})
     if not info.get("fingerprint"):
         info["fingerprint"] = model_fingerprint(model_path)
     info.setdefault("model_file", Path(model_path).name)  # a name, never a path: /v1/model is public to clients
-    log = (RequestLog(log_dir, sample_rate=cfg.sample_rate, seed=seed, max_total_mb=cfg.log_max_mb,
-                      max_days=cfg.log_max_days) if log_dir else None)
     return create_app(detector, cfg, info=info, log=log, token=token or None, drift=drift, drift_window=drift_window,
                       drift_every=drift_every)
 
@@ -138,10 +154,11 @@ def _display_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def serve(model_path: str | Path, cfg: ServeConfig, *, info: dict | None = None, log_dir: str | Path | None = None,
-          drift: Callable[[list[dict]], dict[str, float]] | None = None, workers: int = 1,
-          drift_window: int = MonitorConfig.drift_window, drift_every: int = MonitorConfig.drift_every,
-          engine_path: str | Path | None = None) -> None:
+def serve(model_path: str | Path | None, cfg: ServeConfig, *, info: dict | None = None,
+          log_dir: str | Path | None = None, drift: Callable[[list[dict]], dict[str, float]] | None = None,
+          workers: int = 1, drift_window: int = MonitorConfig.drift_window,
+          drift_every: int = MonitorConfig.drift_every, engine_path: str | Path | None = None,
+          source: Any = None) -> None:
     """Serve an exported model over HTTP until interrupted (uvicorn, log level info, no reload).
 
     Args:
@@ -155,6 +172,7 @@ def serve(model_path: str | Path, cfg: ServeConfig, *, info: dict | None = None,
             several workers it must be picklable (a module-level function).
         workers: uvicorn worker processes.
         engine_path: a TensorRT engine to serve instead of the ONNX model.
+        source: follow ``cfg.alias`` among the store's exports (see :func:`build_app`).
 
     Raises:
         ConfigError: a non-loopback ``host`` without a token and not ``allow_anonymous``.
@@ -167,12 +185,16 @@ def serve(model_path: str | Path, cfg: ServeConfig, *, info: dict | None = None,
     check_exposure(host, token, token_env, cfg.allow_anonymous)
     url = f"http://{_display_host(host)}:{port}"
     auth = f"-H \"Authorization: Bearer ${token_env}\" " if token else ""
-    config: dict[str, Any] = dict(model_path=str(model_path), cfg=cfg, info=info,
+    config: dict[str, Any] = dict(model_path=None if model_path is None else str(model_path), cfg=cfg, info=info,
                                   log_dir=None if log_dir is None else str(log_dir), drift=drift,
                                   drift_window=drift_window, drift_every=drift_every,
-                                  engine_path=None if engine_path is None else str(engine_path))
+                                  engine_path=None if engine_path is None else str(engine_path), source=source)
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
+        if source is not None:
+            import dataclasses
+
+            config["source"] = dataclasses.replace(source, threads=threads)
         # a file, not the variable itself: the reference profile easily exceeds Linux's 128 KiB per variable
         import tempfile
 
@@ -183,7 +205,8 @@ def serve(model_path: str | Path, cfg: ServeConfig, *, info: dict | None = None,
         target: Any = "cvops.serve.server:app_from_env"
     else:
         target = build_app(**config, token=token)
-    print(f"cvops serve: {url} ({workers} worker{'s' if workers > 1 else ''}, "
+    following = f"following alias {cfg.alias}, " if source is not None and cfg.alias else ""
+    print(f"cvops serve: {url} ({following}{workers} worker{'s' if workers > 1 else ''}, "
           f"{'bearer token from $' + token_env if token else 'no auth'}) | "
           f"curl {auth}-F image=@photo.jpg {url}/v1/predict | "
           f"curl {auth}-H 'Content-Type: image/jpeg' --data-binary @photo.jpg {url}/v1/predict | "

@@ -546,8 +546,7 @@ def test_cvops_serve_refuses_before_any_work(monkeypatch: pytest.MonkeyPatch) ->
     serve_cfg = dataclasses.asdict(ServeConfig(host="0.0.0.0", token_env="CVOPS_TEST_UNSET_TOKEN"))
     cfg = OmegaConf.create({"serve": serve_cfg, "monitor": {}})
     with pytest.raises(ConfigError, match="serve.allow_anonymous=true"):
-        serve_export(cfg, "/nonexistent/store", export=None, curate=None, recipe=None,
-                     train_fp=None)  # nothing else is touched
+        serve_export(cfg, "/nonexistent/store", export=None, curate=None, recipe=None)  # nothing else is touched
 
 
 def test_serve_config_reaches_the_app() -> None:

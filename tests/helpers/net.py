@@ -10,3 +10,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_http(proc, url: str, log_file, timeout: float = 90.0) -> None:
+    """Wait until ``url`` answers 200, failing with the server's output if ``proc`` exits or time runs out."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, log_file.read_text()
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log_file.read_text()
+        time.sleep(0.2)

@@ -1,0 +1,395 @@
+"""The model registry: named aliases per project pointing at export artifacts, with their history.
+
+::
+
+    cvops promote recipe=bccd --alias production -m "beats v3 on night images"
+    cvops promote recipe=bccd --alias staging --export 3fa2      # an export by fingerprint prefix
+    cvops models recipe=bccd                                     # aliases and history
+    cvops rollback recipe=bccd --alias production                # back to the export before
+
+It lives beside the artifact store, one folder per project::
+
+    <store>/registry/<project>/
+        history.jsonl   every promotion and rollback, one JSON object per line (appended, never rewritten)
+        aliases.json    what each alias points at now (rewritten atomically; what ``cvops serve`` follows)
+        .lock           taken while either is written
+
+The history is the truth: an alias's current export is the top of a stack
+that each promotion pushes and each rollback pops, so rolling back twice goes
+back two promotions (not back and forth). ``aliases.json`` is that state
+written out, so a server polls one small file. Every event carries what a
+person deciding on a model wants to see later: the export's fingerprint, the
+train and curate artifacts it came from, the dataset version, the export
+gate and the evaluate metrics, the time, the user and a message.
+
+Only the file operations here touch the store's folder, so a remote store
+(issue #12) replaces them and nothing else.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+from cvops.artifacts import Artifact, ArtifactStore, write_json_atomic
+
+#: Alias and project names: they become keys and a folder name, so no separators, no dot-dot, no spaces.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+#: Evaluate metrics recorded with a promotion (those the evaluate artifact has).
+EVAL_KEYS = ("mAP", "mAP50", "mAP75", "val_mAP", "val_mAP50")
+#: Export metrics recorded with a promotion.
+EXPORT_KEYS = ("gate", "gate_split", "torch_map", "onnx_map", "map_drop", "int8_map", "int8_map_drop", "onnx_ms",
+               "int8_ms", "onnx_speedup", "int8_speedup", "family", "batch")
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be done as asked (the message says why and what to do)."""
+
+
+def check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
+        raise RegistryError(f"{kind} {name!r} is not a valid name: use letters, digits, '_', '-' and '.', starting "
+                            "with a letter or digit, at most 64 characters (e.g. production, staging, canary-2)")
+    return name
+
+
+@dataclass
+class Event:
+    """One promotion or rollback (a line of ``history.jsonl``)."""
+
+    action: str  # "promote" | "rollback"
+    alias: str
+    export: str  # the export fingerprint the alias points at after this event
+    previous: Optional[str]
+    time: str
+    user: str
+    message: str
+    info: Dict[str, Any]  # train/curate fingerprints, dataset version, gate, metrics
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"action": self.action, "alias": self.alias, "export": self.export, "previous": self.previous,
+                "time": self.time, "user": self.user, "message": self.message, **self.info}
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "Event":
+        known = ("action", "alias", "export", "previous", "time", "user", "message")
+        return cls(*(d.get(k) for k in known), info={k: v for k, v in d.items() if k not in known})  # type: ignore[arg-type]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return os.environ.get("USER") or str(os.getuid())
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Registry:
+    """The aliases and history of one project in one artifact store."""
+
+    def __init__(self, store: ArtifactStore, project: str) -> None:
+        self.store = store
+        self.project = check_name("project", project)
+        self.dir = Path(store.root) / "registry" / project
+        self.history_file = self.dir / "history.jsonl"
+        self.aliases_file = self.dir / "aliases.json"
+
+    # -- reading -----------------------------------------------------------------------------------
+    def history(self, alias: Optional[str] = None) -> List[Event]:
+        """Every event, oldest first (of one alias if given). A torn last line (a crash mid-append) is skipped."""
+        if not self.history_file.is_file():
+            return []
+        out = []
+        for line in self.history_file.read_text(encoding="utf-8").splitlines():
+            try:
+                ev = Event.from_json(json.loads(line))
+            except (ValueError, TypeError):
+                continue
+            if alias is None or ev.alias == alias:
+                out.append(ev)
+        return out
+
+    def aliases(self) -> Dict[str, Dict[str, Any]]:
+        """alias -> its current event (as written in ``aliases.json``)."""
+        return read_aliases(self.aliases_file)
+
+    def resolve(self, alias: str) -> Optional[str]:
+        """The export fingerprint ``alias`` points at now (None: not set)."""
+        entry = self.aliases().get(check_name("alias", alias))
+        return entry["export"] if entry else None
+
+    # -- changing ----------------------------------------------------------------------------------
+    def promote(self, alias: str, export: Artifact, message: str = "", force: bool = False) -> Event:
+        """Point ``alias`` at ``export``.
+
+        Raises:
+            RegistryError: the export's gate did not pass (``force`` promotes it anyway), or the alias
+                already points at it.
+        """
+        check_name("alias", alias)
+        if _project(export) not in (None, self.project):
+            raise RegistryError(f"export {export.fingerprint} belongs to project {_project(export)}, not {self.project}")
+        info = describe(self.store, export)
+        gate = info.get("gate")
+        if gate != "pass" and not force:
+            raise RegistryError(f"export {export.fingerprint} did not pass its gate (gate: {gate or 'not run'}); "
+                                "promote it anyway with --force, or fix the export (its latency.md says why)")
+        with self._locked():
+            stack = self._stack(alias)
+            if stack and stack[-1] == export.fingerprint:
+                raise RegistryError(f"{alias} already points at export {export.fingerprint}")
+            ev = Event("promote", alias, export.fingerprint, stack[-1] if stack else None, _now(), _user(),
+                       message, info)
+            self._record(ev)
+        return ev
+
+    def rollback(self, alias: str, message: str = "") -> Event:
+        """Point ``alias`` back at the export it pointed at before its current one.
+
+        Raises:
+            RegistryError: the alias is not set, or has no earlier export.
+        """
+        check_name("alias", alias)
+        with self._locked():
+            stack = self._stack(alias)
+            if not stack:
+                raise RegistryError(f"alias {alias!r} is not set for project {self.project} (set: "
+                                    f"{', '.join(self.aliases()) or 'none'}); cvops promote ... --alias {alias}")
+            if len(stack) < 2:
+                raise RegistryError(f"{alias} has no earlier export to roll back to (it points at {stack[-1]}, its "
+                                    "first promotion); promote another export instead")
+            target = stack[-2]
+            earlier = next(e for e in reversed(self.history(alias)) if e.export == target)
+            ev = Event("rollback", alias, target, stack[-1], _now(), _user(), message, dict(earlier.info))
+            self._record(ev)
+        return ev
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _stack(self, alias: str) -> List[str]:
+        stack: List[str] = []
+        for ev in self.history(alias):
+            if ev.action == "promote":
+                stack.append(ev.export)
+            elif ev.action == "rollback" and stack:
+                stack.pop()
+        return stack
+
+    def _record(self, ev: Event) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.history_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps(ev.to_json(), default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        current = self.aliases()
+        current[ev.alias] = ev.to_json()
+        write_json_atomic(self.aliases_file, current)
+
+    def _locked(self) -> Any:
+        from filelock import FileLock
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.dir / ".lock"), timeout=60)
+
+
+def read_aliases(path: Path) -> Dict[str, Dict[str, Any]]:
+    """``aliases.json`` (empty when absent; a damaged file is an error naming it)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        raise RegistryError(f"{path} is not valid JSON ({e}); its history.jsonl beside it is the record: "
+                            "delete aliases.json and promote again") from e
+    return data if isinstance(data, dict) else {}
+
+
+def describe(store: ArtifactStore, export: Artifact) -> Dict[str, Any]:
+    """What a promotion records about ``export``: its lineage, dataset version, gate and the evaluate metrics."""
+    inputs = dict(export.manifest.get("inputs", {}))
+    info: Dict[str, Any] = {"project": _project(export), "train": inputs.get("train"), "curate": inputs.get("curate"),
+                            "created": export.manifest.get("created")}
+    m = export.metrics
+    info.update({k: m[k] for k in EXPORT_KEYS if k in m})
+    curate = store.get("curate", inputs["curate"]) if inputs.get("curate") else None
+    if curate is not None:
+        info["dataset_version"] = curate.metrics.get("dataset_version")
+        info["dataset"] = curate.metrics.get("dataset_name")
+    ev = _evaluate_of(store, inputs.get("train"))
+    if ev is not None:
+        info["evaluate"] = ev.fingerprint
+        info.update({k: ev.metrics[k] for k in EVAL_KEYS if k in ev.metrics})
+    return info
+
+
+def _evaluate_of(store: ArtifactStore, train_fp: Optional[str]) -> Optional[Artifact]:
+    """The newest evaluate artifact of ``train_fp`` (None: that model was not evaluated)."""
+    if not train_fp:
+        return None
+    found = [a for a in _artifacts(store, "evaluate") if a.manifest.get("inputs", {}).get("train") == train_fp]
+    return max(found, key=lambda a: str(a.manifest.get("created", "")), default=None)
+
+
+def _project(export: Artifact) -> Optional[str]:
+    return export.manifest.get("config", {}).get("project")
+
+
+def _artifacts(store: ArtifactStore, stage: str) -> Iterator[Artifact]:
+    root = Path(store.root) / stage
+    if not root.is_dir():
+        return
+    for d in sorted(root.iterdir()):
+        art = store.get(stage, d.name) if d.is_dir() else None
+        if art is not None:
+            yield art
+
+
+def find_export(store: ArtifactStore, prefix: str, project: Optional[str] = None) -> Artifact:
+    """The export whose fingerprint starts with ``prefix`` (at least 4 hex digits; unique in the store).
+
+    Raises:
+        RegistryError: no export, or several, match (the message lists candidates).
+    """
+    if not re.fullmatch(r"[0-9a-f]{4,64}", prefix or ""):
+        raise RegistryError(f"--export {prefix!r}: give at least 4 hex digits of an export fingerprint "
+                            "(cvops models recipe=... lists them)")
+    hits = [a for a in _artifacts(store, "export") if a.fingerprint.startswith(prefix)]
+    if project is not None:
+        other = [a for a in hits if _project(a) != project]
+        hits = [a for a in hits if _project(a) == project]
+        if other and not hits:
+            raise RegistryError(f"export {other[0].fingerprint} belongs to project {_project(other[0])}, not "
+                                f"{project}: promote it with that project's recipe")
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        known = [a.fingerprint for a in _artifacts(store, "export")][:20]
+        raise RegistryError(f"no export in {store.root} has a fingerprint starting with {prefix} (exports there: "
+                            f"{', '.join(known) or 'none'})")
+    raise RegistryError(f"--export {prefix} matches {len(hits)} exports ({', '.join(a.fingerprint for a in hits)}): "
+                        "give more digits")
+
+
+# -- the command line: cvops promote / models / rollback ---------------------------------------------------
+def _parse(prog: str, argv: List[str], alias: bool) -> Any:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=f"cvops {prog}", description=__doc__.split("::")[0].strip())
+    if alias:
+        ap.add_argument("--alias", required=True, help="e.g. production, staging")
+        ap.add_argument("-m", "--message", default="", help="why (kept in the history)")
+    if prog == "promote":
+        ap.add_argument("--export", default=None, help="an export fingerprint (prefix); default: the recipe's")
+        ap.add_argument("--force", action="store_true", help="promote an export whose gate did not pass")
+    return ap.parse_known_args(argv)
+
+
+def _open(overrides: List[str]) -> Any:
+    from cvops.config import compose_config, preflight
+
+    preflight(overrides, check_missing=False)
+    cfg = compose_config(overrides)
+    return cfg, Registry(ArtifactStore(cfg.paths.store), str(cfg.project))
+
+
+def _recipe_export(cfg: Any, store: ArtifactStore, overrides: List[str]) -> Artifact:
+    from cvops.config import ConfigError
+    from cvops.runner import fingerprints
+
+    fp = fingerprints(cfg)["export"]["fingerprint"]
+    art = store.get("export", fp)
+    if art is None:
+        raise ConfigError(f"no export for this config (export {fp}) in {store.root}; build it first: cvops "
+                          f"{' '.join(overrides)} stages=[curate,train,evaluate,export], or name one with --export")
+    return art
+
+
+def _fail(e: Exception) -> int:
+    import sys
+
+    print(f"cvops: error: {e}", file=sys.stderr)
+    return 2
+
+
+def cmd_promote(argv: List[str]) -> int:
+    """``cvops promote recipe=X --alias A [--export FP] [-m msg] [--force]``."""
+    from cvops.config import ConfigError
+
+    args, overrides = _parse("promote", argv, alias=True)
+    try:
+        cfg, reg = _open(overrides)
+        export = (find_export(reg.store, args.export, reg.project) if args.export
+                  else _recipe_export(cfg, reg.store, overrides))
+        ev = reg.promote(args.alias, export, args.message, force=args.force)
+    except (ConfigError, RegistryError, OSError) as e:
+        return _fail(e)
+    was = f" (was {ev.previous})" if ev.previous else ""
+    print(f"{reg.project}: {ev.alias} -> export {ev.export}{was}; {_metrics_text(ev.info)}")
+    return 0
+
+
+def cmd_rollback(argv: List[str]) -> int:
+    """``cvops rollback recipe=X --alias A [-m msg]``."""
+    from cvops.config import ConfigError
+
+    args, overrides = _parse("rollback", argv, alias=True)
+    try:
+        _, reg = _open(overrides)
+        ev = reg.rollback(args.alias, args.message)
+    except (ConfigError, RegistryError, OSError) as e:
+        return _fail(e)
+    print(f"{reg.project}: {ev.alias} -> export {ev.export} (rolled back from {ev.previous}); "
+          f"{_metrics_text(ev.info)}")
+    return 0
+
+
+def cmd_models(argv: List[str]) -> int:
+    """``cvops models recipe=X``: each alias and what it points at, then the history, newest first."""
+    from cvops.config import ConfigError
+
+    _, overrides = _parse("models", argv, alias=False)
+    try:
+        _, reg = _open(overrides)
+        current, history = reg.aliases(), reg.history()
+    except (ConfigError, RegistryError, OSError) as e:
+        return _fail(e)
+    for line in table(reg.project, current, history):
+        print(line)
+    return 0
+
+
+def _metrics_text(info: Dict[str, Any]) -> str:
+    parts = [f"dataset {info['dataset_version']}" if info.get("dataset_version") else "",
+             f"gate {info['gate']}" if info.get("gate") else "",
+             f"test mAP {info['mAP']:.3f}" if isinstance(info.get("mAP"), (int, float)) else "",
+             f"mAP50 {info['mAP50']:.3f}" if isinstance(info.get("mAP50"), (int, float)) else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def table(project: str, current: Dict[str, Dict[str, Any]], history: List[Event]) -> List[str]:
+    """The lines of ``cvops models``."""
+    if not current:
+        return [f"{project}: no aliases yet (cvops promote recipe=... --alias production)"]
+    lines = [f"{project}: aliases"]
+    w = max(len(a) for a in current)
+    for alias, e in sorted(current.items()):
+        lines.append(f"  {alias:<{w}}  {e['export']}  {_metrics_text(e)}  ({e.get('action')} {e.get('time')} by "
+                     f"{e.get('user')})")
+    lines.append("history (newest first)")
+    for ev in reversed(history):
+        msg = f"  \"{ev.message}\"" if ev.message else ""
+        lines.append(f"  {ev.time}  {ev.action:<8}  {ev.alias:<{w}}  {ev.export}  <- {ev.previous or '-'}  "
+                     f"{ev.user}{msg}")
+    return lines
+
+
+__all__ = ["Registry", "RegistryError", "Event", "describe", "find_export", "read_aliases", "check_name"]

@@ -1,0 +1,258 @@
+"""The model registry (aliases, history, promote/rollback) and a server that follows an alias.
+
+The registry tests use export artifacts written into a real store; the last
+test promotes and rolls back through the ``cvops`` command line while a real
+``cvops serve`` (uvicorn, ONNX Runtime) answers 8 concurrent clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers.images import encode  # noqa: E402
+from helpers.net import free_port, wait_for_http  # noqa: E402
+
+from cvops.artifacts import ArtifactStore  # noqa: E402
+from cvops.registry import Registry, RegistryError, find_export, table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def put_export(store: Path, fp: str, project: str = "regtest", gate: str = "pass", model: Path | None = None,
+               curate: str | None = None) -> None:
+    """A committed export artifact (a manifest, and the ONNX model when given)."""
+    d = store / "export" / fp
+    d.mkdir(parents=True, exist_ok=True)
+    artifacts = {}
+    if model is not None:
+        for f in model.parent.iterdir():
+            if f.is_file():
+                shutil.copy2(f, d / f.name)
+        artifacts["onnx"] = model.name
+    (d / "manifest.json").write_text(json.dumps({
+        "stage": "export", "fingerprint": fp, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config": {"project": project}, "inputs": {"curate": curate, "train": "t" + fp[:15]},
+        "artifacts": artifacts, "metrics": {"gate": gate, "onnx_map": 0.5}}))
+
+
+def test_promote_rollback_is_a_stack_with_history(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    for fp in ("aaaa000000000001", "bbbb000000000002", "cccc000000000003"):
+        put_export(tmp_path, fp)
+    reg = Registry(store, "regtest")
+    a, b, c = (store.get("export", fp) for fp in ("aaaa000000000001", "bbbb000000000002", "cccc000000000003"))
+    reg.promote("production", a, "first")
+    reg.promote("production", b)
+    reg.promote("staging", c)
+    reg.promote("production", c, "c wins")
+    assert reg.resolve("production") == c.fingerprint and reg.resolve("staging") == c.fingerprint
+    ev = reg.rollback("production", "c regressed")
+    assert (ev.export, ev.previous) == (b.fingerprint, c.fingerprint) and reg.resolve("production") == b.fingerprint
+    reg.rollback("production")  # twice: two promotions back, not back and forth
+    assert reg.resolve("production") == a.fingerprint
+    with pytest.raises(RegistryError, match="no earlier export"):
+        reg.rollback("production")
+    with pytest.raises(RegistryError, match="not set"):
+        reg.rollback("canary")
+    history = reg.history("production")
+    assert [e.action for e in history] == ["promote", "promote", "promote", "rollback", "rollback"]
+    assert history[0].message == "first" and history[0].user and history[0].time.endswith("Z")
+    assert history[0].info["gate"] == "pass" and history[0].info["train"] == "taaaa00000000000"
+    # a reader of another process sees the same state, and the table shows it
+    lines = table("regtest", Registry(ArtifactStore(tmp_path), "regtest").aliases(), reg.history())
+    assert any(ln.split()[:2] == ["production", a.fingerprint] for ln in lines), lines
+    assert any('"c regressed"' in ln for ln in lines), lines
+
+
+def test_refusals_name_the_problem(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    put_export(tmp_path, "dddd000000000001", gate="fail")
+    put_export(tmp_path, "dddd000000000002")
+    put_export(tmp_path, "eeee000000000001", project="other")
+    reg = Registry(store, "regtest")
+    failed = store.get("export", "dddd000000000001")
+    with pytest.raises(RegistryError, match="did not pass its gate.*--force"):
+        reg.promote("production", failed)
+    assert reg.resolve("production") is None  # nothing recorded
+    reg.promote("production", failed, force=True)
+    with pytest.raises(RegistryError, match="already points at"):
+        reg.promote("production", failed, force=True)
+    with pytest.raises(RegistryError, match="matches 2 exports"):
+        find_export(store, "dddd", "regtest")
+    with pytest.raises(RegistryError, match="belongs to project other"):
+        find_export(store, "eeee", "regtest")
+    with pytest.raises(RegistryError, match="belongs to project other"):
+        reg.promote("x", store.get("export", "eeee000000000001"))
+    with pytest.raises(RegistryError, match="no export"):
+        find_export(store, "ffff", "regtest")
+    for bad in ("../prod", "a/b", "", ".hidden", "x" * 65, "prod uction", "prod\n"):
+        with pytest.raises(RegistryError, match="not a valid name"):
+            reg.promote(bad, failed, force=True)
+    with pytest.raises(RegistryError, match="not a valid name"):
+        Registry(store, "../../etc")
+    for bad in ("", "dd", "zzzz", "dddd; rm"):
+        with pytest.raises(RegistryError, match="at least 4 hex digits"):
+            find_export(store, bad, "regtest")
+    assert {p.name for p in tmp_path.iterdir()} == {"export", "registry"}  # nothing written anywhere else
+    assert [p.name for p in (tmp_path / "registry").iterdir()] == ["regtest"]
+
+
+def test_concurrent_promotions_lose_nothing_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    fps = [f"{i:04x}000000000000" for i in range(1, 13)]
+    for fp in fps:
+        put_export(tmp_path, fp)
+    reg = Registry(store, "regtest")
+    errors: List[BaseException] = []
+
+    def promote(fp: str) -> None:
+        try:
+            Registry(ArtifactStore(tmp_path), "regtest").promote(f"a{int(fp[:4], 16) % 3}", store.get("export", fp))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=promote, args=(fp,)) for fp in fps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(reg.history()) == 12
+    for alias in ("a0", "a1", "a2"):  # each alias's current export is its last promotion
+        assert reg.resolve(alias) == reg.history(alias)[-1].export
+    with open(reg.history_file, "a") as f:
+        f.write('{"action": "promote", "alias": "a0", "exp')  # a crash mid-append
+    assert len(reg.history()) == 12
+
+
+def _cvops(*args: str, env: Dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cvops", *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=120)
+
+
+@pytest.mark.slow
+def test_server_on_an_alias_swaps_under_load_without_a_failed_request(model_path: Path, tmp_path: Path) -> None:
+    """Promote A, serve the alias, 8 clients; promote B mid-load, then roll back: zero failed requests, every
+    answer names the export that answered, and after each switch only the new export answers."""
+    import httpx
+
+    store = tmp_path / "store"
+    fp_a, fp_b = "a1a1a1a1a1a1a1a1", "b2b2b2b2b2b2b2b2"
+    put_export(store, fp_a, model=model_path)
+    put_export(store, fp_b, model=model_path)
+    env = {**os.environ, "CVOPS_STORE": str(store), "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    common = ("recipe=quickstart", "project=regtest", f"paths.store={store}")
+    r = _cvops("promote", *common, "--alias", "production", "--export", fp_a[:6], "-m", "first", env=env, cwd=tmp_path)
+    assert r.returncode == 0 and f"production -> export {fp_a}" in r.stdout, r.stdout + r.stderr
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    out = tmp_path / "server.out"
+    with open(out, "w") as f:
+        server = subprocess.Popen([sys.executable, "-m", "cvops", "serve", *common, "serve.alias=production",
+                                   f"serve.port={port}", "serve.alias_poll_s=30", "serve.sample_rate=0"],
+                                  stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    answers: List[tuple] = []  # (sent, received, status, model)
+    stop = threading.Event()
+    import numpy as np
+
+    jpg = encode(np.random.default_rng(3).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    resp = c.post(f"{url}/v1/predict", content=jpg, headers={"Content-Type": "image/jpeg"})
+                    answers.append((sent, time.monotonic(), resp.status_code, resp.json().get("model")))
+                except httpx.HTTPError as e:  # a dropped connection is a failed request too
+                    answers.append((sent, time.monotonic(), type(e).__name__, None))
+
+    try:
+        wait_for_http(server, f"{url}/readyz", out)
+        assert httpx.get(f"{url}/v1/model").json()["fingerprint"] == fp_a
+        clients = [threading.Thread(target=client) for _ in range(8)]
+        for t in clients:
+            t.start()
+        switched = []
+        for target, cmd in ((fp_b, ("promote", *common, "--alias", "production", "--export", fp_b[:6])),
+                            (fp_a, ("rollback", *common, "--alias", "production", "-m", "back"))):
+            time.sleep(2)
+            r = _cvops(*cmd, env=env, cwd=tmp_path)
+            assert r.returncode == 0, r.stdout + r.stderr
+            resp = httpx.post(f"{url}/v1/admin/reload", timeout=60)  # now, instead of the next poll
+            assert resp.status_code == 200 and resp.json()["export"] == target, resp.text
+            switched.append((time.monotonic(), target))
+        time.sleep(2)
+    finally:
+        stop.set()
+        for t in clients if "clients" in locals() else ():
+            t.join(timeout=60)
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    assert len(answers) > 50, len(answers)
+    assert [a for a in answers if a[2] != 200] == [], out.read_text()[-3000:]
+    assert {a[3] for a in answers} == {fp_a, fp_b}
+    for (t_switch, target), end in zip(switched, [s[0] for s in switched[1:]] + [float("inf")]):
+        after = [a for a in answers if t_switch < a[0] and a[1] < end]
+        assert after and all(a[3] == target for a in after), (target, after[:5])
+    log = out.read_text()
+    assert "following alias production" in log
+
+
+def test_each_worker_follows_the_alias(model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workers N``: every uvicorn worker rebuilds the app from the pickled config and follows the alias
+    itself; one that starts before any promotion is not ready (503) until there is one."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from cvops.schema import ServeConfig
+    from cvops.serve.models import ExportSource
+    from cvops.serve.server import CONFIG_ENV, app_from_env, serve
+
+    store = tmp_path / "store"
+    put_export(store, "c3c3c3c3c3c3c3c3", model=model_path)
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: None)
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    cfg = ServeConfig(port=free_port(), alias="production", alias_poll_s=0.1, max_batch=2)
+    serve(None, cfg, source=ExportSource(str(store), "regtest", alias="production"), log_dir=tmp_path / "log",
+          workers=2)
+    try:
+        with TestClient(app_from_env()) as worker:
+            assert worker.get("/readyz").status_code == 503 and worker.get("/healthz").status_code == 200
+            r = worker.post("/v1/predict", content=encode(np.zeros((32, 32, 3), np.uint8)),
+                            headers={"Content-Type": "image/jpeg"})
+            assert r.status_code == 503 and "Retry-After" in r.headers and "no model is loaded yet" in r.json()["error"]
+            reg = Registry(ArtifactStore(store), "regtest")
+            reg.promote("production", reg.store.get("export", "c3c3c3c3c3c3c3c3"))
+            deadline = time.monotonic() + 30
+            while worker.get("/readyz").status_code != 200:  # the poll picks it up
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert worker.get("/v1/model").json()["fingerprint"] == "c3c3c3c3c3c3c3c3"
+            r = worker.post("/v1/predict", content=encode(np.zeros((32, 32, 3), np.uint8)),
+                            headers={"Content-Type": "image/jpeg"})
+            assert r.status_code == 200 and r.json()["model"] == "c3c3c3c3c3c3c3c3"
+            # an alias pointing at an export that will not load: the old model keeps serving, the error is counted
+            put_export(store, "d4d4d4d4d4d4d4d4")  # no model file
+            reg.promote("production", reg.store.get("export", "d4d4d4d4d4d4d4d4"))
+            resp = worker.post("/v1/admin/reload")
+            assert resp.status_code == 500 and "still served" in resp.json()["error"]
+            assert worker.get("/v1/model").json()["fingerprint"] == "c3c3c3c3c3c3c3c3"
+            assert 'cvops_errors_total{reason="model_load"} 1.0' in worker.get("/metrics").text
+    finally:
+        Path(os.environ[CONFIG_ENV]).unlink(missing_ok=True)
