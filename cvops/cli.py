@@ -60,6 +60,7 @@ def _task(cfg: DictConfig) -> Optional[float]:
         try:
             return runner.run().headline()["value"]
         finally:
+            _write_report(runner)
             _print_summary(runner)
     except USER_ERRORS as e:
         if multirun:  # Hydra records the failed job and goes on with the others
@@ -72,6 +73,15 @@ def _task(cfg: DictConfig) -> Optional[float]:
             from cvops.sweep import update_leaderboard
 
             update_leaderboard(Path(hc.sweep.dir), cfg)
+
+
+def _write_report(runner: object) -> None:
+    try:
+        page = runner.write_report()  # type: ignore[attr-defined]
+    except Exception as e:  # the page must not hide the run's own result or error
+        logging.getLogger("cvops.detail").warning("run report failed: %s: %s", type(e).__name__, e)
+        return
+    logging.getLogger("cvops.detail").info("run report %s", page)
 
 
 def _print_summary(runner: object) -> None:
@@ -132,6 +142,12 @@ def _cmd_models(argv: List[str]) -> int:
     return cmd_models(argv)
 
 
+def _cmd_report(argv: List[str]) -> int:
+    from cvops.report import main as report
+
+    return report(argv)
+
+
 def _cmd_review(argv: List[str]) -> int:
     from cvops.monitor.review import main as review
 
@@ -141,7 +157,7 @@ def _cmd_review(argv: List[str]) -> int:
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {"doctor": _cmd_doctor, "recipes": _cmd_recipes, "app": _cmd_app,
                                                    "serve": _cmd_serve, "review": _cmd_review,
                                                    "promote": _cmd_promote, "rollback": _cmd_rollback,
-                                                   "models": _cmd_models}
+                                                   "models": _cmd_models, "report": _cmd_report}
 
 
 def _check_safe_if_composable(overrides: List[str]) -> None:

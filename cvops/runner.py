@@ -134,7 +134,7 @@ def _imports(path: Path) -> List[str]:
 #: The console (what is printed, :mod:`cvops.console`) and the run's words (:mod:`cvops.summary`) are plumbing
 #: too: rewording a line or a progress bar rebuilds nothing.
 PLUMBING = frozenset({"runner.py", "stages.py", "artifacts.py", "manifest.py", "config.py", "recipes.py",
-                      "schema.py", "trust.py", "console.py", "summary.py"})
+                      "schema.py", "trust.py", "console.py", "summary.py", "report.py"})
 
 
 def source_closure(roots: Sequence[Path]) -> List[Path]:
@@ -545,6 +545,12 @@ class Runner:
 
         text = "; ".join(t for t in (headline(self.graph.get(name), metrics), note) if t)
         log.info("  %-9s %-8s %11s  %s", name, status, seconds(secs), text)
+
+    def write_report(self) -> Optional[Path]:
+        """``<run dir>/report.html`` (:mod:`cvops.report`), from ``run.json`` and the stages' reports."""
+        from cvops.report import write
+
+        return write(self.run_dir, self.graph)
 
     def summary(self) -> List[str]:
         """The closing summary of this run (printed by ``cvops`` at the end): a table of every stage's

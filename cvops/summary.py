@@ -101,7 +101,7 @@ def closing(data: Mapping[str, Any], stages: Mapping[str, Any], args: str, run_d
     if hints:
         lines.append("next:")
         lines += [f"  {h}" for h in hints]
-    lines.append(f"(run dir {run_dir}: run.json, cvops.log, each stage's reports)")
+    lines.append(f"(run dir {run_dir}: report.html, run.json, cvops.log, each stage's reports)")
     return lines
 
 

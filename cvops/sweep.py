@@ -93,6 +93,9 @@ def update_leaderboard(sweep_dir: Path, cfg: Optional[DictConfig] = None) -> Opt
                          f"| [{r['job']}]({link}){wandb} | {err} |")
         out = sweep_dir / "leaderboard.md"
         out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        from cvops.report import write_sweep
+
+        write_sweep(sweep_dir)  # report.html: the leaderboard, each job linked to its own page
     return out
 
 

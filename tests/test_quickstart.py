@@ -18,6 +18,64 @@ SMALL = ("recipe=quickstart", "data.synthetic.num_images=40", "data.synthetic.vi
          "export.calib_images=8", "export.latency_repeats=3", "monitor.window=60")
 
 
+HARNESS = """<!doctype html><meta charset="utf-8"><iframe id="f" src="%s" width="1200" height="900"></iframe>
+<pre id="out">pending</pre><script>
+document.getElementById("f").onload = function () {
+  var d = document.getElementById("f").contentDocument, imgs = Array.prototype.slice.call(d.images);
+  (function wait() {
+    if (!imgs.every(function (i) { return i.complete; })) { return setTimeout(wait, 50); }
+    document.getElementById("out").textContent = JSON.stringify({
+      sections: Array.prototype.map.call(d.querySelectorAll("h2[id]"), function (h) {
+        return [h.id, h.querySelector("span").textContent]; }),
+      images: imgs.map(function (i) { return [i.getAttribute("src"), i.naturalWidth, i.naturalHeight]; }),
+      scripts: d.scripts.length});
+  })();
+};</script>"""
+
+
+def _check_report(workdir: Path, status: str) -> None:
+    """The newest run's report.html in headless Chromium (served over HTTP, read by a same-origin harness
+    page): a section per stage with its status, and every image loaded with a non-zero size."""
+    import functools
+    import html
+    import http.server
+    import re
+    import shutil
+    import subprocess
+    import threading
+
+    pages = [p for p in workdir.glob("outputs/**/report.html") if (p.parent / "run.json").is_file()]
+    page = max(pages, key=lambda p: p.stat().st_mtime)  # a run's page (not the monitor's drift report)
+    text = page.read_text()
+    for stage in ("curate", "train", "evaluate", "export", "monitor"):
+        assert f'<h2 id="{stage}">' in text, stage
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("needs Chromium for the report check (.ci/run installs it)")
+    (workdir / "harness.html").write_text(HARNESS % page.relative_to(workdir).as_posix())
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(workdir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              f"--user-data-dir={workdir / 'chromium'}", "--virtual-time-budget=15000", "--dump-dom",
+                              f"http://127.0.0.1:{server.server_address[1]}/harness.html"],
+                             capture_output=True, text=True, timeout=120).stdout
+    finally:
+        server.shutdown()
+    got = json.loads(html.unescape(re.search(r'<pre id="out">(.*?)</pre>', dom, re.S).group(1)))
+    assert [s for s, _ in got["sections"]] == ["curate", "train", "evaluate", "export", "monitor"], got
+    assert {st for _, st in got["sections"]} == {status}, got
+    srcs = {src.split("/")[0] for src, _, _ in got["images"]}
+    assert {"curate", "train", "evaluate", "export", "monitor"} <= srcs, got  # each stage shows its plots
+    assert all(w > 0 and h > 0 for _, w, h in got["images"]), got  # and every one of them loaded
+    assert got["scripts"] == 0
+
+
 @pytest.mark.slow
 def test_quickstart_end_to_end_cached_rerun_drift_and_serving(cvops):
     first = cvops(*SMALL, timeout=900)
@@ -33,6 +91,7 @@ def test_quickstart_end_to_end_cached_rerun_drift_and_serving(cvops):
     assert seconds < 10  # a cached rerun imports nothing heavy
     ev = b["stages"]["evaluate"]["metrics"]
     assert {"mAP", "mAP50", "mAP75", "per_class_AP", "val_mAP"} <= set(ev)
+    _check_report(cvops.workdir, "cached")  # the cached rerun's page: every stage's plots published again
 
     ex = a["stages"]["export"]["metrics"]
     assert ex["gate"] == "pass" and ex["map_drop"] <= 0.5 and ex["int8_map_drop"] <= 2.0
