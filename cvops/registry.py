@@ -41,6 +41,8 @@ from cvops.artifacts import Artifact, ArtifactStore, write_json_atomic
 
 #: Alias and project names: they become keys and a folder name, so no separators, no dot-dot, no spaces.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: An artifact fingerprint as the store names its folders.
+FINGERPRINT = re.compile(r"[0-9a-f]{8,64}")
 
 #: Evaluate metrics recorded with a promotion (those the evaluate artifact has).
 EVAL_KEYS = ("mAP", "mAP50", "mAP75", "val_mAP", "val_mAP50")
@@ -112,21 +114,37 @@ class Registry:
         out = []
         for line in self.history_file.read_text(encoding="utf-8").splitlines():
             try:
-                ev = Event.from_json(json.loads(line))
+                d = json.loads(line)
+                ev = Event.from_json(d) if isinstance(d, dict) else None
             except (ValueError, TypeError):
-                continue
+                ev = None
+            if ev is None or not isinstance(ev.alias, str) or not isinstance(ev.export, str):
+                continue  # a torn or foreign line: not an event
             if alias is None or ev.alias == alias:
                 out.append(ev)
         return out
 
     def aliases(self) -> Dict[str, Dict[str, Any]]:
-        """alias -> its current event (as written in ``aliases.json``)."""
-        return read_aliases(self.aliases_file)
+        """alias -> its current event (``aliases.json``; rebuilt from the history if that file is damaged)."""
+        try:
+            return read_aliases(self.aliases_file)
+        except RegistryError:
+            return self._state()
 
     def resolve(self, alias: str) -> Optional[str]:
-        """The export fingerprint ``alias`` points at now (None: not set)."""
+        """The export fingerprint ``alias`` points at now (None: not set).
+
+        Raises:
+            RegistryError: the recorded value is not a fingerprint (a hand-edited or foreign file).
+        """
         entry = self.aliases().get(check_name("alias", alias))
-        return entry["export"] if entry else None
+        if not entry:
+            return None
+        fp = entry.get("export")
+        if not isinstance(fp, str) or not FINGERPRINT.fullmatch(fp):
+            raise RegistryError(f"{self.aliases_file}: alias {alias} points at {str(fp)[:80]!r}, not an export "
+                                "fingerprint; promote an export again to repair it")
+        return fp
 
     # -- changing ----------------------------------------------------------------------------------
     def promote(self, alias: str, export: Artifact, message: str = "", force: bool = False) -> Event:
@@ -184,15 +202,39 @@ class Registry:
                 stack.pop()
         return stack
 
+    def _state(self) -> Dict[str, Dict[str, Any]]:
+        """What every alias points at, from the history alone (the top of each alias's stack)."""
+        events: Dict[str, List[Event]] = {}
+        for ev in self.history():
+            events.setdefault(ev.alias, []).append(ev)
+        state: Dict[str, Dict[str, Any]] = {}
+        for alias, evs in events.items():
+            stack: List[Event] = []
+            for ev in evs:
+                if ev.action == "promote":
+                    stack.append(ev)
+                elif ev.action == "rollback" and stack:
+                    stack.pop()
+                    if stack:  # the rollback event itself describes the export it returned to
+                        stack[-1] = ev
+            if stack:
+                state[alias] = stack[-1].to_json()
+        return state
+
     def _record(self, ev: Event) -> None:
+        """Append ``ev`` to the history (after a torn last line: on a line of its own), then rewrite
+        ``aliases.json`` from the whole history, so a crash between the two is repaired by the next event."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.history_file, "a", encoding="utf-8") as f:
-            f.write(json.dumps(ev.to_json(), default=str) + "\n")
+        with open(self.history_file, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            torn = False
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+            f.write((b"\n" if torn else b"") + (json.dumps(ev.to_json(), default=str) + "\n").encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
-        current = self.aliases()
-        current[ev.alias] = ev.to_json()
-        write_json_atomic(self.aliases_file, current)
+        write_json_atomic(self.aliases_file, self._state())
 
     def _locked(self) -> Any:
         from filelock import FileLock

@@ -134,6 +134,20 @@ def test_concurrent_promotions_lose_nothing_and_a_torn_line_is_skipped(tmp_path:
     with open(reg.history_file, "a") as f:
         f.write('{"action": "promote", "alias": "a0", "exp')  # a crash mid-append
     assert len(reg.history()) == 12
+    reg.rollback("a0")  # the next event lands on a line of its own, not glued to the torn one
+    assert len(reg.history()) == 13 and reg.history()[-1].action == "rollback"
+    with open(reg.history_file, "a") as f:
+        f.write('[]\n1\n{"alias": 5}\n')  # JSON that is not an event
+    assert len(reg.history()) == 13
+    # aliases.json follows the history: damaged or stale, the next read or event repairs it
+    expected = {a: reg.resolve(a) for a in ("a0", "a1", "a2")}
+    reg.aliases_file.write_text("{not json")
+    assert {a: reg.resolve(a) for a in expected} == expected
+    reg.aliases_file.write_text(json.dumps({"a1": {"export": "../../etc"}}))
+    with pytest.raises(RegistryError, match="not an export fingerprint"):
+        reg.resolve("a1")
+    reg.promote("a1", store.get("export", fps[0]))
+    assert reg.resolve("a1") == fps[0] and reg.resolve("a2") == expected["a2"]
 
 
 def _cvops(*args: str, env: Dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -256,3 +270,31 @@ def test_each_worker_follows_the_alias(model_path: Path, tmp_path: Path, monkeyp
             assert 'cvops_errors_total{reason="model_load"} 1.0' in worker.get("/metrics").text
     finally:
         Path(os.environ[CONFIG_ENV]).unlink(missing_ok=True)
+
+
+def test_follower_survives_a_damaged_alias_and_tries_a_broken_export_once(model_path: Path, tmp_path: Path) -> None:
+    from cvops.serve.models import AliasFollower, ExportSource
+
+    store = tmp_path / "store"
+    put_export(store, "e5e5e5e5e5e5e5e5", model=model_path)
+    put_export(store, "f6f6f6f6f6f6f6f6")  # no model file: cannot load
+    loaded, errors = [], []
+    f = AliasFollower(ExportSource(str(store), "regtest", alias="production"),
+                      lambda det, info, drift: loaded.append(info["fingerprint"]), poll_s=10)
+    f.on_error = errors.append
+    reg = Registry(ArtifactStore(store), "regtest")
+    reg.dir.mkdir(parents=True)
+    reg.aliases_file.write_text(json.dumps({"production": {"export": "../x"}}))  # hostile, no history
+    with pytest.raises(RuntimeError, match="cannot read the alias"):
+        f.check()
+    reg.aliases_file.unlink()
+    assert f.check()["changed"] is False and loaded == []  # not set: nothing to serve yet
+    reg.promote("production", reg.store.get("export", "e5e5e5e5e5e5e5e5"))
+    assert f.check()["export"] == "e5e5e5e5e5e5e5e5" and loaded == ["e5e5e5e5e5e5e5e5"]
+    reg.promote("production", reg.store.get("export", "f6f6f6f6f6f6f6f6"))
+    for _ in range(3):  # the poll: one failed load, then no retries
+        with pytest.raises(RuntimeError, match="f6f6f6f6f6f6f6f6 cannot be served"):
+            f.check()
+    assert len(errors) == 2 and f.serving == "e5e5e5e5e5e5e5e5"  # the alias error, then one load error
+    with pytest.raises(RuntimeError):
+        f.check(force=True)  # an operator's reload tries again

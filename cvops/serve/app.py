@@ -441,6 +441,7 @@ class DriftWatch:
         if window < 1 or every < 1:
             raise ValueError(f"drift window ({window}) and drift_every ({every}) must be at least 1")
         self.fn = fn
+        self.model: Any = None  # None: every record (one model); else only that model's (after a swap)
         self.every = every
         self.metrics = metrics
         self.records: deque[dict] = deque(maxlen=window)
@@ -449,18 +450,20 @@ class DriftWatch:
         self._running = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def retarget(self, fn: DriftFn | None) -> None:
-        """Check against another model's reference from now on (a swap): the window starts empty."""
+    def retarget(self, fn: DriftFn | None, model: Any = None) -> None:
+        """Check against another model's reference from now on (a swap): the window starts empty and
+        takes only records of ``model`` (requests still finishing on the old model are left out)."""
         with self._lock:
-            self.fn = fn
+            self.fn, self.model = fn, model
             self.records.clear()
             self.count = 0
 
     def add(self, record: dict) -> None:
         """Add one successful request's record; start a check when one is due."""
-        if self.fn is None:
-            return
         with self._lock:
+            fn = self.fn
+            if fn is None or (self.model is not None and record.get("model") != self.model):
+                return
             self.records.append(record)
             self.count += 1
             snapshot = list(self.records) if self.count % self.every == 0 else None
@@ -469,7 +472,7 @@ class DriftWatch:
         if not self._running.acquire(blocking=False):
             logger.info("drift check skipped: the previous one is still running")
             return
-        self._thread = threading.Thread(target=self._check, args=(snapshot,), name="cvops-drift", daemon=True)
+        self._thread = threading.Thread(target=self._check, args=(snapshot, fn), name="cvops-drift", daemon=True)
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:
@@ -478,12 +481,9 @@ class DriftWatch:
         if thread is not None:
             thread.join(timeout)
 
-    def _check(self, records: list[dict]) -> None:
+    def _check(self, records: list[dict], fn: DriftFn) -> None:
         try:
-            fn = self.fn
-            if fn is None:
-                return
-            result = fn(records)
+            result = fn(records)  # the check of the model these records came from
             for name, value in dict(result).items():
                 if isinstance(value, (bool, int, float, np.number, np.bool_)):
                     if name in ("drift_detected", "detected"):
@@ -691,7 +691,6 @@ class Served:
             metrics.errors.labels(reason="batch_retry").inc()
 
         self.run = run
-        self.batcher = MicroBatcher(run, cfg.max_batch, cfg.batch_wait_ms, on_retry=retried) if cfg.max_batch > 1 else None
         model_info = dict(info)
         model_info.update(classes=self.classes, preprocess=detector.preprocess.to_dict(),
                           fixed_batch=detector.fixed_batch,
@@ -704,6 +703,8 @@ class Served:
             except ValueError:
                 pass
         self.model_info = jsonable_encoder(model_info)
+        # last: a thread is started only for a model that is otherwise complete
+        self.batcher = MicroBatcher(run, cfg.max_batch, cfg.batch_wait_ms, on_retry=retried) if cfg.max_batch > 1 else None
         self._users = 0
         self._retired = False
         self._lock = threading.Lock()
@@ -831,15 +832,18 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
     budget = DecodeBudget(cfg.decode_memory_mb, cfg.decode_wait_s)
     watch = DriftWatch(drift, window, drift_every, metrics) if drift is not None or reload is not None else None
     models = ModelSlot()
+    swapping = threading.Lock()
 
     def load(new_detector: Any, new_info: dict, new_drift: DriftFn | None = None) -> Served:
         """Serve ``new_detector`` from the next request on (warm it first: a model that fails does not go live)."""
         pre = new_detector.preprocess
         new_detector.predict([np.zeros((pre.height, pre.width, 3), np.uint8)] * (new_detector.fixed_batch or 1))
         served = Served(new_detector, new_info, cfg, metrics, new_drift)
-        if watch is not None:
-            watch.retarget(new_drift)
-        if models.swap(served) is not None:
+        with swapping:  # the drift window and the model change together
+            if watch is not None:
+                watch.retarget(new_drift, served.fingerprint)
+            replaced = models.swap(served)
+        if replaced is not None:
             metrics.model_swaps.inc()
         metrics.ready.set(1)
         logger.info("serving model %s", served.fingerprint)

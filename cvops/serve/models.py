@@ -100,8 +100,12 @@ class ExportSource:
         Raises:
             LookupError: the store has no complete export with that fingerprint.
         """
+        import re
+
         from cvops.artifacts import ArtifactStore
 
+        if not re.fullmatch(r"[0-9a-f]{8,64}", str(fingerprint)):
+            raise LookupError(f"{str(fingerprint)[:80]!r} is not an export fingerprint")
         store = ArtifactStore(self.store_root)
         export = store.get("export", fingerprint)
         if export is None:
@@ -149,30 +153,41 @@ class AliasFollower:
         self._thread: Optional[threading.Thread] = None
         self.on_error: Optional[Callable[[str], None]] = None
 
-    def check(self) -> Dict[str, Any]:
+    def _fail(self, key: str, why: str, what: str) -> RuntimeError:
+        if self._failed.get(key) != why:  # said once per target and reason
+            logger.error("alias %s: %s (%s); still serving %s", self.source.alias, what, why, self.serving or "nothing")
+            self._failed[key] = why
+            if self.on_error is not None:
+                self.on_error(why)
+        return RuntimeError(f"{what}: {why}")
+
+    def check(self, force: bool = False) -> Dict[str, Any]:
         """Read the alias; switch to its export if it changed. Returns what ``/v1/admin/reload`` answers.
 
+        An export that failed to load is not tried again by the poll (``force``: by ``/v1/admin/reload``),
+        so a broken promotion costs one load, not one per poll.
+
         Raises:
-            RuntimeError: the alias points at an export that cannot be loaded (the previous model stays).
+            RuntimeError: the alias cannot be read, or points at an export that cannot be loaded (the
+                previous model stays).
         """
         with self._lock:
-            target = self.registry.resolve(str(self.source.alias))
+            try:
+                target = self.registry.resolve(str(self.source.alias))
+            except (OSError, ValueError) as e:  # RegistryError is a ValueError
+                raise self._fail("<alias>", f"{type(e).__name__}: {e}", "cannot read the alias") from e
+            self._failed.pop("<alias>", None)
             if target is None or target == self.serving:
                 return {"alias": self.source.alias, "export": self.serving, "changed": False,
                         **({} if target else {"note": f"alias {self.source.alias} is not set"})}
+            if target in self._failed and not force:
+                raise RuntimeError(f"export {target} cannot be served: {self._failed[target]}")
             previous = self.serving
             try:
                 detector, info, drift = self.source.load(target)
                 self.load_into(detector, info, drift)
             except Exception as e:
-                why = f"{type(e).__name__}: {e}"
-                if self._failed.get(target) != why:
-                    logger.error("alias %s -> export %s: cannot serve it (%s); still serving %s", self.source.alias,
-                                 target, why, previous or "nothing")
-                    self._failed[target] = why
-                    if self.on_error is not None:
-                        self.on_error(why)
-                raise RuntimeError(f"export {target} cannot be served: {why}") from e
+                raise self._fail(target, f"{type(e).__name__}: {e}", f"export {target} cannot be served") from e
             self.serving = target
             self._failed.pop(target, None)
             logger.info("alias %s -> export %s (was %s)", self.source.alias, target, previous or "nothing")

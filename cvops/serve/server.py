@@ -85,7 +85,7 @@ def build_app(model_path: str | Path | None, cfg: ServeConfig, *, info: dict | N
     if source is not None and cfg.alias:
         follower: list = []
         app = create_app(None, cfg, info={"alias": cfg.alias}, log=log, token=token or None,
-                         drift_window=drift_window, drift_every=drift_every, reload=lambda: follower[0].check())
+                         drift_window=drift_window, drift_every=drift_every, reload=lambda: follower[0].check(force=True))
         f = AliasFollower(source, app.state.load, cfg.alias_poll_s)
         f.on_error = lambda why: app.state.metrics.errors.labels(reason="model_load").inc()
         follower.append(f)
