@@ -24,6 +24,9 @@ def test_sweep_shares_curate_and_ranks_jobs(cvops):
     assert [float(row["evaluate.val_mAP"]) for row in rows] == [0.4, 0.3, 0.2, 0.1]
     md = (sweep / "leaderboard.md").read_text()
     assert "| 1 | 1 |" in md and "train.lr=0.04" in md
+    page = (sweep / "report.html").read_text()  # the sweep's page links each job's own page
+    for job in ("0", "1", "2", "3"):
+        assert f'<a href="{job}/report.html">{job}</a>' in page and (sweep / job / "report.html").is_file()
 
 
 def test_failing_job_does_not_sink_the_others_and_leaderboard_is_written(cvops):
