@@ -238,7 +238,7 @@ class Progress:
         self.postfix.update(postfix)
         if self._bar is not None:
             self._bar.set_postfix_str(self._postfix())
-        else:
+        elif self.n < self.total:  # at the end, close() prints the last line with these values
             self._line()
 
     def _postfix(self) -> str:
