@@ -64,3 +64,14 @@ def test_sweep_page_links_each_job_and_latest_finds_run_pages(tmp_path: Path) ->
     assert '<a href="0/report.html">0</a>' in text and "<script" not in text
     assert latest(tmp_path / "outputs", "demo") == page
     assert render(json.loads((job / "run.json").read_text()), job)  # renders without stage declarations too
+
+
+def test_cvops_report_prints_the_newest_page_or_says_what_to_run(tmp_path: Path, capsys) -> None:
+    from cvops.report import main
+
+    outputs = tmp_path / "outputs"
+    args = ["recipe=quickstart", "project=demo", "--print", "--outputs", str(outputs)]
+    assert main(args) == 2 and "run the recipe first" in capsys.readouterr().err
+    write(_run_dir(tmp_path, "r1"))
+    newer = write(_run_dir(tmp_path, "r2"))
+    assert main(args) == 0 and capsys.readouterr().out.strip() == str(newer.resolve())
