@@ -64,7 +64,9 @@ def leaves(node, prefix: str = "") -> Iterator[Tuple[str, object]]:
     for key in node.keys() if isinstance(node, DictConfig) else ():
         path = f"{prefix}{key}"
         child = node._get_node(key)
-        if isinstance(child, DictConfig) and len(child) and not child._is_none():
+        # a dict with dotted keys (model.cfg_options: mmengine paths) is one value: a dotted path cannot name its keys
+        if (isinstance(child, DictConfig) and len(child) and not child._is_none()
+                and not any("." in str(k) for k in child.keys())):
             yield from leaves(child, path + ".")
         else:
             yield path, child

@@ -16,7 +16,7 @@ def test_cfg_job_prints_the_whole_composed_spec(cvops):
     spec = yaml.safe_load(r.stdout)
     assert spec["project"] == "quickstart"
     # group defaults and schema defaults are all visible, not hidden in code
-    assert spec["train"]["max_epochs"] == 36 and spec["train"]["optimizer"] == "AdamW"
+    assert spec["train"]["max_epochs"] == 30 and spec["train"]["optimizer"] == "AdamW"
     assert spec["curate"]["dedup"]["hamming_threshold"] == 4
     assert spec["export"]["gate"]["max_map_drop"] == 0.5
     assert spec["tracker"]["_target_"] == "cvops.track.WandbTracker"
