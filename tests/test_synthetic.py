@@ -105,5 +105,5 @@ def test_bad_spec_is_refused_with_the_key():
 def test_spec_from_the_composed_recipe():
     cfg = compose_config(["recipe=quickstart"])
     spec = spec_from_config(cfg.data.synthetic)
-    assert spec.num_images == 160 and spec.videos == 2 and spec.image_size == (320, 240)
+    assert spec.num_images == 400 and spec.videos == 1 and spec.min_size == 32 and spec.image_size == (320, 240)
     assert np.isclose(spec.video_fps, 8.0)
