@@ -112,52 +112,26 @@ def _cmd_recipes(argv: List[str]) -> int:
     return 0
 
 
-def _cmd_app(argv: List[str]) -> int:
-    from cvops.fiftyone_app import main as app
-
-    return app(argv)
-
-
-def _cmd_serve(argv: List[str]) -> int:
-    from cvops.serve.cli import main as serve
-
-    return serve(argv)
+#: Subcommands implemented elsewhere: ``cvops <name> ...`` calls ``module:function(argv)`` (imported on use,
+#: so that ``cvops recipe=...`` never pays for them).
+LAZY_COMMANDS = {"app": "cvops.fiftyone_app:main", "serve": "cvops.serve.cli:main",
+                 "review": "cvops.monitor.review:main", "promote": "cvops.registry:cmd_promote",
+                 "rollback": "cvops.registry:cmd_rollback", "models": "cvops.registry:cmd_models",
+                 "report": "cvops.report:main"}
 
 
-def _cmd_promote(argv: List[str]) -> int:
-    from cvops.registry import cmd_promote
+def _lazy(target: str) -> Callable[[List[str]], int]:
+    def run(argv: List[str]) -> int:
+        import importlib
 
-    return cmd_promote(argv)
+        module, _, name = target.partition(":")
+        return getattr(importlib.import_module(module), name)(argv)
 
-
-def _cmd_rollback(argv: List[str]) -> int:
-    from cvops.registry import cmd_rollback
-
-    return cmd_rollback(argv)
+    return run
 
 
-def _cmd_models(argv: List[str]) -> int:
-    from cvops.registry import cmd_models
-
-    return cmd_models(argv)
-
-
-def _cmd_report(argv: List[str]) -> int:
-    from cvops.report import main as report
-
-    return report(argv)
-
-
-def _cmd_review(argv: List[str]) -> int:
-    from cvops.monitor.review import main as review
-
-    return review(argv)
-
-
-COMMANDS: Dict[str, Callable[[List[str]], int]] = {"doctor": _cmd_doctor, "recipes": _cmd_recipes, "app": _cmd_app,
-                                                   "serve": _cmd_serve, "review": _cmd_review,
-                                                   "promote": _cmd_promote, "rollback": _cmd_rollback,
-                                                   "models": _cmd_models, "report": _cmd_report}
+COMMANDS: Dict[str, Callable[[List[str]], int]] = {"doctor": _cmd_doctor, "recipes": _cmd_recipes,
+                                                   **{k: _lazy(v) for k, v in LAZY_COMMANDS.items()}}
 
 
 def _check_safe_if_composable(overrides: List[str]) -> None:

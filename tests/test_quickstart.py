@@ -50,8 +50,11 @@ def _check_report(workdir: Path, status: str) -> None:
     for stage in ("curate", "train", "evaluate", "export", "monitor"):
         assert f'<h2 id="{stage}">' in text, stage
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("needs Chromium for the report check (.ci/run installs it)")
+    if chromium is None:  # the rest of the quickstart test still runs; .ci/run installs Chromium
+        import warnings
+
+        warnings.warn("Chromium not installed: report.html checked as a file only, not rendered")
+        return
     (workdir / "harness.html").write_text(HARNESS % page.relative_to(workdir).as_posix())
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args: object) -> None:

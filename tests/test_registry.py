@@ -298,3 +298,24 @@ def test_follower_survives_a_damaged_alias_and_tries_a_broken_export_once(model_
     assert len(errors) == 2 and f.serving == "e5e5e5e5e5e5e5e5"  # the alias error, then one load error
     with pytest.raises(RuntimeError):
         f.check(force=True)  # an operator's reload tries again
+
+
+def test_admin_reload_is_behind_the_token_and_readiness_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from cvops.schema import ServeConfig
+    from cvops.serve.app import create_app
+
+    calls: List[int] = []
+    app = create_app(None, ServeConfig(), info={}, log=None, token="s3cret",
+                     reload=lambda: calls.append(1) or {"export": None, "changed": False})
+    with TestClient(app) as client:
+        assert client.post("/v1/admin/reload").status_code == 401
+        assert client.post("/v1/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert calls == []  # a refused caller triggers no load
+        r = client.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200 and calls == [1]
+        assert client.get("/readyz").status_code == 503 and client.get("/healthz").status_code == 200  # no token
+    fixed = create_app(None, ServeConfig(), info={}, log=None)  # one fixed model: nothing to reload
+    with TestClient(fixed) as client:
+        assert client.post("/v1/admin/reload").status_code == 404
