@@ -1,7 +1,7 @@
 """Does the quickstart's result hold on any machine? Seeds x intra-op threads.
 
     .venv/bin/python benchmarks/quickstart_robustness.py [--seeds 0 1 2 3 4] [--threads 1 2]
-                                                         [--parallel 2] [--out robustness.json] [-- overrides...]
+                                                         [--parallel 2] [--out robustness.json] [--recipe R] [-- overrides...]
 
 Runs the whole quickstart (every stage) once per (training seed, thread
 count), each in a fresh process with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``
@@ -38,15 +38,16 @@ from typing import Any, Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_MAP50, GOAL_SECONDS = 0.5, 600.0
+RECIPE = "quickstart"
 
 
 def _cvops() -> str:
     return str(Path(sys.executable).with_name("cvops"))
 
 
-def one(work: Path, seed: int, threads: int, extra: List[str], env: Dict[str, str]) -> Dict[str, Any]:
+def one(work: Path, seed: int, threads: int, extra: List[str], env: Dict[str, str], recipe: str) -> Dict[str, Any]:
     run_dir = work / f"run_t{threads}_s{seed}"
-    cmd = [_cvops(), "recipe=quickstart", f"train.seed={seed}", f"paths.store={work / f'store_t{threads}'}",
+    cmd = [_cvops(), f"recipe={recipe}", f"train.seed={seed}", f"paths.store={work / f'store_t{threads}'}",
            f"hydra.run.dir={run_dir}", *extra]
     e = {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
@@ -78,6 +79,7 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=1, help="single-threaded jobs to run side by side")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--recipe", default=RECIPE, help="the recipe to run (default: the quickstart)")
     ap.add_argument("overrides", nargs="*", help="extra overrides for every run (after --)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="cvops-robust-"))
@@ -97,11 +99,12 @@ def main() -> int:
             width = max(1, min(args.parallel, cores // threads))
             print(f"threads {threads}: {len(args.seeds)} runs, {width} at a time", flush=True)
             # the store's curate artifact first (seconds), so that parallel runs do not queue on its lock
-            subprocess.run([_cvops(), "recipe=quickstart", "stages=[curate]", f"paths.store={work / f'store_t{threads}'}",
-                            f"hydra.run.dir={work / f'curate_t{threads}'}", *args.overrides], cwd=work, env=env,
+            subprocess.run([_cvops(), f"recipe={args.recipe}", f"paths.store={work / f'store_t{threads}'}",
+                            f"hydra.run.dir={work / f'curate_t{threads}'}", *args.overrides, "stages=[curate]"],
+                           cwd=work, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
             with ThreadPoolExecutor(width) as pool:
-                rows += list(pool.map(lambda s: one(work, s, threads, args.overrides, env), args.seeds))
+                rows += list(pool.map(lambda s: one(work, s, threads, args.overrides, env, args.recipe), args.seeds))
     finally:
         if mongo is not None:
             mongo.stop()

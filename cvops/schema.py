@@ -205,7 +205,14 @@ class TrainConfig:
     optimizer: str = "AdamW"
     weight_decay: float = 0.05
     warmup_iters: int = 100
+    # fraction of max_epochs at which the cosine lr decay begins; until then the lr stays at its peak after the
+    # warm-up (0.0: decay from the first epoch; RTMDet's own 300-epoch schedule decays over its second half, 0.5)
+    lr_decay_from: float = 0.0
     mosaic_epochs: Optional[int] = None  # epochs with mosaic/mixup before the simpler pipeline; null: base config's share
+    # [low, high]: training images are rescaled by a random factor in this range (every RandomResize ratio_range
+    # and RandomAffine scaling_ratio_range of the model's training pipelines); null: the base config's, e.g.
+    # RTMDet's [0.5, 2.0]. Narrow it when objects have one size range (a fixed camera, generated shapes).
+    scale_jitter: Optional[List[float]] = None
     amp: bool = False  # only takes effect on CUDA
     seed: int = 0
     deterministic: bool = False

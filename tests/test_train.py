@@ -60,6 +60,65 @@ def test_every_model_config_builds_and_runs_a_forward_pass(model, curated, tmp_p
     assert out[0].pred_instances.bboxes.shape[-1] == 4
     assert max(out[0].metainfo["batch_input_shape"]) <= 160  # the recipe's image size, not the base config's
 
+    # train.scale_jitter sets every random rescale of the training pipelines, or says the model has none
+    train = OmegaConf.to_object(compose_config(["project=traintest", f"model={model}", *TINY,
+                                                "train.scale_jitter=[0.8,1.25]"]).train)
+    jittered = [d for d in mmconfig._walk([cfg.train_dataloader, cfg.get("custom_hooks", [])])
+                if d.get("type") in mmconfig.JITTER_KEYS]
+    if jittered:
+        cfg2, _ = mmconfig.build(OmegaConf.to_object(cfg_all.model), train, art.metrics["classes"], exports, tmp_path,
+                                 [], cuda=False)
+        ranges = [tuple(d[mmconfig.JITTER_KEYS[d["type"]]]) for d in mmconfig._walk(
+            [cfg2.train_dataloader, cfg2.get("custom_hooks", [])]) if d.get("type") in mmconfig.JITTER_KEYS]
+        assert len(ranges) == len(jittered) and set(ranges) == {(0.8, 1.25)}
+    else:
+        with pytest.raises(mmconfig.TrainConfigError, match="without a random rescale"):
+            mmconfig.build(OmegaConf.to_object(cfg_all.model), train, art.metrics["classes"], exports, tmp_path,
+                           [], cuda=False)
+    train.scale_jitter = [1.5, 0.5]
+    with pytest.raises(mmconfig.TrainConfigError, match="0 < low <= high"):
+        mmconfig.build(OmegaConf.to_object(cfg_all.model), train, art.metrics["classes"], exports, tmp_path,
+                       [], cuda=False)
+
+
+def test_lr_decay_from_holds_the_peak_lr_then_decays_by_cosine(curated, tmp_path):
+    from mmengine.optim.scheduler import CosineAnnealingLR, LinearLR
+
+    from cvops.artifacts import ArtifactStore
+    from cvops.train import mmconfig
+
+    store, cur = curated
+    art = ArtifactStore(store).get("curate", cur["fingerprint"])
+    exports = {s: art.path(f"coco_{s}") for s in ("train", "val", "test")}
+
+    def lrs(decay_from, epochs=4, per_epoch=5):
+        cfg_all = compose_config(["project=traintest", *TINY, f"train.max_epochs={epochs}", "train.warmup_iters=2",
+                                  f"train.lr_decay_from={decay_from}"])
+        cfg, _ = mmconfig.build(OmegaConf.to_object(cfg_all.model), OmegaConf.to_object(cfg_all.train),
+                                art.metrics["classes"], exports, tmp_path, [], cuda=False)
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim_wrapper.optimizer.lr)
+        warm, cos = (dict(s) for s in cfg.param_scheduler)
+        scheds = [LinearLR(opt, **{k: v for k, v in warm.items() if k != "type"}),
+                  CosineAnnealingLR.build_iter_from_epoch(
+                      opt, epoch_length=per_epoch,
+                      **{k: v for k, v in cos.items() if k not in ("type", "convert_to_iter_based")})]
+        out = []
+        for _ in range(epochs * per_epoch):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            for s in scheds:
+                s.step()
+        return cfg.optim_wrapper.optimizer.lr, out
+
+    peak, half = lrs(0.5)
+    assert half[2:10] == pytest.approx([peak] * 8)  # warm-up done, flat through the first half
+    assert all(a > b for a, b in zip(half[10:], half[11:]))  # then strictly decaying
+    assert half[-1] < 0.2 * peak
+    _, zero = lrs(0.0)
+    assert zero[5] < peak and zero[10] < zero[5]  # 0.0: the decay starts at once
+    with pytest.raises(mmconfig.TrainConfigError, match="lr_decay_from=1.0"):
+        lrs(1.0)
+
 
 def test_checkpoint_allow_list_loads_mmengine_but_refuses_code(tmp_path):
     import numpy as np

@@ -77,6 +77,28 @@ def _rescale(node: Any, rx: float, ry: float) -> None:
             d["random_size_range"] = (max(32, int(lo * s)), max(64, int(hi * s)))
 
 
+JITTER_KEYS = {"RandomResize": "ratio_range", "RandomAffine": "scaling_ratio_range"}
+
+
+def _set_scale_jitter(cfg: Any, model_name: str, jitter: Sequence[float]) -> None:
+    """``train.scale_jitter``: the random rescale range of every training pipeline (mosaic stage and after)."""
+    lo_hi = [float(v) for v in jitter]
+    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+        raise TrainConfigError(f"train.scale_jitter={list(jitter)}: give [low, high] with 0 < low <= high, "
+                               "e.g. [0.8, 1.25] (null keeps the model's own range)")
+    pipelines = [cfg.train_dataloader.get("dataset", {})] + [
+        h for h in cfg.get("custom_hooks", []) or [] if h.get("type") == "PipelineSwitchHook"]
+    found = 0
+    for d in _walk(pipelines):
+        key = JITTER_KEYS.get(d.get("type", ""))
+        if key:
+            d[key] = tuple(lo_hi)
+            found += 1
+    if not found:
+        raise TrainConfigError(f"train.scale_jitter={lo_hi}: {model_name} trains without a random rescale "
+                               f"({' or '.join(JITTER_KEYS)}) to set; leave train.scale_jitter null for this model")
+
+
 def _innermost_dataset(ds: Dict[str, Any]) -> Dict[str, Any]:
     while "dataset" in ds and "ann_file" not in ds:
         ds = ds["dataset"]
@@ -234,11 +256,17 @@ def build(model: ModelConfig, train: TrainConfig, classes: Sequence[str], export
         wrapper["clip_grad"] = cfg.optim_wrapper.clip_grad
     cfg.optim_wrapper = wrapper
     cfg.auto_scale_lr = dict(enable=False, base_batch_size=train.base_batch_size)
+    if not 0.0 <= train.lr_decay_from < 1.0:
+        raise TrainConfigError(f"train.lr_decay_from={train.lr_decay_from}: give the fraction of max_epochs at which "
+                               "the cosine decay begins, 0 <= value < 1 (0: from the start, 0.5: the second half)")
+    decay_from = min(epochs - 1, int(round(epochs * train.lr_decay_from)))
     cfg.param_scheduler = [
         dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=max(1, train.warmup_iters)),
-        dict(type="CosineAnnealingLR", eta_min=lr * 0.05, begin=0, end=epochs, T_max=epochs, by_epoch=True,
-             convert_to_iter_based=True),
+        dict(type="CosineAnnealingLR", eta_min=lr * 0.05, begin=decay_from, end=epochs, T_max=epochs - decay_from,
+             by_epoch=True, convert_to_iter_based=True),
     ]
+    if train.scale_jitter is not None:
+        _set_scale_jitter(cfg, model.mmdet_config, train.scale_jitter)
     strong = train.mosaic_epochs
     for hook in cfg.get("custom_hooks", []) or []:  # base schedules are written for 300 epochs
         if hook.get("type") == "PipelineSwitchHook":
