@@ -113,6 +113,7 @@ class SyntheticConfig:
     video_frames: int = 48
     video_fps: float = 8.0
     seed: int = 0
+    masks: bool = False  # also write each shape's visible mask (COCO RLE segmentation) for instance segmentation
 
 
 @dataclass
@@ -171,6 +172,9 @@ class CurateConfig:
     min_box_size: float = 1.0  # px; smaller boxes are quarantined
     clip_boxes: bool = True
     keep_empty: bool = True
+    # read instance masks (COCO segmentation: polygons or RLE; YOLO segment lines) and check each one; an
+    # instance whose mask is missing or unusable is quarantined. false: boxes only, segmentations ignored
+    masks: bool = False
     max_archive_mb: int = 4096
     # images with more pixels (width x height, read from the header before decoding) are quarantined.
     # 100 MP admits 10000x10000 aerial tiles and ~100 MP medium-format photos; one decode of that size

@@ -142,7 +142,7 @@ class _Obj:
 
 
 def _render(bg: np.ndarray, objs: List[_Obj], classes: Sequence[str], shift: Shift,
-            rng: np.random.Generator) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+            rng: np.random.Generator, masks: bool = False) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
     import cv2
 
     h, w = bg.shape[:2]
@@ -167,6 +167,10 @@ def _render(bg: np.ndarray, objs: List[_Obj], classes: Sequence[str], shift: Shi
             continue  # (almost) fully occluded or outside the frame: not labelled
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
         anns.append({"category_id": o.cls + 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(len(xs)), "iscrowd": 0})
+        if masks:  # the visible part only: what a person would outline
+            from cvops.masks import encode
+
+            anns[-1]["segmentation"] = encode(owner == i)
     return img, anns
 
 
@@ -229,7 +233,7 @@ def generate(out_dir: Path | str, spec: Optional[SyntheticSpec] = None, progress
         bg = _background(rng, w, h, styles[int(rng.integers(len(styles)))])
         empty = rng.random() < spec.empty_fraction
         objs = [] if empty else _objects(rng, spec, w, h, int(rng.integers(1, spec.max_objects + 1)))
-        img, anns = _render(bg, objs, spec.classes, spec.shift, rng)
+        img, anns = _render(bg, objs, spec.classes, spec.shift, rng, spec.masks)
         n_empty += not anns
         name = f"images/{i:06d}.jpg"
         cv2.imwrite(str(out / name), img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -273,7 +277,7 @@ def _video(out: Path, index: int, spec: SyntheticSpec, rng: np.random.Generator,
     try:
         for f in track(range(spec.video_frames), f"synthetic video {index}", enabled=progress):
             frame_bg = np.clip(bg.astype(np.int16) + rng.integers(-3, 4, size=bg.shape), 0, 255).astype(np.uint8)
-            img, anns = _render(frame_bg, objs, spec.classes, spec.shift, rng)
+            img, anns = _render(frame_bg, objs, spec.classes, spec.shift, rng, spec.masks)
             writer.write(img[..., ::-1])
             _add(coco, f"{name}.mp4#{f}", w, h, anns, video=f"{name}.mp4", frame_index=f,
                  timestamp=round(f / spec.video_fps, 6))

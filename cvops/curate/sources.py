@@ -61,6 +61,10 @@ class Box:
     w: float
     h: float
     origin: str  # file:line (or file#annotation-id) it came from
+    # the instance's segmentation as the file gave it (COCO polygons or RLE, in pixels of the frame the labels
+    # were drawn in); checked only when curate.masks is true
+    segmentation: Any = None
+    mask: Optional[Dict[str, Any]] = None  # after validation: whole-image compressed RLE (cvops.masks)
 
 
 @dataclass
@@ -500,7 +504,7 @@ class _CocoImages:
         if bbox is None:
             self.ledger.add("box", origin, why, _short(a.get("bbox")), boxes=1)
             return
-        item.boxes.append(Box(cats[cat], *bbox, origin))  # type: ignore[union-attr]
+        item.boxes.append(Box(cats[cat], *bbox, origin, segmentation=a.get("segmentation") or None))  # type: ignore[union-attr]
 
     def cover(self) -> None:
         folders = [self.images_root] if self.images_root is not None else sorted(self.bases)
@@ -767,7 +771,7 @@ class _Yolo:
             if isinstance(got, str):
                 self.ledger.add("box", origin, got, line.strip()[:80], boxes=1)
             else:
-                item.meta["normalized_boxes"].append((*got, origin))
+                item.meta["normalized_boxes"].append((*got[:5], origin, got[5]))
 
     def _check_found(self) -> None:
         if self.missing:
@@ -786,11 +790,12 @@ class _Yolo:
 
 
 def yolo_row(parts: Sequence[str], names: Dict[int, str], pose: bool = False) -> Any:
-    """(class name, cx, cy, w, h) of one label line, or the reason it is not a box.
+    """(class name, cx, cy, w, h, segment or None) of one label line, or the reason it is not a box.
 
     ``class cx cy w h`` (a 6th value, a confidence, is ignored); with ``kpt_shape`` in the yaml
     the keypoints after the box are ignored; ``class x1 y1 x2 y2 x3 y3 ...`` (a segment) becomes
-    its bounding box, as Ultralytics reads it for detection.
+    its bounding box, as Ultralytics reads it for detection, and keeps its points (relative to the
+    image) as the instance's polygon.
     """
     try:
         cls = float(parts[0])
@@ -799,18 +804,20 @@ def yolo_row(parts: Sequence[str], names: Dict[int, str], pose: bool = False) ->
         return "label line does not parse"
     if not cls.is_integer():
         return "label line does not parse"
+    segment = None
     if len(vals) in (4, 5) or (pose and len(vals) >= 4):
         box = vals[:4]
     elif len(vals) >= 6 and len(vals) % 2 == 0:
         xs, ys = vals[0::2], vals[1::2]
         box = [(min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)]
+        segment = vals
     else:
         return "label line is not 'class cx cy w h'"
     if not all(math.isfinite(v) for v in box):
         return "label line has a non-finite value (NaN or infinity)"
     if int(cls) not in names:
         return "class index not in data.yaml names"
-    return (names[int(cls)], *box)
+    return (names[int(cls)], *box, segment)
 
 
 # --------------------------------------------------------------------- VOC

@@ -30,9 +30,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from cvops import masks
 from cvops.curate import dedup, split
 from cvops.curate.sources import Item, Ledger, SourceError, account_files, iter_sources, read_source
-from cvops.curate.validate import Sample, check_boxes, open_image, phash, sharpness, yolo_boxes
+from cvops.curate.validate import Sample, check_boxes, check_masks, open_image, phash, sharpness, yolo_boxes
 from cvops.schema import DedupConfig, DedupPolicy, DifferingLabels
 from cvops.stages import StageContext, StageResult
 
@@ -155,7 +156,7 @@ def run(ctx: StageContext) -> StageResult:
         list(dict.fromkeys(class_map.get(c, c) for c in declared))
 
     samples: List[Sample] = []
-    clipped = 0
+    clipped = masks_clipped = 0
     dd = cur.dedup  # choices (policy, differing_labels) are Enums: checked by the schema before the run
     for it, path, w, h, changes, boxes, sha, ph, sharp in _decode(items, work, ledger, dd.policy is DedupPolicy.keep_sharpest):
         if it.declared_size and tuple(it.declared_size) != (w, h):
@@ -167,6 +168,9 @@ def run(ctx: StageContext) -> StageResult:
         kept, n_clipped = check_boxes(it, boxes, w, h, classes, class_map, cur.min_box_size,
                                       cur.clip_boxes, ledger)
         clipped += n_clipped
+        if cur.masks:
+            kept, n_clipped = check_masks(it, kept, w, h, ledger)
+            masks_clipped += n_clipped
         if not kept and not cur.keep_empty and it.boxes is not None:
             ledger.add("image", it.ref, "no boxes left (curate.keep_empty=false)", boxes=0)
             continue
@@ -222,6 +226,8 @@ def run(ctx: StageContext) -> StageResult:
         "boxes_quarantined": ledger.boxes(),
         "boxes_deduplicated": boxes_dedup,
         "boxes_clipped": clipped,
+        **({"masks_kept": sum(1 for s in kept_samples for b in s.boxes if b.mask is not None),
+            "masks_clipped": masks_clipped} if cur.masks else {}),
         "classes": final_classes,
         "unused_classes": unused,
         "splits": {k: splits.count(k) for k in sp.ratios},
@@ -344,7 +350,8 @@ def _cross_split_near_dups(samples: List[Sample], threshold: int) -> int:
 def _version(samples: List[Sample], classes: List[str]) -> str:
     h = hashlib.sha256(json.dumps(classes).encode())
     for s in sorted(samples, key=lambda s: (s.sha256, s.item.ref)):
-        boxes = sorted((b.label, round(b.x, 2), round(b.y, 2), round(b.w, 2), round(b.h, 2)) for b in s.boxes)
+        boxes = sorted((b.label, round(b.x, 2), round(b.y, 2), round(b.w, 2), round(b.h, 2),
+                        b.mask["counts"] if b.mask else "") for b in s.boxes)
         h.update(json.dumps([s.sha256, s.split, boxes]).encode())
     return h.hexdigest()
 
@@ -360,9 +367,11 @@ def _export_coco(samples: List[Sample], classes: List[str], out: Path, split_nam
             image_id = len(coco["images"]) + 1
             coco["images"].append({"id": image_id, "file_name": str(s.filepath), "width": s.width, "height": s.height})
             for b in s.boxes:
-                coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": image_id,
-                                            "category_id": cat[b.label], "bbox": [b.x, b.y, b.w, b.h],
-                                            "area": b.w * b.h, "iscrowd": 0})
+                ann = {"id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": cat[b.label],
+                       "bbox": [b.x, b.y, b.w, b.h], "area": b.w * b.h, "iscrowd": 0}
+                if b.mask is not None:  # COCO's convention: an instance's area is its mask's
+                    ann.update(segmentation=b.mask, area=masks.area(b.mask))
+                coco["annotations"].append(ann)
         (out / f"{name}.json").write_text(json.dumps(coco))
         counts[name] = len(coco["images"])
     return counts
@@ -406,7 +415,9 @@ def _fiftyone(project: str, version: str, samples: List[Sample], classes: List[s
     fo_samples = []
     for s in samples:
         dets = [fo.Detection(label=b.label, bounding_box=[b.x / s.width, b.y / s.height, b.w / s.width,
-                                                          b.h / s.height]) for b in s.boxes]
+                                                          b.h / s.height],
+                             **({"mask": masks.crop(b.mask, [b.x, b.y, b.w, b.h])} if b.mask else {}))
+                for b in s.boxes]
         fields: Dict[str, Any] = {"ground_truth": fo.Detections(detections=dets), "split": s.split,
                                   "source": s.item.source, "original_path": str(s.item.ref),
                                   "sha256": s.sha256, "normalised": s.normalised}

@@ -11,11 +11,14 @@ pixels than ``curate.max_pixels`` (read from the header, before decoding),
 image size different from the annotation's, non-finite coordinate, zero-area
 box, box outside the image (clipped when it overlaps, quarantined when not),
 box smaller than ``curate.min_box_size`` after clipping, class not in
-``data.classes``, duplicate annotation row.
+``data.classes``, duplicate annotation row; with ``curate.masks``, every
+reason :func:`cvops.masks.from_segmentation` names (and masks clipped to the
+image are counted).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -87,7 +90,7 @@ def _exif_boxes(boxes: List[Box], orientation: int, w: int, h: int) -> List[Box]
             x0, y0, x1, y1 = h - y1, w - x1, h - y0, w - x0
         elif orientation == 8:
             x0, y0, x1, y1 = y0, w - x1, y1, w - x0
-        out.append(Box(b.label, x0, y0, x1 - x0, y1 - y0, b.origin))
+        out.append(dataclasses.replace(b, x=x0, y=y0, w=x1 - x0, h=y1 - y0))  # its segmentation: check_masks
     return out
 
 
@@ -211,6 +214,7 @@ def _decode_still(item: Item, boxes: List[Box]) -> Tuple[np.ndarray, List[str], 
             if item.declared_size == (raw_w, raw_h) and (im.size != (raw_w, raw_h) or orientation in (2, 3, 4)):
                 boxes = _exif_boxes(boxes, orientation, raw_w, raw_h)
                 item.declared_size = im.size
+                item.meta["labels_frame"] = (orientation, raw_w, raw_h)  # masks follow in check_masks
         im, conv = _to_rgb8(im)
         return np.asarray(im), changes + conv, boxes
 
@@ -253,13 +257,49 @@ def check_boxes(item: Item, boxes: List[Box], w: int, h: int, classes: Optional[
             ledger.add("box", b.origin, "duplicate annotation row", f"{label} {list(key[1:])}", boxes=1)
             continue
         seen.add(key)
-        kept.append(Box(label, cx0, cy0, cx1 - cx0, cy1 - cy0, b.origin))
+        kept.append(dataclasses.replace(b, label=label, x=cx0, y=cy0, w=cx1 - cx0, h=cy1 - cy0))
     return kept, clipped
 
 
 def yolo_boxes(item: Item, w: int, h: int) -> List[Box]:
-    return [Box(label, (cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h, origin)
-            for label, cx, cy, bw, bh, origin in item.meta.get("normalized_boxes", [])]
+    """YOLO's relative boxes (and segment polygons) in pixels of the w x h image."""
+    out = []
+    for label, cx, cy, bw, bh, origin, *segment in item.meta.get("normalized_boxes", []):
+        seg = segment[0] if segment else None
+        poly = [[v * (w if i % 2 == 0 else h) for i, v in enumerate(seg)]] if seg else None
+        out.append(Box(label, (cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h, origin, segmentation=poly))
+    return out
+
+
+def check_masks(item: Item, boxes: List[Box], w: int, h: int, ledger: Ledger) -> Tuple[List[Box], int]:
+    """Checked instance masks (``curate.masks``): boxes whose segmentation is usable, each with its
+    whole-image RLE in ``mask``, and how many masks were clipped to the image.
+
+    An instance without a segmentation, or whose segmentation cannot be used (see
+    :func:`cvops.masks.from_segmentation`), is a box row naming the reason. Masks drawn on the
+    stored pixels of an EXIF-rotated image are rotated as its boxes were.
+    """
+    from cvops import masks
+
+    frame = item.meta.get("labels_frame")
+    kept: List[Box] = []
+    clipped = 0
+    for b in boxes:
+        if b.segmentation is None:
+            ledger.add("box", b.origin, "instance without a mask (curate.masks=true)",
+                       "give it a segmentation, or set curate.masks=false to train boxes only", boxes=1)
+            continue
+        fw, fh = (frame[1], frame[2]) if frame else (w, h)
+        try:
+            rle, was_clipped = masks.from_segmentation(b.segmentation, fw, fh)
+        except masks.MaskError as e:
+            ledger.add("box", b.origin, e.reason, e.detail, boxes=1)
+            continue
+        if frame:
+            rle = masks.encode(masks.orient(masks.decode(rle), frame[0]))
+        clipped += was_clipped
+        kept.append(dataclasses.replace(b, segmentation=None, mask=rle))
+    return kept, clipped
 
 
 def phash(gray: np.ndarray) -> int:

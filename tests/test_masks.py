@@ -1,0 +1,257 @@
+"""Instance masks through curate: every format in, checked, and out (COCO export, FiftyOne).
+
+The RLE codec is checked against pycocotools (the format's reference), each
+quarantine reason is produced by a file that has it, and hostile segmentations
+(huge coordinates, runs that overrun the image, junk strings) are rows, never a
+crash or a huge allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvops import masks
+from cvops.curate.sources import Box, Item, Ledger
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_curate import _conserved, curate  # noqa: E402,F401  (curate: the fixture running the stage)
+
+
+def _fortran(m):
+    return np.asfortranarray(m.astype(np.uint8))
+
+
+# ------------------------------------------------------------------ codec
+def test_rle_codec_equals_pycocotools():
+    from pycocotools import mask as coco
+
+    rng = np.random.default_rng(0)
+    shapes = [(1, 1), (1, 9), (7, 1), (3000, 4000)] + [tuple(rng.integers(1, 80, 2)) for _ in range(200)]
+    for k, (h, w) in enumerate(shapes):
+        if k % 3 == 0:  # blocks (long runs: multi-group numbers, negative differences)
+            m = np.zeros((h, w), bool)
+            m[rng.integers(0, h):, rng.integers(0, w):] = True
+        else:
+            m = rng.random((h, w)) < rng.random()
+        ref = coco.encode(_fortran(m))
+        mine = masks.encode(m)
+        assert mine["counts"] == ref["counts"].decode() and mine["size"] == [h, w]
+        assert (masks.decode(mine) == m).all()
+        assert masks.area(mine) == int(coco.area(ref))
+        assert (masks.decode({"size": [h, w], "counts": ref["counts"].decode()}) == coco.decode(ref)).all()
+
+
+def test_polygons_rasterise_as_pycocotools_and_clip_to_the_image():
+    from pycocotools import mask as coco
+
+    poly = [[2.5, 3.0, 30.2, 4.0, 25.0, 20.5, 4.0, 18.0]]
+    rle, clipped = masks.from_segmentation(poly, 40, 30)
+    ref = coco.decode(coco.merge(coco.frPyObjects(poly, 30, 40)))
+    assert not clipped and (masks.decode(rle) == ref.astype(bool)).all()
+    # partly outside: clipped to the image, the inside part kept exactly
+    rle, clipped = masks.from_segmentation([[-20, -20, 20, -20, 20, 10, -20, 10]], 40, 30)
+    assert clipped and masks.area(rle) == 20 * 10 and masks.bbox(rle) == [0.0, 0.0, 20.0, 10.0]
+    # a coordinate of 1e12 is clipped before rasterising (no buffer sized by it)
+    rle, clipped = masks.from_segmentation([[1e12, 1e12, -1e12, 5, 3, -1e12]], 40, 30)
+    assert clipped and 0 < masks.area(rle) <= 40 * 30
+
+
+@pytest.mark.parametrize("seg,reason", [
+    ([[1, 2, 3, 4]], "mask polygon with fewer than 3 points"),
+    ([[1, 2, 3, 4, 5]], "mask polygon with fewer than 3 points"),
+    ([[1, 2, float("nan"), 4, 5, 6]], "mask polygon has a non-finite coordinate"),
+    ([[1, 2, float("inf"), 4, 5, 6]], "mask polygon has a non-finite coordinate"),
+    ([[100, 100, 200, 100, 200, 200]], "mask outside the image"),
+    ([[5, 5, 5, 5, 5, 5]], "empty mask"),
+    ([[0, 0] * 200_001], "mask polygon has too many points"),
+    ([["1", 2, 3, 4, 5, 6]], "segmentation is not polygons or RLE"),
+    ([[True, 2, 3, 4, 5, 6]], "segmentation is not polygons or RLE"),
+    ("abc", "segmentation is not polygons or RLE"),
+    (42, "segmentation is not polygons or RLE"),
+    ({"counts": "0"}, "segmentation is not polygons or RLE"),
+    ({"size": [30, 40], "counts": {"a": 1}}, "segmentation is not polygons or RLE"),
+    ({"size": [20, 20], "counts": [400]}, "RLE size differs from the image"),
+    ({"size": [30, 40], "counts": [10, 10]}, "RLE counts do not add up to the image size"),
+    ({"size": [30, 40], "counts": [1200, 5]}, "RLE counts do not add up to the image size"),
+    ({"size": [30, 40], "counts": [-5, 1205]}, "RLE counts do not add up to the image size"),
+    ({"size": [30, 40], "counts": [1200]}, "empty mask"),
+    ({"size": [30, 40], "counts": "0"}, "RLE counts do not add up to the image size"),
+    ({"size": [30, 40], "counts": "\x7f\x7f"}, "RLE counts do not parse"),
+    ({"size": [30, 40], "counts": "o"}, "RLE counts do not parse"),  # ends inside a run
+    ({"size": [30, 40], "counts": "oooooooooooooooo1"}, "RLE counts do not parse"),  # a run beyond any image
+])
+def test_unusable_segmentations_name_their_reason(seg, reason):
+    with pytest.raises(masks.MaskError) as e:
+        masks.from_segmentation(seg, 40, 30)
+    assert e.value.reason.startswith(reason)
+
+
+def test_random_junk_is_a_mask_error_or_a_mask_never_anything_else():
+    rng = random.Random(7)
+    alphabet = [chr(c) for c in range(32, 127)] + ["\x00", "\xff", "é"]
+    for _ in range(3000):
+        pick = rng.random()
+        if pick < 0.4:
+            seg = {"size": [30, 40], "counts": "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))}
+        elif pick < 0.7:
+            seg = {"size": [30, 40], "counts": [rng.randint(-3, 1300) for _ in range(rng.randint(0, 6))]}
+        else:
+            seg = [[rng.uniform(-1e6, 1e6) if rng.random() < 0.3 else rng.uniform(-5, 45)
+                    for _ in range(rng.randint(0, 12))] for _ in range(rng.randint(0, 3))]
+        try:
+            rle, _ = masks.from_segmentation(seg, 40, 30)
+        except masks.MaskError:
+            continue
+        m = masks.decode(rle)
+        assert m.shape == (30, 40) and m.any()
+
+
+# ------------------------------------------------------------------- EXIF
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_masks_drawn_on_stored_pixels_follow_the_exif_rotation(tmp_path, orientation):
+    """The stored pixels are white exactly where the polygon is: after curate rotates the image for
+    display, the instance's mask must cover exactly the white pixels again."""
+    from cvops.curate.validate import check_masks, open_image
+
+    w, h = 64, 40
+    poly = [[6, 4, 40, 8, 30, 30, 10, 26]]
+    stored, _ = masks.from_segmentation(poly, w, h)
+    pixels = (masks.decode(stored) * 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "img.jpg"
+    Image.fromarray(np.stack([pixels] * 3, -1)).save(path, exif=exif.tobytes(), quality=100)
+    item = Item(path, str(path), "coco", [Box("a", 6, 4, 34, 26, "t#1", segmentation=poly)], declared_size=(w, h))
+    ledger = Ledger()
+    _, rgb, _, boxes = open_image(item, tmp_path, ledger)
+    kept, clipped = check_masks(item, boxes, rgb.shape[1], rgb.shape[0], ledger)
+    assert not ledger.rows and len(kept) == 1 and not clipped
+    shown = rgb[..., 0] > 127
+    got = masks.decode(kept[0].mask)
+    assert got.shape == shown.shape and (got != shown).mean() < 0.01  # JPEG edges only
+    x0, y0, bw, bh = masks.bbox(kept[0].mask)
+    b = kept[0]
+    assert abs(b.x - x0) <= 1 and abs(b.y - y0) <= 1 and abs(b.w - bw) <= 2 and abs(b.h - bh) <= 2
+
+
+# ------------------------------------------------------------ through curate
+def _coco_with_masks(root: Path):
+    """A COCO file whose instances carry every mask form and every defect; returns what must come out."""
+    root.mkdir(parents=True)
+    w, h = 48, 32
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):  # two different images (not near duplicates)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / name)
+    block = np.zeros((h, w), bool)
+    block[4:12, 6:20] = True
+    good = {
+        "polygon": ([[6, 20, 30, 20, 30, 30, 6, 30]], [6, 20, 24, 10]),
+        "rle_string": (masks.encode(block), [6, 4, 14, 8]),
+        "rle_list": ({"size": [h, w], "counts": [32 * 30, 5, 27, 5, h * w - 32 * 30 - 10 - 27]}, [30, 0, 2, 5]),
+        "clipped": ([[40, 2, 60, 2, 60, 10, 40, 10]], [40, 2, 8, 8]),
+    }
+    bad = {
+        "no mask": (None, "instance without a mask (curate.masks=true)"),
+        "two points": ([[1, 1, 5, 5]], "mask polygon with fewer than 3 points"),
+        "nan": ([[1, 1, float("nan"), 5, 9, 1]], "mask polygon has a non-finite coordinate (NaN or infinity)"),
+        "size": ({"size": [10, 10], "counts": [100]}, "RLE size differs from the image"),
+        "overrun": ({"size": [h, w], "counts": [10, h * w]}, "RLE counts do not add up to the image size"),
+        "empty": ({"size": [h, w], "counts": [h * w]}, "empty mask"),
+        "outside": ([[100, 100, 120, 100, 120, 120]], "mask outside the image"),
+    }
+    anns = []
+    for k, (seg, box) in enumerate(good.values()):
+        anns.append({"id": k + 1, "image_id": 1, "category_id": 1, "bbox": box, "segmentation": seg, "iscrowd": 0})
+    for k, (seg, _) in enumerate(bad.values()):
+        a = {"id": 100 + k, "image_id": 2, "category_id": 1, "bbox": [2, 2, 10 + k, 10], "iscrowd": 0}
+        if seg is not None:
+            a["segmentation"] = seg
+        anns.append(a)
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": w, "height": h},
+                       {"id": 2, "file_name": "b.png", "width": w, "height": h}],
+            "annotations": anns, "categories": [{"id": 1, "name": "blob"}]}
+    (root / "annotations.json").write_text(json.dumps(coco, allow_nan=True))
+    return good, {r for _, r in bad.values()}, (w, h)
+
+
+def test_coco_masks_in_every_form_checked_exported_and_in_fiftyone(curate, tmp_path):
+    import fiftyone as fo
+    from pycocotools import mask as coco
+
+    good, reasons, (w, h) = _coco_with_masks(tmp_path / "coco")
+    ann = tmp_path / "coco" / "annotations.json"
+    m = curate("data=coco", f"data.path={ann}", "curate.masks=true", "curate.split.ratios={train:1.0}")
+    mt = m["metrics"]
+    _conserved(m)
+    assert mt["masks_kept"] == len(good) == mt["boxes_kept"] and mt["masks_clipped"] == 1
+    assert {r["reason"] for r in m["rows"]} == reasons
+    assert all(r["boxes"] == "1" for r in m["rows"])
+    # the COCO export round-trips every kept mask (clipped to the image); area is the mask's
+    export = json.loads((m["dir"] / "export" / "train.json").read_text())
+    src = {tuple(a["bbox"]): a["segmentation"] for a in json.loads(ann.read_text())["annotations"] if a["image_id"] == 1}
+    assert len(export["annotations"]) == len(good)
+    for a in export["annotations"]:
+        seg = src[tuple(a["bbox"])]
+        if isinstance(seg, dict) and isinstance(seg["counts"], str):  # compressed: pycocotools reads bytes
+            rle = {"size": seg["size"], "counts": seg["counts"].encode()}
+        else:
+            rle = coco.frPyObjects(seg, h, w) if isinstance(seg, dict) else coco.merge(coco.frPyObjects(
+                [[min(max(v, 0), w if i % 2 == 0 else h) for i, v in enumerate(p)] for p in seg], h, w))
+        want = coco.decode(rle).astype(bool)
+        got = coco.decode({"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()})
+        assert (got.astype(bool) == want).all() and a["area"] == int(want.sum())
+    # FiftyOne: instance masks on ground_truth, cropped to each box as the App expects
+    ds = fo.load_dataset(mt["dataset_name"])
+    dets = [d for s in ds for d in s.ground_truth.detections]
+    assert len(dets) == len(good) and all(d.mask is not None for d in dets)
+    for d in dets:
+        x, y, bw, bh = d.bounding_box
+        box = [x * w, y * h, bw * w, bh * h]
+        a = next(a for a in export["annotations"] if np.allclose(a["bbox"], box))
+        assert (d.mask.astype(bool) == masks.crop(a["segmentation"], box)).all()
+
+
+def test_masks_off_keeps_todays_boxes_and_ignores_bad_segmentations(curate, tmp_path):
+    _coco_with_masks(tmp_path / "coco")
+    m = curate("data=coco", f"data.path={tmp_path / 'coco' / 'annotations.json'}", "curate.split.ratios={train:1.0}")
+    assert m["metrics"]["boxes_kept"] == m["metrics"]["boxes_in"] and "masks_kept" not in m["metrics"]
+    export = json.loads((m["dir"] / "export" / "train.json").read_text())
+    assert not any("segmentation" in a for a in export["annotations"])
+
+
+def test_yolo_segment_lines_become_masks(curate, tmp_path):
+    from pycocotools import mask as coco
+
+    root = tmp_path / "y"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    w, h = 40, 20
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(root / "images" / "train" / "a.png")
+    (root / "labels" / "train" / "a.txt").write_text(
+        "0 0.1 0.1 0.5 0.1 0.5 0.9 0.1 0.9\n"  # a segment: x, y relative to the image
+        "0 0.7 0.5 0.2 0.4\n"                  # a box without a mask: quarantined when masks are required
+        "0 0.1 0.1 0.5 0.1\n")                 # 2 points: a 4-value line reads as a box, also without a mask
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nnames: [blob]\n")
+    m = curate("data=yolo", f"data.path={root / 'data.yaml'}", "curate.masks=true", "curate.split.ratios={train:1.0}")
+    _conserved(m)
+    assert m["metrics"]["masks_kept"] == 1
+    assert [r["reason"] for r in m["rows"]] == ["instance without a mask (curate.masks=true)"] * 2
+    a = json.loads((m["dir"] / "export" / "train.json").read_text())["annotations"][0]
+    want = coco.decode(coco.merge(coco.frPyObjects([[4, 2, 20, 2, 20, 18, 4, 18]], h, w))).astype(bool)
+    got = masks.decode(a["segmentation"])
+    assert (got == want).all()
+
+
+def test_generated_data_with_masks_curates_every_mask(curate):
+    m = curate("data=synthetic", "data.synthetic.num_images=12", "data.synthetic.videos=1",
+               "data.synthetic.video_frames=4", "data.synthetic.masks=true", "curate.masks=true")
+    mt = m["metrics"]
+    _conserved(m)
+    assert mt["boxes_quarantined"] == 0 and mt["masks_kept"] == mt["boxes_kept"] > 0
