@@ -128,6 +128,24 @@ def crop(rle: RLE, box: Sequence[float]) -> np.ndarray:
     return m[y0:y1, x0:x1]
 
 
+def fiftyone_mask(rle: RLE, box: Sequence[float]) -> Tuple[List[float], np.ndarray]:
+    """(relative ``bounding_box``, ``mask``) of a FiftyOne ``Detection`` holding this instance mask.
+
+    FiftyOne keeps a mask as the pixels inside its detection's box and infers the image size from
+    their ratio, so the box must be whole pixels: the pixel region covering the box and every mask
+    pixel (a predicted mask may reach past its box), at most half a pixel per side more than the box.
+    The COCO files keep the exact boxes.
+    """
+    m = decode(rle)
+    h, w = m.shape
+    x0, y0, x1, y1 = pixel_region(box, w, h)
+    ys, xs = np.nonzero(m)
+    if len(xs):
+        x0, y0 = min(x0, int(xs.min())), min(y0, int(ys.min()))
+        x1, y1 = max(x1, int(xs.max()) + 1), max(y1, int(ys.max()) + 1)
+    return [x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h], m[y0:y1, x0:x1]
+
+
 def pixel_region(box: Sequence[float], w: int, h: int) -> Tuple[int, int, int, int]:
     """Integer pixel bounds (x0, y0, x1, y1) covering a box ``[x, y, w, h]``, inside a w x h image, never empty."""
     x0 = min(max(0, int(math.floor(box[0]))), w - 1)

@@ -13,6 +13,18 @@ from cvops.detector.coco import coco_eval
 from cvops.evaluate.stage import _to_fiftyone
 
 TOLERANCE = 1e-3  # measured difference is far smaller; see README "One metric contract"
+SEGM_TOLERANCE = 1e-3  # masks: FiftyOne pastes each mask into its box; the same pixels when boxes are whole pixels
+
+
+def _ground_truth(tmp_path, spec):
+    """Generated images and their COCO file (absolute file names) as a test split."""
+    gen = generate(tmp_path / "d", spec, progress=False)
+    coco = json.loads(open(gen["annotations"]).read())
+    for im in coco["images"]:
+        im["file_name"] = str(tmp_path / "d" / im["file_name"])
+    ann_file = tmp_path / "test.json"
+    ann_file.write_text(json.dumps(coco))
+    return coco, ann_file
 
 
 @pytest.fixture
@@ -20,12 +32,7 @@ def fixed_predictions(tmp_path):
     """GT from the generator; predictions = jittered GT, some misses, some false positives."""
     import fiftyone as fo
 
-    gen = generate(tmp_path / "d", SyntheticSpec(num_images=30, videos=0, seed=5), progress=False)
-    coco = json.loads(open(gen["annotations"]).read())
-    for im in coco["images"]:
-        im["file_name"] = str(tmp_path / "d" / im["file_name"])
-    ann_file = tmp_path / "test.json"
-    ann_file.write_text(json.dumps(coco))
+    coco, ann_file = _ground_truth(tmp_path, SyntheticSpec(num_images=30, videos=0, seed=5))
     rng = np.random.default_rng(0)
     dets = []
     for a in coco["annotations"]:
@@ -62,7 +69,7 @@ def test_cvops_map_equals_pycocotools_and_fiftyone(fixed_predictions):
     assert stats["mAP"] == pytest.approx(ref.stats[0], abs=1e-12)
     assert stats["mAP50"] == pytest.approx(ref.stats[1], abs=1e-12)
     assert 0.2 < stats["mAP"] < 0.95  # a real, imperfect score
-    fo_map, results = _to_fiftyone(name, "pred_contract", "eval_contract", {"test": ann_file}, {"test": dets},
+    fo_map, results, _ = _to_fiftyone(name, "pred_contract", "eval_contract", {"test": ann_file}, {"test": dets},
                                    classes)
     assert abs(fo_map - stats["mAP"]) <= TOLERANCE, (fo_map, stats["mAP"])
     per_class = stats["per_class_AP"]
@@ -79,7 +86,7 @@ def test_evaluate_plots(fixed_predictions, tmp_path):
 
     name, ann_file, dets, classes = fixed_predictions
     stats, ev = coco_eval(ann_file, dets)
-    _, results = _to_fiftyone(name, "pred_p", "eval_p", {"test": ann_file}, {"test": dets}, classes)
+    _, results, _ = _to_fiftyone(name, "pred_p", "eval_p", {"test": ann_file}, {"test": dets}, classes)
     out = _plots(tmp_path, classes, ev, results, stats["per_class_AP"])
     assert set(out) == {"per_class_ap", "per_class_ap_csv", "pr_curves", "confusion_matrix"}
     table = (tmp_path / "per_class_ap.md").read_text()
@@ -103,3 +110,69 @@ def test_empty_predictions_score_zero(fixed_predictions):
     name, ann_file, dets, classes = fixed_predictions
     stats, _ = coco_eval(ann_file, [])
     assert stats["mAP"] == 0.0 and stats["mAP50"] == 0.0
+
+
+@pytest.fixture
+def fixed_mask_predictions(tmp_path):
+    """GT masks from the generator; predicted masks = GT masks eroded/dilated/shifted, some misses and
+    false positives; the GT in FiftyOne as instance masks (as curate stores them)."""
+    import cv2
+    import fiftyone as fo
+
+    from cvops import masks
+
+    coco, ann_file = _ground_truth(tmp_path, SyntheticSpec(num_images=24, videos=0, seed=3, masks=True))
+    rng = np.random.default_rng(1)
+    kernel = np.ones((3, 3), np.uint8)
+    dets = []
+    for a in coco["annotations"]:
+        if rng.random() < 0.15:
+            continue
+        m = masks.decode(a["segmentation"]).astype(np.uint8)
+        pick = rng.random()
+        m = cv2.erode(m, kernel) if pick < 0.3 else cv2.dilate(m, kernel) if pick < 0.6 else \
+            np.roll(m, int(rng.integers(-3, 4)), axis=1)
+        if not m.any():
+            continue
+        rle = masks.encode(m.astype(bool))
+        dets.append({"image_id": a["image_id"], "category_id": a["category_id"], "bbox": masks.bbox(rle),
+                     "segmentation": rle, "score": float(rng.uniform(0.3, 1.0))})
+    for im in coco["images"][::3]:
+        m = np.zeros((im["height"], im["width"]), bool)
+        m[5:35, 5:35] = True
+        rle = masks.encode(m)
+        dets.append({"image_id": im["id"], "category_id": int(rng.integers(1, 4)), "bbox": masks.bbox(rle),
+                     "segmentation": rle, "score": float(rng.uniform(0.05, 0.6))})
+    name = f"segm-contract-{uuid.uuid4().hex[:6]}"
+    ds = fo.Dataset(name)
+    samples = []
+    for im in coco["images"]:
+        samples.append(fo.Sample(filepath=im["file_name"], ground_truth=fo.Detections(detections=[
+            fo.Detection(label=coco["categories"][a["category_id"] - 1]["name"],
+                         **dict(zip(("bounding_box", "mask"), masks.fiftyone_mask(a["segmentation"], a["bbox"]))))
+            for a in coco["annotations"] if a["image_id"] == im["id"]])))
+    ds.add_samples(samples)
+    yield name, ann_file, dets, [c["name"] for c in coco["categories"]]
+    fo.delete_dataset(name)
+
+
+def test_mask_map_equals_pycocotools_and_fiftyone(fixed_mask_predictions):
+    """The same contract for instance masks: COCOeval "segm" on the predictions, and FiftyOne's
+    ``use_masks=True`` evaluation of the same masks stored on the detections."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    name, ann_file, dets, classes = fixed_mask_predictions
+    segm, _ = coco_eval(ann_file, [dict(d) for d in dets], "segm")
+    boxes, _ = coco_eval(ann_file, [dict(d) for d in dets], "bbox")
+    gt = COCO(str(ann_file))
+    res = [dict(d, segmentation=dict(d["segmentation"], counts=d["segmentation"]["counts"].encode())) for d in dets]
+    ref = COCOeval(gt, gt.loadRes(res), "segm")
+    ref.evaluate(), ref.accumulate(), ref.summarize()
+    assert segm["mAP"] == pytest.approx(ref.stats[0], abs=1e-12) and segm["mAP50"] == pytest.approx(ref.stats[1])
+    assert 0.2 < segm["mAP"] < 0.95 and segm["mAP"] != pytest.approx(boxes["mAP"])  # masks scored, not boxes
+    fo_box, _, fo_segm = _to_fiftyone(name, "pred_segm", "eval_segm", {"test": ann_file}, {"test": dets}, classes,
+                                      segm=True)
+    assert abs(fo_box - boxes["mAP"]) <= TOLERANCE
+    print(f"segm mAP: cvops {segm['mAP']:.6f} FiftyOne {fo_segm:.6f} box mAP {boxes['mAP']:.6f}")
+    assert abs(fo_segm - segm["mAP"]) <= SEGM_TOLERANCE, (fo_segm, segm["mAP"])

@@ -211,11 +211,15 @@ def test_coco_masks_in_every_form_checked_exported_and_in_fiftyone(curate, tmp_p
     ds = fo.load_dataset(mt["dataset_name"])
     dets = [d for s in ds for d in s.ground_truth.detections]
     assert len(dets) == len(good) and all(d.mask is not None for d in dets)
-    for d in dets:
-        x, y, bw, bh = d.bounding_box
-        box = [x * w, y * h, bw * w, bh * h]
-        a = next(a for a in export["annotations"] if np.allclose(a["bbox"], box))
-        assert (d.mask.astype(bool) == masks.crop(a["segmentation"], box)).all()
+    for d in dets:  # whole-pixel boxes around box and mask; the mask inside, every pixel of it
+        x, y, bw, bh = (v * s for v, s in zip(d.bounding_box, (w, h, w, h)))
+        assert all(abs(v - round(v)) < 1e-9 for v in (x, y, bw, bh))
+        x, y, bw, bh = (int(round(v)) for v in (x, y, bw, bh))
+        a = next(a for a in export["annotations"]
+                 if all(abs(p - q) <= 1 for p, q in zip(a["bbox"], (x, y, bw, bh))))
+        full = masks.decode(a["segmentation"])
+        assert d.mask.shape == (bh, bw) and (d.mask.astype(bool) == full[y:y + bh, x:x + bw]).all()
+        assert d.mask.sum() == full.sum()
 
 
 def test_masks_off_keeps_todays_boxes_and_ignores_bad_segmentations(curate, tmp_path):
@@ -255,3 +259,34 @@ def test_generated_data_with_masks_curates_every_mask(curate):
     mt = m["metrics"]
     _conserved(m)
     assert mt["boxes_quarantined"] == 0 and mt["masks_kept"] == mt["boxes_kept"] > 0
+
+
+# ------------------------------------------------------- train and evaluate
+def test_quickstart_seg_trains_and_scores_masks_and_export_refuses_them(cvops):
+    """The instance-segmentation recipe, shrunk: masks curated, an RTMDet-Ins trained, its predicted masks
+    scored by COCOeval "segm" and by FiftyOne on the same masks; export says it cannot export masks."""
+    import fiftyone as fo
+
+    small = ["recipe=quickstart_seg", "project=segtest", "data.synthetic.num_images=24", "data.synthetic.videos=0",
+             "model.image_size=[128,128]", "train.max_epochs=2", "train.val_interval=1", "tracker=none",
+             "evaluate.score_thr=0.001"]  # an untrained model scores low: keep its predictions to score them
+    r = cvops(*small, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = cvops.run_jsons()[-1]["stages"]
+    assert run["curate"]["metrics"]["masks_kept"] == run["curate"]["metrics"]["boxes_kept"] > 0
+    assert run["train"]["metrics"]["masks"] is True
+    ev = run["evaluate"]["metrics"]
+    assert {"segm_mAP", "segm_mAP50", "segm_per_class_AP", "fiftyone_segm_mAP"} <= set(ev)
+    assert ev["segm_contract_abs_diff"] <= 1e-3
+    preds = json.loads((Path(run["evaluate"]["artifacts"]["dir"]) / "predictions_test.json").read_text())
+    export = json.loads(Path(run["curate"]["artifacts"]["dir"], "export", "test.json").read_text())
+    size = {im["id"]: (im["height"], im["width"]) for im in export["images"]}  # masks at the image's size
+    assert preds and all(masks.decode(p["segmentation"]).shape == size[p["image_id"]] for p in preds)
+    ds = fo.load_dataset(run["curate"]["metrics"]["dataset_name"])
+    field = ev["predictions_field"]
+    assert ds.count(f"{field}.detections.mask") == ds.count(f"{field}.detections") > 0
+    assert ds.count("ground_truth.detections.mask") == run["curate"]["metrics"]["boxes_kept"]
+    fo.delete_dataset(ds.name)
+
+    r = cvops(*small, "stages=[curate,train,evaluate,export]", timeout=600)  # the rest cached
+    assert r.returncode != 0 and "cannot export masks yet" in r.stdout + r.stderr

@@ -414,10 +414,14 @@ def _fiftyone(project: str, version: str, samples: List[Sample], classes: List[s
     ds.default_classes = classes
     fo_samples = []
     for s in samples:
-        dets = [fo.Detection(label=b.label, bounding_box=[b.x / s.width, b.y / s.height, b.w / s.width,
-                                                          b.h / s.height],
-                             **({"mask": masks.crop(b.mask, [b.x, b.y, b.w, b.h])} if b.mask else {}))
-                for b in s.boxes]
+        dets = []
+        for b in s.boxes:
+            if b.mask is None:
+                dets.append(fo.Detection(label=b.label, bounding_box=[b.x / s.width, b.y / s.height,
+                                                                      b.w / s.width, b.h / s.height]))
+            else:  # an instance mask: its box in whole pixels (masks.fiftyone_mask)
+                box, mask = masks.fiftyone_mask(b.mask, [b.x, b.y, b.w, b.h])
+                dets.append(fo.Detection(label=b.label, bounding_box=box, mask=mask))
         fields: Dict[str, Any] = {"ground_truth": fo.Detections(detections=dets), "split": s.split,
                                   "source": s.item.source, "original_path": str(s.item.ref),
                                   "sha256": s.sha256, "normalised": s.normalised}

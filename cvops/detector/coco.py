@@ -1,4 +1,4 @@
-"""COCO evaluation: the one mAP contract of evaluate and export (pycocotools' COCOeval, bbox).
+"""COCO evaluation: the one mAP contract of evaluate and export (pycocotools' COCOeval, bbox and segm).
 
 Also the conversions between :class:`cvops.detector.runtime.Detections` and COCO results.
 """
@@ -12,8 +12,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 from cvops.detector.runtime import Detections
 
 
-def coco_eval(ann_file: Path, dets: List[Dict[str, Any]]) -> Tuple[Dict[str, Any], Any]:
-    """pycocotools' COCOeval: headline numbers, per-class AP and the evaluator."""
+def coco_eval(ann_file: Path, dets: List[Dict[str, Any]], iou_type: str = "bbox") -> Tuple[Dict[str, Any], Any]:
+    """pycocotools' COCOeval (``iou_type`` "bbox", or "segm" for masks): headline numbers, per-class AP and
+    the evaluator."""
     import contextlib
     import io
 
@@ -22,11 +23,11 @@ def coco_eval(ann_file: Path, dets: List[Dict[str, Any]]) -> Tuple[Dict[str, Any
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(ann_file))
-        dt = gt.loadRes(dets) if dets else COCO()
+        dt = gt.loadRes([dict(d) for d in dets]) if dets else COCO()  # loadRes adds keys: not to the caller's
         if not dets:
             dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
             dt.createIndex()
-        ev = COCOeval(gt, dt, "bbox")
+        ev = COCOeval(gt, dt, iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()

@@ -12,8 +12,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 
 def load_model(config: Path, checkpoint: Optional[Path], device: str = "cpu",
-               test_cfg: Optional[Dict[str, Any]] = None) -> Tuple[Any, Any]:
-    """The mmengine Config and the built detector with its weights (eval mode)."""
+               test_cfg: Optional[Dict[str, Any]] = None, max_score_thr: Optional[float] = None) -> Tuple[Any, Any]:
+    """The mmengine Config and the built detector with its weights (eval mode); ``max_score_thr`` lowers the
+    model's own score thresholds to at most that value."""
     from mmdet.apis import init_detector
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
@@ -27,6 +28,8 @@ def load_model(config: Path, checkpoint: Optional[Path], device: str = "cpu",
     cfg = Config.fromfile(str(config))
     if test_cfg:
         apply_test_cfg(cfg, **test_cfg)
+    if max_score_thr is not None:
+        _lower_score_thr(cfg.model.get("test_cfg"), max_score_thr)
     model = init_detector(cfg, str(checkpoint) if checkpoint else None, device=device)
     model.eval()
     return cfg, model
@@ -44,19 +47,35 @@ def apply_test_cfg(cfg: Any, score_thr: float, iou_thr: float, max_det: int) -> 
         tc["min_bbox_size"] = 0
 
 
+def _lower_score_thr(node: Any, score_thr: float) -> None:
+    """Every ``score_thr`` of a test_cfg (nested ones too, e.g. Faster R-CNN's ``rcnn``) at most ``score_thr``
+    (the config object the built model reads)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "score_thr" and isinstance(v, (int, float)):
+                node[k] = min(float(v), float(score_thr))
+            else:
+                _lower_score_thr(v, score_thr)
+
+
 def predict(config: Path, checkpoint: Path, ann_file: Path, device: str, score_thr: float,
             max_det: int, iou_thr: Optional[float] = None) -> List[Dict[str, Any]]:
-    """COCO-format detections of a checkpoint on one exported split.
+    """COCO-format detections of a checkpoint on one exported split (with a ``segmentation`` RLE per
+    detection when the model predicts instance masks).
 
     With ``iou_thr``, the model's own post-processing uses (score_thr, iou_thr,
     max_det) too: the like-for-like reference for an exported graph.
     """
     import torch
     from mmengine.runner import Runner
+
+    from cvops import masks as rle
     from cvops.console import track
 
     test_cfg = dict(score_thr=score_thr, iou_thr=iou_thr, max_det=max_det) if iou_thr is not None else None
-    cfg, model = load_model(config, checkpoint, device, test_cfg=test_cfg)
+    # without a like-for-like test_cfg, the model's own score threshold must not hide what score_thr asks for
+    cfg, model = load_model(config, checkpoint, device, test_cfg=test_cfg,
+                            max_score_thr=score_thr if test_cfg is None else None)
     loader_cfg = cfg.test_dataloader
     loader_cfg.dataset.ann_file = str(ann_file)
     loader_cfg.num_workers, loader_cfg.persistent_workers = 0, False
@@ -70,7 +89,11 @@ def predict(config: Path, checkpoint: Path, ann_file: Path, device: str, score_t
                 keep = p.scores >= score_thr
                 boxes, scores, labels = p.bboxes[keep], p.scores[keep], p.labels[keep]
                 order = scores.argsort(descending=True)[:max_det]
-                for b, s, lab in zip(boxes[order].tolist(), scores[order].tolist(), labels[order].tolist()):
+                masks = p.masks[keep][order].cpu().numpy() if "masks" in p else None  # instance segmentation
+                for k, (b, s, lab) in enumerate(zip(boxes[order].tolist(), scores[order].tolist(),
+                                                    labels[order].tolist())):
                     out.append({"image_id": int(sample.img_id), "category_id": cat_ids[lab],
                                 "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)})
+                    if masks is not None:
+                        out[-1]["segmentation"] = rle.encode(masks[k])
     return out

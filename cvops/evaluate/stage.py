@@ -5,7 +5,10 @@ One metric contract: cvops' mAP *is* pycocotools' COCOeval (IoU 0.50:0.95,
 predictions; the same predictions are written to the project's FiftyOne
 dataset and scored there with ``evaluate_detections(method="coco",
 compute_mAP=True)``, and both numbers are recorded (``fiftyone_mAP``,
-``contract_abs_diff``) so any disagreement is visible, not hidden.
+``contract_abs_diff``) so any disagreement is visible, not hidden. An
+instance-segmentation model is scored on its masks the same way (``segm_mAP``
+from COCOeval "segm", ``fiftyone_segm_mAP`` from ``use_masks=True``,
+``segm_contract_abs_diff``), beside its box mAP.
 
 Artifacts: ``predictions_<split>.json`` (COCO results format), ``per_class_ap.csv``
 and ``.md``, ``pr_curves.png`` (IoU 0.5), ``confusion_matrix.png`` (from
@@ -20,7 +23,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -33,8 +36,10 @@ log = logging.getLogger(__name__)  # details: cvops.log (the console shows its w
 
 
 def _to_fiftyone(dataset: str, field: str, key: str, exports: Dict[str, Path], preds: Dict[str, List[Dict[str, Any]]],
-                 classes: List[str]) -> Tuple[float, Any]:
-    """Write predictions as ``field`` and run FiftyOne's COCO evaluation on the test split."""
+                 classes: List[str], segm: bool = False) -> Tuple[float, Any, Optional[float]]:
+    """Write predictions as ``field`` and run FiftyOne's COCO evaluation on the test split: box mAP, its
+    results, and (predictions with masks) mask mAP (``use_masks``, evaluation ``<key>_segm``)."""
+    from cvops import masks
     from cvops.fo import connect, load_dataset
 
     fo = connect()
@@ -51,10 +56,16 @@ def _to_fiftyone(dataset: str, field: str, key: str, exports: Dict[str, Path], p
         for image_id, ds_ in per_image.items():
             im = images[image_id]
             w, h = im["width"], im["height"]
-            by_path[im["file_name"]] = fo.Detections(detections=[
-                fo.Detection(label=names[d["category_id"]], confidence=d["score"],
-                             bounding_box=[d["bbox"][0] / w, d["bbox"][1] / h, d["bbox"][2] / w, d["bbox"][3] / h])
-                for d in ds_])
+            dets = []
+            for d in ds_:
+                if segm and "segmentation" in d:  # the box of a FiftyOne mask is whole pixels (masks.fiftyone_mask)
+                    box, mask = masks.fiftyone_mask(d["segmentation"], d["bbox"])
+                    dets.append(fo.Detection(label=names[d["category_id"]], confidence=d["score"], bounding_box=box,
+                                             mask=mask))
+                else:
+                    dets.append(fo.Detection(label=names[d["category_id"]], confidence=d["score"], bounding_box=[
+                        d["bbox"][0] / w, d["bbox"][1] / h, d["bbox"][2] / w, d["bbox"][3] / h]))
+            by_path[im["file_name"]] = fo.Detections(detections=dets)
     view = ds.select_by("filepath", list(by_path))
     view.set_values(field, by_path, key_field="filepath")
     if key in ds.list_evaluations():
@@ -62,7 +73,14 @@ def _to_fiftyone(dataset: str, field: str, key: str, exports: Dict[str, Path], p
     test = ds.select_by("filepath", [im["file_name"] for im in json.loads(exports["test"].read_text())["images"]])
     results = test.evaluate_detections(field, gt_field="ground_truth", eval_key=key, method="coco",
                                        compute_mAP=True, classes=classes, progress=False)
-    return float(results.mAP()), results
+    segm_map = None
+    if segm:
+        if f"{key}_segm" in ds.list_evaluations():
+            ds.delete_evaluation(f"{key}_segm")
+        segm_map = float(test.evaluate_detections(field, gt_field="ground_truth", eval_key=f"{key}_segm", method="coco",
+                                              use_masks=True, compute_mAP=True, classes=classes,
+                                              progress=False).mAP())
+    return float(results.mAP()), results, segm_map
 
 
 def app_view_name(field: str, thr: float) -> str:
@@ -99,6 +117,7 @@ def run(ctx: StageContext) -> StageResult:
     load_dataset(curate.metrics["dataset_name"], f"curate artifact {curate.fingerprint[:12]}")  # before any work
     device = "cuda:0" if torch.cuda.is_available() and ctx.config.train.device is not Device.cpu else "cpu"
     preds, stats, evals = {}, {}, {}
+    segm = bool(train.metrics.get("masks"))
     for split in ev.splits:
         if split not in exports:
             raise ValueError(f"evaluate.splits: no '{split}' split; curated splits are {list(exports)}")
@@ -106,6 +125,8 @@ def run(ctx: StageContext) -> StageResult:
                                ev.score_thr, ev.max_det)
         (work / f"predictions_{split}.json").write_text(json.dumps(preds[split]))
         stats[split], evals[split] = coco_eval(exports[split], preds[split])
+        if segm:  # an instance-segmentation model: mask mAP too
+            stats[split]["segm"] = coco_eval(exports[split], preds[split], "segm")[0]
     model_tag = re.sub(r"[^A-Za-z0-9_]", "_", f"{ctx.config.model.name}_{train.fingerprint[:8]}")
     field, key = f"pred_{model_tag}", f"eval_{model_tag}"
     test = stats.get("test", {})
@@ -115,11 +136,20 @@ def run(ctx: StageContext) -> StageResult:
         "val_mAP": stats.get("val", {}).get("mAP"), "val_mAP50": stats.get("val", {}).get("mAP50"),
         "predictions_field": field, "eval_key": key,
     }
+    if "segm" in test:
+        segm = test["segm"]
+        metrics.update(segm_mAP=segm["mAP"], segm_mAP50=segm["mAP50"], segm_mAP75=segm["mAP75"],
+                       segm_per_class_AP=segm["per_class_AP"],
+                       val_segm_mAP=stats.get("val", {}).get("segm", {}).get("mAP"))
     artifacts = {f"predictions_{s}": f"predictions_{s}.json" for s in preds}
     if "test" in preds:
-        fo_map, results = _to_fiftyone(curate.metrics["dataset_name"], field, key, exports, preds, classes)
+        fo_map, results, fo_segm = _to_fiftyone(curate.metrics["dataset_name"], field, key, exports, preds, classes,
+                                                segm)
         metrics["fiftyone_mAP"] = fo_map
         metrics["contract_abs_diff"] = abs(fo_map - (test["mAP"] or 0.0))
+        if fo_segm is not None:
+            metrics["fiftyone_segm_mAP"] = fo_segm
+            metrics["segm_contract_abs_diff"] = abs(fo_segm - (metrics.get("segm_mAP") or 0.0))
         metrics["app_view"] = save_app_view(curate.metrics["dataset_name"], field, ev.confusion_score_thr)
         if ev.plots:
             artifacts.update(_plots(work, classes, evals["test"], results, test["per_class_AP"],
@@ -127,6 +157,9 @@ def run(ctx: StageContext) -> StageResult:
     log.info("  evaluate: test mAP %.4f (mAP50 %.4f), val mAP %.4f; FiftyOne mAP %.4f; field %s",
              metrics["mAP"] or 0, metrics["mAP50"] or 0, metrics["val_mAP"] or 0, metrics.get("fiftyone_mAP") or 0,
              field)
+    if "segm_mAP" in metrics:
+        log.info("  evaluate: test mask mAP %.4f (mAP50 %.4f); FiftyOne mask mAP %.4f", metrics["segm_mAP"] or 0,
+                 metrics["segm_mAP50"] or 0, metrics.get("fiftyone_segm_mAP") or 0)
     return StageResult(artifacts, metrics, reports=[r for r in artifacts.values() if not r.startswith("predictions_")])
 
 

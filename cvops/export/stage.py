@@ -228,6 +228,10 @@ def run(ctx: StageContext) -> StageResult:
     ex = ctx.config.export
     _check(ex)
     curate, train = ctx.inputs["curate"], ctx.inputs["train"]
+    if train.metrics.get("masks"):  # a graph of boxes only would drop the masks without a word
+        raise ValueError(f"export: {ctx.config.model.name} predicts instance masks, and cvops cannot export "
+                         "masks yet (boxes, scores and labels only; issue #13). Run stages=[curate,train,evaluate] "
+                         "for this model, or train a detection model to export")
     work = ctx.workdir
     thr = Thresholds(max_det=ex.max_det, score_thr=ex.score_thr, iou_thr=ex.iou_thr)
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -99,6 +99,26 @@ def _set_scale_jitter(cfg: Any, model_name: str, jitter: Sequence[float]) -> Non
                                f"({' or '.join(JITTER_KEYS)}) to set; leave train.scale_jitter null for this model")
 
 
+def trains_masks(cfg: Any) -> bool:
+    """Whether a base config trains instance masks (its training pipeline loads them)."""
+    return any(d.get("type") == "LoadAnnotations" and d.get("with_mask")
+               for d in _walk([cfg.get("train_dataloader", {}), cfg.get("train_pipeline", [])]))
+
+
+def _use_mask_bitmaps(cfg: Any, model_name: str, train_export: Path) -> None:
+    """Instance-mask models: the curated masks are RLE, which mmdet reads as bitmaps (``poly2mask``)."""
+    import json
+
+    anns = json.loads(Path(train_export).read_text())["annotations"]
+    if any("segmentation" not in a for a in anns):
+        raise TrainConfigError(f"model.mmdet_config={model_name} trains instance masks, but the curated data has "
+                               "boxes without masks: set curate.masks=true (with data that has segmentations: "
+                               "COCO polygons/RLE, YOLO segment lines, data.synthetic.masks=true)")
+    for d in _walk([cfg[k] for k in cfg.keys()]):
+        if d.get("type") == "LoadAnnotations" and d.get("with_mask"):
+            d["poly2mask"] = True
+
+
 def _innermost_dataset(ds: Dict[str, Any]) -> Dict[str, Any]:
     while "dataset" in ds and "ann_file" not in ds:
         ds = ds["dataset"]
@@ -237,9 +257,12 @@ def build(model: ModelConfig, train: TrainConfig, classes: Sequence[str], export
         dl["persistent_workers"] = workers > 0
         if split != "train" or "sampler" not in dl:
             dl["sampler"] = dict(type="DefaultSampler", shuffle=split == "train")
+    masked = trains_masks(cfg)
+    if masked:
+        _use_mask_bitmaps(cfg, model.mmdet_config, exports["train"])
     for ev, split in (("val_evaluator", "val"), ("test_evaluator", "test")):
-        cfg[ev] = dict(type="CocoMetric", ann_file=str(exports[split]), metric="bbox", format_only=False,
-                       classwise=True, backend_args=None)
+        cfg[ev] = dict(type="CocoMetric", ann_file=str(exports[split]), metric=["bbox", "segm"] if masked else "bbox",
+                       format_only=False, classwise=True, backend_args=None)
 
     # schedule
     epochs = train.max_epochs

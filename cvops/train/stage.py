@@ -142,7 +142,9 @@ def run(ctx: StageContext) -> StageResult:
     else:
         quiet_runner(cfg).train()
     seconds = time.perf_counter() - t0
-    return _collect(work, seconds)
+    result = _collect(work, seconds)
+    result.metrics["masks"] = mmconfig.trains_masks(cfg)  # an instance-segmentation model: evaluate scores masks
+    return result
 
 
 def quiet_runner(cfg: Any) -> Any:
@@ -208,6 +210,7 @@ def _collect(work: Path, seconds: float) -> StageResult:
         "final_loss": train_rows[-1]["loss"] if train_rows else None,
         "best_val_mAP": best_row.get("coco/bbox_mAP"),
         "best_val_mAP50": best_row.get("coco/bbox_mAP_50"),
+        **({"best_val_segm_mAP": best_row.get("coco/segm_mAP")} if "coco/segm_mAP" in best_row else {}),
         "best_epoch": best_row.get("step"),
         "seconds": round(seconds, 1),
         "best_checkpoint": best_ckpt.name,
