@@ -44,8 +44,10 @@ def counts_from_string(s: str, limit: int) -> List[int]:
 
     ``limit`` (the image's pixel count) bounds every run, so a hostile string never yields a huge number.
     """
+    if len(s) > 13 * (limit + 1):  # more characters than the runs of any image this size can need
+        raise MaskError("RLE counts do not add up to the image size", f"{len(s)} characters for {limit} pixels")
     counts: List[int] = []
-    x = k = 0
+    x = k = total = 0
     more = False
     for ch in s:
         c = ord(ch) - 48
@@ -62,9 +64,12 @@ def counts_from_string(s: str, limit: int) -> List[int]:
             x |= -1 << (5 * k)
         if len(counts) > 2:
             x += counts[-2]
-        if not 0 <= x <= limit:
+        total += x
+        if not 0 <= x <= limit or total > limit:
             raise MaskError("RLE counts do not add up to the image size",
-                            f"run {len(counts)} is {x} (pixels: {limit})")
+                            f"run {len(counts)} is {x}, {total} pixels so far (image: {limit})")
+        if x == 0 and counts:  # only the first run (zeros before the first mask pixel) may be empty
+            raise MaskError("RLE counts do not parse", f"run {len(counts)} is empty")
         counts.append(x)
         x = k = 0
     if more:
@@ -121,13 +126,6 @@ def area(rle: RLE) -> int:
     return int(sum(_runs(rle)[2][1::2]))
 
 
-def crop(rle: RLE, box: Sequence[float]) -> np.ndarray:
-    """The mask inside the pixels a box ``[x, y, w, h]`` covers (what FiftyOne's ``Detection.mask`` holds)."""
-    m = decode(rle)
-    x0, y0, x1, y1 = pixel_region(box, m.shape[1], m.shape[0])
-    return m[y0:y1, x0:x1]
-
-
 def fiftyone_mask(rle: RLE, box: Sequence[float]) -> Tuple[List[float], np.ndarray]:
     """(relative ``bounding_box``, ``mask``) of a FiftyOne ``Detection`` holding this instance mask.
 
@@ -153,19 +151,6 @@ def pixel_region(box: Sequence[float], w: int, h: int) -> Tuple[int, int, int, i
     x1 = max(min(w, int(math.ceil(box[0] + box[2]))), x0 + 1)
     y1 = max(min(h, int(math.ceil(box[1] + box[3]))), y0 + 1)
     return x0, y0, x1, y1
-
-
-def from_crop(mask: np.ndarray, box: Sequence[float], w: int, h: int) -> RLE:
-    """Whole-image RLE of a mask given inside a box's pixel region (the inverse of :func:`crop`)."""
-    full = np.zeros((h, w), dtype=bool)
-    x0, y0, x1, y1 = pixel_region(box, w, h)
-    m = np.asarray(mask).astype(bool)
-    if m.shape != (y1 - y0, x1 - x0):  # a mask at another resolution than its box (FiftyOne allows it)
-        import cv2
-
-        m = cv2.resize(m.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST).astype(bool)
-    full[y0:y1, x0:x1] = m
-    return encode(full)
 
 
 # ------------------------------------------------------------------ polygons

@@ -86,6 +86,9 @@ def test_polygons_rasterise_as_pycocotools_and_clip_to_the_image():
     ({"size": [30, 40], "counts": "\x7f\x7f"}, "RLE counts do not parse"),
     ({"size": [30, 40], "counts": "o"}, "RLE counts do not parse"),  # ends inside a run
     ({"size": [30, 40], "counts": "oooooooooooooooo1"}, "RLE counts do not parse"),  # a run beyond any image
+    ({"size": [30, 40], "counts": "0" * 10_000_000}, "RLE counts do not add up"),  # refused before parsing
+    ({"size": [30, 40], "counts": "a0" + "0" * 20}, "RLE counts do not parse"),  # empty runs after the first
+    ({"size": [30, 40], "counts": "T1" * 500}, "RLE counts do not add up"),  # stops at the first overrun
 ])
 def test_unusable_segmentations_name_their_reason(seg, reason):
     with pytest.raises(masks.MaskError) as e:
