@@ -27,8 +27,9 @@ class StoreError(OSError):
     """The store cannot be used (not writable, or a lock timed out)."""
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the whole new one."""
+def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
+    """Write JSON so that readers see the old file or the whole new one (``durable``: on disk before the
+    rename, so a power cut leaves the old file or the new one, never an empty one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -37,7 +38,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
             json.dump(data, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

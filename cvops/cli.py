@@ -55,7 +55,8 @@ def _task(cfg: DictConfig) -> Optional[float]:
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
     try:
-        check_safe(cfg, [])  # again per job: a sweep's values reach each job's config here
+        if multirun or not _HANDED_OVER:  # again per job: a sweep's values reach each job's config here (one job's
+            check_safe(cfg, [])           # config is the preflight's own, checked there)
         runner = Runner(cfg, run_dir, recipe=hc.runtime.choices.get("recipe"))
         try:
             return runner.run().headline()["value"]
@@ -93,6 +94,9 @@ def _print_summary(runner: object) -> None:
     for line in lines:
         log.info("%s", line)
 
+
+#: True once Hydra's main took the preflight's composed (and checked) config as its one job's config
+_HANDED_OVER = False
 
 _hydra_main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_task)
 
@@ -165,7 +169,9 @@ def _run_on(composed: DictConfig, overrides: List[str]) -> None:
         extra = list(overrides[len(line):])
         if (pending and config_name == "config" and run_mode == RunMode.RUN and list(overrides[:len(line)]) == line
                 and extra in ([], ["hydra.mode=RUN"])):
+            global _HANDED_OVER
             cfg = pending.pop()
+            _HANDED_OVER = True
             ConfigLoaderImpl._apply_overrides_to_config(OverridesParser.create().parse_overrides(extra), cfg)
             cfg.hydra.overrides.hydra.extend(extra)
             return cfg
@@ -197,6 +203,10 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise ConfigError("--experimental-rerun is not a cvops option: it unpickles a file, which can run code. "
                               "Rerun a job from its recipe and overrides (run.json lists them)")
         composed = None
+        if not informational and args.cfg is None:  # a run: run.json's git commit, found while composing
+            from cvops.manifest import prefetch_git_sha
+
+            prefetch_git_sha()
         if informational:
             _check_safe_if_composable(args.overrides)
         else:

@@ -15,8 +15,12 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
+import re
 import subprocess
+import sys
+import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -32,20 +36,69 @@ TRACKED = ("torch", "mmdet", "mmcv", "mmengine", "fiftyone", "onnxruntime", "ten
 
 
 @lru_cache(maxsize=1)
+def _installed() -> Dict[str, str]:
+    """Normalised distribution name -> version, from the ``*.dist-info`` folder names on ``sys.path`` (the
+    first entry that has a distribution wins, as for imports); one directory listing per entry instead of
+    a metadata search per name."""
+    found: Dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for n in names:
+            if n.endswith(".dist-info") and "-" in n:
+                name, _, version = n[: -len(".dist-info")].rpartition("-")
+                found.setdefault(_normal(name), version)
+    return found
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def dist_version(name: str) -> Optional[str]:
+    """Installed version of distribution ``name`` (None when it is not installed); nothing is imported."""
+    v = _installed().get(_normal(name))
+    if v is not None:
+        return v
+    try:  # an egg-info or otherwise unusual installation: ask importlib's full search
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@lru_cache(maxsize=1)
 def versions() -> Dict[str, Optional[str]]:
     """Versions of the stack, read from package metadata (nothing is imported)."""
     out: Dict[str, Optional[str]] = {"python": platform.python_version()}
     for dist in TRACKED:
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
+        out[dist] = dist_version(dist)
     return out
 
 
-@lru_cache(maxsize=1)
+_GIT: Dict[str, Any] = {}
+
+
+def prefetch_git_sha() -> None:
+    """Start :func:`git_sha` in the background (two ``git`` processes), so that ``run.json`` does not wait."""
+    if "thread" not in _GIT:
+        t = threading.Thread(target=lambda: _GIT.setdefault("sha", _git_sha()), name="cvops-git", daemon=True)
+        _GIT["thread"] = t
+        t.start()
+
+
 def git_sha() -> Optional[str]:
     """Commit of the cvops checkout, with ``-dirty`` when it has local changes."""
+    t = _GIT.get("thread")
+    if t is not None:
+        t.join(timeout=10)
+    if "sha" not in _GIT:
+        _GIT["sha"] = _git_sha()
+    return _GIT["sha"]
+
+
+def _git_sha() -> Optional[str]:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
@@ -125,7 +178,9 @@ class RunManifest:
         self.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.data["seconds"] = round(time.perf_counter() - self._t0, 3)
         self.data["headline"] = self.headline()
-        self._write()
+        self._write(durable=True)
 
-    def _write(self) -> None:
-        write_json_atomic(self.path, self.data)
+    def _write(self, durable: bool = False) -> None:
+        # progress rewrites are atomic but not synced (a crash mid-run leaves an older progress record);
+        # the finished record is synced
+        write_json_atomic(self.path, self.data, durable=durable)

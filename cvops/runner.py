@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import importlib.metadata
 import importlib.util
 import inspect
 import json
@@ -36,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvops.artifacts import Artifact, ArtifactStore, StoreError
 from cvops.config import ConfigError, to_container
-from cvops.manifest import RunManifest
+from cvops.manifest import RunManifest, dist_version
 from cvops.stages import (BUILTIN_NAMES, Stage, StageContext, StageFn, StageResult, declared, graph,
                           typed_view)
 
@@ -85,6 +84,7 @@ def _drop(d: Dict[str, Any], dotted: str) -> None:
         d.pop(parts[-1], None)
 
 
+@functools.lru_cache(maxsize=None)
 def _module_file(module: str) -> Optional[Path]:
     """The source file of a ``cvops.*`` module (a package's ``__init__.py``), without importing it."""
     parts = module.split(".")
@@ -144,24 +144,35 @@ def source_closure(roots: Sequence[Path]) -> List[Path]:
     todo = [p.resolve() for p in roots]
     while todo:
         f = todo.pop()
-        if f in seen or not f.is_file():
+        if f in seen:
             continue
-        try:
-            rel = f.relative_to(PKG_DIR)
-        except ValueError:  # a plug-in's file outside cvops: itself only
-            seen[f] = None
+        if PKG_DIR not in f.parents:  # a plug-in's file outside cvops: itself only
+            if f.is_file():
+                seen[f] = None
             continue
-        if str(rel) in PLUMBING:
+        if not f.is_file() or str(f.relative_to(PKG_DIR)) in PLUMBING:
             continue
         seen[f] = None
-        for i in range(len(rel.parts)):
-            init = PKG_DIR.joinpath(*rel.parts[:i], "__init__.py")
-            todo.append(init)
-        for mod in _imports(f):
-            p = _module_file(mod)
-            if p is not None:
-                todo.append(p.resolve())
+        todo += _depends(f)
     return sorted(seen)
+
+
+def clear_code_caches() -> None:
+    """Forget the import scans of this process (for tests that edit cvops files or move ``PKG_DIR``)."""
+    for f in (_imports, _module_file, _depends):
+        f.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def _depends(f: Path) -> List[Path]:
+    """The cvops files one cvops file brings in: its packages' ``__init__.py`` and the modules it imports."""
+    rel = f.relative_to(PKG_DIR)
+    out = [PKG_DIR.joinpath(*rel.parts[:i], "__init__.py") for i in range(len(rel.parts))]
+    for mod in _imports(f):
+        p = _module_file(mod)
+        if p is not None:
+            out.append(p)
+    return out
 
 
 def _roots(stage: Stage, fn: Optional[StageFn]) -> List[Path]:
@@ -200,10 +211,7 @@ def code_version(stage: Stage, fn: Optional[StageFn]) -> str:
             h.update(f.name.encode())
         h.update(f.read_bytes())
     for lib in stage.libraries:
-        try:
-            h.update(f"{lib}=={importlib.metadata.version(lib)}".encode())
-        except importlib.metadata.PackageNotFoundError:
-            h.update(f"{lib}==none".encode())
+        h.update(f"{lib}=={dist_version(lib) or 'none'}".encode())
     return h.hexdigest()[:16]
 
 
@@ -220,7 +228,7 @@ def fingerprints(cfg: DictConfig) -> Dict[str, Dict[str, Any]]:
         keyed = {key: to_container(cfg, key) for key in stage.sections}
         for ex in stage.exclude:
             _drop(keyed, ex)
-        fn = implementation(name)
+        fn = _REGISTRY.get(name)  # a registered function's own module is its code; a declared stage is not imported here
         payload = {
             "stage": name,
             "config": json.loads(_canonical(keyed)),
@@ -230,7 +238,7 @@ def fingerprints(cfg: DictConfig) -> Dict[str, Dict[str, Any]]:
         if stage.external:
             payload["external"] = _external(stage, cfg)
         fp = hashlib.sha256(_canonical(payload).encode()).hexdigest()[:16]
-        out[name] = {"fingerprint": fp, "stage": stage, "implementation": fn, **payload}
+        out[name] = {"fingerprint": fp, "stage": stage, **payload}
     return out
 
 
@@ -399,7 +407,12 @@ class Runner:
                     self._skip(name, fp, why)
                     blocked[name] = "was not built"
                     continue
-                fn = fps[name]["implementation"]
+                cached = self.store.get(name, fp) if stage.cacheable else None
+                if cached is not None:  # a stored artifact needs no code: the stage's module is not even imported
+                    done[name] = cached
+                    self._cached(cached, time.perf_counter(), "in the store")
+                    continue
+                fn = implementation(name)
                 if fn is None:
                     why = f"the {name} stage is not implemented in this cvops version yet (issue #{stage.issue})"
                     self._skip(name, fp, why)

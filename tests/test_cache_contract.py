@@ -222,7 +222,7 @@ def test_every_module_moves_exactly_its_importers_and_downstream(cfg, tmp_path, 
     copy_root = tmp_path / "cvops"
     shutil.copytree(PKG, copy_root, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(runner, "PKG_DIR", copy_root)
-    runner._imports.cache_clear()
+    runner.clear_code_caches()
     g = graph(cfg)
     closures = {s.name: closure(s.name, copy_root) for s in BUILTIN}
     base = runner.fingerprints(cfg)
@@ -231,7 +231,7 @@ def test_every_module_moves_exactly_its_importers_and_downstream(cfg, tmp_path, 
     for f in files:
         original = f.read_bytes()
         f.write_bytes(original + b"\n# cache-contract mutation\n")
-        runner._imports.cache_clear()
+        runner.clear_code_caches()
         try:
             got = changed_stages(base, runner.fingerprints(cfg))
         finally:
@@ -242,7 +242,7 @@ def test_every_module_moves_exactly_its_importers_and_downstream(cfg, tmp_path, 
             assert got == set(), f"{rel} is plumbing (cvops.runner.PLUMBING) but moved {sorted(got)}"
         else:
             assert got == want, f"editing cvops/{rel} moved {sorted(got)}, expected {sorted(want)}"
-    runner._imports.cache_clear()
+    runner.clear_code_caches()
     # the shared layers are really shared: evaluate and export gate on the same COCO evaluation code
     shared = {p for p in closures["evaluate"] & closures["export"] if p.name != "__init__.py"}
     assert shared, "evaluate and export share no module"
