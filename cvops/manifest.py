@@ -13,7 +13,6 @@ after every stage, so a killed run still shows how far it got::
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -62,6 +61,8 @@ def dist_version(name: str) -> Optional[str]:
     v = _installed().get(_normal(name))
     if v is not None:
         return v
+    import importlib.metadata
+
     try:  # an egg-info or otherwise unusual installation: ask importlib's full search
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:

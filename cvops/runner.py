@@ -134,7 +134,7 @@ def _imports(path: Path) -> List[str]:
 #: The console (what is printed, :mod:`cvops.console`) and the run's words (:mod:`cvops.summary`) are plumbing
 #: too: rewording a line or a progress bar rebuilds nothing.
 PLUMBING = frozenset({"runner.py", "stages.py", "artifacts.py", "manifest.py", "config.py", "recipes.py",
-                      "schema.py", "trust.py", "console.py", "summary.py", "report.py"})
+                      "schema.py", "trust.py", "console.py", "summary.py", "report.py", "entrypoints.py"})
 
 
 def source_closure(roots: Sequence[Path]) -> List[Path]:

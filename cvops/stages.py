@@ -36,11 +36,12 @@ runs it. A recipe that does not select it runs as if it were not installed.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from cvops.entrypoints import entry_points
 
 log = logging.getLogger("cvops")
 ENTRY_POINTS = "cvops.stages"
@@ -129,8 +130,8 @@ def plugins() -> Tuple[Stage, ...]:
     global _PLUGINS
     if _PLUGINS is None:
         found: List[Stage] = []
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):
-            where = f"entry point '{ep.name} = {ep.value}' of {ep.dist.name if ep.dist else '?'}"
+        for ep in entry_points(ENTRY_POINTS):
+            where = f"entry point '{ep.name} = {ep.value}' of {ep.dist or '?'}"
             stage = ep.load()
             if not isinstance(stage, Stage):
                 raise PluginError(f"{where}: must point to a cvops.stages.Stage, got {type(stage).__name__}")
@@ -145,7 +146,7 @@ def plugins() -> Tuple[Stage, ...]:
             if unknown:
                 raise PluginError(f"{where}: inputs/feeds name unknown stages {unknown}; built-in stages are "
                                   f"{list(BUILTIN_NAMES)}")
-            found.append(Stage(**{**stage.__dict__, "origin": ep.dist.name if ep.dist else ep.value}))
+            found.append(Stage(**{**stage.__dict__, "origin": ep.dist or ep.value}))
         _PLUGINS = tuple(found)
     return _PLUGINS
 

@@ -106,7 +106,7 @@ class NotAllowed(ValueError):
 # ---------------------------------------------------------------- resolving
 @lru_cache(maxsize=None)
 def _plugins() -> Tuple[str, ...]:
-    from importlib.metadata import entry_points
+    from cvops.entrypoints import entry_points
 
     return tuple(ep.value.replace(":", ".") for ep in entry_points(group=_PLUGIN_GROUP))
 

@@ -116,3 +116,21 @@ def test_plugin_not_selected_leaves_the_graph_as_it_was(plugin_env, tmp_path):
     # a typo in its keys is refused like any other, by its schema
     r = cvops(plugin_env, tmp_path, "recipe=audited", store, "audit.min_boxes=3", check=False)
     assert r.returncode != 0 and "min_boxes_per_class" in r.stderr, r.stderr[-2000:]
+
+
+def test_entry_point_scan_equals_importlib_metadata_for_every_group():
+    """cvops reads entry points without importlib.metadata's per-group scans: same answer for every group
+    installed here (console scripts, pytest plug-ins, ... and cvops' own), in the same order."""
+    import importlib.metadata
+
+    from cvops import entrypoints
+
+    ours = entrypoints.scan()
+    groups = set(ours) | set(importlib.metadata.entry_points().keys())
+    assert len(groups) > 5  # a real environment: console_scripts, pytest11, hydra/fiftyone plug-ins...
+    for g in groups:
+        mine = [(e.name, e.value, e.dist) for e in ours.get(g, ())]
+        theirs = [(e.name, e.value, e.dist.name if e.dist else None) for e in importlib.metadata.entry_points(group=g)]
+        assert [m[:2] for m in mine] == [t[:2] for t in theirs], g
+        assert all(m[2] is not None for m in mine)
+    assert entrypoints.scan("cvops.") == {g: v for g, v in ours.items() if g.startswith("cvops.")}
