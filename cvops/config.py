@@ -84,6 +84,7 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> Option
         if extra is not None:  # `+key=value` force-adds past the schema; refuse it here
             raise ConfigError(_unknown_key_message(_split_key(extra), _origin(_split_key(extra), variant)))
         check_safe(cfg, variant)
+        check_task(cfg, variant)
         if check_missing:
             missing = sorted(_missing(cfg, skip=("hydra",)))
             if missing:
@@ -94,6 +95,43 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> Option
                     + ("" if _recipe_override(variant) else f"\n  (no recipe selected; available: {', '.join(available_recipes())})")
                 )
     return cfg if variants == [list(overrides)] else None  # a sweep (an interval one too) is not one job
+
+
+def mask_models() -> List[str]:
+    """The model config groups that predict instance masks (``masks: true`` in ``conf/model/<name>.yaml``)."""
+    import yaml
+
+    out = []
+    for f in sorted((CONF_DIR / "model").glob("*.yaml")):
+        try:
+            if (yaml.safe_load(f.read_text()) or {}).get("masks") is True:
+                out.append(f.stem)
+        except (OSError, yaml.YAMLError):
+            continue
+    return out
+
+
+def check_task(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """The recipe's ``task`` agrees with its model and its curated labels, or one message with the fix."""
+    masks = bool(OmegaConf.select(cfg, "model.masks", default=False))
+    task = OmegaConf.select(cfg, "task", default=None)
+    task = str(task) if task is not None else ("instance_segmentation" if masks else "detection")
+    model = OmegaConf.select(cfg, "model.name", default="?")
+    curated = bool(OmegaConf.select(cfg, "curate.masks", default=False))
+    where = f"(task: {_origin(['task'], overrides)})"
+    if task == "instance_segmentation" and not masks:
+        raise ConfigError(f"task=instance_segmentation needs a model that predicts masks, and model={model} "
+                          f"predicts boxes only {where}. Choose one of: "
+                          f"{', '.join(f'model={m}' for m in mask_models()) or '(none installed)'}")
+    if task == "detection" and masks:
+        raise ConfigError(f"model={model} is an instance segmentation model (boxes and masks) but task=detection "
+                          f"{where}. Set task=instance_segmentation (with curate.masks=true), or choose a "
+                          "detection model, e.g. model=rtmdet_tiny")
+    if task == "instance_segmentation" and not curated:
+        raise ConfigError(f"task=instance_segmentation (model={model}) trains on masks, but curate.masks=false "
+                          f"keeps boxes only "
+                          f"({_origin(['curate', 'masks'], overrides)}). Set curate.masks=true (data with COCO "
+                          "segmentations or YOLO segment labels)")
 
 
 def check_safe(cfg: DictConfig, overrides: Sequence[str]) -> None:

@@ -48,6 +48,13 @@ class DataFormat(Choice):
     sources = "sources"
 
 
+class Task(Choice):
+    """What the recipe's model predicts: boxes, or boxes and instance masks."""
+
+    detection = "detection"
+    instance_segmentation = "instance_segmentation"
+
+
 class DedupPolicy(Choice):
     keep_first = "keep_first"
     keep_sharpest = "keep_sharpest"
@@ -197,6 +204,9 @@ class ModelConfig:
     # the same recipe gives the same model on a machine without internet access
     pretrained: bool = True
     cfg_options: Dict[str, Any] = field(default_factory=dict)  # raw mmengine overrides
+    # the model predicts instance masks (set by its config group, e.g. conf/model/rtmdet_ins_tiny.yaml; checked
+    # against the recipe's task before anything runs, and against the mmdet config by tests/test_train.py)
+    masks: bool = False
 
 
 # -------------------------------------------------------------------- train
@@ -369,6 +379,9 @@ class LeaderboardConfig:
 @dataclass
 class CvopsConfig:
     project: str = MISSING
+    # detection (boxes) or instance_segmentation (boxes and masks); null: the model's (model.masks). Checked
+    # against model.masks and curate.masks before anything runs
+    task: Optional[Task] = None
     stages: List[str] = field(default_factory=lambda: ["curate", "train", "evaluate", "export", "monitor"])
     paths: PathsConfig = field(default_factory=PathsConfig)
     leaderboard: LeaderboardConfig = field(default_factory=LeaderboardConfig)

@@ -152,7 +152,7 @@ def plugins() -> Tuple[Stage, ...]:
 
 
 #: top-level recipe keys a plug-in cannot take
-RESERVED = frozenset({"project", "stages", "paths", "leaderboard", "lock_timeout_s", "data", "model", "tracker",
+RESERVED = frozenset({"project", "task", "stages", "paths", "leaderboard", "lock_timeout_s", "data", "model", "tracker",
                       "hydra", "recipe"})
 
 

@@ -15,7 +15,8 @@ from cvops.schema import GROUPS, STAGES
 # Options that need a value no default can give (a path to the user's data).
 NEEDS = {("data", "coco"): ["data.path=x.json"], ("data", "voc"): ["data.path=x"], ("data", "yolo"): ["data.path=x.yaml"],
          ("data", "images"): ["data.path=x"], ("data", "video"): ["data.path=x.mp4"],
-         ("data", "sources"): ["data.sources=[{format: images, path: x}]"]}
+         ("data", "sources"): ["data.sources=[{format: images, path: x}]"],
+         ("model", "rtmdet_ins_tiny"): ["curate.masks=true"]}  # a mask model trains on curated masks
 
 
 def options():

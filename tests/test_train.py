@@ -62,6 +62,7 @@ def test_every_model_config_builds_and_runs_a_forward_pass(model, curated, curat
     from mmengine.config import Config
 
     masked = mmconfig.trains_masks(Config.fromfile(str(mmconfig.base_config_path(cfg_all.model.mmdet_config))))
+    assert cfg_all.model.masks == masked, f"conf/model/{model}.yaml: masks must say whether its mmdet config predicts masks"
     if masked:  # an instance-segmentation model refuses boxes-only data, naming the fix; trains on masks
         with pytest.raises(mmconfig.TrainConfigError, match="curate.masks=true"):
             mmconfig.build(OmegaConf.to_object(cfg_all.model), OmegaConf.to_object(cfg_all.train),

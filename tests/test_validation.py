@@ -94,3 +94,28 @@ def test_upstream_missing_says_what_to_run(cvops):
     r = cvops("recipe=quickstart", "stages=[train]", test_stages=True)
     _fails(r, "needs the 'curate' (fingerprint", "stages=[curate,train]")
     assert cvops.calls() == []
+
+
+@pytest.mark.parametrize("line, needles", [
+    (["task=instance_segmentation", "curate.masks=true"],  # a boxes-only model for masks: the mask models named
+     ["task=instance_segmentation needs a model that predicts masks", "model=rtmdet_tiny", "model=rtmdet_ins_tiny",
+      "command line: task=instance_segmentation"]),
+    (["model=rtmdet_ins_tiny", "task=detection", "curate.masks=true"],  # a mask model for boxes
+     ["model=rtmdet_ins_tiny is an instance segmentation model", "task=instance_segmentation"]),
+    (["model=rtmdet_ins_tiny"],  # the task follows the model; masks asked for, boxes curated
+     ["curate.masks=false keeps boxes only", "curate.masks=true"]),
+    (["task=segmentation"], ["task", "segmentation", "instance_segmentation"]),  # not a choice
+])
+def test_task_must_agree_with_the_model_and_the_curated_labels(cvops, line, needles):
+    _fails(cvops("recipe=quickstart", *line), *needles)
+    assert not (cvops.workdir / "outputs").exists()
+
+
+def test_task_and_model_masks_agree_in_the_shipped_recipes():
+    from cvops.config import compose_config, mask_models, preflight
+
+    assert mask_models() == ["rtmdet_ins_tiny"]
+    for recipe in ("quickstart", "quickstart_seg", "bccd"):
+        preflight([f"recipe={recipe}"])  # passes
+    preflight(["recipe=quickstart", "model=rtmdet_ins_tiny", "data.synthetic.masks=true", "curate.masks=true"])
+    assert compose_config(["recipe=quickstart_seg"]).task == "instance_segmentation"
