@@ -376,3 +376,58 @@ def test_export_without_a_trained_model_says_which_stages_to_run(cvops):
     assert r.returncode == 2
     assert "needs the 'curate' (fingerprint" in r.stderr and "'train' (fingerprint" in r.stderr
     assert "stages=[curate,train,export]" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def exported_masks(tmp_path_factory):
+    """An untrained RTMDet-Ins-tiny (spread head and mask kernels: partial masks of every size) and its ONNX."""
+    from cvops.detector.mmdet import load_model
+    from cvops.export.build import export_model
+    from cvops.export.graph import Thresholds
+
+    out = tmp_path_factory.mktemp("export_masks")
+    files = make_checkpoint(out, model="rtmdet_ins_tiny", size=SIZE)
+    thr = Thresholds(max_det=50, score_thr=0.2, iou_thr=0.6)
+    cfg, model = load_model(files["config"], files["checkpoint"], test_cfg=vars(thr))
+    contract = export_model(model, cfg, out / "model.onnx", SIZE, thr, CLASSES)
+    return out, model, contract
+
+
+def test_onnx_masks_equal_mmdet_masks_at_batch_1_and_4(exported_masks):
+    """RTMDet-Ins in one graph: for every instance mmdet's predict() keeps, the graph has the same label and
+    box, and its mask (input resolution) has IoU >= 0.99 with mmdet's; batch 1 and 4 agree."""
+    from cvops import masks as rle
+    from cvops.detector.coco import to_coco
+    from cvops.detector.runtime import OnnxDetector
+    from cvops.export.stage import torch_runner
+
+    out, model, contract = exported_masks
+    assert [o["name"] for o in contract["io"]["outputs"]][-1] == "masks"
+    assert contract["io"]["outputs"][-1]["shape"] == ["batch", 50, SIZE[1], SIZE[0]]
+    det = OnnxDetector(out / "model.onnx")
+    images = _images(4, seed=3)
+    tensor, scales = det.preprocess.batch(images)
+    ref = torch_runner(model, det.preprocess)(tensor)
+    for batch in (1, 4):
+        raw = [det.run(tensor[i:i + batch]) for i in range(0, 4, batch)]
+        num, boxes, labels, masks = (np.concatenate([r[k] for r in raw]) for k in (0, 1, 3, 5))
+        partial = 0
+        for i, sample in enumerate(ref):
+            p = sample.pred_instances
+            n = int(num[i, 0])
+            assert n == len(p.scores) > 0
+            for bx, lab, m in zip(p.bboxes.numpy(), p.labels.numpy(), p.masks.numpy()):
+                d = np.abs(boxes[i, :n] - bx).sum(-1) + 1e6 * (labels[i, :n] != lab)
+                j = int(d.argmin())
+                assert d[j] < 0.05, (i, bx, lab)  # same label, same box
+                got = masks[i, j].astype(bool)
+                union = (got | m).sum()
+                assert union == 0 or (got & m).sum() / union >= 0.99
+                partial += 0 < m.sum() < m.size
+        assert partial >= 10  # the comparison covers real shapes, not only empty or full masks
+    # in original pixels: each image's own size, and the RLE decodes to the same mask
+    dets = det.predict(images)
+    for im, d in zip(images, dets):
+        assert d.masks.shape == (len(d.scores), im.shape[0], im.shape[1]) and d.masks.dtype == bool
+        for r, m in zip(to_coco(d, 1, [1, 2, 3]), d.masks):
+            np.testing.assert_array_equal(rle.decode(r["segmentation"]), m)

@@ -52,6 +52,13 @@ def read_split(ann_file: Path) -> Tuple[List[Dict[str, Any]], List[int]]:
 
 
 def to_coco(d: Detections, image_id: int, cat_ids: Sequence[int]) -> List[Dict[str, Any]]:
-    return [{"image_id": int(image_id), "category_id": int(cat_ids[int(lab)]),
-             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(s)}
-            for b, s, lab in zip(d.boxes, d.scores, d.labels)]
+    """COCO results of one image's detections (with a ``segmentation`` RLE each when they carry masks)."""
+    out = [{"image_id": int(image_id), "category_id": int(cat_ids[int(lab)]),
+            "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(s)}
+           for b, s, lab in zip(d.boxes, d.scores, d.labels)]
+    if d.masks is not None:
+        from cvops import masks as rle
+
+        for r, m in zip(out, d.masks):
+            r["segmentation"] = rle.encode(m)
+    return out

@@ -12,6 +12,9 @@ written down in ``preprocess.json`` (and the ONNX ``metadata_props`` key
 
 Boxes come back in input pixels; divide by ``(new_w / w, new_h / h)`` and clip
 to the original image to get original pixels (:meth:`Preprocess.unletterbox`).
+Masks (instance segmentation graphs) come back at the input resolution: keep
+the top-left ``new_h x new_w``, resize it to ``(w, h)`` bilinearly and threshold
+at 0.5 (:meth:`Preprocess.unletterbox_masks`).
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-#: The graph's input and outputs (see :mod:`cvops.export.graph`).
+#: The graph's input and outputs (see :mod:`cvops.export.graph`); an instance segmentation graph has a sixth,
+#: ``masks`` (B, max_det, H, W) uint8 (1 inside the instance) at the letterboxed input resolution.
 INPUT = "images"
 OUTPUTS = ("num_dets", "boxes", "scores", "labels", "embedding")
+MASKS = "masks"
 
 
 @dataclass
@@ -109,6 +114,22 @@ class Preprocess:
         return Prepared(tensor, scale, (int(bgr.shape[1]), int(bgr.shape[0])))
 
     @staticmethod
+    def unletterbox_masks(masks: np.ndarray, scale: Tuple[float, float], size: Tuple[int, int]) -> np.ndarray:
+        """Instance masks (n, H, W) at the input resolution back to the original (width, height) image: the
+        top-left ``new_h x new_w`` (the letterboxed image; the rest is padding), resized bilinearly and
+        thresholded at 0.5 (what mmdet does to its mask logits), as (n, height, width) bool."""
+        import cv2
+
+        w, h = int(size[0]), int(size[1])
+        nw = max(1, int(round(scale[0] * w)))
+        nh = max(1, int(round(scale[1] * h)))
+        out = np.zeros((len(masks), h, w), bool)
+        for i, m in enumerate(masks):
+            crop = np.ascontiguousarray(m[:nh, :nw], np.float32)
+            out[i] = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5 if (nw, nh) != (w, h) else crop > 0
+        return out
+
+    @staticmethod
     def unletterbox(boxes: np.ndarray, scale: Tuple[float, float], size: Tuple[int, int]) -> np.ndarray:
         """Boxes from input pixels back to the original (width, height) image."""
         out = boxes / np.array([scale[0], scale[1], scale[0], scale[1]], np.float32)
@@ -134,6 +155,7 @@ class Detections:
     scores: np.ndarray  # (n,)
     labels: np.ndarray  # (n,) class indices
     embedding: Optional[np.ndarray] = None  # (C,) pooled features of the image (graph output ``embedding``)
+    masks: Optional[np.ndarray] = None  # (n, height, width) bool instance masks in original pixels (mask models)
 
     def to_json(self, classes: Sequence[str]) -> List[Dict[str, Any]]:
         return [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "label": int(lab),
@@ -146,12 +168,14 @@ def split_outputs(outputs: Sequence[np.ndarray], scales: Sequence[Tuple[float, f
     """The graph's padded (num_dets, boxes, scores, labels) per image, in original pixels."""
     num, boxes, scores, labels = outputs[:4]
     emb = outputs[4] if len(outputs) > 4 else None
+    masks = outputs[5] if len(outputs) > 5 else None
     out = []
     for i, (scale, size) in enumerate(zip(scales, sizes)):
         n = int(num[i].reshape(-1)[0])
         out.append(Detections(pre.unletterbox(np.asarray(boxes[i, :n], np.float32), scale, size),
                               np.asarray(scores[i, :n], np.float32), np.asarray(labels[i, :n], np.int64),
-                              None if emb is None else np.asarray(emb[i], np.float32)))
+                              None if emb is None else np.asarray(emb[i], np.float32),
+                              None if masks is None else pre.unletterbox_masks(masks[i, :n], scale, size)))
     return out
 
 
@@ -184,7 +208,7 @@ class OnnxDetector:
         shape = self.session.get_inputs()[0].shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         names = [o.name for o in self.session.get_outputs()]
-        self.outputs = [n for n in OUTPUTS if n in names]  # graphs exported before ``embedding`` have four
+        self.outputs = [n for n in (*OUTPUTS, MASKS) if n in names]  # graphs exported before ``embedding`` have four
 
     def run(self, tensor: np.ndarray) -> List[np.ndarray]:
         """The raw graph outputs for a preprocessed (B, 3, H, W) batch."""

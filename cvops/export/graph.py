@@ -23,6 +23,12 @@ Head families (what mmdet's ``predict_by_feat`` does, written out so it traces):
 * YOLOX (``YOLOXHead``): centre offset and log size in stride units;
   score = sigmoid(cls) x sigmoid(objectness); one label per box (the best class),
   as mmdet does.
+* RTMDet-Ins (``RTMDetInsHead``/``RTMDetInsSepBNHead``): boxes as RTMDet; then,
+  for the ``max_det`` kept boxes, mmdet's mask assembly: each box's kernel
+  parameters are three 1x1 convolutions (batched matrix products) over the
+  stride-8 prototypes with the coordinates relative to the box's prior,
+  upsampled x8 bilinearly, sigmoid > ``mask_thr_binary``: a sixth output
+  ``masks`` (B, max_det, H, W) uint8 at the input resolution.
 * RetinaNet (``RetinaHead``): anchors + ``DeltaXYWHBBoxCoder`` deltas, clipped;
   sigmoid scores. mmdet's per-level ``nms_pre`` pre-selection is not reproduced
   (every anchor above ``score_thr`` enters NMS), which can only add candidates.
@@ -45,9 +51,10 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from cvops.detector.runtime import INPUT, OUTPUTS  # noqa: E402  (the I/O contract lives with the runtime: no torch)
+from cvops.detector.runtime import INPUT, MASKS, OUTPUTS  # noqa: E402  (the I/O contract lives with the runtime: no torch)
 
-SINGLE_STAGE = {"RTMDetHead": "rtmdet", "RTMDetSepBNHead": "rtmdet", "YOLOXHead": "yolox", "RetinaHead": "retinanet"}
+SINGLE_STAGE = {"RTMDetHead": "rtmdet", "RTMDetSepBNHead": "rtmdet", "YOLOXHead": "yolox", "RetinaHead": "retinanet",
+                "RTMDetInsHead": "rtmdet_ins", "RTMDetInsSepBNHead": "rtmdet_ins"}
 
 
 class UnsupportedModel(ValueError):
@@ -143,12 +150,28 @@ class DetectorGraph(nn.Module):
         self.register_buffer("priors", priors.float(), persistent=False)
         bound = torch.tensor([self.width, self.height, self.width, self.height], dtype=torch.float32)
         self.register_buffer("bound", bound, persistent=False)
+        self.output_names = list(OUTPUTS)
+        if self.kind == "rtmdet_ins":  # masks: dynamic 1x1 convs over the stride-8 prototypes, per kept box
+            self.output_names.append(MASKS)
+            self.mask_stride = int(head.prior_generator.strides[0][0])
+            self.mask_hw = sizes[0]
+            with torch.no_grad():
+                coord = head.prior_generator.single_level_grid_priors(sizes[0], level_idx=0, device="cpu")
+            self.register_buffer("coord", coord.float().reshape(-1, 2), persistent=False)  # (h*w, 2)
+            self.weight_nums, self.bias_nums = list(head.weight_nums), list(head.bias_nums)
+            self.dyconv_channels = int(head.dyconv_channels)
+            self.num_gen_params = int(head.num_gen_params)
+            self.mask_thr = float((model.test_cfg or {}).get("mask_thr_binary", 0.5))
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
         feats = self.model.extract_feat(images)
         embedding = feats[-1].mean(dim=(2, 3))
         outs = self.model.bbox_head(feats)
-        boxes, scores = getattr(self, f"_decode_{self.kind}")(*outs)  # (B, N, 4), (B, N, C)
+        if self.kind == "rtmdet_ins":
+            cls_scores, bbox_preds, kernel_preds, mask_feat = outs
+            boxes, scores = self._decode_rtmdet(cls_scores, bbox_preds)
+        else:
+            boxes, scores = getattr(self, f"_decode_{self.kind}")(*outs)  # (B, N, 4), (B, N, C)
         scores_cn = scores.transpose(1, 2).contiguous()  # (B, C, N)
         keep = torch.ops.cvops.nms_keep(boxes, scores_cn, self.t.max_det, self.t.iou_thr, self.t.score_thr)
         flat = (scores_cn * keep).flatten(1)  # (B, C*N), zero where not kept
@@ -162,7 +185,38 @@ class DetectorGraph(nn.Module):
         num_dets = valid.sum(dim=1, keepdim=True).to(torch.int32)
         top_boxes = top_boxes * valid.unsqueeze(-1).to(top_boxes.dtype)
         labels = (labels * valid.to(labels.dtype)).to(torch.int32)
+        if self.kind == "rtmdet_ins":
+            kernels = torch.gather(self._flatten(kernel_preds, self.num_gen_params), 1,
+                                   box_idx.unsqueeze(-1).expand(-1, -1, self.num_gen_params))
+            masks = self._masks(mask_feat, kernels, self.priors[box_idx], valid)
+            return num_dets, top_boxes, top_scores, labels, embedding, masks
         return num_dets, top_boxes, top_scores, labels, embedding
+
+    def _masks(self, mask_feat: Tensor, kernels: Tensor, priors: Tensor, valid: Tensor) -> Tensor:
+        """RTMDet-Ins mask assembly (mmdet's ``_mask_predict_by_feat_single`` + its stride upsampling and
+        threshold) for the K kept boxes of each image at once: (B, K, H, W) uint8 at the input resolution.
+
+        Args:
+            mask_feat: (B, P, h, w) prototypes at stride 8; kernels: (B, K, num_gen_params);
+            priors: (B, K, 4) point priors with strides of the kept boxes; valid: (B, K) rows below num_dets.
+        """
+        b, p = mask_feat.shape[0], mask_feat.shape[1]
+        h, w = self.mask_hw
+        k = kernels.shape[1]
+        rel = (priors[:, :, None, :2] - self.coord[None, None]) / (priors[:, :, None, 2:3] * 8)  # (B, K, hw, 2)
+        feat = mask_feat.reshape(b, 1, p, h * w).expand(b, k, p, h * w)
+        x = torch.cat([rel.transpose(2, 3), feat], dim=2)  # (B, K, 2 + P, hw)
+        splits = torch.split(kernels, self.weight_nums + self.bias_nums, dim=2)
+        n = len(self.weight_nums)
+        for i in range(n):
+            cout = self.dyconv_channels if i < n - 1 else 1
+            weight = splits[i].reshape(b, k, cout, -1)
+            x = torch.matmul(weight, x) + splits[n + i].reshape(b, k, cout, 1)  # a 1x1 conv per instance
+            if i < n - 1:
+                x = torch.relu(x)
+        logits = nn.functional.interpolate(x.reshape(b, k, h, w), scale_factor=self.mask_stride, mode="bilinear")
+        masks = (logits[:, :, : self.height, : self.width].sigmoid() > self.mask_thr) & valid[:, :, None, None]
+        return masks.to(torch.uint8)
 
     # -- decoders: (per-level head outputs) -> boxes (B, N, 4), scores (B, N, C)
     def _flatten(self, maps: Sequence[Tensor], channels: int) -> Tensor:
@@ -244,7 +298,7 @@ def export_onnx(graph: DetectorGraph, path: str, opset: int = 18, batch: str = "
     with torch.no_grad():
         program = torch.onnx.export(
             graph, (x,), dynamo=True, opset_version=max(int(opset), 18), input_names=[INPUT],
-            output_names=list(OUTPUTS), dynamic_shapes=dynamic_shapes, external_data=False,
+            output_names=list(getattr(graph, "output_names", OUTPUTS)), dynamic_shapes=dynamic_shapes, external_data=False,
             custom_translation_table={torch.ops.cvops.nms_keep.default: _nms_keep_onnx}, report=False, verify=False,
             verbose=False)
     model = program.model_proto

@@ -63,8 +63,9 @@ def _spread_head(net: Any, size: Sequence[int] = (128, 128)) -> None:
         return
     cls_keys = ("rtm_cls", "retina_cls", "multi_level_conv_cls", "multi_level_conv_obj")
     reg_keys = ("rtm_reg", "retina_reg", "multi_level_conv_reg")
+    kernel_keys = ("rtm_kernel",)  # RTMDet-Ins: the dynamic mask convs' parameters
     targets = {name: m for name, m in net.bbox_head.named_modules()
-               if isinstance(m, nn.Conv2d) and any(k in name for k in cls_keys + reg_keys)}
+               if isinstance(m, nn.Conv2d) and any(k in name for k in cls_keys + reg_keys + kernel_keys)}
     spread: dict = {}
     hooks = [m.register_forward_pre_hook(lambda mod, inp, n=name: [spread.setdefault(n, float(inp[0].std()))] and None)
              for name, m in targets.items()]
@@ -81,7 +82,10 @@ def _spread_head(net: Any, size: Sequence[int] = (128, 128)) -> None:
         for name, m in targets.items():
             fan_in = m.weight[0].numel()
             unit = 1.0 / (max(spread.get(name, 1.0), 1e-6) * fan_in ** 0.5)
-            if any(k in name for k in cls_keys):
+            if any(k in name for k in kernel_keys):  # O(1) dynamic weights that vary by location: masks of
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * unit * 0.5)  # every shape, not all-or-none
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+            elif any(k in name for k in cls_keys):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) * unit)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5 + (2.0 if "obj" in name else -1.0))
             else:
