@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
+from omegaconf.nodes import BooleanNode, EnumNode, FloatNode, IntegerNode, StringNode
 
 import cvops.runner as runner
 from cvops.config import compose_config
@@ -84,8 +84,8 @@ def mutated(node):
         if node._is_none():
             raise LookupError("null section")
         return {"cvops_test_key": "x"}
-    if isinstance(value, enum.Enum):
-        return next(m for m in type(value) if m is not value)
+    if isinstance(node, EnumNode):  # an unset Optional[Enum] too: its type says which values are valid
+        return next(m for m in node.enum_type if m is not value)
     if isinstance(node, BooleanNode):
         return not value if value is not None else True
     if isinstance(node, IntegerNode):
