@@ -351,3 +351,66 @@ def test_prediction_stats():
     prof = Profile.from_records([{**image_stats(_textured()), **s}, {**image_stats(_textured(1)), **none}])
     assert prof.n == 2 and prof.classes == {"car": 1, "bike": 1}
     assert len(prof.features["box_area_frac"]) == 2 and len(prof.features["brightness"]) == 2
+
+
+def test_prediction_stats_mask_area_and_fill():
+    # 100x50 image; masks counted by hand
+    boxes = np.array([[10, 10, 30, 30],  # 400 px box, 200 px mask: fill 0.5
+                      [90, 40, 120, 60],  # clipped to 10x10 = 100 px, 50 px mask inside: fill 0.5
+                      [0, 0, 10, 10],  # a mask reaching past its box: fill 1.2
+                      [100, 0, 120, 10],  # outside the image: no area, no fill (not a division by 0)
+                      [5, 5, 15, 15]], dtype=float)  # under ``low``: not counted
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.1])
+    areas = np.array([200, 50, 120, 0, 100])
+    s = prediction_stats(scores, np.array(["a", "b", "a", "b", "a"]), boxes, 100, 50, low=0.5, mask_areas=areas)
+    assert s["mask_area_frac"] == pytest.approx([200 / 5000, 50 / 5000, 120 / 5000, 0.0])
+    assert s["mask_fill"] == pytest.approx([0.5, 0.5, 1.2])
+    assert s["num_boxes"] == 4 and len(s["box_area_frac"]) == 4
+
+    # the same output without masks (a box-only model): no mask statistics at all
+    plain = prediction_stats(scores, np.array(["a", "b", "a", "b", "a"]), boxes, 100, 50, low=0.5)
+    assert "mask_area_frac" not in plain and "mask_fill" not in plain
+    assert plain == {k: v for k, v in s.items() if not k.startswith("mask_")}
+    none = prediction_stats(np.zeros(0), np.zeros(0), np.zeros((0, 4)), 100, 50, low=0.5, mask_areas=np.zeros(0))
+    assert none["mask_area_frac"] == [] and none["mask_fill"] == []
+    with pytest.raises(ValueError, match="mask areas for"):
+        prediction_stats(scores, np.zeros(5), boxes, 100, 50, low=0.5, mask_areas=areas[:3])
+    with pytest.raises(ValueError, match="pixel counts"):
+        prediction_stats(scores, np.zeros(5), boxes, 100, 50, low=0.5, mask_areas=[1, 2, -3, 4, 5])
+
+
+def _mask_records(rng: np.random.Generator, n: int, erode: int = 0, size: int = 64) -> list:
+    """Records of n images with 1-3 boxes, each holding an elliptical mask (eroded by ``erode`` pixels)."""
+    recs = []
+    kernel = np.ones((3, 3), np.uint8)
+    for _ in range(n):
+        k = int(rng.integers(1, 4))
+        wh = rng.uniform(12, 40, (k, 2))
+        xy = rng.uniform(0, size - wh)
+        boxes = np.hstack([xy, xy + wh])
+        areas = []
+        for x1, y1, x2, y2 in boxes:
+            m = np.zeros((size, size), np.uint8)
+            cv2.ellipse(m, (int(round((x1 + x2) / 2)), int(round((y1 + y2) / 2))),
+                        (int((x2 - x1) / 2), int((y2 - y1) / 2)), 0, 0, 360, 1, -1)
+            if erode:
+                m = cv2.erode(m, kernel, iterations=erode)
+            areas.append(int(m.sum()))
+        scores = rng.uniform(0.5, 1.0, k)
+        recs.append(prediction_stats(scores, np.array(["car"] * k), boxes, size, size, low=0.3, mask_areas=areas))
+    return recs
+
+
+def test_compare_flags_shrunken_masks_but_not_the_unchanged_boxes():
+    # the same box distribution (independent draws); the window's masks are eroded by 3 pixels
+    ref = Profile.from_records(_mask_records(np.random.default_rng(5), 300))
+    same = Profile.from_records(_mask_records(np.random.default_rng(6), 150))
+    shrunk = Profile.from_records(_mask_records(np.random.default_rng(6), 150, erode=3))
+    assert {"mask_area_frac", "mask_fill"} <= set(ref.features)
+    quiet = compare(ref, same)
+    assert not quiet.drift_detected, quiet.drift_features
+    rep = compare(ref, shrunk)
+    assert "mask_fill" in rep.drift_features and "mask_area_frac" in rep.drift_features
+    assert not {"box_area_frac", "num_boxes", "max_score", "mean_score"} & set(rep.drift_features)
+    fill = next(f for f in rep.features if f.name == "mask_fill")
+    assert fill.cur_mean < fill.ref_mean - 0.1  # filled ellipses are ~0.78 of their box, eroded ones far less

@@ -7,6 +7,13 @@ the model's pooled embedding (the exported graph's ``embedding`` output). The
 serve request log stores exactly these; folders, videos and generated windows
 are turned into them by running the exported model.
 
+For a model that predicts instance masks the records also pool, per kept
+detection, ``mask_area_frac`` (mask pixels / image pixels) and ``mask_fill``
+(mask pixels / box pixels). Both come from each mask's pixel count alone, which
+the request log keeps as ``mask_area`` (it keeps no masks), so a window read
+from the log and one (or the reference) run through the model compute them
+the same way. Box-only models' records have neither.
+
 The *reference profile* is the records of the curated val and test images
 (never trained on) under the exported model. It depends only on the curated
 data and the exported model, so it is built once per export and cached in the
@@ -18,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -26,6 +34,7 @@ import numpy as np
 
 from cvops.detector.runtime import Detections, OnnxDetector, box_iou
 from cvops.drift.stats import Profile, image_stats, prediction_stats
+from cvops.masks import RLE, encode
 
 log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 from cvops.media import IMAGE_EXTS
@@ -33,42 +42,75 @@ from cvops.media import IMAGE_EXTS
 
 @dataclass
 class Seen:
-    """One image of a window: where it is (if kept), its record and its detections."""
+    """One image of a window: where it is (if kept), its record and its detections.
+
+    A window run through a mask model keeps each detection's mask as a whole-image compressed RLE in
+    ``masks`` (same order as ``dets``), not as arrays in ``dets.masks``: a window of hundreds of images
+    with up to ``max_det`` full-size masks each would not fit in memory. Windows from the request log
+    have no masks (the log keeps only each mask's pixel count).
+    """
 
     name: str  # file path, "video.mp4#frame", or request id
     record: Dict[str, Any]
     dets: Optional[Detections] = None
     path: Optional[str] = None  # an image file FiftyOne can show (None: not kept, e.g. unsampled request)
     frame: Optional[bytes] = field(default=None, repr=False)  # JPEG of a decoded frame, written if it is an edge case
+    masks: Optional[List[RLE]] = field(default=None, repr=False)  # instance masks of ``dets`` (mask models)
+
+
+def mask_areas(dets: Detections) -> Optional[np.ndarray]:
+    """Pixel count of each detection's mask in the original image (``None`` for a box-only model): what the
+    request log stores as ``mask_area``."""
+    if dets.masks is None:
+        return None
+    m = np.asarray(dets.masks, bool)
+    return m.sum(axis=tuple(range(1, m.ndim)), dtype=np.int64)  # (0, h, w) too: an image without detections
 
 
 def record_of(bgr: np.ndarray, dets: Detections, classes: Sequence[str], low: float) -> Dict[str, Any]:
+    """The record of one image run through the model (image and prediction statistics, detections,
+    embedding); with mask statistics when ``dets`` has masks."""
     h, w = bgr.shape[:2]
     names = [classes[int(i)] if int(i) < len(classes) else str(int(i)) for i in dets.labels]
     rec: Dict[str, Any] = {**image_stats(bgr), **prediction_stats(dets.scores, np.asarray(names, dtype=object),
-                                                                  dets.boxes, w, h, low)}
+                                                                  dets.boxes, w, h, low, mask_areas(dets))}
     rec["detections"] = dets.to_json(classes)
     if dets.embedding is not None:
         rec["embedding"] = [float(v) for v in dets.embedding]
     return rec
 
 
+def _log_mask_areas(d: Sequence[Dict[str, Any]]) -> Optional[List[float]]:
+    """The ``mask_area`` of every logged detection, or ``None`` when not all have a usable one (a box-only
+    model, an image without detections, or a malformed line: then the record simply has no mask statistics)."""
+    areas = [x.get("mask_area") for x in d]
+    ok = [isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a >= 0 for a in areas]
+    return [float(a) for a in areas] if d and all(ok) else None
+
+
 def record_from_log(r: Dict[str, Any], low: float) -> Tuple[Dict[str, Any], Detections]:
-    """A request-log record completed with prediction statistics (the log keeps the raw detections)."""
+    """A request-log record completed with prediction statistics (the log keeps the raw detections).
+
+    For a mask model each logged detection carries ``mask_area`` (its mask's pixel count; the log keeps
+    no masks), which gives the same ``mask_area_frac`` and ``mask_fill`` as :func:`record_of` on the
+    image's masks. An image without detections has no mask statistics here (nothing says the model
+    predicts masks); its mask lists would be empty anyway, so the pooled profile is the same.
+    """
     d = r.get("detections") or []
     dets = Detections(np.array([x["box"] for x in d], np.float32).reshape(-1, 4),
                       np.array([x["score"] for x in d], np.float32),
                       np.array([x.get("label", 0) for x in d], np.int64),
                       np.asarray(r["embedding"], np.float32) if r.get("embedding") else None)
     names = np.asarray([x.get("class", str(x.get("label"))) for x in d], dtype=object)
-    rec = {**r, **prediction_stats(dets.scores, names, dets.boxes, int(r["width"]), int(r["height"]), low)}
+    rec = {**r, **prediction_stats(dets.scores, names, dets.boxes, int(r["width"]), int(r["height"]), low,
+                                   _log_mask_areas(d))}
     return rec, dets
 
 
 def profile_of(seen: Sequence[Seen]) -> Profile:
     """A drift profile (numeric features, class counts, embeddings) from a window's records."""
     keys = ("brightness", "contrast", "sharpness", "saturation", "width", "height", "aspect", "num_boxes",
-            "max_score", "mean_score", "empty", "box_area_frac", "labels")
+            "max_score", "mean_score", "empty", "box_area_frac", "mask_area_frac", "mask_fill", "labels")
     recs = [{k: s.record[k] for k in keys if k in s.record} for s in seen]
     embs = [s.record.get("embedding") for s in seen]
     emb = np.asarray(embs, np.float32) if embs and all(e is not None for e in embs) else None
@@ -80,7 +122,8 @@ def run_images(detector: OnnxDetector, frames: Iterator[Tuple[str, Optional[str]
     """Run the exported model over (name, path, bgr) items; returns their records.
 
     With ``keep_frames``, items without a file (video frames) keep a JPEG of the frame, so
-    edge cases can be shown later without holding decoded frames in memory.
+    edge cases can be shown later without holding decoded frames in memory. A mask model's
+    masks are kept as RLE in :attr:`Seen.masks` (``dets.masks`` is dropped once the record has them).
     """
     import cv2
     from cvops.console import track
@@ -92,7 +135,12 @@ def run_images(detector: OnnxDetector, frames: Iterator[Tuple[str, Optional[str]
         dets = detector.predict([c[2] for c in chunk])
         for (name, path, bgr), d in zip(chunk, dets):
             jpg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes() if keep_frames and path is None else None
-            out.append(Seen(name, record_of(bgr, d, detector.classes, low), d, path, jpg))
+            rec = record_of(bgr, d, detector.classes, low)
+            rles = None
+            if d.masks is not None:
+                rles = [encode(m) for m in d.masks]
+                d.masks = None
+            out.append(Seen(name, rec, d, path, jpg, rles))
         chunk.clear()
 
     for item in track(frames, desc):

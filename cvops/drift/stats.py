@@ -129,7 +129,7 @@ def image_stats(bgr: np.ndarray) -> dict[str, float]:
 
 
 def prediction_stats(scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray, width: int, height: int,
-                     low: float) -> dict[str, Any]:
+                     low: float, mask_areas: np.ndarray | Sequence[float] | None = None) -> dict[str, Any]:
     """Statistics of a detector's output on one image.
 
     Args:
@@ -139,6 +139,9 @@ def prediction_stats(scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray, 
         width: Image width in pixels.
         height: Image height in pixels.
         low: The score threshold below which a box is not counted as a detection.
+        mask_areas: ``(n,)`` pixel count of each box's instance mask (in the
+            ``width x height`` image), for a model that predicts masks; ``None``
+            (default): a box-only model, and no mask statistics.
 
     Returns:
         ``num_boxes`` (boxes scoring at least ``low``), ``max_score`` (the highest
@@ -147,10 +150,15 @@ def prediction_stats(scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray, 
         score of the kept boxes, 0 when none), ``empty`` (1.0 when no box scores
         at least ``low``, else 0.0), ``box_area_frac`` (list, area of each kept
         box clipped to the image over ``width * height``) and ``labels`` (list of
-        the kept boxes' labels as strings).
+        the kept boxes' labels as strings). With ``mask_areas`` also, for the kept
+        boxes, ``mask_area_frac`` (list, mask pixels over ``width * height``) and
+        ``mask_fill`` (list, mask pixels over the box's area clipped to the image,
+        in pixels; boxes with no area inside the image are left out). A predicted
+        mask may reach past its box, so a fill can exceed 1.
 
     Raises:
-        ValueError: If the arrays disagree in length or the size is not positive.
+        ValueError: If the arrays disagree in length, the size is not positive or
+            a mask area is negative or not finite.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
@@ -165,9 +173,10 @@ def prediction_stats(scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray, 
     x2 = np.clip(kept[:, 2], 0, width)
     y1 = np.clip(kept[:, 1], 0, height)
     y2 = np.clip(kept[:, 3], 0, height)
-    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None) / float(width * height)
+    pixels = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = pixels / float(width * height)
     n_kept = int(keep.sum())
-    return {
+    out: dict[str, Any] = {
         "num_boxes": n_kept,
         "max_score": float(scores.max()) if len(scores) else 0.0,
         "mean_score": float(scores[keep].mean()) if n_kept else 0.0,
@@ -175,6 +184,17 @@ def prediction_stats(scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray, 
         "box_area_frac": area.tolist(),
         "labels": [str(x) for x in labels[keep].tolist()],
     }
+    if mask_areas is not None:
+        masks = np.asarray(mask_areas, dtype=np.float64).reshape(-1)
+        if len(masks) != len(scores):
+            raise ValueError(f"prediction_stats: {len(masks)} mask areas for {len(scores)} boxes")
+        if not np.isfinite(masks).all() or (masks < 0).any():
+            raise ValueError(f"prediction_stats: mask areas must be finite pixel counts >= 0, got {masks.tolist()}")
+        m = masks[keep]
+        out["mask_area_frac"] = (m / float(width * height)).tolist()
+        # a box squashed to nothing by the image border has no fill; leave it out rather than divide by 0
+        out["mask_fill"] = (m[pixels > 0] / pixels[pixels > 0]).tolist()
+    return out
 
 
 # ---------------------------------------------------------------------------

@@ -53,7 +53,10 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
     an empty ``Detections`` means "no objects"), else from ``fallback_field`` (the
     prelabels were accepted as they are). Relative FiftyOne boxes become pixel
     boxes using the sample's metadata, or the image file (EXIF orientation applied,
-    as the App shows it) when there is none.
+    as the App shows it) when there is none. A detection with an instance mask
+    (``Detection.mask``, or ``mask_path``; the monitor puts a mask model's masks
+    on the prelabels) also gets its ``segmentation``, a compressed RLE of the
+    whole image (``curate.masks=true`` reads it); an empty mask gets none.
 
     The file goes to ``out_root/<version>/annotations.json`` where ``version`` is
     the first 12 hex digits of the SHA-256 of the file's content (sorted image
@@ -72,7 +75,8 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
 
     Returns:
         ``{"path", "images", "boxes", "from_ground_truth", "from_prelabels",
-        "skipped_unknown_labels", "version"}`` plus ``dataset``,
+        "skipped_unknown_labels", "version"}`` plus ``masks`` (annotations with a
+        segmentation), ``dataset``,
         ``skipped_missing_files`` (reviewed samples whose image file is gone),
         ``skipped_invalid_boxes`` (detections without a 4-number box) and ``new``
         (False when this version had been exported before).
@@ -112,7 +116,7 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
     missing: List[str] = []
     invalid = 0
     from_gt = from_pre = 0
-    records: List[Tuple[str, int, int, str, List[Tuple[str, List[float]]]]] = []
+    records: List[Tuple[str, int, int, str, List[Tuple[str, List[float], Optional[Dict[str, Any]]]]]] = []
     for fp, gt, pre, meta in zip(filepaths, primary, fallback, metadata):
         path = os.path.abspath(fp)
         if not Path(path).is_file():
@@ -128,7 +132,7 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
             raise ValueError(f"review dataset '{dataset_name}': field '{source}' of {fp} holds "
                              f"{type(dets).__name__}, not Detections")
         w, h = _size(path, meta)
-        boxes: List[Tuple[str, List[float]]] = []
+        boxes: List[Tuple[str, List[float], Optional[Dict[str, Any]]]] = []
         for det in (dets.detections if dets is not None else []):
             label = str(det.label)
             bb = det.bounding_box
@@ -139,15 +143,16 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
                 unknown[label] += 1
                 continue
             x, y, bw, bh = (float(v) for v in bb)
-            boxes.append((label, [round(x * w, 3), round(y * h, 3), round(bw * w, 3), round(bh * h, 3)]))
-        boxes.sort()
+            boxes.append((label, [round(x * w, 3), round(y * h, 3), round(bw * w, 3), round(bh * h, 3)],
+                          _segmentation(det, (x, y, bw, bh), w, h)))
+        boxes.sort(key=lambda b: (b[0], b[1], json.dumps(b[2], sort_keys=True)))
         records.append((path, w, h, source, boxes))
     if not records:
         raise ValueError(f"review dataset '{dataset_name}': none of the {n} reviewed sample(s) has its image file "
                          f"any more (first: {missing[0]})")
     records.sort(key=lambda r: (r[0], json.dumps(r[4])))
 
-    categories = list(classes) if classes is not None else sorted({lab for r in records for lab, _ in r[4]})
+    categories = list(classes) if classes is not None else sorted({b[0] for r in records for b in r[4]})
     coco = _coco(records, categories)
     content = json.dumps(coco, sort_keys=True, separators=(",", ":"))
     version = hashlib.sha256(content.encode()).hexdigest()[:12]
@@ -163,6 +168,7 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
         "path": str(target),
         "images": len(records),
         "boxes": len(coco["annotations"]),
+        "masks": sum(1 for a in coco["annotations"] if "segmentation" in a),
         "from_ground_truth": from_gt,
         "from_prelabels": from_pre,
         "skipped_unknown_labels": dict(sorted(unknown.items())),
@@ -188,18 +194,57 @@ def _size(path: str, meta: Any) -> Tuple[int, int]:
     return int(w), int(h)
 
 
-def _coco(records: List[Tuple[str, int, int, str, List[Tuple[str, List[float]]]]],
+def _segmentation(det: Any, box: Tuple[float, float, float, float], w: int, h: int) -> Optional[Dict[str, Any]]:
+    """The whole-image RLE of a FiftyOne detection's instance mask, or None (no mask, or an empty one).
+
+    FiftyOne stretches a detection's mask over its box, so the mask is pasted over the box's pixel
+    region (resized, nearest neighbour, when a tool stored it at another resolution) and cut to the image.
+    """
+    import numpy as np
+
+    from cvops import masks
+
+    get = getattr(det, "get_mask", None)
+    mask = get() if callable(get) else det.mask
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.ndim == 3:  # a mask image read with its channels
+        mask = mask[..., 0]
+    if mask.ndim != 2 or mask.size == 0:
+        return None
+    x0, y0 = int(round(box[0] * w)), int(round(box[1] * h))
+    x1, y1 = max(int(round((box[0] + box[2]) * w)), x0 + 1), max(int(round((box[1] + box[3]) * h)), y0 + 1)
+    if mask.shape != (y1 - y0, x1 - x0):
+        import cv2
+
+        mask = cv2.resize(mask.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return None
+    full = np.zeros((h, w), bool)
+    full[cy0:cy1, cx0:cx1] = mask[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] > 0
+    return masks.encode(full) if full.any() else None
+
+
+def _coco(records: List[Tuple[str, int, int, str, List[Tuple[str, List[float], Optional[Dict[str, Any]]]]]],
           categories: List[str]) -> Dict[str, Any]:
-    """COCO detection dict; nothing time- or machine-dependent beyond the paths."""
+    """COCO detection dict (a ``segmentation`` where a mask was exported); nothing time- or
+    machine-dependent beyond the paths."""
+    from cvops import masks
+
     cat = {c: i + 1 for i, c in enumerate(categories)}
     images: List[Dict[str, Any]] = []
     annotations: List[Dict[str, Any]] = []
     for path, w, h, source, boxes in records:
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": path, "width": w, "height": h, "label_source": source})
-        for label, (x, y, bw, bh) in boxes:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat[label],
-                                "bbox": [x, y, bw, bh], "area": round(bw * bh, 3), "iscrowd": 0})
+        for label, (x, y, bw, bh), seg in boxes:
+            ann: Dict[str, Any] = {"id": len(annotations) + 1, "image_id": image_id, "category_id": cat[label],
+                                   "bbox": [x, y, bw, bh], "area": round(bw * bh, 3), "iscrowd": 0}
+            if seg is not None:
+                ann.update(segmentation=seg, area=masks.area(seg))
+            annotations.append(ann)
     return {"info": {"description": "reviewed edge cases exported by cvops review"},
             "images": images, "annotations": annotations,
             "categories": [{"id": i, "name": c} for c, i in cat.items()]}
@@ -284,7 +329,8 @@ def main(argv: List[str]) -> int:
         print(f"cvops: error: {e}", file=sys.stderr)
         return 2
     extra = OmegaConf.to_container(cfg.data.extra, resolve=True) or []
-    print(f"cvops review: {res['images']} reviewed image(s), {res['boxes']} box(es) from FiftyOne dataset "
+    masks = f" ({res['masks']} with an instance mask)" if res["masks"] else ""
+    print(f"cvops review: {res['images']} reviewed image(s), {res['boxes']} box(es){masks} from FiftyOne dataset "
           f"'{dataset}' ({res['from_ground_truth']} labelled in ground_truth, {res['from_prelabels']} with "
           "prelabels accepted)")
     state = "new version" if res["new"] else "unchanged since the last export: same version"

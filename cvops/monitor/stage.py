@@ -8,12 +8,14 @@
    (seed ``monitor.seed``) with ``monitor.shift`` applied (darker, blurred,
    noisy or an unseen background), the quickstart's stand-in for production.
 3. **Drift**: per feature KS + PSI (image brightness, contrast, sharpness,
-   saturation, size; boxes per image, max/mean score, empty rate, box sizes),
+   saturation, size; boxes per image, max/mean score, empty rate, box sizes;
+   for a mask model also mask area / image and mask area / box per object),
    chi-square on the class mix, MMD on the embeddings, Bonferroni-corrected
    (:func:`cvops.drift.stats.compare`). Degradation proxies without labels:
    mean max score, empty-prediction rate, boxes per image (window vs reference).
 4. **Edge cases** (:func:`cvops.drift.profile.edge_reasons`) go to the FiftyOne
-   review dataset ``<project>-review`` with the predictions as ``prelabels``;
+   review dataset ``<project>-review`` with the predictions as ``prelabels``
+   (with their instance masks when the window ran through a mask model);
    ``cvops review recipe=X`` turns reviewed ones into the next curate version.
 5. **Report**: ``report.html`` (verdicts + plots), ``drift.json``, W&B, and
    ``run.json`` metrics ``drift_detected, drift_features, edge_cases,
@@ -108,9 +110,16 @@ def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Pat
 
     Images already in the dataset (same file) are not added twice; requests whose image was not
     sampled by the server have no file and are counted in the metrics only.
+
+    The ``prelabels`` of a mask model's edge case carry each instance mask (FiftyOne ``Detection.mask``
+    with its box in whole pixels, :func:`cvops.masks.fiftyone_mask`) when the window has the masks:
+    folders, videos and synthetic windows, which run the model here (:attr:`Seen.masks`, or
+    ``Seen.dets.masks``). Edge cases from the serve request log get boxes only: the log keeps each
+    mask's pixel count, not the mask.
     """
     import cv2
 
+    from cvops import masks as rle
     from cvops.fo import connect
 
     fo = connect()
@@ -134,9 +143,17 @@ def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Pat
         h, w = int(s.record.get("height", 1)), int(s.record.get("width", 1))
         dets = []
         if s.dets is not None:
-            for b, sc, lab in zip(s.dets.boxes, s.dets.scores, s.dets.labels):
-                dets.append(fo.Detection(label=classes[int(lab)] if int(lab) < len(classes) else str(int(lab)),
-                                         confidence=float(sc),
+            instance = s.masks
+            if instance is None and s.dets.masks is not None:
+                instance = [rle.encode(m) for m in s.dets.masks]
+            for i, (b, sc, lab) in enumerate(zip(s.dets.boxes, s.dets.scores, s.dets.labels)):
+                label = classes[int(lab)] if int(lab) < len(classes) else str(int(lab))
+                if instance is not None and i < len(instance):
+                    box, mask = rle.fiftyone_mask(instance[i], [float(b[0]), float(b[1]), float(b[2] - b[0]),
+                                                                float(b[3] - b[1])])
+                    dets.append(fo.Detection(label=label, confidence=float(sc), bounding_box=box, mask=mask))
+                    continue
+                dets.append(fo.Detection(label=label, confidence=float(sc),
                                          bounding_box=[float(b[0]) / w, float(b[1]) / h, float(b[2] - b[0]) / w,
                                                        float(b[3] - b[1]) / h]))
         sample = fo.Sample(filepath=str(Path(path).resolve()), tags=["needs_review", *reasons])
