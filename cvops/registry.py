@@ -45,10 +45,11 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 FINGERPRINT = re.compile(r"[0-9a-f]{8,64}")
 
 #: Evaluate metrics recorded with a promotion (those the evaluate artifact has).
-EVAL_KEYS = ("mAP", "mAP50", "mAP75", "val_mAP", "val_mAP50")
+EVAL_KEYS = ("mAP", "mAP50", "mAP75", "val_mAP", "val_mAP50", "segm_mAP", "segm_mAP50")
 #: Export metrics recorded with a promotion.
 EXPORT_KEYS = ("gate", "gate_split", "torch_map", "onnx_map", "map_drop", "int8_map", "int8_map_drop", "onnx_ms",
-               "int8_ms", "onnx_speedup", "int8_speedup", "family", "batch")
+               "int8_ms", "onnx_speedup", "int8_speedup", "family", "batch", "masks", "segm_map_drop",
+               "int8_segm_map_drop")
 
 
 class RegistryError(ValueError):

@@ -42,7 +42,10 @@ def train(m: Mapping[str, Any]) -> str:
 def evaluate(m: Mapping[str, Any]) -> str:
     if m.get("mAP") is None:
         return f"val mAP {_pct(m.get('val_mAP'))}, mAP50 {_pct(m.get('val_mAP50'))}"
-    return f"test mAP {_pct(m.get('mAP'))}, mAP50 {_pct(m.get('mAP50'))}"
+    out = f"test mAP {_pct(m.get('mAP'))}, mAP50 {_pct(m.get('mAP50'))}"
+    if m.get("segm_mAP") is not None:  # instance segmentation: the masks' score too
+        out += f"; mask mAP {_pct(m['segm_mAP'])}, mAP50 {_pct(m.get('segm_mAP50'))}"
+    return out
 
 
 def export(m: Mapping[str, Any]) -> str:
@@ -50,6 +53,10 @@ def export(m: Mapping[str, Any]) -> str:
              f"INT8 {m['int8_map_drop']:+.2f}" if m.get("int8_map_drop") is not None else None,
              f"TensorRT {m['trt_map_drop']:+.2f}" if m.get("trt_map_drop") is not None else None]
     out = f"gate {m.get('gate', '?')} (mAP drop, points: {', '.join(d for d in drops if d)})"
+    masks = [f"ONNX {m['segm_map_drop']:+.2f}" if m.get("segm_map_drop") is not None else None,
+             f"INT8 {m['int8_segm_map_drop']:+.2f}" if m.get("int8_segm_map_drop") is not None else None]
+    if any(masks):
+        out += f" (mask mAP drop: {', '.join(d for d in masks if d)})"
     speed = [f"ONNX {m['onnx_speedup']:.2f}x" if m.get("onnx_speedup") else None,
              f"INT8 {m['int8_speedup']:.2f}x" if m.get("int8_speedup") else None]
     if any(speed):

@@ -431,3 +431,86 @@ def test_onnx_masks_equal_mmdet_masks_at_batch_1_and_4(exported_masks):
         assert d.masks.shape == (len(d.scores), im.shape[0], im.shape[1]) and d.masks.dtype == bool
         for r, m in zip(to_coco(d, 1, [1, 2, 3]), d.masks):
             np.testing.assert_array_equal(rle.decode(r["segmentation"]), m)
+
+
+def test_mask_gate_passes_the_export_and_fails_broken_masks(exported_masks, tmp_path):
+    """Instance segmentation: the gate scores masks too. Ground truth = PyTorch's own confident instances (box
+    and mask); the export passes on both, and the same graph with its masks shifted by 3 pixels (boxes intact,
+    as a wrong mask crop or stride would leave them) passes on boxes and fails on masks."""
+    import cv2
+
+    from cvops import masks as rle
+    from cvops.detector.coco import coco_eval
+    from cvops.detector.runtime import OnnxDetector
+    from cvops.export.stage import parity, predict_split
+
+    out, _, _ = exported_masks
+    det = OnnxDetector(out / "model.onnx")
+    images = _images(6, seed=11)
+    coco = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(CLASSES)]}
+    for i, im in enumerate(images):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), im)
+        coco["images"].append({"id": i, "file_name": str(path), "width": im.shape[1], "height": im.shape[0]})
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps(coco))
+    # the reference: PyTorch stands in for itself through the graph here (test_onnx_masks_equal_mmdet_masks...
+    # proves the two equal); ground truth = its confident instances (an untrained head leaves some masks
+    # empty, which COCOeval never matches: the reference's mask mAP is lower than its box mAP)
+    torch_dets = predict_split(det.run_any, det.preprocess, coco["images"], [1, 2, 3])
+    for d in torch_dets:
+        if d["score"] >= 0.3:
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": d["image_id"], "iscrowd": 0,
+                                        "category_id": d["category_id"], "bbox": d["bbox"],
+                                        "segmentation": d["segmentation"], "area": rle.area(d["segmentation"])})
+    assert len(coco["annotations"]) >= 6
+    ann.write_text(json.dumps(coco))
+    torch_map = coco_eval(ann, torch_dets)[0]["mAP"]
+    torch_segm = coco_eval(ann, torch_dets, "segm")[0]["mAP"]
+    assert torch_map > 0.9 and torch_segm > 0.5, (torch_map, torch_segm)
+
+    good = parity(det.run_any, det.preprocess, ann, torch_dets, torch_map, 0.5, 0.3, torch_segm_map=torch_segm)
+    assert good.passed and good.segm_drop == 0.0 and good.drop == 0.0
+
+    def shifted(tensor):
+        outs = det.run_any(tensor)
+        outs[5] = np.roll(outs[5], 3, axis=(-1, -2))
+        return outs
+
+    bad = parity(shifted, det.preprocess, ann, torch_dets, torch_map, 0.5, 0.3, runtime="onnx",
+                 torch_segm_map=torch_segm)
+    assert bad.drop == 0.0 and bad.segm_drop > 0.5 and not bad.passed
+    assert "mask mAP points" in bad.verdict()
+
+    def boxes_only(tensor):
+        return det.run_any(tensor)[:5]
+
+    with pytest.raises(ValueError, match="without masks"):
+        parity(boxes_only, det.preprocess, ann, torch_dets, torch_map, 0.5, 0.3, torch_segm_map=torch_segm)
+
+
+def test_int8_mask_model_keeps_its_masks(exported_masks, tmp_path):
+    """INT8 of an instance segmentation graph: only the network's convolutions are quantized (the mask
+    assembly after NMS stays float), and the masks output is still there and agrees with FP32."""
+    import cv2
+    import onnx
+
+    from cvops.detector.runtime import OnnxDetector
+    from cvops.export.quantize import quantize
+
+    out, _, contract = exported_masks
+    files = []
+    for i, im in enumerate(_images(8, seed=5)):
+        files.append(str(tmp_path / f"{i}.png"))
+        cv2.imwrite(files[-1], im)
+    det = OnnxDetector(out / "model.onnx")
+    quantize(out / "model.onnx", tmp_path / "int8.onnx", files, det.preprocess)
+    m = onnx.load(str(tmp_path / "int8.onnx"))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    mat = [n for n in m.graph.node if n.op_type == "MatMul"]
+    assert mat and all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                       for n in mat for i in n.input)  # the per-instance dynamic convs are not quantized
+    q = OnnxDetector(tmp_path / "int8.onnx")
+    assert q.outputs[-1] == "masks"
+    fp, i8 = det.predict(_images(2, seed=3)), q.predict(_images(2, seed=3))
+    assert all(d.masks is not None and d.masks.shape[1:] == f.masks.shape[1:] for d, f in zip(i8, fp))

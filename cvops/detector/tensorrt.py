@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from cvops.detector.runtime import INPUT, OUTPUTS
+from cvops.detector.runtime import INPUT, MASKS, OUTPUTS
 
 log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 
@@ -199,9 +199,12 @@ class TrtDetector:
         self.fixed_batch: Optional[int] = int(batch) if batch > 0 else None
         lo, _, hi = self.engine.get_tensor_profile_shape(INPUT, 0)
         self.batch_range = (int(lo[0]), int(hi[0]))
+        names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
+        #: the graph's outputs in order; an instance segmentation engine has ``masks`` last
+        self.outputs = [n for n in (*OUTPUTS, MASKS) if n in names]
 
     def run(self, tensor: np.ndarray) -> List[np.ndarray]:
-        """Raw outputs (num_dets, boxes, scores, labels, embedding) for a preprocessed batch."""
+        """Raw outputs (num_dets, boxes, scores, labels, embedding[, masks]) for a preprocessed batch."""
         trt, torch = self._trt, self._torch
         lo, hi = self.batch_range
         if not lo <= len(tensor) <= hi:
@@ -213,7 +216,7 @@ class TrtDetector:
                 raise ValueError(f"TensorRT refused input shape {tuple(x.shape)} for {self.path}")
             self.context.set_tensor_address(INPUT, x.data_ptr())
             outs = {}
-            for name in OUTPUTS:
+            for name in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(name))
                 dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
                 outs[name] = torch.empty(shape, dtype=dtype, device="cuda")
@@ -221,7 +224,7 @@ class TrtDetector:
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError(f"TensorRT execution of {self.path} failed")
             self.stream.synchronize()
-            return [outs[n].cpu().numpy() for n in OUTPUTS]
+            return [outs[n].cpu().numpy() for n in self.outputs]
 
 
 class EngineDetector:

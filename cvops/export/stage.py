@@ -6,7 +6,9 @@
 2. **Parity gate**: the exported model, run by ONNX Runtime on the curated test
    split (val when test is empty), is scored by the evaluate stage's COCO
    evaluator against the PyTorch model with the same thresholds; a drop above
-   ``export.gate.max_map_drop`` mAP points fails the stage. Images where the
+   ``export.gate.max_map_drop`` mAP points fails the stage (for an instance
+   segmentation model, a drop of box mAP or of mask mAP: its masks are gated
+   with the same limit). Images where the
    two disagree (a box above ``evaluate.confusion_score_thr`` without a
    same-class IoU >= 0.5 partner) are tagged ``export_mismatch:<format>`` in
    the FiftyOne dataset and listed in ``disagreements.csv``.
@@ -93,34 +95,53 @@ def disagreements(reference: List[Dict[str, Any]], exported: List[Dict[str, Any]
 
 @dataclass
 class GateResult:
-    """One runtime's parity check against PyTorch on the gate split."""
+    """One runtime's parity check against PyTorch on the gate split: box mAP, and mask mAP for an instance
+    segmentation model (both must stay within ``limit``)."""
 
     runtime: str
-    map: float  # the runtime's COCO mAP
+    map: float  # the runtime's COCO box mAP
     torch_map: float  # PyTorch's, same thresholds, same split
     limit: float  # export.gate.max_map_drop / int8_max_map_drop (mAP points)
     rows: List[Dict[str, Any]] = field(default_factory=list)  # images where the two disagree
+    segm_map: Optional[float] = None  # the runtime's COCO mask mAP (mask models)
+    torch_segm_map: Optional[float] = None
 
     @property
     def drop(self) -> float:
-        """mAP points lost against PyTorch (negative: the runtime scored higher)."""
+        """Box mAP points lost against PyTorch (negative: the runtime scored higher)."""
         return round((self.torch_map - self.map) * 100, 3)
 
     @property
+    def segm_drop(self) -> Optional[float]:
+        """Mask mAP points lost against PyTorch (None for a box-only model)."""
+        if self.segm_map is None or self.torch_segm_map is None:
+            return None
+        return round((self.torch_segm_map - self.segm_map) * 100, 3)
+
+    @property
     def passed(self) -> bool:
-        return self.drop <= self.limit
+        return self.drop <= self.limit and (self.segm_drop is None or self.segm_drop <= self.limit)
 
     def verdict(self) -> str:
-        return f"{self.runtime}: {self.drop:.2f} mAP points below PyTorch (limit {self.limit:.2f})"
+        masks = "" if self.segm_drop is None else f", {self.segm_drop:.2f} mask mAP points"
+        return f"{self.runtime}: {self.drop:.2f} mAP points{masks} below PyTorch (limit {self.limit:.2f})"
 
 
 def parity(run_fn: Any, pre: Preprocess, ann: Path, torch_dets: List[Dict[str, Any]], torch_map: float,
-           max_drop: float, conf_thr: float, runtime: str = "onnx") -> GateResult:
-    """The gate for one runtime: its mAP on ``ann`` vs PyTorch's, and where they disagree."""
+           max_drop: float, conf_thr: float, runtime: str = "onnx",
+           torch_segm_map: Optional[float] = None) -> GateResult:
+    """The gate for one runtime: its mAP on ``ann`` vs PyTorch's (and its mask mAP when ``torch_segm_map`` is
+    given), and where they disagree."""
     images, cat_ids = read_split(ann)
     dets = predict_split(run_fn, pre, images, cat_ids)
+    segm_map = None
+    if torch_segm_map is not None:
+        if dets and not all("segmentation" in d for d in dets):
+            raise ValueError(f"export gate: the {runtime} model returned boxes without masks; the PyTorch model "
+                             "predicts instance masks (was the graph exported without its masks output?)")
+        segm_map = coco_eval(ann, dets, "segm")[0]["mAP"]
     return GateResult(runtime, coco_eval(ann, dets)[0]["mAP"], torch_map, max_drop,
-                      disagreements(torch_dets, dets, images, conf_thr))
+                      disagreements(torch_dets, dets, images, conf_thr), segm_map, torch_segm_map)
 
 
 # ------------------------------------------------------------ latency
@@ -190,7 +211,8 @@ def tag_disagreements(dataset: str, rows: List[Dict[str, Any]], tag: str) -> int
 class Gate:
     """The parity gate: every exported runtime against PyTorch on one curated split."""
 
-    def __init__(self, curate: Any, train: Any, pre: Preprocess, thr: Any, conf_thr: float) -> None:
+    def __init__(self, curate: Any, train: Any, pre: Preprocess, thr: Any, conf_thr: float,
+                 masks: bool = False) -> None:
         from cvops.detector.mmdet import predict
         from cvops.export.build import ExportError
 
@@ -204,16 +226,22 @@ class Gate:
         self.torch_dets = predict(train.path("config"), train.path("checkpoint"), self.ann, "cpu", thr.score_thr,
                                   thr.max_det, iou_thr=thr.iou_thr)
         self.torch_map = coco_eval(self.ann, self.torch_dets)[0]["mAP"]
+        #: mask mAP of PyTorch for an instance segmentation model (its masks are gated too), else None
+        self.torch_segm_map = coco_eval(self.ann, self.torch_dets, "segm")[0]["mAP"] if masks else None
         self.results: Dict[str, GateResult] = {}
         self.runners: Dict[str, Any] = {}
 
     def check(self, name: str, run_fn: Any, limit: float) -> GateResult:
         """Gate one runtime (``run_fn``: tensor -> raw outputs) at ``limit`` mAP points; kept for the latency
         table and the disagreements."""
-        r = parity(run_fn, self.pre, self.ann, self.torch_dets, self.torch_map, limit, self.conf_thr, runtime=name)
+        r = parity(run_fn, self.pre, self.ann, self.torch_dets, self.torch_map, limit, self.conf_thr, runtime=name,
+                   torch_segm_map=self.torch_segm_map)
         self.results[name], self.runners[name] = r, run_fn
         log.info("  export: %-8s mAP %.4f vs PyTorch %.4f: drop %.2f points (limit %.2f) -> %s; %d image(s) disagree",
                  name, r.map, r.torch_map, r.drop, limit, "pass" if r.passed else "FAIL", len(r.rows))
+        if r.segm_drop is not None:
+            log.info("  export: %-8s mask mAP %.4f vs PyTorch %.4f: drop %.2f points", name, r.segm_map,
+                     r.torch_segm_map, r.segm_drop)
         return r
 
 
@@ -228,11 +256,7 @@ def run(ctx: StageContext) -> StageResult:
     ex = ctx.config.export
     _check(ex)
     curate, train = ctx.inputs["curate"], ctx.inputs["train"]
-    if train.metrics.get("masks"):  # a graph of boxes only would drop the masks without a word
-        raise ValueError(f"export: {ctx.config.model.name} predicts instance masks. Its ONNX graph carries the "
-                         "masks (cvops.export.graph), but the export stage does not gate them on segm_mAP or "
-                         "quantize them yet (issue #13), and an ungated export is not one cvops ships. Run "
-                         "stages=[curate,train,evaluate] for this model, or train a detection model to export")
+    masks = bool(train.metrics.get("masks"))  # instance segmentation: the graph returns masks, gated on mask mAP
     work = ctx.workdir
     thr = Thresholds(max_det=ex.max_det, score_thr=ex.score_thr, iou_thr=ex.iou_thr)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -240,7 +264,12 @@ def run(ctx: StageContext) -> StageResult:
 
     contract = build_onnx(ctx, model, cfg, thr)
     pre = Preprocess.from_dict(contract["preprocess"])
-    gate = Gate(curate, train, pre, thr, ctx.config.evaluate.confusion_score_thr)
+    if masks and "masks" not in [o["name"] for o in contract["io"]["outputs"]]:
+        from cvops.export.build import ExportError
+
+        raise ExportError(f"export: {ctx.config.model.name} predicts instance masks but its ONNX graph has no "
+                          "masks output; exporting it would drop them")
+    gate = Gate(curate, train, pre, thr, ctx.config.evaluate.confusion_score_thr, masks=masks)
     gate.check("onnx", OnnxDetector(work / "model.onnx").run_any, ex.gate.max_map_drop)
     artifacts = {"onnx": "model.onnx", "preprocess": "preprocess.json"}
 
@@ -404,6 +433,7 @@ def _metrics(work: Path, ex: ExportConfig, gate: Gate, rows: List[Dict[str, Any]
         "torch_map": gate.torch_map, "onnx_map": res["onnx"].map, "map_drop": res["onnx"].drop,
         "int8_map": res["int8"].map if "int8" in res else None,
         "int8_map_drop": res["int8"].drop if "int8" in res else None,
+        "masks": gate.torch_segm_map is not None,
         "torch_ms": ms("pytorch"), "onnx_ms": ms("onnx"), "int8_ms": ms("int8"),
         "torch_ms_b8": ms("pytorch", 8), "onnx_ms_b8": ms("onnx", 8), "int8_ms_b8": ms("int8", 8),
         "onnx_speedup": _ratio(ms("pytorch"), ms("onnx")), "int8_speedup": _ratio(ms("pytorch"), ms("int8")),
@@ -411,6 +441,11 @@ def _metrics(work: Path, ex: ExportConfig, gate: Gate, rows: List[Dict[str, Any]
         "family": contract["family"], "opset": contract["opset"], "batch": contract["batch"],
         "onnx_mb": round((work / "model.onnx").stat().st_size / 2**20, 2),
     }
+    if gate.torch_segm_map is not None:  # instance segmentation: the masks' gate
+        metrics.update({"torch_segm_map": gate.torch_segm_map, "onnx_segm_map": res["onnx"].segm_map,
+                        "segm_map_drop": res["onnx"].segm_drop,
+                        "int8_segm_map": res["int8"].segm_map if "int8" in res else None,
+                        "int8_segm_map_drop": res["int8"].segm_drop if "int8" in res else None})
     if "tensorrt" in res:
         metrics.update({"trt_map": res["tensorrt"].map, "trt_map_drop": res["tensorrt"].drop,
                         "trt_ms": ms("tensorrt"), "trt_ms_b8": ms("tensorrt", 8)})
@@ -438,17 +473,25 @@ def _recipe_args(ctx: StageContext) -> List[str]:
 
 def _write_latency(work: Path, rows: List[Dict[str, Any]], maps: Dict[str, Optional[float]],
                    results: Dict[str, GateResult]) -> None:
-    md = ["| runtime | batch | median ms | p90 ms | ms / image | mAP | mAP drop (points) | gate |",
-          "|---|---:|---:|---:|---:|---:|---:|---|"]
-    csv = ["runtime,batch,median_ms,p90_ms,per_image_ms,mAP,map_drop,gate"]
+    segm = any(r.segm_map is not None for r in results.values())  # mask models: the masks' mAP too
+    torch_segm = next((r.torch_segm_map for r in results.values() if r.torch_segm_map is not None), None)
+    head = "| runtime | batch | median ms | p90 ms | ms / image | mAP | mAP drop (points) |"
+    md = [head + (" mask mAP | mask mAP drop |" if segm else "") + " gate |",
+          "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if segm else "") + "---|"]
+    csv = ["runtime,batch,median_ms,p90_ms,per_image_ms,mAP,map_drop" + (",segm_mAP,segm_map_drop" if segm else "")
+           + ",gate"]
+    fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
     for r in rows:
         res = results.get(r["runtime"])
         m = maps.get(r["runtime"])
         drop = res.drop if res else None
         g = "" if not res else ("pass" if res.passed else "FAIL")
+        sm = res.segm_map if res else (torch_segm if r["runtime"] == "pytorch" else None)
+        sd = res.segm_drop if res else None
         md.append(f"| {r['runtime']} | {r['batch']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['per_image_ms']:.1f} | "
-                  f"{'' if m is None else f'{m:.4f}'} | {'' if drop is None else f'{drop:.2f}'} | {g} |")
+                  f"{fmt(m, '.4f')} | {fmt(drop, '.2f')} |" + (f" {fmt(sm, '.4f')} | {fmt(sd, '.2f')} |" if segm else "")
+                  + f" {g} |")
         csv.append(f"{r['runtime']},{r['batch']},{r['median_ms']},{r['p90_ms']},{r['per_image_ms']},"
-                   f"{'' if m is None else m},{'' if drop is None else drop},{g}")
+                   f"{fmt(m, '')},{fmt(drop, '')}" + (f",{fmt(sm, '')},{fmt(sd, '')}" if segm else "") + f",{g}")
     (work / "latency.md").write_text("\n".join(md) + "\n")
     (work / "latency.csv").write_text("\n".join(csv) + "\n")

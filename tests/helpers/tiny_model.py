@@ -94,14 +94,15 @@ def _spread_head(net: Any, size: Sequence[int] = (128, 128)) -> None:
 
 
 def make_onnx(out: Path, size: Sequence[int] = (128, 128), batch: str = "dynamic", score_thr: float = 0.05,
-              max_det: int = 100) -> Path:
-    """``out/model.onnx`` (+ preprocess.json) of an untrained RTMDet-tiny; the classes are :data:`CLASSES`."""
+              max_det: int = 100, model: str = "rtmdet_tiny") -> Path:
+    """``out/model.onnx`` (+ preprocess.json) of an untrained RTMDet-tiny (``model="rtmdet_ins_tiny"``: the
+    instance segmentation graph, with its ``masks`` output); the classes are :data:`CLASSES`."""
     from cvops.detector.mmdet import load_model
     from cvops.export.build import export_model
     from cvops.export.graph import Thresholds
 
-    files = make_checkpoint(out, size=size)
-    cfg, model = load_model(files["config"], files["checkpoint"])
-    export_model(model, cfg, out / "model.onnx", size, Thresholds(max_det=max_det, score_thr=score_thr, iou_thr=0.6),
+    files = make_checkpoint(out, model=model, size=size)
+    cfg, net = load_model(files["config"], files["checkpoint"])
+    export_model(net, cfg, out / "model.onnx", size, Thresholds(max_det=max_det, score_thr=score_thr, iou_thr=0.6),
                  CLASSES, batch=batch)
     return out / "model.onnx"
