@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -157,10 +158,35 @@ class Detections:
     embedding: Optional[np.ndarray] = None  # (C,) pooled features of the image (graph output ``embedding``)
     masks: Optional[np.ndarray] = None  # (n, height, width) bool instance masks in original pixels (mask models)
 
-    def to_json(self, classes: Sequence[str]) -> List[Dict[str, Any]]:
-        return [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "label": int(lab),
-                 "class": classes[int(lab)] if int(lab) < len(classes) else str(int(lab))}
-                for b, s, lab in zip(self.boxes, self.scores, self.labels)]
+    def to_json(self, classes: Sequence[str], masks: "MaskFormat | str" = "none") -> List[Dict[str, Any]]:
+        """One ``{"box", "score", "label", "class"}`` per detection; with instance masks also ``"mask_area"``
+        (pixels) and, by ``masks``: ``"rle"`` a ``"mask"`` (COCO compressed RLE of the original image),
+        ``"polygon"`` a ``"polygon"`` (outer outlines, :func:`cvops.masks.to_polygons`), ``"none"`` (default)
+        neither. Box-only detections ignore ``masks``."""
+        fmt = MaskFormat(masks)
+        out = [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "label": int(lab),
+                "class": classes[int(lab)] if int(lab) < len(classes) else str(int(lab))}
+               for b, s, lab in zip(self.boxes, self.scores, self.labels)]
+        if self.masks is None:
+            return out
+        from cvops import masks as rle
+
+        areas = self.masks.reshape(len(self.masks), -1).sum(1)
+        for d, m, a in zip(out, self.masks, areas):
+            d["mask_area"] = int(a)
+            if fmt is MaskFormat.RLE:
+                d["mask"] = rle.encode(m)
+            elif fmt is MaskFormat.POLYGON:
+                d["polygon"] = rle.to_polygons(m)
+        return out
+
+
+class MaskFormat(str, Enum):
+    """How :meth:`Detections.to_json` writes each instance mask (the serve endpoint's ``?masks=``)."""
+
+    RLE = "rle"
+    POLYGON = "polygon"
+    NONE = "none"
 
 
 def split_outputs(outputs: Sequence[np.ndarray], scales: Sequence[Tuple[float, float]],

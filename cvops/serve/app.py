@@ -7,7 +7,11 @@ Endpoints (all JSON except ``/metrics``):
   image/jpeg`` or ``image/png``. Answers ``{"id", "detections", "width",
   "height", "latency_ms", "model"}``; ``detections`` is a list of ``{"box":
   [x1, y1, x2, y2], "score", "label", "class"}`` in pixels of the image as
-  uploaded (after its EXIF orientation is applied).
+  uploaded (after its EXIF orientation is applied). A mask model's detections also carry
+  ``"mask_area"`` (pixels) and, by the query parameter ``masks``: ``rle`` (default) a ``"mask"``,
+  COCO compressed RLE ``{"size": [h, w], "counts"}`` of the uploaded image; ``polygon`` a
+  ``"polygon"`` ``[[x1, y1, x2, y2, ...], ...]`` (outer outlines along the pixel edges); ``none``
+  neither. The request log keeps ``mask_area``, never the masks.
 * ``GET /healthz``: liveness, ``{"status": "ok"}`` while the process serves HTTP, never behind the token.
 * ``GET /readyz``: readiness, 200 ``{"status": "ready", "model": <export>}`` once a model is loaded and
   warm, else 503 (a server following a registry alias that is not set yet); never behind the token.
@@ -15,7 +19,8 @@ Endpoints (all JSON except ``/metrics``):
   if it moved (the answer says to which export); 404 for a server of one fixed model.
 * ``GET /v1/model``: what is served: the ``info`` given to :func:`create_app`
   (recipe, dataset version, model fingerprint, model file name; never a path),
-  the class names, the preprocessing contract and the upload limits.
+  the ``task`` (``instance_segmentation`` when the graph has a ``masks`` output, else
+  ``detection``), the class names, the preprocessing contract and the upload limits.
 * ``GET /metrics``: Prometheus text exposition of ``cvops_requests_total{status}``,
   ``cvops_request_latency_seconds`` (successful predictions: decode + inference),
   ``cvops_errors_total{reason}``, ``cvops_batch_size``, ``cvops_drift_detected``,
@@ -25,7 +30,8 @@ Every refused request gets a 4xx answer ``{"error": "..."}`` that names the
 problem, the limit crossed and the setting that moves it, and the server goes
 on serving (the ``reason`` label of ``cvops_errors_total`` in brackets):
 
-* 400: an empty body (``empty_body``), bytes that are not a JPEG or PNG or an
+* 400: a ``masks`` query parameter other than once ``rle``, ``polygon`` or ``none`` (``bad_parameter``),
+  an empty body (``empty_body``), bytes that are not a JPEG or PNG or an
   image that does not decode (``bad_image``, ``truncated_image``), a malformed
   multipart body (``bad_multipart``, ``missing_image``), an image whose long
   side is over ``max_aspect_ratio`` times its short side (``aspect_ratio``);
@@ -102,7 +108,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from cvops.detector.runtime import OnnxDetector
+from cvops.detector.runtime import MASKS, MaskFormat, OnnxDetector
 from cvops.schema import MonitorConfig, ServeConfig
 from cvops.requestlog import RequestLog
 
@@ -118,6 +124,8 @@ MULTIPART = "multipart/form-data"
 # 1 ms - 2 s, denser where a CPU detector usually answers
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
                    0.5, 0.75, 1.0, 1.5, 2.0)
+MASK_PARAM = "masks"
+MASK_CHOICES = "rle (default: COCO RLE), polygon or none"
 HOW = "send multipart/form-data with a file field 'image', or a raw body with Content-Type image/jpeg or image/png"
 DISCONNECTED = 499  # nginx's "client closed request": recorded, never sent to anyone
 MiB = 2**20
@@ -313,6 +321,25 @@ def decode_image(data: bytes, max_pixels: int, max_aspect_ratio: float | None = 
     """
     image, fmt = open_image(data, max_pixels, max_aspect_ratio)
     return load_bgr(image, fmt, len(data)), _mime(fmt)
+
+
+def mask_format(query: Any) -> MaskFormat:
+    """The ``masks`` query parameter of a predict request (``rle`` when absent).
+
+    Raises:
+        ApiError: 400 when it is given more than once or is not a :class:`MaskFormat` value.
+    """
+    values = query.getlist(MASK_PARAM)
+    if not values:
+        return MaskFormat.RLE
+    if len(values) > 1:
+        raise ApiError(400, "bad_parameter", f"the query parameter '{MASK_PARAM}' is given {len(values)} times; "
+                                             f"give it once: {MASK_PARAM}={MASK_CHOICES}")
+    try:
+        return MaskFormat(values[0])
+    except ValueError:
+        raise ApiError(400, "bad_parameter", f"invalid value {clean(values[0], 40)!r} of the query parameter "
+                                             f"'{MASK_PARAM}'; valid: {MASK_CHOICES}") from None
 
 
 def _mime(fmt: str) -> str:
@@ -692,7 +719,8 @@ class Served:
 
         self.run = run
         model_info = dict(info)
-        model_info.update(classes=self.classes, preprocess=detector.preprocess.to_dict(),
+        task = "instance_segmentation" if MASKS in _outputs(detector) else "detection"
+        model_info.update(task=task, classes=self.classes, preprocess=detector.preprocess.to_dict(),
                           fixed_batch=detector.fixed_batch,
                           limits={"max_upload_mb": cfg.max_upload_mb, "max_pixels": cfg.max_pixels,
                                   "max_aspect_ratio": cfg.max_aspect_ratio, "decode_memory_mb": cfg.decode_memory_mb,
@@ -787,6 +815,16 @@ def _pipeline(detector: Any) -> tuple[Callable[[np.ndarray], Any], Callable[[lis
     if callable(getattr(detector, "detect", None)):
         return detector.preprocess.prepare, detector.detect
     return (lambda bgr: bgr), detector.predict
+
+
+def _outputs(detector: Any) -> list[str]:
+    """The graph outputs a detector returns: ``OnnxDetector.outputs``, else its TensorRT engine's (``EngineDetector``
+    wraps a ``TrtDetector``); none known: a box-only model."""
+    for holder in (detector, getattr(detector, "engine", None)):
+        outputs = getattr(holder, "outputs", None)
+        if isinstance(outputs, (list, tuple)):
+            return list(outputs)
+    return []
 
 
 def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, log: RequestLog | None,
@@ -962,7 +1000,7 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
         finally:
             await form.close()
 
-    def handle(data: bytes, started: float, upload: str) -> dict[str, Any]:
+    def handle(data: bytes, started: float, upload: str, masks: MaskFormat) -> dict[str, Any]:
         """Decode (within the budget), preprocess, detect, log: runs in the thread pool, on one model
         from start to answer (a swap meanwhile serves the next request)."""
         with models.hold() as served:
@@ -980,7 +1018,7 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
                     dets = served.infer(item)
                 except Exception as e:
                     raise failed("inference", e, _mime(fmt), served.fingerprint) from e
-                return answer(served, bgr, dets, _mime(fmt), started, upload)
+                return answer(served, bgr, dets, _mime(fmt), started, upload, masks)
 
     def failed(stage: str, error: Exception, mime: str, fingerprint: Any = None) -> ApiError:
         """Log a failure of the server's own work under an error id; the answer carries the id only."""
@@ -990,16 +1028,21 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
         log_failure(500, stage, mime, fingerprint=fingerprint)
         return ApiError(500, stage, f"{stage} failed; error id {eid} in the server log")
 
-    def answer(served: Served, bgr: np.ndarray, dets: Any, mime: str, started: float, upload: str) -> dict[str, Any]:
-        """The response of a successful prediction, recorded in the log, the drift window and the metrics."""
+    def answer(served: Served, bgr: np.ndarray, dets: Any, mime: str, started: float, upload: str,
+               masks: MaskFormat = MaskFormat.RLE) -> dict[str, Any]:
+        """The response of a successful prediction, recorded in the log, the drift window and the metrics
+        (masks encoded here, in the request's thread; the record keeps their areas only)."""
         fingerprint = served.fingerprint
-        detections = dets.to_json(served.classes)
+        detections = dets.to_json(served.classes, masks)
+        logged = detections
+        if getattr(dets, "masks", None) is not None and masks is not MaskFormat.NONE:
+            logged = [{k: v for k, v in d.items() if k not in ("mask", "polygon")} for d in detections]
         h, w = bgr.shape[:2]
         latency_ms = (time.perf_counter() - started) * 1000
         rid = uuid.uuid4().hex
         record = {"id": rid, "status": 200, "latency_ms": round(latency_ms, 3), "content_type": mime,
                   "upload": upload, **image_stats(bgr), "width": w, "height": h, "model": fingerprint,
-                  "detections": detections}
+                  "detections": logged}
         if dets.embedding is not None:  # what the monitor's embedding test compares
             record["embedding"] = [round(float(v), 5) for v in dets.embedding]
         if request_log is not None:
@@ -1035,8 +1078,10 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
         started = time.perf_counter()
         media = _media_type(request.headers.get("content-type"))
         try:
+            masks = mask_format(request.query_params)  # before the body: a bad parameter costs no upload
             data = await image_bytes(request, media)
-            result = await run_in_threadpool(handle, data, started, "multipart" if media == MULTIPART else "raw")
+            result = await run_in_threadpool(handle, data, started, "multipart" if media == MULTIPART else "raw",
+                                             masks)
         except ApiError as e:
             if e.status != 500:  # a 500 is logged where it happened (failed())
                 await run_in_threadpool(log_failure, e.status, e.reason, media[:100], started)
