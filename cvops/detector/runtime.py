@@ -171,7 +171,7 @@ class Detections:
             return out
         from cvops import masks as rle
 
-        areas = self.masks.reshape(len(self.masks), -1).sum(1)
+        areas = self.masks.sum(axis=(1, 2)) if self.masks.ndim == 3 else np.zeros(len(self.masks), np.int64)
         for d, m, a in zip(out, self.masks, areas):
             d["mask_area"] = int(a)
             if fmt is MaskFormat.RLE:
