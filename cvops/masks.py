@@ -320,3 +320,166 @@ def _staircase(pts: np.ndarray) -> np.ndarray:
     out[(np.cumsum(reps) - 1)[diagonal]] = corner[diagonal]
     direction = np.sign(np.roll(out, -1, axis=0) - out)
     return out[(direction != np.roll(direction, 1, axis=0)).any(1)]
+
+
+class InstanceMasks:
+    """The instance masks of one image in original pixels, each kept as the pixels of its own region.
+
+    A model's masks are small next to a large image: a full ``(n, height, width)`` array of 100 masks of a
+    40 MP upload is 4 GB. Here instance ``i`` is ``crops[i]`` (bool) placed at ``regions[i] = (x0, y0)``,
+    zero elsewhere, so memory and every operation (area, RLE, polygons) scale with the masks, not the image.
+    Read like an array where that is cheap: ``len``, ``shape``, ``m[i]`` / iteration give one full mask at a
+    time; :meth:`to_array` stacks them all (small images, tests).
+    """
+
+    dtype = np.dtype(bool)
+
+    def __init__(self, height: int, width: int, regions: Sequence[Tuple[int, int]] = (),
+                 crops: Sequence[np.ndarray] = ()) -> None:
+        if len(regions) != len(crops):
+            raise ValueError(f"InstanceMasks: {len(regions)} regions for {len(crops)} crops")
+        self.height, self.width = int(height), int(width)
+        self.regions = [(int(x), int(y)) for x, y in regions]
+        self.crops = [np.asarray(c, bool) for c in crops]
+        for (x, y), c in zip(self.regions, self.crops):
+            if c.ndim != 2 or x < 0 or y < 0 or x + c.shape[1] > self.width or y + c.shape[0] > self.height:
+                raise ValueError(f"InstanceMasks: a {c.shape} crop at ({x}, {y}) is outside {self.width}x{self.height}")
+
+    @classmethod
+    def from_array(cls, masks: np.ndarray) -> "InstanceMasks":
+        """From full masks ``(n, height, width)``: each cropped to the bounding box of its pixels."""
+        m = np.asarray(masks, bool)
+        regions, crops = [], []
+        for one in m:
+            x0, y0, crop = _tight(one)
+            regions.append((x0, y0))
+            crops.append(crop)
+        return cls(m.shape[1], m.shape[2], regions, crops)
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return (len(self.crops), self.height, self.width)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Instance ``i`` as a full (height, width) bool mask."""
+        (x, y), c = self.regions[i], self.crops[i]
+        out = np.zeros((self.height, self.width), bool)
+        out[y:y + c.shape[0], x:x + c.shape[1]] = c
+        return out
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def to_array(self) -> np.ndarray:
+        """All masks as one (n, height, width) bool array (mind the size on large images)."""
+        return np.stack(list(self)) if len(self) else np.zeros((0, self.height, self.width), bool)
+
+    def areas(self) -> np.ndarray:
+        """Pixels of each mask, (n,) int64."""
+        return np.array([int(c.sum()) for c in self.crops], np.int64)
+
+    def rle(self, i: int) -> RLE:
+        """Compressed COCO RLE of instance ``i`` over the whole image (equal to :func:`encode` of ``self[i]``),
+        computed from its region alone."""
+        (x0, y0), crop = self.regions[i], self.crops[i]
+        h, w = self.height, self.width
+        if not crop.any():
+            return {"size": [h, w], "counts": counts_to_string([h * w]) if h * w else ""}
+        ch, cw = crop.shape
+        padded = np.zeros((ch + 2, cw), bool)
+        padded[1:-1] = crop
+        # where the value changes inside each column (rows r-1 -> r of the crop, zero above and below it),
+        # in column-major order: the flat positions of every change over the whole image
+        cols, rows = np.nonzero((padded[1:] != padded[:-1]).T)
+        pos = (x0 + cols).astype(np.int64) * h + (y0 + rows)
+        # a column ending in 1 on the image's last row and the next starting in 1 on its first: no change there
+        uniq, n = np.unique(pos, return_counts=True)
+        pos = uniq[(n % 2 == 1) & (uniq < h * w)]  # a change after the last pixel is the end, not a run
+        runs = np.diff(np.concatenate([[0], pos, [h * w]]))
+        return {"size": [h, w], "counts": counts_to_string(runs.tolist())}
+
+    def polygons(self, i: int) -> List[List[int]]:
+        """COCO polygons of instance ``i`` in image pixels (:func:`to_polygons` of its region)."""
+        (x0, y0), crop = self.regions[i], self.crops[i]
+        return [(np.asarray(p).reshape(-1, 2) + (x0, y0)).ravel().tolist() for p in to_polygons(crop)]
+
+
+def _tight(mask: np.ndarray) -> Tuple[int, int, np.ndarray]:
+    """(x0, y0, crop) of a bool mask cropped to the bounding box of its pixels ((0, 0, 0x0) when empty)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return 0, 0, np.zeros((0, 0), bool)
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return x0, y0, np.ascontiguousarray(mask[y0:y1, x0:x1])
+
+
+def upscale_instances(masks: np.ndarray, new_size: Tuple[int, int], size: Tuple[int, int]) -> InstanceMasks:
+    """Masks at a model's input resolution back to an image's pixels, each computed on its own region.
+
+    Args:
+        masks: (n, H, W) 0/1 masks of the letterboxed input; the image is the top-left ``new_size``
+            (new_w, new_h) of them, the rest is padding.
+        size: the original (width, height).
+
+    Each mask's top-left ``new_h x new_w`` is resized bilinearly to (width, height) and thresholded at 0.5
+    (what mmdet does to its mask logits) - but only over the part of the image its pixels can reach (their
+    bounding box, widened by two source pixels for the interpolation), so the cost grows with the mask.
+    """
+    w, h = int(size[0]), int(size[1])
+    nw, nh = int(new_size[0]), int(new_size[1])
+    fx, fy = nw / w, nh / h  # source pixels per image pixel
+    regions, crops = [], []
+    for m in np.asarray(masks):
+        src = np.ascontiguousarray(m[:nh, :nw], np.float32)
+        rows, cols = np.flatnonzero(src.any(1)), np.flatnonzero(src.any(0))
+        if not len(rows):
+            regions.append((0, 0))
+            crops.append(np.zeros((0, 0), bool))
+            continue
+        if (nw, nh) == (w, h):
+            x0, y0, crop = _tight(src > 0)
+            regions.append((x0, y0))
+            crops.append(crop)
+            continue
+        # image pixel X samples source x = (X + 0.5) * fx - 0.5: the X whose samples can touch columns c0..c1
+        X0 = max(0, int(math.floor((cols[0] - 2 + 0.5) / fx - 0.5)))
+        X1 = min(w, int(math.ceil((cols[-1] + 2 + 0.5) / fx - 0.5)) + 1)
+        Y0 = max(0, int(math.floor((rows[0] - 2 + 0.5) / fy - 0.5)))
+        Y1 = min(h, int(math.ceil((rows[-1] + 2 + 0.5) / fy - 0.5)) + 1)
+        up = _bilinear(src, fx, fy, X0, X1, Y0, Y1)
+        x0, y0, crop = _tight(up >= 0.5)
+        regions.append((X0 + x0, Y0 + y0) if crop.size else (0, 0))
+        crops.append(crop)
+    return InstanceMasks(h, w, regions, crops)
+
+
+def _sample_axis(lo: int, hi: int, scale: float, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source index pairs and weights of image pixels ``lo..hi-1`` along one axis, as ``cv2.resize``
+    (INTER_LINEAR) samples them: ``x = (X + 0.5) * scale - 0.5``, clamped to the source's edges."""
+    f = (np.arange(lo, hi, dtype=np.float64) + 0.5) * scale - 0.5
+    i = np.floor(f).astype(np.int64)
+    a = (f - i).astype(np.float32)
+    low, high = i < 0, i >= n - 1
+    a[low | high] = 0.0
+    i = np.clip(i, 0, n - 1)
+    return i, np.minimum(i + 1, n - 1), a
+
+
+def _bilinear(src: np.ndarray, fx: float, fy: float, X0: int, X1: int, Y0: int, Y1: int,
+              rows_per_chunk: int = 1024) -> np.ndarray:
+    """The pixels [Y0:Y1, X0:X1] of ``cv2.resize(src, ..., INTER_LINEAR)`` at source-per-image scale (fx, fy),
+    computed for that region only, a chunk of rows at a time."""
+    xi, xj, ax = _sample_axis(X0, X1, fx, src.shape[1])
+    yi, yj, ay = _sample_axis(Y0, Y1, fy, src.shape[0])
+    out = np.empty((Y1 - Y0, X1 - X0), np.float32)
+    for r in range(0, Y1 - Y0, rows_per_chunk):
+        s = slice(r, r + rows_per_chunk)
+        top = src[yi[s]]
+        bottom = src[yj[s]]
+        t = top[:, xi] * (1 - ax) + top[:, xj] * ax
+        b = bottom[:, xi] * (1 - ax) + bottom[:, xj] * ax
+        out[s] = t * (1 - ay[s, None]) + b * ay[s, None]
+    return out

@@ -16,7 +16,8 @@ from cvops.schema import GROUPS, STAGES
 NEEDS = {("data", "coco"): ["data.path=x.json"], ("data", "voc"): ["data.path=x"], ("data", "yolo"): ["data.path=x.yaml"],
          ("data", "images"): ["data.path=x"], ("data", "video"): ["data.path=x.mp4"],
          ("data", "sources"): ["data.sources=[{format: images, path: x}]"],
-         ("model", "rtmdet_ins_tiny"): ["curate.masks=true"]}  # a mask model trains on curated masks
+         ("model", "rtmdet_ins_tiny"): ["curate.masks=true"],  # a mask model trains on curated masks
+         ("model", "mask_rcnn_r50"): ["curate.masks=true"]}
 
 
 def options():

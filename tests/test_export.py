@@ -156,14 +156,16 @@ def test_other_single_stage_families_match_pytorch(model_name, tmp_path):
         _assert_same(g, r)
 
 
-def test_two_stage_model_is_refused_with_the_reason(tmp_path):
+@pytest.mark.parametrize("name,cls,instead", [("faster_rcnn_r50", "FasterRCNN", "rtmdet_tiny"),
+                                              ("mask_rcnn_r50", "MaskRCNN", "rtmdet_ins_tiny")])
+def test_two_stage_model_is_refused_with_the_reason(tmp_path, name, cls, instead):
     from cvops.detector.mmdet import load_model
     from cvops.export.build import ExportError, export_model
     from cvops.export.graph import Thresholds
 
-    files = make_checkpoint(tmp_path, model="faster_rcnn_r50", size=SIZE)
+    files = make_checkpoint(tmp_path, model=name, size=SIZE)
     cfg, model = load_model(files["config"], files["checkpoint"])
-    with pytest.raises(ExportError, match=r"FasterRCNN is a two-stage detector.*RoIAlign.*model=rtmdet_tiny"):
+    with pytest.raises(ExportError, match=rf"{cls} is a two-stage detector.*RoIAlign.*model={instead}\b"):
         export_model(model, cfg, tmp_path / "model.onnx", SIZE, Thresholds(), CLASSES)
     assert not (tmp_path / "model.onnx").exists()
 

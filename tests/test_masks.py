@@ -265,15 +265,17 @@ def test_generated_data_with_masks_curates_every_mask(curate):
 
 
 # ------------------------------------------------------- train and evaluate
-def test_quickstart_seg_trains_and_scores_masks_and_export_refuses_them(cvops):
+def test_quickstart_seg_runs_every_stage_with_masks(cvops):
     """The instance-segmentation recipe, shrunk: masks curated, an RTMDet-Ins trained, its predicted masks
-    scored by COCOeval "segm" and by FiftyOne on the same masks; export says it does not gate masks yet."""
+    scored by COCOeval "segm" and by FiftyOne on the same masks, exported with its masks (FP32 and INT8 gated on
+    mask mAP too) and monitored (mask area and fill among the drift features)."""
     import fiftyone as fo
 
     small = ["recipe=quickstart_seg", "project=segtest", "data.synthetic.num_images=24", "data.synthetic.videos=0",
              "model.image_size=[128,128]", "train.max_epochs=2", "train.val_interval=1", "tracker=none",
-             "evaluate.score_thr=0.001"]  # an untrained model scores low: keep its predictions to score them
-    r = cvops(*small, timeout=900)
+             "evaluate.score_thr=0.001",  # an untrained model scores low: keep its predictions to score them
+             "export.calib_images=8", "monitor.window=16"]
+    r = cvops(*small, "stages=[curate,train,evaluate]", timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = cvops.run_jsons()[-1]["stages"]
     assert run["curate"]["metrics"]["masks_kept"] == run["curate"]["metrics"]["boxes_kept"] > 0
@@ -289,7 +291,70 @@ def test_quickstart_seg_trains_and_scores_masks_and_export_refuses_them(cvops):
     field = ev["predictions_field"]
     assert ds.count(f"{field}.detections.mask") == ds.count(f"{field}.detections") > 0
     assert ds.count("ground_truth.detections.mask") == run["curate"]["metrics"]["boxes_kept"]
+
+    r = cvops(*small, timeout=600)  # the recipe's every stage; curate/train/evaluate cached
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = cvops.run_jsons()[-1]["stages"]
+    ex = run["export"]["metrics"]
+    assert ex["masks"] is True and ex["gate"] == "pass"
+    assert {"torch_segm_map", "onnx_segm_map", "segm_map_drop", "int8_segm_map_drop"} <= set(ex)
+    assert ex["segm_map_drop"] is not None and ex["int8_segm_map_drop"] is not None
+    latency = Path(run["export"]["artifacts"]["dir"], "latency.md").read_text()
+    assert "mask mAP" in latency.splitlines()[0]
+    import onnx
+
+    graph = onnx.load(str(Path(run["export"]["artifacts"]["dir"], "model.onnx")), load_external_data=False).graph
+    assert graph.output[-1].name == "masks"
+    assert run["monitor"]["status"] == "ran"
     fo.delete_dataset(ds.name)
 
-    r = cvops(*small, "stages=[curate,train,evaluate,export]", timeout=600)  # the rest cached
-    assert r.returncode != 0 and "does not gate them on segm_mAP" in r.stdout + r.stderr
+
+# ------------------------------------------------------- masks of a model's output, in image pixels
+def test_instance_masks_rle_from_regions_equals_the_full_mask_encoding():
+    """InstanceMasks keeps each mask as its own region; its RLE (over the whole image) must be the same as
+    encoding the full mask - including masks touching every border, full columns, and empty masks."""
+    rng = np.random.default_rng(0)
+    cases = [rng.random((3, h, w)) < p for h, w, p in [(1, 1, 0.5), (7, 5, 0.5), (12, 9, 0.9), (6, 13, 0.1)]]
+    full = np.ones((2, 10, 10), bool)
+    full[1, :, 4] = False  # columns of ones from the first row to the last, either side of an empty one
+    cases += [full, np.zeros((2, 4, 6), bool)]
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 9, 2))
+        cases.append(rng.random((1, h, w)) < rng.random())
+    for arr in cases:
+        inst = masks.InstanceMasks.from_array(arr)
+        assert inst.shape == arr.shape and np.array_equal(inst.to_array(), arr)
+        assert inst.areas().tolist() == arr.sum(axis=(1, 2)).tolist()
+        for i in range(len(arr)):
+            assert inst.rle(i) == masks.encode(arr[i])
+            assert np.array_equal(masks.decode(inst.rle(i)), arr[i])
+
+
+def test_model_masks_reach_image_pixels_through_their_regions_only():
+    """The letterboxed masks back to image pixels: the same as resizing the whole mask bilinearly and
+    thresholding at 0.5 (cv2.resize; a pixel may differ where both sit on the threshold), and a small
+    object on a 40 MP image costs its own region, not 40 MB."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    differing, total = 0, 0
+    for _ in range(100):
+        m = np.zeros((2, 64, 64), np.uint8)
+        cv2.circle(m[0], tuple(int(v) for v in rng.integers(0, 64, 2)), int(rng.integers(1, 15)), 1, -1)
+        m[1] = rng.random((64, 64)) < 0.05
+        nw, nh = (int(v) for v in rng.integers(8, 65, 2))
+        w, h = (int(v) for v in rng.integers(4, 400, 2))
+        inst = masks.upscale_instances(m, (nw, nh), (w, h))
+        for k in range(2):
+            want = cv2.resize(m[k, :nh, :nw].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5
+            got = inst[k]
+            total += 1
+            if not np.array_equal(got, want):
+                differing += 1
+                assert (got & want).sum() / (got | want).sum() >= 0.95
+    assert differing <= 0.03 * total, (differing, total)
+    blob = np.zeros((1, 64, 64), np.uint8)
+    blob[0, 30:34, 30:34] = 1
+    big = masks.upscale_instances(blob, (64, 40), (8000, 5000))
+    assert big.shape == (1, 5000, 8000) and 0 < big.crops[0].size <= 510 * 510  # the blob: 4 px x 125
+    assert masks.area(big.rle(0)) == big.areas()[0] > 0

@@ -114,7 +114,7 @@ def test_task_must_agree_with_the_model_and_the_curated_labels(cvops, line, need
 def test_task_and_model_masks_agree_in_the_shipped_recipes():
     from cvops.config import compose_config, mask_models, preflight
 
-    assert mask_models() == ["rtmdet_ins_tiny"]
+    assert mask_models() == ["mask_rcnn_r50", "rtmdet_ins_tiny"]
     for recipe in ("quickstart", "quickstart_seg", "bccd"):
         preflight([f"recipe={recipe}"])  # passes
     preflight(["recipe=quickstart", "model=rtmdet_ins_tiny", "data.synthetic.masks=true", "curate.masks=true"])

@@ -57,8 +57,6 @@ def to_coco(d: Detections, image_id: int, cat_ids: Sequence[int]) -> List[Dict[s
             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])], "score": float(s)}
            for b, s, lab in zip(d.boxes, d.scores, d.labels)]
     if d.masks is not None:
-        from cvops import masks as rle
-
-        for r, m in zip(out, d.masks):
-            r["segmentation"] = rle.encode(m)
+        for i, r in enumerate(out):
+            r["segmentation"] = d.masks.rle(i)
     return out

@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cvops.masks import InstanceMasks, upscale_instances
+
 #: The graph's input and outputs (see :mod:`cvops.export.graph`); an instance segmentation graph has a sixth,
 #: ``masks`` (B, max_det, H, W) uint8 (1 inside the instance) at the letterboxed input resolution.
 INPUT = "images"
@@ -115,20 +117,16 @@ class Preprocess:
         return Prepared(tensor, scale, (int(bgr.shape[1]), int(bgr.shape[0])))
 
     @staticmethod
-    def unletterbox_masks(masks: np.ndarray, scale: Tuple[float, float], size: Tuple[int, int]) -> np.ndarray:
+    def unletterbox_masks(masks: np.ndarray, scale: Tuple[float, float], size: Tuple[int, int]) -> InstanceMasks:
         """Instance masks (n, H, W) at the input resolution back to the original (width, height) image: the
         top-left ``new_h x new_w`` (the letterboxed image; the rest is padding), resized bilinearly and
-        thresholded at 0.5 (what mmdet does to its mask logits), as (n, height, width) bool."""
-        import cv2
-
+        thresholded at 0.5 (what mmdet does to its mask logits); each mask is computed over the part of the
+        image it can reach only (:func:`cvops.masks.upscale_instances`), so a large image costs no more memory
+        than its masks."""
         w, h = int(size[0]), int(size[1])
         nw = max(1, int(round(scale[0] * w)))
         nh = max(1, int(round(scale[1] * h)))
-        out = np.zeros((len(masks), h, w), bool)
-        for i, m in enumerate(masks):
-            crop = np.ascontiguousarray(m[:nh, :nw], np.float32)
-            out[i] = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR) >= 0.5 if (nw, nh) != (w, h) else crop > 0
-        return out
+        return upscale_instances(masks, (nw, nh), (w, h))
 
     @staticmethod
     def unletterbox(boxes: np.ndarray, scale: Tuple[float, float], size: Tuple[int, int]) -> np.ndarray:
@@ -156,7 +154,13 @@ class Detections:
     scores: np.ndarray  # (n,)
     labels: np.ndarray  # (n,) class indices
     embedding: Optional[np.ndarray] = None  # (C,) pooled features of the image (graph output ``embedding``)
-    masks: Optional[np.ndarray] = None  # (n, height, width) bool instance masks in original pixels (mask models)
+    #: instance masks in original pixels (mask models), each kept as its own region (an (n, height, width)
+    #: array given here is converted): ``masks[i]`` is one full mask, ``masks.rle(i)`` its COCO RLE
+    masks: Optional[InstanceMasks] = None
+
+    def __post_init__(self) -> None:
+        if self.masks is not None and not isinstance(self.masks, InstanceMasks):
+            self.masks = InstanceMasks.from_array(np.asarray(self.masks, bool))
 
     def to_json(self, classes: Sequence[str], masks: "MaskFormat | str" = "none") -> List[Dict[str, Any]]:
         """One ``{"box", "score", "label", "class"}`` per detection; with instance masks also ``"mask_area"``
@@ -169,15 +173,12 @@ class Detections:
                for b, s, lab in zip(self.boxes, self.scores, self.labels)]
         if self.masks is None:
             return out
-        from cvops import masks as rle
-
-        areas = self.masks.sum(axis=(1, 2)) if self.masks.ndim == 3 else np.zeros(len(self.masks), np.int64)
-        for d, m, a in zip(out, self.masks, areas):
+        for i, (d, a) in enumerate(zip(out, self.masks.areas())):
             d["mask_area"] = int(a)
             if fmt is MaskFormat.RLE:
-                d["mask"] = rle.encode(m)
+                d["mask"] = self.masks.rle(i)
             elif fmt is MaskFormat.POLYGON:
-                d["polygon"] = rle.to_polygons(m)
+                d["polygon"] = self.masks.polygons(i)
         return out
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from cvops.detector.runtime import Detections, OnnxDetector, box_iou
 from cvops.drift.stats import Profile, image_stats, prediction_stats
-from cvops.masks import RLE, encode
+from cvops.masks import RLE
 
 log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 from cvops.media import IMAGE_EXTS
@@ -63,8 +63,7 @@ def mask_areas(dets: Detections) -> Optional[np.ndarray]:
     request log stores as ``mask_area``."""
     if dets.masks is None:
         return None
-    m = np.asarray(dets.masks, bool)
-    return m.sum(axis=tuple(range(1, m.ndim)), dtype=np.int64)  # (0, h, w) too: an image without detections
+    return dets.masks.areas()
 
 
 def record_of(bgr: np.ndarray, dets: Detections, classes: Sequence[str], low: float) -> Dict[str, Any]:
@@ -138,7 +137,7 @@ def run_images(detector: OnnxDetector, frames: Iterator[Tuple[str, Optional[str]
             rec = record_of(bgr, d, detector.classes, low)
             rles = None
             if d.masks is not None:
-                rles = [encode(m) for m in d.masks]
+                rles = [d.masks.rle(i) for i in range(len(d.masks))]
                 d.masks = None
             out.append(Seen(name, rec, d, path, jpg, rles))
         chunk.clear()

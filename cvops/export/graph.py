@@ -265,11 +265,13 @@ def family(model: nn.Module) -> str:
     name = type(model).__name__
     head = getattr(model, "bbox_head", None)
     if head is None or getattr(model, "with_rpn", False) or hasattr(model, "roi_head"):
+        masks = getattr(getattr(model, "roi_head", None), "with_mask", False)
+        instead = ("model=rtmdet_ins_tiny (instance masks)" if masks else
+                   "model=rtmdet_tiny, model=yolox_tiny or model=retinanet_r18")
         raise UnsupportedModel(
             f"{name} is a two-stage detector: its second stage pools features for a data-dependent number of "
             "proposals (RoIAlign), which has no standard ONNX operator, so cvops cannot export it as one "
-            "end-to-end graph. Export a single-stage model instead: model=rtmdet_tiny, model=yolox_tiny or "
-            "model=retinanet_r18")
+            f"end-to-end graph. Export a single-stage model instead: {instead}")
     kind = SINGLE_STAGE.get(type(head).__name__)
     if kind is None:
         raise UnsupportedModel(f"{name} with head {type(head).__name__} has no cvops box decoder; supported heads: "

@@ -145,7 +145,7 @@ def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Pat
         if s.dets is not None:
             instance = s.masks
             if instance is None and s.dets.masks is not None:
-                instance = [rle.encode(m) for m in s.dets.masks]
+                instance = [s.dets.masks.rle(k) for k in range(len(s.dets.masks))]
             for i, (b, sc, lab) in enumerate(zip(s.dets.boxes, s.dets.scores, s.dets.labels)):
                 label = classes[int(lab)] if int(lab) < len(classes) else str(int(lab))
                 if instance is not None and i < len(instance):
