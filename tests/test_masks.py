@@ -358,3 +358,16 @@ def test_model_masks_reach_image_pixels_through_their_regions_only():
     big = masks.upscale_instances(blob, (64, 40), (8000, 5000))
     assert big.shape == (1, 5000, 8000) and 0 < big.crops[0].size <= 510 * 510  # the blob: 4 px x 125
     assert masks.area(big.rle(0)) == big.areas()[0] > 0
+
+
+def test_rle_strings_equal_pycocotools_for_few_and_many_runs():
+    """The compressed string is written one run at a time for a few runs and all at once (numpy) for many:
+    both must be pycocotools' string."""
+    from pycocotools import mask as coco_mask
+
+    rng = np.random.default_rng(2)
+    for h, w, p in [(5, 7, 0.3), (40, 60, 0.5), (300, 200, 0.02), (64, 64, 0.97)]:
+        m = rng.random((h, w)) < p
+        want = coco_mask.encode(np.asfortranarray(m.astype(np.uint8)))["counts"].decode()
+        assert masks.encode(m)["counts"] == want
+        assert masks.InstanceMasks.from_array(m[None]).rle(0)["counts"] == want
