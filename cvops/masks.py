@@ -21,7 +21,7 @@ the run two before.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -349,25 +349,39 @@ class InstanceMasks:
     """The instance masks of one image in original pixels, each kept as the pixels of its own region.
 
     A model's masks are small next to a large image: a full ``(n, height, width)`` array of 100 masks of a
-    40 MP upload is 4 GB. Here instance ``i`` is ``crops[i]`` (bool) placed at ``regions[i] = (x0, y0)``,
-    zero elsewhere, so memory and every operation (area, RLE, polygons) scale with the masks, not the image.
+    40 MP upload is 4 GB. Here instance ``i`` is a bool crop placed at ``(x0, y0)`` (:meth:`region`), zero
+    elsewhere, so memory and every operation (area, RLE, polygons) scale with the masks, not the image.
+    Masks from a model (:func:`upscale_instances`) are computed from its input-resolution masks when first
+    read and kept while they fit in ``cache_bytes`` (computed again when read again beyond that), so a
+    hostile upload whose every instance covers the whole image costs one mask at a time, not ``n``.
     Read like an array where that is cheap: ``len``, ``shape``, ``m[i]`` / iteration give one full mask at a
     time; :meth:`to_array` stacks them all (small images, tests).
     """
 
     dtype = np.dtype(bool)
+    #: crops kept once computed, in bytes (beyond it a crop is computed again when read again)
+    cache_bytes = 32 * 2**20
 
     def __init__(self, height: int, width: int, regions: Sequence[Tuple[int, int]] = (),
-                 crops: Sequence[np.ndarray] = ()) -> None:
-        if len(regions) != len(crops):
-            raise ValueError(f"InstanceMasks: {len(regions)} regions for {len(crops)} crops")
+                 crops: Sequence[np.ndarray] = (), *, count: Optional[int] = None,
+                 source: Optional[Callable[[int], Tuple[int, int, np.ndarray]]] = None) -> None:
+        """Either ``regions`` and ``crops`` (eager), or ``count`` masks computed by ``source(i) -> (x0, y0,
+        crop)`` on demand."""
         self.height, self.width = int(height), int(width)
-        self.regions = [(int(x), int(y)) for x, y in regions]
-        self.crops = [np.asarray(c, bool) for c in crops]
+        if source is None:
+            if len(regions) != len(crops):
+                raise ValueError(f"InstanceMasks: {len(regions)} regions for {len(crops)} crops")
+            count = len(crops)
+        self._n = int(count or 0)
+        self._source = source
+        self._cached: Dict[int, Tuple[int, int, np.ndarray]] = {}
+        self._cached_bytes = 0
         self._areas: Optional[np.ndarray] = None
-        for (x, y), c in zip(self.regions, self.crops):
+        for i, ((x, y), c) in enumerate(zip(regions, crops)):
+            c = np.asarray(c, bool)
             if c.ndim != 2 or x < 0 or y < 0 or x + c.shape[1] > self.width or y + c.shape[0] > self.height:
                 raise ValueError(f"InstanceMasks: a {c.shape} crop at ({x}, {y}) is outside {self.width}x{self.height}")
+            self._cached[i] = (int(x), int(y), c)
 
     @classmethod
     def from_array(cls, masks: np.ndarray) -> "InstanceMasks":
@@ -380,16 +394,29 @@ class InstanceMasks:
             crops.append(crop)
         return cls(m.shape[1], m.shape[2], regions, crops)
 
+    def region(self, i: int) -> Tuple[int, int, np.ndarray]:
+        """``(x0, y0, crop)`` of instance ``i``: its pixels are ``crop[y, x]`` at ``(x0 + x, y0 + y)``."""
+        if not 0 <= i < self._n:
+            raise IndexError(f"instance {i} of {self._n}")
+        hit = self._cached.get(i)
+        if hit is not None:
+            return hit
+        x0, y0, crop = self._source(i)  # type: ignore[misc]  # not cached: a lazy instance
+        if self._cached_bytes + crop.nbytes <= self.cache_bytes:
+            self._cached[i] = (x0, y0, crop)
+            self._cached_bytes += crop.nbytes
+        return x0, y0, crop
+
     @property
     def shape(self) -> Tuple[int, int, int]:
-        return (len(self.crops), self.height, self.width)
+        return (self._n, self.height, self.width)
 
     def __len__(self) -> int:
-        return len(self.crops)
+        return self._n
 
     def __getitem__(self, i: int) -> np.ndarray:
         """Instance ``i`` as a full (height, width) bool mask."""
-        (x, y), c = self.regions[i], self.crops[i]
+        x, y, c = self.region(i)
         out = np.zeros((self.height, self.width), bool)
         out[y:y + c.shape[0], x:x + c.shape[1]] = c
         return out
@@ -404,15 +431,15 @@ class InstanceMasks:
     def areas(self) -> np.ndarray:
         """Pixels of each mask, (n,) int64 (counted once)."""
         if self._areas is None:
-            self._areas = np.array([np.count_nonzero(c) for c in self.crops], np.int64)
+            self._areas = np.array([np.count_nonzero(self.region(i)[2]) for i in range(self._n)], np.int64)
         return self._areas
 
     def rle(self, i: int) -> RLE:
         """Compressed COCO RLE of instance ``i`` over the whole image (equal to :func:`encode` of ``self[i]``),
         computed from its region alone."""
-        (x0, y0), crop = self.regions[i], self.crops[i]
+        x0, y0, crop = self.region(i)
         h, w = self.height, self.width
-        if not self.areas()[i]:
+        if not crop.any():
             return {"size": [h, w], "counts": counts_to_string([h * w]) if h * w else ""}
         ch, cw = crop.shape
         padded = np.zeros((ch + 2, cw), bool)
@@ -430,7 +457,7 @@ class InstanceMasks:
 
     def polygons(self, i: int) -> List[List[int]]:
         """COCO polygons of instance ``i`` in image pixels (:func:`to_polygons` of its region)."""
-        (x0, y0), crop = self.regions[i], self.crops[i]
+        x0, y0, crop = self.region(i)
         return [(np.asarray(p).reshape(-1, 2) + (x0, y0)).ravel().tolist() for p in to_polygons(crop)]
 
 
@@ -453,34 +480,31 @@ def upscale_instances(masks: np.ndarray, new_size: Tuple[int, int], size: Tuple[
 
     Each mask's top-left ``new_h x new_w`` is resized bilinearly to (width, height) and thresholded at 0.5
     (what mmdet does to its mask logits) - but only over the part of the image its pixels can reach (their
-    bounding box, widened by two source pixels for the interpolation), so the cost grows with the mask.
+    bounding box, widened by two source pixels for the interpolation), so the cost grows with the mask; and
+    only when first read (:class:`InstanceMasks` keeps the input-resolution masks, at most ``max_det x H x W``
+    bytes whatever the upload's size).
     """
     w, h = int(size[0]), int(size[1])
     nw, nh = int(new_size[0]), int(new_size[1])
-    fx, fy = nw / w, nh / h  # source pixels per image pixel
-    regions, crops = [], []
-    for m in np.asarray(masks):
-        src = np.ascontiguousarray(m[:nh, :nw], np.float32)
+    src_all = np.asarray(masks)[:, :nh, :nw]
+
+    def one(i: int) -> Tuple[int, int, np.ndarray]:
+        src = src_all[i]
         rows, cols = np.flatnonzero(src.any(1)), np.flatnonzero(src.any(0))
         if not len(rows):
-            regions.append((0, 0))
-            crops.append(np.zeros((0, 0), bool))
-            continue
+            return 0, 0, np.zeros((0, 0), bool)
         if (nw, nh) == (w, h):
-            x0, y0, crop = _tight(src > 0)
-            regions.append((x0, y0))
-            crops.append(crop)
-            continue
+            return _tight(src > 0)
+        fx, fy = nw / w, nh / h  # source pixels per image pixel
         # image pixel X samples source x = (X + 0.5) * fx - 0.5: the X whose samples can touch columns c0..c1
         X0 = max(0, int(math.floor((cols[0] - 2 + 0.5) / fx - 0.5)))
         X1 = min(w, int(math.ceil((cols[-1] + 2 + 0.5) / fx - 0.5)) + 1)
         Y0 = max(0, int(math.floor((rows[0] - 2 + 0.5) / fy - 0.5)))
         Y1 = min(h, int(math.ceil((rows[-1] + 2 + 0.5) / fy - 0.5)) + 1)
-        up = _bilinear(src, fx, fy, X0, X1, Y0, Y1)
-        x0, y0, crop = _tight(up >= 0.5)
-        regions.append((X0 + x0, Y0 + y0) if crop.size else (0, 0))
-        crops.append(crop)
-    return InstanceMasks(h, w, regions, crops)
+        x0, y0, crop = _tight(_bilinear_mask(np.ascontiguousarray(src, np.float32), fx, fy, X0, X1, Y0, Y1))
+        return (X0 + x0, Y0 + y0, crop) if crop.size else (0, 0, crop)
+
+    return InstanceMasks(h, w, count=len(src_all), source=one)
 
 
 def _sample_axis(lo: int, hi: int, scale: float, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -495,18 +519,18 @@ def _sample_axis(lo: int, hi: int, scale: float, n: int) -> Tuple[np.ndarray, np
     return i, np.minimum(i + 1, n - 1), a
 
 
-def _bilinear(src: np.ndarray, fx: float, fy: float, X0: int, X1: int, Y0: int, Y1: int,
-              rows_per_chunk: int = 1024) -> np.ndarray:
-    """The pixels [Y0:Y1, X0:X1] of ``cv2.resize(src, ..., INTER_LINEAR)`` at source-per-image scale (fx, fy),
-    computed for that region only, a chunk of rows at a time."""
+def _bilinear_mask(src: np.ndarray, fx: float, fy: float, X0: int, X1: int, Y0: int, Y1: int,
+                   rows_per_chunk: int = 512) -> np.ndarray:
+    """The pixels [Y0:Y1, X0:X1] of ``cv2.resize(src, ..., INTER_LINEAR) >= 0.5`` at source-per-image scale
+    (fx, fy), computed for that region only, a chunk of rows at a time (floats for one chunk, bools for all)."""
     xi, xj, ax = _sample_axis(X0, X1, fx, src.shape[1])
     yi, yj, ay = _sample_axis(Y0, Y1, fy, src.shape[0])
-    out = np.empty((Y1 - Y0, X1 - X0), np.float32)
+    out = np.empty((Y1 - Y0, X1 - X0), bool)
     for r in range(0, Y1 - Y0, rows_per_chunk):
         s = slice(r, r + rows_per_chunk)
         top = src[yi[s]]
         bottom = src[yj[s]]
         t = top[:, xi] * (1 - ax) + top[:, xj] * ax
         b = bottom[:, xi] * (1 - ax) + bottom[:, xj] * ax
-        out[s] = t * (1 - ay[s, None]) + b * ay[s, None]
+        out[s] = t * (1 - ay[s, None]) + b * ay[s, None] >= 0.5
     return out

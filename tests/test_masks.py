@@ -356,7 +356,7 @@ def test_model_masks_reach_image_pixels_through_their_regions_only():
     blob = np.zeros((1, 64, 64), np.uint8)
     blob[0, 30:34, 30:34] = 1
     big = masks.upscale_instances(blob, (64, 40), (8000, 5000))
-    assert big.shape == (1, 5000, 8000) and 0 < big.crops[0].size <= 510 * 510  # the blob: 4 px x 125
+    assert big.shape == (1, 5000, 8000) and 0 < big.region(0)[2].size <= 510 * 510  # the blob: 4 px x 125
     assert masks.area(big.rle(0)) == big.areas()[0] > 0
 
 
@@ -371,3 +371,25 @@ def test_rle_strings_equal_pycocotools_for_few_and_many_runs():
         want = coco_mask.encode(np.asfortranarray(m.astype(np.uint8)))["counts"].decode()
         assert masks.encode(m)["counts"] == want
         assert masks.InstanceMasks.from_array(m[None]).rle(0)["counts"] == want
+
+
+def test_masks_covering_a_large_upload_cost_one_at_a_time():
+    """A hostile upload for a mask model: every instance covers the whole (large) image. The masks in image
+    pixels are computed when read and kept only within InstanceMasks.cache_bytes, so reading every area and
+    RLE holds about one full-size mask at a time (and the cache), not all of them (40 x 10 MB here)."""
+    import tracemalloc
+
+    src = np.ones((40, 64, 64), np.uint8)
+    src[:, 10:20, 10:20] = 0  # a hole, so each RLE has a few runs
+    inst = masks.upscale_instances(src, (64, 40), (4000, 2500))
+    full = 4000 * 2500
+    tracemalloc.start()
+    try:
+        areas = inst.areas()
+        codes = [inst.rle(i) for i in range(len(inst))]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (areas > 0.9 * full).all() and all(masks.area(c) == a for c, a in zip(codes, areas))
+    assert inst._cached_bytes <= masks.InstanceMasks.cache_bytes
+    assert peak < 12 * full, f"peak {peak / 2**20:.0f} MiB for 40 masks of {full / 2**20:.0f} MiB each"
