@@ -111,6 +111,7 @@ def test_preprocessing_contract_travels_with_the_model(exported):
     assert pre["mean"] == list(cfg.model.data_preprocessor.mean) and pre["channel_order"] == "BGR"
     assert pre["pad_value"] == [114.0, 114.0, 114.0]  # RTMDet's Pad(pad_val=114)
     assert json.loads(meta["cvops.classes"]) == list(CLASSES)
+    assert "masks" not in written  # a box model's contract has no mask rule
     onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
 
 
@@ -406,6 +407,8 @@ def test_onnx_masks_equal_mmdet_masks_at_batch_1_and_4(exported_masks):
     out, model, contract = exported_masks
     assert [o["name"] for o in contract["io"]["outputs"]][-1] == "masks"
     assert contract["io"]["outputs"][-1]["shape"] == ["batch", 50, SIZE[1], SIZE[0]]
+    assert "threshold at 0.5" in contract["masks"]  # the way back to the image, in preprocess.json
+    assert "threshold at 0.5" in json.loads((out / "preprocess.json").read_text())["masks"]
     det = OnnxDetector(out / "model.onnx")
     images = _images(4, seed=3)
     tensor, scales = det.preprocess.batch(images)

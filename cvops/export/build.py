@@ -41,5 +41,9 @@ def export_model(model: Any, cfg: Any, out: Path, image_size: Sequence[int], thr
                 "family": kind, **info,
                 "boxes": "x1y1x2y2 in input pixels; divide by (new_w / w, new_h / h) and clip to the original image",
                 "rows": "rows past num_dets are zero"}
+    if graph.kind == "rtmdet_ins":  # the sixth output: how its masks reach the original image
+        contract["masks"] = ("masks (B, max_det, height, width) uint8, 1 inside the instance, at the input "
+                             "resolution; to the original image keep the top-left new_h x new_w (the letterboxed "
+                             "image), resize it bilinearly to (w, h) and threshold at 0.5")
     (out.parent / "preprocess.json").write_text(json.dumps(contract, indent=1))
     return contract
