@@ -213,9 +213,13 @@ class OnnxDetector:
         path: ``model.onnx`` (or ``model_int8.onnx``) written by the export stage.
         threads: intra-op threads (None: ONNX Runtime's default, one per core).
         providers: ONNX Runtime execution providers (default CPU).
+        spin: let idle intra-op threads spin for the next task (ONNX Runtime's default). A server turns it off:
+            spinning threads take the cores its request threads need to decode and answer (measured on
+            2 cores, the quickstart_seg export under 8 clients: 45.8 -> 54.4 requests/s).
     """
 
-    def __init__(self, path: str | Path, threads: Optional[int] = None, providers: Optional[List[str]] = None) -> None:
+    def __init__(self, path: str | Path, threads: Optional[int] = None, providers: Optional[List[str]] = None,
+                 spin: bool = True) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -223,6 +227,8 @@ class OnnxDetector:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = int(threads)
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # NOT_IMPLEMENTED: an operator (or type) this ONNX Runtime lacks

@@ -126,7 +126,7 @@ def open_detector(model: Path, engine: Optional[Path] = None, threads: Optional[
         return EngineDetector(Path(engine), Path(model))
     from cvops.detector.runtime import OnnxDetector
 
-    return OnnxDetector(model, threads=threads)
+    return OnnxDetector(model, threads=threads, spin=False)  # its threads must not spin on the request threads' cores
 
 
 class AliasFollower:
