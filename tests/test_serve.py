@@ -749,3 +749,16 @@ def test_monitor_window_reads_only_the_newest_records(tmp_path: Path) -> None:
     files[0].write_bytes(b"garbage\n" * 3)
     seen, skipped = window_from_log(tmp_path, window=4, low=0.3, model="m")
     assert [s.name for s in seen] == ["r26", "r27", "r28", "r29"] and skipped == 0
+
+
+def test_served_onnx_runtime_threads_do_not_spin(model_path):
+    """The server's ONNX Runtime session does not spin idle threads (they would take the cores its request
+    threads decode on); the export gate's sessions keep ONNX Runtime's default."""
+    from cvops.serve.models import open_detector
+
+    key = "session.intra_op.allow_spinning"
+    served = open_detector(model_path).session.get_session_options()
+    assert served.get_session_config_entry(key) == "0"
+    default = OnnxDetector(model_path).session.get_session_options()
+    with pytest.raises(Exception, match="does not have configuration"):  # unset: ONNX Runtime spins
+        default.get_session_config_entry(key)
