@@ -65,3 +65,27 @@ def test_optuna_sweeper_preset_maximises_the_headline_metric(cvops):
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == max(float(row["evaluate.val_mAP"]) for row in rows)
     assert [c.split()[0] for c in cvops.calls()].count("curate") == 1
+
+
+def test_slurm_path_through_submitits_local_executor(cvops):
+    """The Slurm launcher's path on one machine (issue #12): submitit pickles each job, runs it in a process
+    of its own and reads its result back, here through its local executor (hydra/launcher=slurm_local, the
+    slurm preset's resource keys); a failing job is a failed row, the others run."""
+    from cvops.config import compose_config
+
+    slurm = compose_config(["project=t", "hydra/launcher=slurm"], hydra_node=True).hydra.launcher
+    local = compose_config(["project=t", "hydra/launcher=slurm_local"], hydra_node=True).hydra.launcher
+    assert slurm._target_.endswith(".SlurmLauncher") and local._target_.endswith(".LocalLauncher")
+    assert set(local) <= set(slurm)  # nothing the local run sets is foreign to the slurm preset
+    r = cvops("-m", "hydra/launcher=slurm_local", "recipe=quickstart", "stages=[curate]", "data.synthetic.videos=0",
+              "data.synthetic.num_images=12,0", timeout=600)
+    assert r.returncode != 0  # the failing job is reported...
+    assert "Submitit 'local' sweep output dir" in r.stdout + r.stderr
+    sweep = _sweep_dir(cvops)
+    rows = list(csv.DictReader(open(sweep / "leaderboard.csv")))
+    assert [(row["job"], row["status"]) for row in rows] == [("0", "ok"), ("1", "failed")]  # ...after both ran
+    assert "no images found" in rows[1]["error"]
+    results = sorted((sweep / ".submitit").glob("*/*_result.pkl"))
+    assert len(results) == 2  # each job went through submitit, in its own process
+    run = json.loads((sweep / "0" / "run.json").read_text())
+    assert run["stages"]["curate"]["status"] == "ran" and run["stages"]["curate"]["metrics"]["images_kept"] > 0
