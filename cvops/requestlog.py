@@ -32,7 +32,8 @@ A record written by the server (:mod:`cvops.serve.app`) has the keys ``id``,
 ``content_type``, ``model`` and, for a successful prediction, ``upload``
 (``"multipart"`` or ``"raw"``), ``width``, ``height``, the
 flat image statistics of :func:`cvops.drift.stats.image_stats` and
-``detections`` (a list of ``{"box", "score", "label", "class"}``); a sampled
+``detections`` (a list of ``{"box", "score", "label", "class"}``, plus ``"mask_area"`` in pixels for an
+instance segmentation model: the log keeps no masks) and ``embedding``; a sampled
 request also has ``image_path`` (relative to the log directory; the image may
 be gone later, deleted by retention). A failed request has ``error`` (a short
 reason) instead of statistics and detections.
