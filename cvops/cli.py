@@ -121,7 +121,7 @@ def _cmd_recipes(argv: List[str]) -> int:
 LAZY_COMMANDS = {"app": "cvops.fiftyone_app:main", "serve": "cvops.serve.cli:main",
                  "review": "cvops.monitor.review:main", "promote": "cvops.registry:cmd_promote",
                  "rollback": "cvops.registry:cmd_rollback", "models": "cvops.registry:cmd_models",
-                 "report": "cvops.report:main"}
+                 "report": "cvops.report:main", "train-worker": "cvops.train.worker:main"}
 
 
 def _lazy(target: str) -> Callable[[List[str]], int]:

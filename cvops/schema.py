@@ -234,7 +234,15 @@ class TrainConfig:
     device: Device = Device.auto
     resume: bool = False
     launcher: Launcher = Launcher.none  # none | pytorch (torchrun) | slurm
-    gpus: int = 1
+    gpus: int = 1  # processes per machine with launcher=pytorch (one per GPU; on CPU, gloo processes)
+    # several machines in one torchrun (launcher=pytorch): node 0 runs the train stage and commits the
+    # artifact; every other node runs `cvops train-worker <same command> train.node_rank=K`. The store must be
+    # on a filesystem every node sees. node_rank, master_addr and master_port do not change the result
+    # (not in the fingerprint); nnodes does (the world size).
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
     num_workers: int = 2
     log_interval: int = 10
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -286,6 +287,44 @@ def test_distributed_training_on_cpu_with_gloo(cvops):
     run = cvops.run_jsons()[-1]
     assert run["stages"]["train"]["status"] == "ran"
     assert run["stages"]["train"]["metrics"]["epochs"] == 1
+
+
+def test_two_node_training_on_loopback(cvops):
+    """Multi-node training (issue #12): node 0 runs the train stage with train.nnodes=2, node 1 joins it with
+    `cvops train-worker` (same command line, its own process; torchrun's static rendezvous on loopback). One
+    artifact is committed; its checkpoint has the structure of a one-node run's."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from helpers.net import free_port
+
+    port = free_port()
+    cvops(*_train_cmd("stages=[curate]"), timeout=300)
+    multi = ("train.max_epochs=1", "train.launcher=pytorch", "train.nnodes=2", f"train.master_port={port}")
+    node0 = cvops.popen(*_train_cmd(*multi))
+    worker = cvops.popen("train-worker", *_train_cmd(*multi, "train.node_rank=1"))
+    out0, _ = node0.communicate(timeout=900)  # (stderr is in stdout)
+    out1, _ = worker.communicate(timeout=300)
+    assert node0.returncode == 0, out0[-3000:]
+    assert worker.returncode == 0, out1[-3000:]
+    assert "--nnodes=2 --node_rank=1" in out1 and "--nnodes=2 --node_rank=0" in cvops.logs()
+    run = cvops.run_jsons()[-1]["stages"]["train"]
+    assert run["status"] == "ran" and run["metrics"]["epochs"] == 1
+    r = cvops(*_train_cmd("train.max_epochs=1"), timeout=900)  # the same training on one machine
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    single = cvops.run_jsons()[-1]["stages"]["train"]
+    assert single["fingerprint"] != run["fingerprint"]
+
+    def structure(stage):
+        ckpt = torch.load(Path(stage["artifacts"]["dir"]) / "best.pth", map_location="cpu", weights_only=False)
+        return {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+
+    assert structure(run) == structure(single)
+    # a worker for a build that is done has nothing to join; node 0's own rank is refused
+    r = cvops("train-worker", *_train_cmd(*multi, "train.node_rank=1"), timeout=120)
+    assert r.returncode == 2 and "already built" in r.stderr
+    r = cvops("train-worker", *_train_cmd(*multi, "train.node_rank=0"), timeout=120)
+    assert r.returncode == 2 and "node 1..1" in r.stderr
 
 
 def test_corrupt_load_from_is_refused_before_training(tmp_path):

@@ -138,7 +138,7 @@ def run(ctx: StageContext) -> StageResult:
     allow_mmengine_checkpoints()
     t0 = time.perf_counter()
     if train.launcher is Launcher.pytorch:
-        _torchrun(work / "config.py", train.gpus, cfg.resume, cfg.load_from)
+        _torchrun(work / "config.py", train, cfg.resume, cfg.load_from)
     else:
         quiet_runner(cfg).train()
     seconds = time.perf_counter() - t0
@@ -166,10 +166,28 @@ def quiet_runner(cfg: Any) -> Any:
     return _Runner.from_cfg(cfg)
 
 
-def _torchrun(config: Path, nproc: int, resume: bool, load_from: Optional[str]) -> None:
-    """Data-parallel training through mmengine's launcher, one process per GPU (gloo on CPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "cvops.train.dist", str(config)]
+def torchrun_command(config: Path, train: Any, node_rank: int = 0) -> List[str]:
+    """The torchrun command of one machine: ``--standalone`` on one, else a static rendezvous of
+    ``train.nnodes`` machines at ``train.master_addr:master_port`` with this one as ``node_rank``."""
+    if train.nnodes > 1:
+        where = [f"--nnodes={train.nnodes}", f"--node_rank={node_rank}", f"--master_addr={train.master_addr}",
+                 f"--master_port={train.master_port}"]
+    else:
+        where = ["--standalone"]
+    return [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={train.gpus}",
+            "-m", "cvops.train.dist", str(config)]
+
+
+def _torchrun(config: Path, train: Any, resume: bool, load_from: Optional[str]) -> None:
+    """Data-parallel training through mmengine's launcher, one process per GPU (gloo on CPU), on this machine
+    (node 0) and, with ``train.nnodes > 1``, the workers that join it (``cvops train-worker``)."""
+    if train.node_rank != 0:
+        raise ValueError(f"train.node_rank={train.node_rank}: the train stage runs on node 0, which commits the "
+                         f"artifact; on node {train.node_rank} run `cvops train-worker` with the same arguments")
+    if train.nnodes > 1:
+        log.warning("  train: waiting for %d more node(s) at %s:%d (cvops train-worker ... train.node_rank=K)",
+                    train.nnodes - 1, train.master_addr, train.master_port)
+    cmd = torchrun_command(config, train)
     if resume:
         cmd += ["--resume", str(load_from)]
     log.info("  train: %s", " ".join(cmd))
