@@ -85,6 +85,7 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True) -> Option
             raise ConfigError(_unknown_key_message(_split_key(extra), _origin(_split_key(extra), variant)))
         check_safe(cfg, variant)
         check_task(cfg, variant)
+        check_nodes(cfg, variant)
         if check_missing:
             missing = sorted(_missing(cfg, skip=("hydra",)))
             if missing:
@@ -132,6 +133,25 @@ def check_task(cfg: DictConfig, overrides: Sequence[str]) -> None:
                           f"keeps boxes only "
                           f"({_origin(['curate', 'masks'], overrides)}). Set curate.masks=true (data with COCO "
                           "segmentations or YOLO segment labels)")
+
+
+def check_nodes(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """A multi-node training (``train.nnodes``) is a torchrun of ``nnodes`` machines: ranks and port in range."""
+    nnodes = OmegaConf.select(cfg, "train.nnodes", default=1)
+    rank = OmegaConf.select(cfg, "train.node_rank", default=0)
+    port = OmegaConf.select(cfg, "train.master_port", default=29500)
+    launcher = str(OmegaConf.select(cfg, "train.launcher", default="none"))
+    if nnodes is None or int(nnodes) < 1:
+        raise ConfigError(f"train.nnodes={nnodes}: the number of machines, at least 1 "
+                          f"({_origin(['train', 'nnodes'], overrides)})")
+    if rank is None or not 0 <= int(rank) < int(nnodes):
+        raise ConfigError(f"train.node_rank={rank}: a machine's rank, 0..{int(nnodes) - 1} for train.nnodes={nnodes} "
+                          f"({_origin(['train', 'node_rank'], overrides)})")
+    if port is None or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"train.master_port={port}: a TCP port, 1..65535 ({_origin(['train', 'master_port'], overrides)})")
+    if int(nnodes) > 1 and launcher != "pytorch":
+        raise ConfigError(f"train.nnodes={nnodes} trains on several machines through torchrun: set "
+                          f"train.launcher=pytorch ({_origin(['train', 'launcher'], overrides)})")
 
 
 def check_safe(cfg: DictConfig, overrides: Sequence[str]) -> None:

@@ -111,6 +111,17 @@ def test_task_must_agree_with_the_model_and_the_curated_labels(cvops, line, need
     assert not (cvops.workdir / "outputs").exists()
 
 
+@pytest.mark.parametrize("line,needles", [
+    (["train.nnodes=0"], ["train.nnodes=0", "at least 1", "command line: train.nnodes=0"]),
+    (["train.nnodes=2"], ["train.nnodes=2", "train.launcher=pytorch"]),
+    (["train.nnodes=2", "train.launcher=pytorch", "train.node_rank=2"], ["train.node_rank=2", "0..1"]),
+    (["train.master_port=70000"], ["train.master_port=70000", "1..65535"]),
+])
+def test_multi_node_training_keys_are_checked_before_any_work(cvops, line, needles):
+    _fails(cvops("recipe=quickstart", *line), *needles)
+    assert not (cvops.workdir / "outputs").exists()
+
+
 def test_task_and_model_masks_agree_in_the_shipped_recipes():
     from cvops.config import compose_config, mask_models, preflight
 
