@@ -198,3 +198,16 @@ def test_a_tensorrt_engine_says_whether_it_predicts_masks() -> None:
     engine = SimpleNamespace(engine=SimpleNamespace(outputs=["num_dets", "boxes", "scores", "labels", "masks"]))
     assert "masks" in _outputs(engine)  # EngineDetector: the outputs of its TrtDetector
     assert _outputs(SimpleNamespace()) == []  # a detector that says nothing is box-only
+
+
+def test_mask_work_is_held_in_the_decode_budget(mask_detector: OnnxDetector) -> None:
+    """A mask model's answer works on masks as large as the image (polygons most): that memory is part of the
+    decode budget. A 1000x1000 grayscale PNG decodes within 10 MB, and its RLE answer too (3 + 4 bytes a
+    pixel); its polygons (3 + 9) do not fit, so that request is refused (413) instead of overrunning it."""
+    gray = cv2.cvtColor(scene(1000, 1000, seed=4), cv2.COLOR_BGR2GRAY)
+    body = encode(gray, ".png")
+    with TestClient(create_app(mask_detector, **app_args(INFO, decode_memory_mb=10.0))) as c:
+        ok = c.post("/v1/predict", params={"masks": "rle"}, content=body, headers={"Content-Type": "image/png"})
+        assert ok.status_code == 200, ok.text
+        big = c.post("/v1/predict", params={"masks": "polygon"}, content=body, headers={"Content-Type": "image/png"})
+        assert big.status_code == 413 and "decode budget" in big.json()["error"], big.text

@@ -180,6 +180,10 @@ WORK_BPP = {"RGB": 3, "1": 2, "L": 2, "LA": 2, "I;16": 5, "I;16L": 5, "I;16B": 5
 
 #: Decoder state and row buffers, on top of the pixels.
 DECODER_BYTES = 2 * 2**20
+#: Bytes per image pixel that answering one instance mask may need (a mask model), on top of the decoded
+#: pixels: its region (1), the RLE's padded copy and column changes (3); polygons add their outline grid at
+#: twice the resolution and OpenCV's copy of it (5). Held in the decode budget until the answer.
+MASK_WORK_BPP = {"rle": 4, "none": 4, "polygon": 9}
 
 
 def decode_cost(width: int, height: int, mode: str) -> int:
@@ -719,7 +723,8 @@ class Served:
 
         self.run = run
         model_info = dict(info)
-        task = "instance_segmentation" if MASKS in _outputs(detector) else "detection"
+        self.masks = MASKS in _outputs(detector)  # an instance segmentation model
+        task = "instance_segmentation" if self.masks else "detection"
         model_info.update(task=task, classes=self.classes, preprocess=detector.preprocess.to_dict(),
                           fixed_batch=detector.fixed_batch,
                           limits={"max_upload_mb": cfg.max_upload_mb, "max_pixels": cfg.max_pixels,
@@ -1006,10 +1011,13 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
         with models.hold() as served:
             image, fmt = open_image(data, max_pixels, max_aspect_ratio)
             w, h = image.size
-            with budget.reserve(decode_cost(w, h, image.mode), f"{w}x{h} {fmt} image (mode {image.mode})") as held:
+            # a mask model's answer works on masks as large as the image, one at a time: held too
+            mask_work = w * h * MASK_WORK_BPP[masks.value] if served.masks else 0
+            need = max(decode_cost(w, h, image.mode), w * h * 3 + mask_work)
+            with budget.reserve(need, f"{w}x{h} {fmt} image (mode {image.mode})") as held:
                 bgr = load_bgr(image, fmt, len(data))
                 del image
-                held.shrink(bgr.nbytes)  # the decoded pixels stay until the answer (statistics, sampled image)
+                held.shrink(bgr.nbytes + mask_work)  # the decoded pixels stay until the answer (statistics, sample)
                 try:
                     item = served.prepare(bgr)  # in this request's thread: a failure here is this request's alone
                 except Exception as e:
