@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers.apps import app_args  # noqa: E402
-from helpers.images import encode, pil_bytes  # noqa: E402
+from helpers.images import encode, pil_bytes, scene  # noqa: E402
 from helpers.net import free_port, wait_for_http  # noqa: E402
 
 from cvops.detector.runtime import OnnxDetector  # noqa: E402
@@ -65,17 +65,6 @@ def make_client(detector: OnnxDetector) -> Iterator[Callable[..., TestClient]]:
     for client in clients:
         client.__exit__(None, None, None)
 
-
-def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A BGR image with a gradient background and a few filled shapes."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((h, w, 3), np.uint8)
-    img[...] = np.linspace(40, 200, w, dtype=np.uint8)[None, :, None]
-    for _ in range(4):
-        x, y = int(rng.integers(0, w - 10)), int(rng.integers(0, h - 10))
-        color = tuple(int(c) for c in rng.integers(0, 255, 3))
-        cv2.rectangle(img, (x, y), (x + int(rng.integers(5, w // 3)), y + int(rng.integers(5, h // 3))), color, -1)
-    return img
 
 
 def huge_png(width: int = 20000, height: int = 20000) -> bytes:

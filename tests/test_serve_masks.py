@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers.apps import app_args  # noqa: E402
-from helpers.images import encode  # noqa: E402
+from helpers.images import encode, scene  # noqa: E402
 
 from cvops import masks as rle  # noqa: E402
 from cvops.detector.runtime import OnnxDetector  # noqa: E402
@@ -30,16 +30,6 @@ from cvops.serve.app import create_app  # noqa: E402
 INFO = {"fingerprint": "fp-masks", "recipe": "tiny_seg"}
 BOX_KEYS = {"box", "score", "label", "class"}
 
-
-def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A BGR gradient with a few filled rectangles."""
-    rng = np.random.default_rng(seed)
-    img = np.zeros((h, w, 3), np.uint8)
-    img[...] = np.linspace(40, 200, w, dtype=np.uint8)[None, :, None]
-    for _ in range(4):
-        x, y = int(rng.integers(0, w - 10)), int(rng.integers(0, h - 10))
-        img[y:y + int(rng.integers(5, h // 3)), x:x + int(rng.integers(5, w // 3))] = rng.integers(0, 255, 3)
-    return img
 
 
 def bad_parameter_count(client: TestClient) -> float:
