@@ -116,17 +116,9 @@ def _counts_to_string_loop(counts: Sequence[int]) -> str:
 
 
 def encode(mask: np.ndarray) -> RLE:
-    """Compressed RLE of a 2-D boolean mask (h, w)."""
-    h, w = mask.shape
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    if flat.size == 0:
-        return {"size": [h, w], "counts": ""}
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    edges = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(edges).tolist()
-    if flat[0]:
-        runs = [0] + runs
-    return {"size": [int(h), int(w)], "counts": counts_to_string(runs)}
+    """Compressed RLE of a 2-D boolean mask (h, w) (:meth:`InstanceMasks.rle` of its pixels' region)."""
+    m = np.asarray(mask, dtype=bool)
+    return InstanceMasks.from_array(m[None]).rle(0)
 
 
 def _runs(rle: RLE) -> Tuple[int, int, List[int]]:
