@@ -96,7 +96,8 @@ class Stage:
 #: The built-in lifecycle, in order. ``project`` is read by the stages that name things after it.
 BUILTIN: Tuple[Stage, ...] = (
     Stage("curate", "cvops.curate.stage:run", ("project", "data", "curate"),
-          libraries=("fiftyone", "pillow", "opencv-python-headless"), summary="cvops.summary:curate", issue=3),
+          libraries=("fiftyone", "pillow", "opencv-python-headless"), external="cvops.curate.inputs:signature",
+          summary="cvops.summary:curate", issue=3),
     Stage("train", "cvops.train.stage:run", ("model", "train"), ("curate",),
           ("torch", "mmcv", "mmdet", "mmengine"),
           exclude=("train.resume", "train.node_rank", "train.master_addr", "train.master_port"),

@@ -32,6 +32,7 @@ import numpy as np
 
 from cvops import masks
 from cvops.curate import dedup, split
+from cvops.curate.inputs import fetch
 from cvops.curate.sources import Item, Ledger, SourceError, account_files, iter_sources, read_source
 from cvops.curate.validate import Sample, check_boxes, check_masks, open_image, phash, sharpness, yolo_boxes
 from cvops.schema import DedupConfig, DedupPolicy, DifferingLabels
@@ -51,6 +52,7 @@ def gather(data: Dict[str, Any], workdir: Path, ledger: Ledger, max_archive_mb: 
     items: List[Item] = []
     declared: List[str] = []
     for i, src in enumerate(iter_sources(data)):
+        src = fetch(src, workdir / "source" / f"remote-{i}")  # s3://... roots: into the artifact first
         got, names = read_source(i, src, workdir, ledger, max_archive_mb)
         items += got
         declared += names

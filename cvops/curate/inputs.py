@@ -1,0 +1,183 @@
+"""What curate reads from outside the recipe: the state of its data enters its fingerprint, and
+data in object storage (``data.path: s3://...``) is fetched into the curate artifact.
+
+A recipe names its data by path, so the path alone cannot say whether the data changed. The curate
+fingerprint therefore also covers the *state* of every folder and file a source reads
+(:func:`signature`): for a local file its size and modification time (and, for an annotation file of
+at most 4 MiB, its content hash, so a label edited in place with its time restored still counts);
+for an object in storage its size and ETag. Adding, removing, replacing or relabelling an image
+rebuilds curate and everything downstream; an unchanged folder is cached as before.
+
+What a source reads (:func:`source_roots`): a folder path is the folder; a COCO json is its dataset
+folder (:func:`cvops.curate.sources.coco_root`); a YOLO ``data.yaml`` or VOC file is its folder; a
+video or an archive is that file; ``images_root`` is that folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import stat
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from cvops import remote
+
+log = logging.getLogger(__name__)
+
+LABEL_SUFFIXES = {".json", ".txt", ".xml", ".yaml", ".yml", ".csv"}
+HASH_LABELS_BELOW = 4 << 20
+_FILE_SOURCES = ("video", "images")  # a file path of these formats is the whole source
+
+
+def _parent(path: str) -> str:
+    return posixpath.dirname(path.rstrip("/")) if remote.is_url(path) else str(Path(path).expanduser().parent)
+
+
+def _is_file_like(path: str) -> bool:
+    """A path that names one file: it exists as a file, or (in storage, where folders are prefixes) has a suffix."""
+    if remote.is_url(path):
+        return bool(posixpath.splitext(path.rstrip("/"))[1]) and not path.endswith("/")
+    return Path(path).expanduser().is_file()
+
+
+def source_roots(src: Dict[str, Any]) -> List[str]:
+    """The folders and files one source (an :func:`~cvops.curate.sources.iter_sources` entry) reads."""
+    if src.get("format") == "synthetic":
+        return []
+    roots: List[str] = []
+    path = src.get("path")
+    if path:
+        path = str(path)
+        if not _is_file_like(path) or src.get("format") in _FILE_SOURCES:
+            roots.append(path)
+        elif any(path.lower().endswith(s) for s in (".zip", ".tar", ".tgz", ".gz", ".bz2", ".tbz2", ".xz", ".txz",
+                                                    ".7z", ".rar", ".mp4", ".mkv", ".avi", ".mov", ".webm")):
+            roots.append(path)
+        elif src.get("format") == "coco":
+            here = _parent(path)
+            base = here.rsplit("/", 1)[-1] if remote.is_url(here) else Path(here).name
+            roots.append(_parent(here) if base.lower() == "annotations" else here)
+        else:
+            roots.append(_parent(path))
+    if src.get("images_root"):
+        roots.append(str(src["images_root"]))
+    return roots
+
+
+def _stamp_file(p: str, st: os.stat_result) -> str:
+    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    if os.path.splitext(p)[1].lower() in LABEL_SUFFIXES and st.st_size <= HASH_LABELS_BELOW:
+        try:
+            with open(p, "rb") as f:
+                stamp += ":" + hashlib.sha256(f.read()).hexdigest()[:16]
+        except OSError:
+            pass
+    return stamp
+
+
+def _local_state(root: str) -> Iterable[Tuple[str, str]]:
+    p = os.path.expanduser(root)
+    try:
+        st = os.stat(p)
+    except OSError:
+        yield "", "missing"
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        yield "", _stamp_file(p, st)
+        return
+    for dirpath, dirnames, files in os.walk(p):
+        dirnames.sort()
+        for name in sorted(files):
+            f = os.path.join(dirpath, name)
+            try:
+                fst = os.stat(f)  # through links: a link to another image is that image's state
+            except OSError:
+                yield os.path.relpath(f, p), "broken"
+                continue
+            if stat.S_ISREG(fst.st_mode):
+                yield os.path.relpath(f, p), _stamp_file(f, fst)
+
+
+def _remote_state(root: str) -> Iterable[Tuple[str, str]]:
+    try:
+        found = remote.listing(root)
+    except FileNotFoundError:
+        found = {}
+    if not found:
+        yield "", "missing"
+    for rel in sorted(found):
+        yield rel, f"{found[rel]['size']}:{found[rel]['etag']}"
+
+
+def root_state(root: str) -> str:
+    """A hash of the state of one folder or file (local or in storage)."""
+    h = hashlib.sha256()
+    for rel, stamp in (_remote_state(root) if remote.is_url(root) else _local_state(root)):
+        h.update(f"{rel}\0{stamp}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def signature(config: Any, store_root: Any = None) -> str:
+    """The state of everything curate's sources read (``config``: curate's typed view), for its fingerprint."""
+    import dataclasses
+
+    from cvops.curate.sources import iter_sources
+
+    data = dataclasses.asdict(config.data) if dataclasses.is_dataclass(config.data) else dict(config.data)
+    t0 = time.perf_counter()
+    states = []
+    try:
+        sources = list(iter_sources(data))
+    except ValueError:  # curate will say what is wrong with the sources when it runs
+        return "unreadable-sources"
+    for src in sources:
+        states += [f"{r}={root_state(r)}" for r in source_roots(src)]
+    log.debug("curate data state: %d roots in %.3fs", len(states), time.perf_counter() - t0)
+    return hashlib.sha256("\n".join(states).encode()).hexdigest()[:16] if states else ""
+
+
+# ------------------------------------------------------------------ fetch
+def fetch(src: Dict[str, Any], dest: Path) -> Dict[str, Any]:
+    """``src`` with every ``s3://...`` root downloaded under ``dest`` and its paths pointing there.
+
+    The copies are part of the curate artifact, so the dataset's images live in the store like any
+    other curate output, and their files are counted like local ones.
+    """
+    roots = [r for r in source_roots(src) if remote.is_url(r)]
+    if not roots:
+        return src
+    out = dict(src)
+    for i, root in enumerate(roots):
+        fs, key = remote.filesystem(root)
+        name = posixpath.basename(key.rstrip("/")) or f"root-{i}"
+        local = dest / f"{i}-{name}"
+        t0 = time.perf_counter()
+        if fs.isdir(key):
+            local.mkdir(parents=True, exist_ok=True)
+            fs.get(key.rstrip("/") + "/", str(local), recursive=True)
+        elif fs.exists(key):
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get(key, str(local))
+        else:
+            from cvops.curate.sources import SourceError
+
+            raise SourceError(f"{root} does not exist (or is not readable with these credentials); check the "
+                              "URL, AWS_ENDPOINT_URL and the AWS credentials")
+        n = sum(1 for p in local.rglob("*") if p.is_file()) if local.is_dir() else 1
+        size = sum(p.stat().st_size for p in local.rglob("*") if p.is_file()) if local.is_dir() else local.stat().st_size
+        log.warning("curate: fetched %s -> %s (%d files, %.1f MB, %.1fs)", root, local, n, size / 1e6,
+                    time.perf_counter() - t0)
+        for k in ("path", "images_root"):
+            v = out.get(k)
+            if v and remote.is_url(str(v)):
+                v = str(v)
+                if v.rstrip("/") == root.rstrip("/"):
+                    out[k] = str(local)
+                elif v.startswith(root.rstrip("/") + "/"):
+                    out[k] = str(local / v[len(root.rstrip("/")) + 1:])
+    return out
+
