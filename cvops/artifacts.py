@@ -107,6 +107,9 @@ class ArtifactStore:
     def __init__(self, root: os.PathLike | str) -> None:
         self.root = Path(root).expanduser().resolve()
 
+    def __str__(self) -> str:
+        return str(self.root)
+
     @property
     def id(self) -> str:
         """This store's identity: a random id written once in ``<store>/store-id`` (survives moves and mounts)."""
@@ -202,6 +205,25 @@ class ArtifactStore:
             yield Builder(stage, fingerprint, d)
         finally:
             lock.release()
+
+
+def open_store(paths: Any) -> Any:
+    """The store ``paths`` (the recipe's ``paths`` section, or a store path/URL) names: an
+    :class:`ArtifactStore` for a folder, a :class:`cvops.objectstore.ObjectStore` for ``s3://...``."""
+    from cvops.remote import is_url
+
+    if isinstance(paths, (str, os.PathLike)):
+        store, options, cache, lease_s = str(paths), {}, None, 30.0
+    else:
+        store = str(paths.store)
+        options = dict(paths.get("store_options") or {})
+        cache, lease_s = paths.get("cache"), float(paths.get("lease_s") or 30.0)
+    if not is_url(store):
+        return ArtifactStore(store)
+    from cvops.objectstore import ObjectStore
+
+    cache = cache or os.environ.get("CVOPS_CACHE_DIR") or "~/.cache/cvops"
+    return ObjectStore(store, options, cache, lease_s)
 
 
 @dataclass

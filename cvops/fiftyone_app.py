@@ -31,14 +31,14 @@ from typing import List, Optional
 
 def confident_view(overrides: List[str], dataset: str) -> Optional[str]:
     """The evaluate stage's saved view for this config (its artifact's ``app_view``), if built and on ``dataset``."""
-    from cvops.artifacts import ArtifactStore
+    from cvops.artifacts import open_store
     from cvops.config import compose_config
     from cvops.fo import connect
     from cvops.runner import fingerprints
 
     cfg = compose_config(overrides)
     fp = fingerprints(cfg)["evaluate"]["fingerprint"]
-    art = ArtifactStore(cfg.paths.store).get("evaluate", fp)
+    art = open_store(cfg.paths).get("evaluate", fp)
     name = art.metrics.get("app_view") if art is not None else None
     if name and name in connect().load_dataset(dataset).list_saved_views():
         return str(name)
@@ -47,7 +47,7 @@ def confident_view(overrides: List[str], dataset: str) -> Optional[str]:
 
 def resolve_dataset(overrides: List[str], dataset: Optional[str] = None) -> tuple:
     """(dataset name, how it was chosen) for a recipe command line."""
-    from cvops.artifacts import ArtifactStore
+    from cvops.artifacts import open_store
     from cvops.config import compose_config, preflight
     from cvops.fo import connect
     from cvops.runner import fingerprints
@@ -60,7 +60,7 @@ def resolve_dataset(overrides: List[str], dataset: Optional[str] = None) -> tupl
     preflight(overrides)
     cfg = compose_config(overrides)
     fp = fingerprints(cfg)["curate"]["fingerprint"]
-    art = ArtifactStore(cfg.paths.store).get("curate", fp)
+    art = open_store(cfg.paths).get("curate", fp)
     if art is not None and fo.dataset_exists(art.metrics.get("dataset_name", "")):
         return art.metrics["dataset_name"], f"curated for this config (curate {fp})"
     project = str(cfg.project)

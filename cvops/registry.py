@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from cvops.artifacts import Artifact, ArtifactStore, write_json_atomic
+from cvops.artifacts import Artifact, ArtifactStore, open_store, write_json_atomic
 
 #: Alias and project names: they become keys and a folder name, so no separators, no dot-dot, no spaces.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -341,7 +341,7 @@ def _open(overrides: List[str]) -> Any:
 
     preflight(overrides, check_missing=False)
     cfg = compose_config(overrides)
-    return cfg, Registry(ArtifactStore(cfg.paths.store), str(cfg.project))
+    return cfg, Registry(open_store(cfg.paths), str(cfg.project))
 
 
 def _recipe_export(cfg: Any, store: ArtifactStore, overrides: List[str]) -> Artifact:

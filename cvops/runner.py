@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from cvops.artifacts import Artifact, ArtifactStore, StoreError
+from cvops.artifacts import Artifact, StoreError, open_store
 from cvops.config import ConfigError, to_container
 from cvops.manifest import RunManifest, dist_version
 from cvops.stages import (BUILTIN_NAMES, Stage, StageContext, StageFn, StageResult, declared, graph,
@@ -133,7 +133,7 @@ def _imports(path: Path) -> List[str]:
 #: layers they use do).
 #: The console (what is printed, :mod:`cvops.console`) and the run's words (:mod:`cvops.summary`) are plumbing
 #: too: rewording a line or a progress bar rebuilds nothing.
-PLUMBING = frozenset({"runner.py", "stages.py", "artifacts.py", "manifest.py", "config.py", "recipes.py",
+PLUMBING = frozenset({"runner.py", "stages.py", "artifacts.py", "objectstore.py", "remote.py", "manifest.py", "config.py", "recipes.py",
                       "schema.py", "trust.py", "console.py", "summary.py", "report.py", "entrypoints.py"})
 
 
@@ -218,7 +218,10 @@ def code_version(stage: Stage, fn: Optional[StageFn]) -> str:
 def _external(stage: Stage, cfg: DictConfig) -> str:
     mod, fun = stage.external.split(":")  # type: ignore[union-attr]
     view = typed_view(stage.name, cfg, stage.sections)
-    return getattr(importlib.import_module(mod), fun)(view, Path(str(cfg.paths.store)))
+    store = str(cfg.paths.store)
+    if "://" in store:  # an object store: its machine-local side (request logs, references) is the local cache
+        store = str(open_store(cfg.paths).root)
+    return getattr(importlib.import_module(mod), fun)(view, Path(store))
 
 
 def fingerprints(cfg: DictConfig) -> Dict[str, Dict[str, Any]]:
@@ -334,7 +337,7 @@ class Runner:
                  hooks: Optional[Sequence[Hooks]] = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.store = ArtifactStore(cfg.paths.store)
+        self.store = open_store(cfg.paths)
         self.graph = graph(cfg)
         self.requested = self._requested(list(cfg.stages))
         self.recipe = recipe
@@ -378,7 +381,7 @@ class Runner:
                 what = ", ".join(f"'{u}' (fingerprint {fps[u]['fingerprint']})" for u in order if u in absent)
                 raise UpstreamMissing(
                     f"stage '{name}' needs the {what} artifact{'s' if len(absent) > 1 else ''} for this config, "
-                    f"which {'are' if len(absent) > 1 else 'is'} not in the store {self.store.root}. "
+                    f"which {'are' if len(absent) > 1 else 'is'} not in the store {self.store}. "
                     f"Run {'them' if len(absent) > 1 else 'it'} in the same command: stages=[{','.join(need)}]"
                 )
         return fps
@@ -392,7 +395,7 @@ class Runner:
             self.store.check_writable()
             fps = self.plan()
             log.info("cvops · %s · run dir %s", self.cfg.project, self.run_dir)
-            detail.info("store %s", self.store.root)
+            detail.info("store %s", self.store)
             for name, stage in self.graph.items():
                 fp = fps[name]["fingerprint"]
                 if name not in self.requested:

@@ -375,7 +375,12 @@ class TrackerConfig:
 # -------------------------------------------------------------------- root
 @dataclass
 class PathsConfig:
-    store: str = MISSING  # content-addressed artifact store (see cvops.artifacts)
+    store: str = MISSING  # content-addressed artifact store: a folder, or s3://bucket/prefix (see cvops.artifacts)
+    # an s3:// store: options for s3fs as they are (endpoint_url, key, secret, client_kwargs, ...); the standard
+    # AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE, ...) are read when these are not set
+    store_options: Dict[str, Any] = field(default_factory=dict)
+    cache: str = MISSING  # an s3:// store: this machine's cache of the artifacts it reads (see cvops.objectstore)
+    lease_s: float = 30.0  # an s3:// store: a build lease not renewed for this long is taken over (a dead builder)
 
 
 @dataclass

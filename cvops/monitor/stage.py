@@ -344,7 +344,7 @@ def _retrain(ctx: StageContext, recipe: str) -> Dict[str, Any]:
     logf = ctx.run_dir / "monitor" / f"on_drift_{recipe}.log"
     logf.parent.mkdir(parents=True, exist_ok=True)
     # same store (its curate/train artifacts are reused where the retrain recipe agrees with them)
-    cmd = [sys.executable, "-m", "cvops", f"recipe={recipe}", f"paths.store={Path(ctx.store.root).resolve()}"]
+    cmd = [sys.executable, "-m", "cvops", f"recipe={recipe}", f"paths.store={ctx.store}"]  # a folder (absolute) or s3://...
     with open(logf, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(Path.cwd()))
     log.info("  monitor: drift -> started %s (pid %d, log %s)", " ".join(cmd[2:]), proc.pid, logf)

@@ -58,7 +58,7 @@ def main(argv: List[str]) -> int:
     ap = argparse.ArgumentParser(prog="cvops serve", description="Serve a recipe's exported model over HTTP.")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     args, overrides = ap.parse_known_args(argv)
-    from cvops.artifacts import ArtifactStore
+    from cvops.artifacts import open_store
     from cvops.config import ConfigError, compose_config, preflight
     from cvops.runner import fingerprints
 
@@ -66,7 +66,7 @@ def main(argv: List[str]) -> int:
         preflight(overrides)
         cfg = compose_config(overrides)
         fps = fingerprints(cfg)
-        store = ArtifactStore(cfg.paths.store)
+        store = open_store(cfg.paths)
         export = store.get("export", fps["export"]["fingerprint"])
         if export is None and not cfg.serve.alias:
             raise ConfigError(f"no exported model for this config (export {fps['export']['fingerprint']}) in "
@@ -80,7 +80,7 @@ def main(argv: List[str]) -> int:
         from cvops.stages import declared, typed_view
 
         view = typed_view("serve", cfg, declared()["serve"].sections)
-        serve_export(view, cfg.paths.store, export, curate, recipe, workers=args.workers)
+        serve_export(view, store.root, export, curate, recipe, workers=args.workers)
     except ConfigError as e:
         print(f"cvops: error: {e}", file=sys.stderr)
         return 2

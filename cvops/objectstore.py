@@ -1,0 +1,385 @@
+"""The artifact store on object storage: ``paths.store: s3://bucket/prefix``.
+
+Same layout and fingerprints as the local store (:mod:`cvops.artifacts`): ``<store>/<stage>/<fingerprint>/``
+with its ``manifest.json``. What differs is how "written last and atomically" and "one builder" are
+made true between machines that share nothing but the bucket:
+
+- **Commit** is the manifest written with ``If-None-Match: *``. Two machines that built the same
+  fingerprint both upload their files, each under its own build id (``<fp>/<build>/...``, so neither
+  overwrites the other's bytes); only one manifest write succeeds, and the manifest names the build
+  whose files it lists. The loser drops its copy and uses the winner's artifact. A build that dies
+  before the manifest leaves no committed artifact.
+- **The build lock is a lease**, ``<stage>/<fingerprint>.lease``: created with ``If-None-Match: *``,
+  renewed every ``lease_s / 3`` seconds with ``If-Match`` on its ETag (each renewal changes the
+  ETag). A waiter that sees the same ETag for ``lease_s`` seconds by its own clock (no clock is
+  compared between machines) takes the lease over with ``If-Match``, so a dead holder's lease expires
+  and two waiters cannot both take it.
+- **Each machine reads through a local cache**, ``<paths.cache>/store/<bucket>/<prefix>/``, laid out like
+  a local store: an artifact is downloaded once, every file checked against the size and sha256 in the
+  manifest, and rechecked (rehashed) only when its size or time changed since. A corrupt or partial
+  cached file is downloaded again. Stages always work on local files.
+
+Credentials and the endpoint: the standard AWS variables (``AWS_ENDPOINT_URL`` for an S3-compatible
+server) or ``paths.store_options`` (passed to s3fs as they are); see :mod:`cvops.remote`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from cvops import remote
+from cvops.artifacts import MANIFEST, Artifact, StoreError, write_json_atomic
+
+log = logging.getLogger("cvops")
+VERIFIED = ".verified.json"  # cache side: {rel: [size, mtime_ns]} of files whose hash matched the manifest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(root: Path) -> Dict[str, Dict[str, Any]]:
+    """Every file under ``root`` (links followed: an artifact holds bytes, not links): rel -> {size, sha256}."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for dirpath, dirnames, names in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for n in sorted(names):
+            p = Path(dirpath) / n
+            rel = p.relative_to(root).as_posix()
+            if rel in (MANIFEST, VERIFIED) or not p.is_file():
+                continue
+            out[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+    return out
+
+
+def _local_manifest(d: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads((d / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+class ObjectStore:
+    """The store at ``url`` (``s3://bucket/prefix``), read through a local cache at ``cache``.
+
+    Presents the interface of :class:`cvops.artifacts.ArtifactStore` to the runner: ``root`` is the local
+    cache of this store (stages that keep machine-local files beside the store, such as request logs,
+    keep them there), ``url`` the store itself.
+    """
+
+    def __init__(self, url: str, options: Optional[Mapping[str, Any]] = None,
+                 cache: os.PathLike | str = "~/.cache/cvops", lease_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.options = dict(options or {})
+        self.fs, self.key = remote.filesystem(self.url, self.options)
+        safe = re.sub(r"[^A-Za-z0-9._/-]+", "_", self.key).strip("/")
+        self.root = Path(cache).expanduser().resolve() / "store" / safe
+        self.lease_s = float(lease_s)
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.url!r}, cache={str(self.root)!r})"
+
+    def __str__(self) -> str:
+        return self.url
+
+    # ----------------------------------------------------------- keys
+    def _key(self, *parts: str) -> str:
+        return "/".join([self.key, *parts])
+
+    def dir(self, stage: str, fingerprint: str) -> Path:
+        """The local (cached) directory of an artifact."""
+        return self.root / stage / fingerprint
+
+    @property
+    def id(self) -> str:
+        """This store's identity: a random id written once in ``<store>/store-id`` (first writer wins)."""
+        key = self._key("store-id")
+        try:
+            return self.fs.cat_file(key).decode().strip()
+        except FileNotFoundError:
+            pass
+        try:
+            self.fs.pipe_file(key, (uuid.uuid4().hex + "\n").encode(), mode="create")
+        except Exception as e:
+            if not remote.precondition_failed(e):
+                raise
+        return self.fs.cat_file(key).decode().strip()
+
+    def check_writable(self) -> None:
+        """Fail early, with the fix, if the bucket cannot be written or the cache cannot be."""
+        key = self._key(f".write-test-{uuid.uuid4().hex}")
+        try:
+            self.fs.pipe_file(key, b"")
+            self.fs.rm_file(key)
+        except Exception as e:
+            raise StoreError(
+                f"artifact store {self.url} is not writable ({type(e).__name__}: {e}); check the bucket, "
+                "AWS_ENDPOINT_URL and the AWS credentials (or paths.store_options)") from e
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"the local cache {self.root} of store {self.url} is not writable "
+                             f"({e.strerror or e}); set paths.cache=<dir> or CVOPS_CACHE_DIR") from e
+
+    # ----------------------------------------------------------- read
+    def _remote_manifest(self, stage: str, fingerprint: str) -> Optional[Dict[str, Any]]:
+        try:
+            raw = self.fs.cat_file(self._key(stage, fingerprint, MANIFEST))
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as e:  # a manifest is one PUT: whole or absent
+            raise StoreError(f"corrupt manifest {self.url}/{stage}/{fingerprint}/{MANIFEST}: {e}") from e
+
+    def is_complete(self, stage: str, fingerprint: str) -> bool:
+        return self.fs.exists(self._key(stage, fingerprint, MANIFEST))
+
+    def get(self, stage: str, fingerprint: str) -> Optional[Artifact]:
+        """The complete artifact, in the local cache (downloaded and verified as needed), or None."""
+        manifest = self._remote_manifest(stage, fingerprint)
+        if manifest is None:
+            return None
+        d = self.dir(stage, fingerprint)
+        self._materialise(manifest, d)
+        return Artifact(stage, fingerprint, d, manifest)
+
+    def _materialise(self, manifest: Dict[str, Any], d: Path) -> None:
+        files: Dict[str, Dict[str, Any]] = manifest.get("files", {})
+        build = manifest.get("build")
+        if build is None:
+            raise StoreError(f"{manifest.get('stage')}/{manifest.get('fingerprint')} in {self.url} has no 'build' "
+                             "entry: it was not written by this cvops version's object store")
+        try:
+            verified = json.loads((d / VERIFIED).read_text())
+        except (OSError, ValueError):
+            verified = {}
+        if _local_manifest(d) != manifest:
+            verified = {}  # not cached yet, a killed build's leftovers, or a rebuilt artifact: check every file
+        stale: List[str] = []
+        for rel, want in files.items():
+            p = d / rel
+            try:
+                st = p.stat()
+            except OSError:
+                stale.append(rel)
+                continue
+            if verified.get(rel) == [st.st_size, st.st_mtime_ns]:
+                continue
+            if st.st_size != want["size"] or _sha256(p) != want["sha256"]:
+                stale.append(rel)
+            else:
+                verified[rel] = [st.st_size, st.st_mtime_ns]
+        if stale:
+            t0 = time.perf_counter()
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / f".download-{uuid.uuid4().hex[:8]}"
+            srcs = [self._key(manifest["stage"], manifest["fingerprint"], build, rel) for rel in stale]
+            dsts = [str(tmp / rel) for rel in stale]
+            for p in dsts:
+                Path(p).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.fs.get(srcs, dsts)
+                for rel in stale:
+                    got = tmp / rel
+                    want = files[rel]
+                    if got.stat().st_size != want["size"] or _sha256(got) != want["sha256"]:
+                        raise StoreError(f"{self.url}/{manifest['stage']}/{manifest['fingerprint']}/{build}/{rel} "
+                                         "does not match its manifest (size or sha256): the stored artifact is "
+                                         "damaged; delete its manifest.json to rebuild it")
+                    (d / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(got, d / rel)
+                    st = (d / rel).stat()
+                    verified[rel] = [st.st_size, st.st_mtime_ns]
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            size = sum(files[r]["size"] for r in stale)
+            log.info("  %-9s fetched  %d files, %.1f MB from %s (%.1fs)", manifest["stage"], len(stale), size / 1e6,
+                     self.url, time.perf_counter() - t0)
+        write_json_atomic(d / VERIFIED, verified, durable=False)
+        if _local_manifest(d) != manifest:
+            write_json_atomic(d / MANIFEST, manifest, durable=False)  # last: the cached copy is whole
+
+    # ----------------------------------------------------------- lease
+    def _lease_body(self, holder: str, n: int) -> bytes:
+        return json.dumps({"holder": holder, "host": socket.gethostname(), "pid": os.getpid(), "renewal": n,
+                           "lease_s": self.lease_s, "written": time.time()}).encode()
+
+    def _etag(self, key: str) -> Optional[str]:
+        try:
+            return self.fs.info(key, refresh=True).get("ETag")
+        except FileNotFoundError:
+            return None
+
+    def _acquire(self, key: str, holder: str, timeout: float, on_wait: Callable[[], None],
+                 done: Callable[[], bool]) -> Optional["_Lease"]:
+        """The lease (None: the artifact was completed meanwhile)."""
+        start = time.monotonic()
+        seen: Tuple[Optional[str], float] = (None, start)
+        waited = False
+        while True:
+            try:
+                out = self.fs.pipe_file(key, self._lease_body(holder, 0), mode="create")
+                return _Lease(self, key, holder, out.get("ETag"))
+            except Exception as e:
+                if not remote.precondition_failed(e):
+                    raise StoreError(f"cannot take the build lease {self.url}/{key[len(self.key) + 1:]}: "
+                                     f"{type(e).__name__}: {e}") from e
+            if done():
+                return None
+            etag = self._etag(key)
+            now = time.monotonic()
+            if etag is None:
+                continue  # released just now: try to create it again
+            if etag != seen[0]:
+                seen = (etag, now)  # alive (renewed) or new: the clock starts again
+            elif now - seen[1] > self.lease_s:
+                try:
+                    out = self.fs.pipe_file(key, self._lease_body(holder, 0), IfMatch=etag)
+                    log.info("  took over the build lease %s: its holder stopped renewing it %.0fs ago", key,
+                             now - seen[1])
+                    return _Lease(self, key, holder, out.get("ETag"))
+                except Exception as e:
+                    if not remote.precondition_failed(e):
+                        raise
+                    continue  # another waiter took it first
+            if not waited:
+                on_wait()
+                waited = True
+            if now - start > timeout:
+                raise StoreError(f"waited {timeout:.0f}s for another run building {self.url}/{key[len(self.key) + 1:]}"
+                                 " (its lease is being renewed); raise lock_timeout_s if it is a long build")
+            time.sleep(min(1.0, self.lease_s / 6))
+
+    @contextmanager
+    def build(self, stage: str, fingerprint: str, *, timeout: float = 3600.0, keep_partial: bool = False,
+              on_wait: Optional[Callable[[Path], None]] = None) -> Iterator[Optional["ObjectBuilder"]]:
+        """Take the lease on ``stage/fingerprint`` and yield an :class:`ObjectBuilder` working in a local
+        folder (None when the artifact is, or became while waiting, complete). The lease is renewed while
+        the stage runs and released on exit, whatever happens."""
+        holder = uuid.uuid4().hex[:12]
+        # built where it will be cached (stages write absolute paths into their artifacts); nothing reads it from
+        # here before the manifest exists in the bucket, and the lease keeps other runs of this cache out
+        local = self.dir(stage, fingerprint)
+        lease = self._acquire(self._key(stage, f"{fingerprint}.lease"), holder, timeout,
+                              lambda: on_wait(local) if on_wait else None,
+                              lambda: self.is_complete(stage, fingerprint))
+        if lease is None:
+            yield None
+            return
+        try:
+            if self.is_complete(stage, fingerprint):
+                yield None
+                return
+            if local.exists() and not keep_partial:
+                shutil.rmtree(local)  # a killed build's leftovers, or a cached copy of a deleted artifact
+            local.mkdir(parents=True, exist_ok=True)
+            yield ObjectBuilder(stage, fingerprint, local, self, holder, lease)
+        finally:
+            lease.release()
+
+
+class _Lease:
+    """A held lease, renewed on a daemon thread until released."""
+
+    def __init__(self, store: ObjectStore, key: str, holder: str, etag: Optional[str]) -> None:
+        self.store, self.key, self.holder, self.etag = store, key, holder, etag
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="cvops-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        n = 0
+        while not self._stop.wait(self.store.lease_s / 3):
+            n += 1
+            try:
+                out = self.store.fs.pipe_file(self.key, self.store._lease_body(self.holder, n), IfMatch=self.etag)
+                self.etag = out.get("ETag")
+            except Exception as e:
+                if remote.precondition_failed(e):
+                    self.lost = True
+                    log.warning("  lost the build lease %s (renewals came too late; another run took it over): "
+                                "the commit is still safe, only one manifest write can win", self.key)
+                    return
+                log.warning("  could not renew the build lease %s: %s (will retry)", self.key, e)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if self.lost:
+            return
+        try:
+            if self.store._etag(self.key) == self.etag:
+                self.store.fs.rm_file(self.key)
+        except Exception as e:  # it will expire
+            log.warning("  could not release the build lease %s: %s (it expires in %.0fs)", self.key, e,
+                        self.store.lease_s)
+
+
+@dataclass
+class ObjectBuilder:
+    """Write side of one artifact built locally and committed to object storage."""
+
+    stage: str
+    fingerprint: str
+    dir: Path
+    store: ObjectStore
+    build_id: str
+    lease: _Lease
+    started: float = field(default_factory=time.time)
+
+    def commit(self, manifest: Dict[str, Any]) -> Artifact:
+        """Upload every file under this build's id, then write the manifest if no other build did: the
+        artifact is now complete (ours, or the one that won)."""
+        for name, rel in manifest.get("artifacts", {}).items():
+            if not (self.dir / rel).exists():
+                raise StoreError(f"{self.stage} declared artifact '{name}' -> {self.dir / rel}, which does not exist")
+        st = self.store
+        files = _files(self.dir)
+        manifest = {**manifest, "build": self.build_id, "files": files}
+        t0 = time.perf_counter()
+        if files:
+            st.fs.put([str(self.dir / rel) for rel in files],
+                      [st._key(self.stage, self.fingerprint, self.build_id, rel) for rel in files])
+        size = sum(f["size"] for f in files.values())
+        body = json.dumps(manifest, indent=2).encode()
+        try:
+            st.fs.pipe_file(st._key(self.stage, self.fingerprint, MANIFEST), body, mode="create")
+        except Exception as e:
+            if not remote.precondition_failed(e):
+                raise StoreError(f"could not commit {st.url}/{self.stage}/{self.fingerprint}: {e}") from e
+            log.warning("  %-9s another run committed %s first: using its artifact", self.stage, self.fingerprint)
+            art = st.get(self.stage, self.fingerprint)
+            assert art is not None
+            return art
+        log.info("  %-9s stored   %d files, %.1f MB to %s (%.1fs)", self.stage, len(files), size / 1e6,
+                 st.url, time.perf_counter() - t0)
+        final = self.dir
+        (final / MANIFEST).write_text(body.decode())
+        verified = {}
+        for rel in files:
+            s = (final / rel).stat()
+            verified[rel] = [s.st_size, s.st_mtime_ns]
+        write_json_atomic(final / VERIFIED, verified, durable=False)
+        return Artifact(self.stage, self.fingerprint, final, manifest)
+
+
+__all__ = ["ObjectStore", "ObjectBuilder"]

@@ -1,0 +1,199 @@
+"""The artifact store on S3 (a real S3-compatible HTTP server, moto's, started here): commit by conditional
+manifest write, expiring build leases, per-machine caches verified against the manifest, data from S3."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+from helpers.s3 import S3Server, use  # noqa: E402
+from test_processes import _wait_for  # noqa: E402
+
+from cvops.artifacts import StoreError, open_store  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store_url(s3, monkeypatch):
+    use(s3, monkeypatch)
+    return f"s3://{s3.bucket()}/team/store"
+
+
+def _store(url, cache, lease_s=30.0):
+    from cvops.objectstore import ObjectStore
+
+    return ObjectStore(url, {}, cache, lease_s)
+
+
+def test_open_store_picks_the_backend(tmp_path, store_url):
+    from cvops.artifacts import ArtifactStore
+    from cvops.config import compose_config
+    from cvops.objectstore import ObjectStore
+
+    assert isinstance(open_store(tmp_path / "s"), ArtifactStore)
+    cfg = compose_config(["recipe=quickstart", f"paths.store={store_url}", f"paths.cache={tmp_path / 'c'}",
+                          "paths.lease_s=7"])
+    st = open_store(cfg.paths)
+    assert isinstance(st, ObjectStore) and st.lease_s == 7 and st.root.is_relative_to(tmp_path / "c")
+
+
+def _build(store, fp="f00d", payload=b"weights", stage="train"):
+    with store.build(stage, fp) as b:
+        assert b is not None
+        (b.dir / "model.pth").write_bytes(payload)
+        (b.dir / "report").mkdir()
+        (b.dir / "report" / "loss.png").write_bytes(b"png")
+        return b.commit({"stage": stage, "fingerprint": fp, "artifacts": {"checkpoint": "model.pth"}})
+
+
+def test_commit_then_another_machine_reads_it_through_its_own_verified_cache(store_url, tmp_path):
+    a = _store(store_url, tmp_path / "cache-a")
+    art = _build(a)
+    assert art.path("checkpoint").read_bytes() == b"weights"
+    b = _store(store_url, tmp_path / "cache-b")  # "machine B": nothing cached
+    assert b.is_complete("train", "f00d") and not b.is_complete("train", "beef")
+    got = b.get("train", "f00d")
+    assert got.dir.is_relative_to(tmp_path / "cache-b")
+    assert got.path("checkpoint").read_bytes() == b"weights" and (got.dir / "report" / "loss.png").exists()
+    assert got.manifest["files"]["model.pth"]["size"] == 7
+    # a damaged cached file is fetched again, an intact one is not rehashed once verified
+    got.path("checkpoint").write_bytes(b"weightz")
+    assert b.get("train", "f00d").path("checkpoint").read_bytes() == b"weights"
+    # the bucket's copy damaged: refused, naming the object
+    key = f"{b.key}/train/f00d/{got.manifest['build']}/model.pth"
+    b.fs.pipe_file(key, b"tampered")
+    c = _store(store_url, tmp_path / "cache-c")
+    with pytest.raises(StoreError, match="model.pth does not match its manifest"):
+        c.get("train", "f00d")
+    assert a.get("nothing", "here") is None
+    assert a.id == b.id  # one identity per bucket prefix, whichever machine asks first
+
+
+def test_two_builders_of_one_fingerprint_end_with_one_whole_artifact(store_url, tmp_path):
+    """The lease made unusable (as when a holder was presumed dead but was not): both build, both upload,
+    the conditional manifest write lets exactly one win, and each gets the winner's bytes."""
+    a = _store(store_url, tmp_path / "cache-a")
+    b = _store(store_url, tmp_path / "cache-b")
+    ba = a.build("train", "cafe").__enter__()
+    (ba.dir / "model.pth").write_bytes(b"A" * 1000)
+    # B bypasses the lease and commits first
+    from cvops.objectstore import ObjectBuilder
+
+    b_dir = b.dir("train", "cafe")
+    b_dir.mkdir(parents=True)
+    (b_dir / "model.pth").write_bytes(b"B" * 1000)
+    won = ObjectBuilder("train", "cafe", b_dir, b, "bbbbbbbbbbbb", ba.lease).commit(
+        {"stage": "train", "fingerprint": "cafe", "artifacts": {"checkpoint": "model.pth"}})
+    lost = ba.commit({"stage": "train", "fingerprint": "cafe", "artifacts": {"checkpoint": "model.pth"}})
+    ba.lease.release()
+    assert won.path("checkpoint").read_bytes() == b"B" * 1000
+    assert lost.path("checkpoint").read_bytes() == b"B" * 1000  # A's copy replaced by the winner's
+    fresh = _store(store_url, tmp_path / "cache-c").get("train", "cafe")
+    assert fresh.path("checkpoint").read_bytes() == b"B" * 1000 and fresh.manifest["build"] == "bbbbbbbbbbbb"
+
+
+def test_a_dead_holders_lease_expires_a_live_one_does_not(store_url, tmp_path):
+    holder = _store(store_url, tmp_path / "cache-a", lease_s=3)
+    waiter = _store(store_url, tmp_path / "cache-b", lease_s=3)
+    ctx = holder.build("curate", "0123")
+    b = ctx.__enter__()
+    got, waited = {}, []
+
+    def wait():
+        t0 = time.monotonic()
+        with waiter.build("curate", "0123", timeout=60, on_wait=lambda d: waited.append(d)) as w:
+            got["builder"], got["after"] = w, time.monotonic() - t0
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(6)  # two lease periods: renewed, so still held
+    assert "builder" not in got and waited
+    b.lease._stop.set()  # the holder "dies": no more renewals, no release
+    b.lease._thread.join()
+    t.join(timeout=30)
+    assert got["builder"] is not None and got["after"] > 6  # taken over once the lease went stale
+    assert not holder.is_complete("curate", "0123")  # nothing was committed by the dead holder
+
+
+def test_killed_builder_leaves_nothing_committed_and_a_concurrent_run_reuses(cvops, store_url, tmp_path, s3):
+    env = {**s3.env, "CVOPS_STORE": store_url, "CVOPS_TEST_SLEEP_CURATE": "60"}
+    common = ("recipe=quickstart", "stages=[curate,train]", "paths.lease_s=3")
+    proc = cvops.popen(*common, test_stages=True, env={**env, "CVOPS_CACHE_DIR": str(tmp_path / "cache-a")})
+    line = _wait_for(proc, "TEST-STAGE curate sleeping in")
+    fp = line.rsplit(" in ", 1)[1].strip().rstrip("/").rsplit("/", 1)[1]
+    store = _store(store_url, tmp_path / "probe")
+    assert store.fs.exists(f"{store.key}/curate/{fp}.lease")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not store.is_complete("curate", fp)
+    assert store.fs.exists(f"{store.key}/curate/{fp}.lease")  # left behind by the dead run ...
+
+    # two runs with their own caches (two machines) race for the same curate: one builds (after taking over the
+    # dead lease), the other waits and reuses
+    env["CVOPS_TEST_SLEEP_CURATE"] = "4"
+    a = cvops.popen(*common, test_stages=True, env={**env, "CVOPS_CACHE_DIR": str(tmp_path / "cache-b")})
+    b = cvops.popen(*common, "train.lr=0.01", test_stages=True, env={**env, "CVOPS_CACHE_DIR": str(tmp_path / "cache-c")})
+    out_a, _ = a.communicate(timeout=180)
+    out_b, _ = b.communicate(timeout=180)
+    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
+    assert store.is_complete("curate", fp)
+    assert not store.fs.exists(f"{store.key}/curate/{fp}.lease")  # ... and released by the one that built
+    calls = [c.split()[0] for c in cvops.calls()]
+    assert calls.count("curate") == 2 and calls.count("train") == 2, calls  # killed + one rebuild; 2 configs
+    runs = cvops.run_jsons()[-2:]
+    assert sorted(r["stages"]["curate"]["status"] for r in runs) == ["cached", "ran"]
+    for cache in ("cache-b", "cache-c"):
+        assert json.loads((tmp_path / cache / "store" / store.key / "curate" / fp / "manifest.json").read_text())[
+            "fingerprint"] == fp
+    assert "took over the build lease" in cvops.logs() + out_a + out_b
+
+
+def test_curate_reads_data_from_s3_and_its_state_enters_the_fingerprint(store_url, tmp_path, monkeypatch):
+    import fiftyone as fo
+
+    from cvops.config import compose_config
+    from cvops.runner import Runner, fingerprints
+    from helpers.make_data import yolo_dataset
+
+    local = tmp_path / "yolo"
+    yolo_dataset(local, foreign_paths=False)
+    (local / "data.yaml").write_text("train: train/images\nval: valid/images\nnc: 2\nnames: ['a', 'b']\n")
+    fs = _store(store_url, tmp_path / "x").fs
+    data_url = store_url.rsplit("/", 1)[0] + "/datasets/cells"
+    fs.put(str(local) + "/", data_url[5:] + "/", recursive=True)
+    project = f"s3data{os.getpid()}"
+    ov = [f"project={project}", "stages=[curate]", "data=yolo", f"data.path={data_url}/data.yaml",
+          f"paths.store={store_url}", f"paths.cache={tmp_path / 'cache'}"]
+    try:
+        cfg = compose_config(ov)
+        before = fingerprints(cfg)["curate"]["fingerprint"]
+        Runner(cfg, tmp_path / "run").run()
+        m = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]["curate"]
+        assert m["status"] == "ran", m
+        local_run = compose_config([*ov[:-2], f"data.path={local / 'data.yaml'}", f"paths.store={tmp_path / 'ls'}"])
+        Runner(local_run, tmp_path / "run-local").run()
+        ml = json.loads((tmp_path / "run-local" / "run.json").read_text())["stages"]["curate"]
+        for k in ("images_in", "images_kept", "boxes_in", "boxes_kept", "images_quarantined"):
+            assert m["metrics"][k] == ml["metrics"][k], k  # counted like the same files on disk
+        assert Path(m["artifacts"]["dir"], "source").is_dir()  # fetched into the artifact
+        fs.pipe_file(data_url[5:] + "/train/labels/im21.txt", b"1 0.5 0.5 0.2 0.2\n")
+        assert fingerprints(compose_config(ov))["curate"]["fingerprint"] != before
+    finally:
+        for name in fo.list_datasets():
+            if name.startswith(project):
+                fo.delete_dataset(name)
