@@ -55,6 +55,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 #: What a ``_target_`` outside the ``hydra`` node may name.
 TARGETS: Tuple[str, ...] = ("cvops.track.WandbTracker", "cvops.track.NullTracker")
 
+#: ``ray.init`` arguments a config may give the Ray launcher (``hydra.launcher.init``): none loads code.
+RAY_INIT_ALLOWED = frozenset({"namespace", "runtime_env", "logging_level", "log_to_driver", "include_dashboard"})
+
 #: What the ``hydra`` node may instantiate: cvops' callbacks, the launchers and
 #: sweepers cvops ships presets for, and Optuna's samplers.
 HYDRA_TARGETS: Dict[str, Tuple[str, ...]] = {
@@ -64,6 +67,7 @@ HYDRA_TARGETS: Dict[str, Tuple[str, ...]] = {
         "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
         "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
         "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+        "hydra_plugins.cvops_ray_launcher.ray_launcher.RayLauncher",
     ),
     "sweeper": (
         "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
@@ -212,6 +216,22 @@ def check_hydra(hydra: Any) -> None:
     if launcher.get("setup"):
         raise NotAllowed("hydra.launcher.setup", launcher["setup"],
                          "shell lines run on the cluster node; put them in your job environment instead")
+    init = launcher.get("init") or {}
+    for name in init:
+        if str(name) not in RAY_INIT_ALLOWED:
+            raise NotAllowed(f"hydra.launcher.init.{name}", init[name],
+                             f"the Ray launcher passes only {', '.join(sorted(RAY_INIT_ALLOWED))} to ray.init from a "
+                             "config")
+    for name in ((init.get("runtime_env") or {}) if isinstance(init.get("runtime_env"), dict) else {}):
+        if str(name) != "env_vars":
+            raise NotAllowed(f"hydra.launcher.init.runtime_env.{name}", init["runtime_env"][name],
+                             "a runtime_env key other than env_vars installs or runs code on the workers; set the "
+                             "cluster's environment up when it is started (ray start), not from a recipe")
+    for name in ((init.get("runtime_env") or {}).get("env_vars") or {}) if isinstance(init.get("runtime_env"), dict) else ():
+        if not ENV_SET_ALLOWED.match(str(name)) and not str(name).startswith(("CVOPS_", "AWS_", "FIFTYONE_")):
+            raise NotAllowed(f"hydra.launcher.init.runtime_env.env_vars.{name}", init["runtime_env"]["env_vars"][name],
+                             "only thread counts, CUDA_VISIBLE_DEVICES, WANDB_*, NCCL_*, CVOPS_*, AWS_* and "
+                             "FIFTYONE_* may be set from a config; export other variables where the cluster starts")
     sweeper = hydra.get("sweeper") or {}
     if sweeper.get("custom_search_space"):
         raise NotAllowed("hydra.sweeper.custom_search_space", sweeper["custom_search_space"],

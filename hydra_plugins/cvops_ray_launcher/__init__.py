@@ -1,0 +1,1 @@
+"""cvops' Hydra launcher for Ray clusters (``hydra/launcher=ray``); see :mod:`.ray_launcher`."""
