@@ -92,9 +92,8 @@ class RayLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         started = self._start()
-        remote = ray.remote(_job).options(num_cpus=float(self.conf.get("num_cpus", 1)),
-                                          num_gpus=float(self.conf.get("num_gpus", 0)),
-                                          max_retries=int(self.conf.get("max_retries", 0)), max_calls=1)
+        remote = ray.remote(num_cpus=float(self.conf.get("num_cpus", 1)), num_gpus=float(self.conf.get("num_gpus", 0)),
+                            max_retries=int(self.conf.get("max_retries", 0)), max_calls=1)(_job)
         log.info("Ray launcher: %d jobs, %s cpu / %s gpu each, sweep dir %s", len(job_overrides),
                  self.conf.get("num_cpus", 1), self.conf.get("num_gpus", 0), sweep_dir)
         refs: List[Any] = []
