@@ -197,3 +197,69 @@ def test_curate_reads_data_from_s3_and_its_state_enters_the_fingerprint(store_ur
         for name in fo.list_datasets():
             if name.startswith(project):
                 fo.delete_dataset(name)
+
+
+def test_curate_on_machine_a_train_evaluate_export_on_machine_b(cvops, s3, tmp_path, monkeypatch):
+    """Two "machines" that share only the bucket and the FiftyOne database: A curates local data; its cache is
+    then moved away (B has nothing of A's on disk but the same cache path), and B trains, evaluates and exports
+    from the store. The App's dataset, resolved on B's side, is A's dataset with B's predictions, and every
+    image it lists is a file on B (the artifact carried them: media/)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import fiftyone as fo
+
+    from cvops.synthetic import SyntheticSpec, generate
+
+    data = tmp_path / "data"
+    generate(data, SyntheticSpec(num_images=30, image_size=[128, 96], min_size=20, max_size=48, videos=0, seed=3),
+             progress=False)
+    store = f"s3://{s3.bucket()}/store"
+    cache = tmp_path / "cache"
+    project = f"ab{os.getpid()}"
+    recipe = ["recipe=quickstart", f"project={project}", "data=coco", f"data.path={data / 'annotations.json'}",
+              "model.image_size=[128,128]", "train.max_epochs=1", "tracker=none", "export.calib_images=8",
+              "export.latency_repeats=3", "export.int8=false"]
+    env = {**cvops.env, **s3.env, "CVOPS_STORE": store, "CVOPS_CACHE_DIR": str(cache)}
+
+    def machine(name, *args):
+        work = tmp_path / name
+        work.mkdir(exist_ok=True)
+        r = subprocess.run([sys.executable, "-m", "cvops", *recipe, *args], cwd=work, env=env, capture_output=True,
+                           text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        newest = max(work.glob("outputs/**/run.json"), key=lambda p: p.stat().st_mtime)
+        return json.loads(newest.read_text())["stages"]
+
+    try:
+        a = machine("a", "stages=[curate]")
+        assert a["curate"]["status"] == "ran"
+        shutil.move(str(cache), str(tmp_path / "cache-of-a"))  # B has none of A's files
+        b = machine("b", "stages=[train,evaluate,export]")
+        assert b["curate"]["status"] == "cached" and b["curate"]["fingerprint"] == a["curate"]["fingerprint"]
+        assert {b[s]["status"] for s in ("train", "evaluate", "export")} == {"ran"}, b
+        coco = json.loads(Path(b["curate"]["artifacts"]["coco_train"]).read_text())
+        assert all(Path(im["file_name"]).is_file() and "/media/" in im["file_name"] and
+                   Path(im["file_name"]).is_relative_to(cache) for im in coco["images"])
+
+        use(s3, monkeypatch)  # this process is "on machine B" now
+        monkeypatch.setenv("CVOPS_STORE", store)
+        monkeypatch.setenv("CVOPS_CACHE_DIR", str(cache))
+        from cvops.fiftyone_app import confident_view, resolve_dataset
+
+        name, why = resolve_dataset(recipe)
+        assert name == a["curate"]["metrics"]["dataset_name"] and "curated for this config" in why
+        ds = fo.load_dataset(name)
+        assert ds.count("ground_truth.detections") == a["curate"]["metrics"]["boxes_kept"]
+        field = b["evaluate"]["metrics"]["predictions_field"]
+        splits = [k[len("predictions_"):] for k in b["evaluate"]["artifacts"] if k.startswith("predictions_")]
+        predicted = sum(len(json.loads(Path(b["curate"]["artifacts"][f"coco_{sp}"]).read_text())["images"])
+                        for sp in splits)
+        assert predicted > 0 and ds.exists(field).count() == predicted  # B's predictions, in A's dataset
+        assert all(Path(p).is_file() for p in ds.values("filepath"))
+        assert confident_view(recipe, name) in ds.list_saved_views()
+    finally:
+        for name in fo.list_datasets():
+            if name.startswith(project):
+                fo.delete_dataset(name)

@@ -64,6 +64,27 @@ def gather(data: Dict[str, Any], workdir: Path, ledger: Ledger, max_archive_mb: 
     return items, declared
 
 
+def _own_media(samples: List[Sample], work: Path) -> None:
+    """Copy every kept image that lives outside the artifact into ``media/`` (named by content, so identical
+    files are stored once), and point the samples at the copies: the artifact, its COCO files and its FiftyOne
+    dataset then hold everything another machine needs (it downloads the artifact into its cache)."""
+    import shutil
+
+    copied = 0
+    for s in samples:
+        src = Path(s.filepath)
+        if work in src.parents:
+            continue
+        dst = work / "media" / s.sha256[:2] / f"{s.sha256}{src.suffix.lower()}"
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            copied += 1
+        s.filepath = dst
+    if copied:
+        log.info("  curate: %d kept images copied into the artifact (media/) for the object store", copied)
+
+
 # ------------------------------------------------------------------ decode
 Decoded = Tuple[Item, Path, int, int, List[str], list, str, int, float]
 
@@ -209,6 +230,8 @@ def run(ctx: StageContext) -> StageResult:
         log.warning("  curate: classes declared but never used (not trained): %s", ", ".join(unused))
     final_classes = [c for c in classes if used[c] > 0]
     version = _version(kept_samples, final_classes)
+    if getattr(ctx.store, "url", None):  # an object store: the artifact carries its images to other machines
+        _own_media(kept_samples, work)
     exports = _export_coco(kept_samples, final_classes, work / "export", list(sp.ratios))
     clock.lap("dedup_split_export")
 

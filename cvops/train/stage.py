@@ -93,6 +93,18 @@ def _curves(rows: List[Dict[str, Any]], out: Path) -> Path:
     return out
 
 
+def _images_here(curate: Any, coco: Path) -> None:
+    """Fail with the fix when the curated images are not on this machine (curate ran elsewhere)."""
+    images = json.loads(Path(coco).read_text(encoding="utf-8")).get("images") or []
+    missing = next((im["file_name"] for im in images[:50] if not Path(im["file_name"]).is_file()), None)
+    if missing is None:
+        return
+    raise FileNotFoundError(
+        f"the curated images are not on this machine: {missing} (from {coco}). The curate artifact was built "
+        "on another machine; with an s3:// store its images travel inside the artifact at the path its cache "
+        f"had there: give every machine the same paths.cache (CVOPS_CACHE_DIR); this one's is {curate.dir}")
+
+
 def run(ctx: StageContext) -> StageResult:
     """Train the recipe's detector on curate's COCO train split (val for checkpoint selection)."""
     model, train = ctx.config.model, ctx.config.train
@@ -111,6 +123,7 @@ def run(ctx: StageContext) -> StageResult:
     curate = ctx.inputs["curate"]
     classes = list(curate.metrics["classes"])
     exports = {s: curate.path(f"coco_{s}") for s in ("train", "val", "test")}
+    _images_here(curate, exports["train"])
 
     vis = ctx.tracker.mmengine_backends({
         "dataset_version": curate.metrics.get("dataset_version"),
