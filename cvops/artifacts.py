@@ -134,6 +134,13 @@ class ArtifactStore:
     def dir(self, stage: str, fingerprint: str) -> Path:
         return self.root / stage / fingerprint
 
+    def publish(self, stage: str, fingerprint: str, path: Path, rel: str) -> None:
+        """A folder store is seen by every machine of a build as it is: nothing to publish."""
+
+    def pending(self, stage: str, fingerprint: str, rel: str, dst: Path) -> bool:
+        """True when the build in progress has ``rel`` (a folder store: it is already at ``dst``)."""
+        return (self.dir(stage, fingerprint) / rel).is_file()
+
     def is_complete(self, stage: str, fingerprint: str) -> bool:
         return (self.dir(stage, fingerprint) / MANIFEST).is_file()
 

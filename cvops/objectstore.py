@@ -259,6 +259,24 @@ class ObjectStore:
 
         return sync(fs.loop, all_)
 
+    # ----------------------------------------------------------- a build's files for its other machines
+    def publish(self, stage: str, fingerprint: str, path: Path, rel: str) -> None:
+        """Put one file of a build in progress where the build's other machines find it (a multi-node
+        training's config for ``cvops train-worker``): ``<stage>/<fingerprint>.pending/<rel>``."""
+        self.fs.put_file(str(path), self._key(stage, f"{fingerprint}.pending", rel))
+
+    def pending(self, stage: str, fingerprint: str, rel: str, dst: Path) -> bool:
+        """Download a file :meth:`publish` put there to ``dst``; False while it is not there."""
+        try:
+            data = self.fs.cat_file(self._key(stage, f"{fingerprint}.pending", rel))
+        except FileNotFoundError:
+            return False
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_bytes(data)
+        os.replace(tmp, dst)
+        return True
+
     # ----------------------------------------------------------- lease
     def _lease_body(self, holder: str, n: int) -> bytes:
         return json.dumps({"holder": holder, "host": socket.gethostname(), "pid": os.getpid(), "renewal": n,

@@ -148,6 +148,8 @@ def run(ctx: StageContext) -> StageResult:
             log.info("  train: train.resume=true but no checkpoint of this lineage exists: starting fresh")
     (work / LINEAGE).write_text(json.dumps({"lineage": lineage, "fingerprint": ctx.fingerprint}))
     cfg.dump(str(work / "config.py"))
+    if train.nnodes > 1:  # the workers (cvops train-worker) start from this config; an s3:// store carries it
+        ctx.store.publish("train", ctx.fingerprint, work / "config.py", "config.py")
     allow_mmengine_checkpoints()
     t0 = time.perf_counter()
     if train.launcher is Launcher.pytorch:
