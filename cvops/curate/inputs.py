@@ -28,6 +28,48 @@ from cvops import remote
 
 log = logging.getLogger(__name__)
 
+class SourceError(ValueError):
+    """A source that cannot be read at all (missing path, unknown format, empty)."""
+
+
+def iter_sources(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
+    """The configured sources, in order: ``data.sources`` entries (``data=sources``), else
+    ``data`` itself; then each ``data.extra`` entry (e.g. reviewed edge cases from
+    ``cvops review``), which is added to whatever the main source is.
+
+    Entries of ``sources`` and ``extra`` inherit the other ``data`` keys (``classes``,
+    ``class_map``, ``fps``, ...) and override them with their own (``cvops review`` prints
+    its entry with ``allow_outside_paths: true``: it lists the reviewed images where the
+    monitor stored them).
+
+    Raises:
+        SourceError: an entry without ``format`` (or an ``extra`` entry without ``path``),
+            or ``sources`` set without ``data=sources``.
+    """
+    common = {k: v for k, v in data.items() if k not in ("sources", "extra")}
+    if data.get("sources") and data.get("format") != "sources":
+        raise SourceError(f"data.sources is set but data.format={data.get('format')}; select data=sources "
+                          "to merge several sources")
+    if data.get("format") == "sources":
+        if not data.get("sources"):
+            raise SourceError("data=sources needs a non-empty data.sources list")
+        for i, s in enumerate(data["sources"]):
+            if "format" not in s:
+                raise SourceError(f"data.sources[{i}] has no 'format' (one of coco, yolo, images, video, synthetic)")
+            yield {**common, **s}
+    else:
+        yield data
+    for i, e in enumerate(data.get("extra") or []):
+        if "format" not in e:
+            raise SourceError(f"data.extra[{i}] has no 'format' (one of coco, yolo, voc, images, video, synthetic)")
+        if e["format"] == "sources":
+            raise SourceError(f"data.extra[{i}]: format 'sources' cannot be nested; list each source in data.extra")
+        if e["format"] != "synthetic" and not e.get("path"):
+            # without this, the entry would silently re-read the main data.path in another format
+            raise SourceError(f"data.extra[{i}] (format {e['format']}) has no 'path'")
+        yield {**common, **e}
+
+
 LABEL_SUFFIXES = {".json", ".txt", ".xml", ".yaml", ".yml", ".csv"}
 HASH_LABELS_BELOW = 4 << 20
 _FILE_SOURCES = ("video", "images")  # a file path of these formats is the whole source
@@ -125,8 +167,6 @@ def signature(config: Any, store_root: Any = None) -> str:
     """The state of everything curate's sources read (``config``: curate's typed view), for its fingerprint."""
     import dataclasses
 
-    from cvops.curate.sources import iter_sources
-
     data = dataclasses.asdict(config.data) if dataclasses.is_dataclass(config.data) else dict(config.data)
     t0 = time.perf_counter()
     states = []
@@ -163,8 +203,6 @@ def fetch(src: Dict[str, Any], dest: Path) -> Dict[str, Any]:
             local.parent.mkdir(parents=True, exist_ok=True)
             fs.get(key, str(local))
         else:
-            from cvops.curate.sources import SourceError
-
             raise SourceError(f"{root} does not exist (or is not readable with these credentials); check the "
                               "URL, AWS_ENDPOINT_URL and the AWS credentials")
         n = sum(1 for p in local.rglob("*") if p.is_file()) if local.is_dir() else 1

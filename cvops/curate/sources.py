@@ -47,8 +47,7 @@ YOLO_LAYOUTS = ("Ultralytics: images/<split>/<name>.jpg -> labels/<split>/<name>
                 "or <name>.txt beside each image")
 
 
-class SourceError(ValueError):
-    """A source that cannot be read at all (missing path, unknown format, empty)."""
+from cvops.curate.inputs import SourceError, iter_sources  # noqa: E402,F401  (defined there: light to import)
 
 
 @dataclass
@@ -1304,41 +1303,3 @@ def _classify(f: Path, cover: _Cover) -> Tuple[str, str, str, int]:
     return "file", "unsupported file type", \
         f"{ext or f.name!r} is not an image cvops reads ({' '.join(sorted(IMAGE_EXTS))}) nor an annotation file " \
         f"of {cover.by}", 0
-
-
-def iter_sources(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
-    """The configured sources, in order: ``data.sources`` entries (``data=sources``), else
-    ``data`` itself; then each ``data.extra`` entry (e.g. reviewed edge cases from
-    ``cvops review``), which is added to whatever the main source is.
-
-    Entries of ``sources`` and ``extra`` inherit the other ``data`` keys (``classes``,
-    ``class_map``, ``fps``, ...) and override them with their own (``cvops review`` prints
-    its entry with ``allow_outside_paths: true``: it lists the reviewed images where the
-    monitor stored them).
-
-    Raises:
-        SourceError: an entry without ``format`` (or an ``extra`` entry without ``path``),
-            or ``sources`` set without ``data=sources``.
-    """
-    common = {k: v for k, v in data.items() if k not in ("sources", "extra")}
-    if data.get("sources") and data.get("format") != "sources":
-        raise SourceError(f"data.sources is set but data.format={data.get('format')}; select data=sources "
-                          "to merge several sources")
-    if data.get("format") == "sources":
-        if not data.get("sources"):
-            raise SourceError("data=sources needs a non-empty data.sources list")
-        for i, s in enumerate(data["sources"]):
-            if "format" not in s:
-                raise SourceError(f"data.sources[{i}] has no 'format' (one of coco, yolo, images, video, synthetic)")
-            yield {**common, **s}
-    else:
-        yield data
-    for i, e in enumerate(data.get("extra") or []):
-        if "format" not in e:
-            raise SourceError(f"data.extra[{i}] has no 'format' (one of coco, yolo, voc, images, video, synthetic)")
-        if e["format"] == "sources":
-            raise SourceError(f"data.extra[{i}]: format 'sources' cannot be nested; list each source in data.extra")
-        if e["format"] != "synthetic" and not e.get("path"):
-            # without this, the entry would silently re-read the main data.path in another format
-            raise SourceError(f"data.extra[{i}] (format {e['format']}) has no 'path'")
-        yield {**common, **e}
