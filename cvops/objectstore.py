@@ -157,16 +157,42 @@ class ObjectStore:
         manifest = self._remote_manifest(stage, fingerprint)
         if manifest is None:
             return None
+        self._check(manifest, stage, fingerprint)
         d = self.dir(stage, fingerprint)
         self._materialise(manifest, d)
         return Artifact(stage, fingerprint, d, manifest)
 
+    def _check(self, manifest: Any, stage: str, fingerprint: str) -> None:
+        """A manifest is read from a bucket others can write: refuse one that would make this machine write
+        or read outside the artifact's cache folder, or fetch another artifact's files."""
+        where = f"{self.url}/{stage}/{fingerprint}/{MANIFEST}"
+
+        def bad(why: str) -> StoreError:
+            return StoreError(f"{where} is not a valid cvops manifest ({why}); delete it to rebuild the artifact")
+
+        if not isinstance(manifest, dict):
+            raise bad("not a JSON object")
+        if manifest.get("stage") != stage or manifest.get("fingerprint") != fingerprint:
+            raise bad(f"it names {manifest.get('stage')!r}/{manifest.get('fingerprint')!r}")
+        if not isinstance(manifest.get("build"), str) or not re.fullmatch(r"[0-9a-f]{12}", manifest["build"]):
+            raise bad("no 'build' id: it was not written by this cvops version's object store"
+                      if "build" not in manifest else f"build id {str(manifest['build'])[:40]!r}")
+        files = manifest.get("files")
+        if not isinstance(files, dict):
+            raise bad("'files' is not a mapping")
+        for rel, want in files.items():
+            if not remote.safe_rel(rel) or rel in (MANIFEST, VERIFIED):
+                raise bad(f"file path {str(rel)[:80]!r} leaves the artifact's folder")
+            if not (isinstance(want, dict) and isinstance(want.get("size"), int) and want["size"] >= 0
+                    and isinstance(want.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", want["sha256"])):
+                raise bad(f"{rel}: size and sha256 missing or malformed")
+        arts = manifest.get("artifacts", {})
+        if not isinstance(arts, dict) or not all(remote.safe_rel(str(v).rstrip("/")) for v in arts.values()):
+            raise bad("an 'artifacts' entry points outside the artifact's folder")
+
     def _materialise(self, manifest: Dict[str, Any], d: Path) -> None:
-        files: Dict[str, Dict[str, Any]] = manifest.get("files", {})
-        build = manifest.get("build")
-        if build is None:
-            raise StoreError(f"{manifest.get('stage')}/{manifest.get('fingerprint')} in {self.url} has no 'build' "
-                             "entry: it was not written by this cvops version's object store")
+        files: Dict[str, Dict[str, Any]] = manifest["files"]
+        build = manifest["build"]
         try:
             verified = json.loads((d / VERIFIED).read_text())
         except (OSError, ValueError):

@@ -67,6 +67,15 @@ def precondition_failed(e: BaseException) -> bool:
     return False
 
 
+def safe_rel(rel: Any) -> bool:
+    """True for a relative path that stays below the folder it is joined to: no absolute path, no ``..``,
+    ``.`` or empty part, no backslash or NUL (an object key is any string; a key ``a/../../x`` written into a
+    folder would land outside it)."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\0" in rel:
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
 def listing(url: str, options: Optional[Mapping[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
     """Every object under ``url`` (a prefix, or one object): relative key -> {size, etag}."""
     fs, path = filesystem(url, options)

@@ -198,7 +198,13 @@ def fetch(src: Dict[str, Any], dest: Path) -> Dict[str, Any]:
         t0 = time.perf_counter()
         if fs.isdir(key):
             local.mkdir(parents=True, exist_ok=True)
-            fs.get(key.rstrip("/") + "/", str(local), recursive=True)
+            keys = sorted(k for k, info in fs.find(key, detail=True).items() if info.get("type") != "directory")
+            rels = [posixpath.relpath(k, key.rstrip("/")) for k in keys]
+            unsafe = [r for r in rels if not remote.safe_rel(r)]
+            if unsafe:  # a key such as a/../../x would be written outside the artifact
+                raise SourceError(f"{root}: object key(s) that would leave the download folder, e.g. "
+                                  f"{unsafe[0][:120]!r}; rename them in the bucket")
+            fs.get(keys, [str(local / r) for r in rels])
         elif fs.exists(key):
             local.parent.mkdir(parents=True, exist_ok=True)
             fs.get(key, str(local))
