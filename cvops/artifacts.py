@@ -221,6 +221,9 @@ def open_store(paths: Any) -> Any:
 
     if isinstance(paths, (str, os.PathLike)):
         store, options, cache, lease_s = str(paths), {}, None, 30.0
+    elif isinstance(paths, dict):  # a store_spec()
+        store, options = str(paths["store"]), dict(paths.get("store_options") or {})
+        cache, lease_s = paths.get("cache"), float(paths.get("lease_s") or 30.0)
     else:
         store = str(paths.store)
         options = dict(paths.get("store_options") or {})
@@ -231,6 +234,14 @@ def open_store(paths: Any) -> Any:
 
     cache = cache or os.environ.get("CVOPS_CACHE_DIR") or "~/.cache/cvops"
     return ObjectStore(store, options, cache, lease_s)
+
+
+def store_spec(store: Any) -> Dict[str, Any]:
+    """What :func:`open_store` needs to open ``store`` again in another process (plain data, picklable)."""
+    if getattr(store, "url", None):
+        return {"store": store.url, "store_options": dict(store.options), "cache": str(store.cache),
+                "lease_s": store.lease_s}
+    return {"store": str(store.root)}
 
 
 @dataclass

@@ -90,7 +90,8 @@ class ObjectStore:
         self.options = dict(options or {})
         self.fs, self.key = remote.filesystem(self.url, self.options)
         safe = re.sub(r"[^A-Za-z0-9._/-]+", "_", self.key).strip("/")
-        self.root = Path(cache).expanduser().resolve() / "store" / safe
+        self.cache = Path(cache).expanduser().resolve()
+        self.root = self.cache / "store" / safe
         self.lease_s = float(lease_s)
 
     def __repr__(self) -> str:

@@ -33,6 +33,7 @@ import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -106,14 +107,25 @@ class Registry:
         self.dir = Path(store.root) / "registry" / project
         self.history_file = self.dir / "history.jsonl"
         self.aliases_file = self.dir / "aliases.json"
+        # an s3:// store: the registry lives in the bucket (every machine promotes and follows the same aliases)
+        self.bucket: Optional[_Bucket] = _Bucket(store, project) if getattr(store, "url", None) else None
+
+    def _read(self, path: Path) -> Optional[str]:
+        if self.bucket is not None:
+            return self.bucket.read(path.name)
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
 
     # -- reading -----------------------------------------------------------------------------------
     def history(self, alias: Optional[str] = None) -> List[Event]:
         """Every event, oldest first (of one alias if given). A torn last line (a crash mid-append) is skipped."""
-        if not self.history_file.is_file():
+        text = self._read(self.history_file)
+        if not text:
             return []
         out = []
-        for line in self.history_file.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             try:
                 d = json.loads(line)
                 ev = Event.from_json(d) if isinstance(d, dict) else None
@@ -128,6 +140,8 @@ class Registry:
     def aliases(self) -> Dict[str, Dict[str, Any]]:
         """alias -> its current event (``aliases.json``; rebuilt from the history if that file is damaged)."""
         try:
+            if self.bucket is not None:
+                return parse_aliases(self._read(self.aliases_file), f"{self.bucket.key}/aliases.json")
             return read_aliases(self.aliases_file)
         except RegistryError:
             return self._state()
@@ -225,6 +239,12 @@ class Registry:
     def _record(self, ev: Event) -> None:
         """Append ``ev`` to the history (after a torn last line: on a line of its own), then rewrite
         ``aliases.json`` from the whole history, so a crash between the two is repaired by the next event."""
+        line = (json.dumps(ev.to_json(), default=str) + "\n").encode("utf-8")
+        if self.bucket is not None:  # under the bucket's lease (_locked): read, append, write back
+            old = (self.bucket.read("history.jsonl") or "").encode("utf-8")
+            self.bucket.write("history.jsonl", old + (b"\n" if old and not old.endswith(b"\n") else b"") + line)
+            self.bucket.write("aliases.json", json.dumps(self._state(), indent=2).encode("utf-8"))
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.history_file, "a+b") as f:
             f.seek(0, os.SEEK_END)
@@ -232,12 +252,14 @@ class Registry:
             if f.tell() > 0:
                 f.seek(-1, os.SEEK_END)
                 torn = f.read(1) != b"\n"
-            f.write((b"\n" if torn else b"") + (json.dumps(ev.to_json(), default=str) + "\n").encode("utf-8"))
+            f.write((b"\n" if torn else b"") + line)
             f.flush()
             os.fsync(f.fileno())
         write_json_atomic(self.aliases_file, self._state())
 
     def _locked(self) -> Any:
+        if self.bucket is not None:
+            return self.bucket.locked()
         from filelock import FileLock
 
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -247,13 +269,48 @@ class Registry:
 def read_aliases(path: Path) -> Dict[str, Dict[str, Any]]:
     """``aliases.json`` (empty when absent; a damaged file is an error naming it)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    return parse_aliases(text, str(path))
+
+
+def parse_aliases(text: Optional[str], where: str) -> Dict[str, Dict[str, Any]]:
+    if text is None:
+        return {}
+    try:
+        data = json.loads(text)
     except ValueError as e:
-        raise RegistryError(f"{path} is not valid JSON ({e}); its history.jsonl beside it is the record: "
+        raise RegistryError(f"{where} is not valid JSON ({e}); its history.jsonl beside it is the record: "
                             "delete aliases.json and promote again") from e
     return data if isinstance(data, dict) else {}
+
+
+class _Bucket:
+    """A project's registry files in an object store (``<store>/registry/<project>/``), written under a lease
+    (:mod:`cvops.objectstore`) instead of a file lock."""
+
+    def __init__(self, store: Any, project: str) -> None:
+        self.store, self.fs, self.key = store, store.fs, f"{store.key}/registry/{project}"
+
+    def read(self, name: str) -> Optional[str]:
+        try:
+            return self.fs.cat_file(f"{self.key}/{name}").decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+
+    def write(self, name: str, data: bytes) -> None:
+        self.fs.pipe_file(f"{self.key}/{name}", data)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        import uuid
+
+        lease = self.store._acquire(f"{self.key}/.lock", uuid.uuid4().hex[:12], 60.0, lambda: None, lambda: False)
+        try:
+            yield
+        finally:
+            lease.release()
 
 
 def describe(store: ArtifactStore, export: Artifact) -> Dict[str, Any]:
@@ -286,7 +343,19 @@ def _project(export: Artifact) -> Optional[str]:
     return export.manifest.get("config", {}).get("project")
 
 
-def _artifacts(store: ArtifactStore, stage: str) -> Iterator[Artifact]:
+def _artifacts(store: ArtifactStore, stage: str, prefix: str = "") -> Iterator[Artifact]:
+    """The complete artifacts of ``stage`` whose fingerprint starts with ``prefix``."""
+    if getattr(store, "url", None):  # an object store: its committed artifacts are listed in the bucket
+        try:
+            names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(f"{store.key}/{stage}", detail=False, refresh=True))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if re.fullmatch(r"[0-9a-f]{8,64}", name) and name.startswith(prefix):  # fetched only if it matches
+                art = store.get(stage, name)
+                if art is not None:
+                    yield art
+        return
     root = Path(store.root) / stage
     if not root.is_dir():
         return
@@ -305,7 +374,7 @@ def find_export(store: ArtifactStore, prefix: str, project: Optional[str] = None
     if not re.fullmatch(r"[0-9a-f]{4,64}", prefix or ""):
         raise RegistryError(f"--export {prefix!r}: give at least 4 hex digits of an export fingerprint "
                             "(cvops models recipe=... lists them)")
-    hits = [a for a in _artifacts(store, "export") if a.fingerprint.startswith(prefix)]
+    hits = [a for a in _artifacts(store, "export", prefix) if a.fingerprint.startswith(prefix)]
     if project is not None:
         other = [a for a in hits if _project(a) != project]
         hits = [a for a in hits if _project(a) == project]
@@ -316,7 +385,7 @@ def find_export(store: ArtifactStore, prefix: str, project: Optional[str] = None
         return hits[0]
     if not hits:
         known = [a.fingerprint for a in _artifacts(store, "export")][:20]
-        raise RegistryError(f"no export in {store.root} has a fingerprint starting with {prefix} (exports there: "
+        raise RegistryError(f"no export in {store} has a fingerprint starting with {prefix} (exports there: "
                             f"{', '.join(known) or 'none'})")
     raise RegistryError(f"--export {prefix} matches {len(hits)} exports ({', '.join(a.fingerprint for a in hits)}): "
                         "give more digits")

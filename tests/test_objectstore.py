@@ -263,3 +263,56 @@ def test_curate_on_machine_a_train_evaluate_export_on_machine_b(cvops, s3, tmp_p
         for name in fo.list_datasets():
             if name.startswith(project):
                 fo.delete_dataset(name)
+
+
+def test_the_registry_lives_in_the_bucket_promote_on_a_serve_follows_on_b(store_url, tmp_path, model_path):
+    """Machine A promotes an export of the s3:// store; a server on machine B (its own cache) follows the alias
+    and loads the export from the bucket; concurrent promotions from several machines lose no event."""
+    import shutil
+    import threading
+
+    from cvops.artifacts import store_spec
+    from cvops.registry import Registry
+    from cvops.serve.models import AliasFollower, ExportSource
+
+    a = _store(store_url, tmp_path / "cache-a")
+    fps = ["e1e1e1e1e1e1e1e1", "e2e2e2e2e2e2e2e2"] + [f"{i:04x}000000000000" for i in range(1, 7)]
+    for fp in fps:
+        with a.build("export", fp) as b:
+            for f in model_path.parent.iterdir():
+                if f.is_file():
+                    shutil.copy2(f, b.dir / f.name)
+            b.commit({"stage": "export", "fingerprint": fp, "config": {"project": "regtest"},
+                      "inputs": {"train": "t" + fp[:15]}, "artifacts": {"onnx": model_path.name},
+                      "metrics": {"gate": "pass"}})
+    reg_a = Registry(a, "regtest")
+    b_store = _store(store_url, tmp_path / "cache-b")
+    loaded = []
+    follower = AliasFollower(ExportSource(str(b_store.root), "regtest", alias="production", store=store_spec(b_store)),
+                             lambda det, info, drift: loaded.append(info["fingerprint"]), poll_s=10)
+    assert follower.check()["changed"] is False  # not set yet
+    reg_a.promote("production", a.get("export", fps[0]))
+    assert follower.check()["export"] == fps[0] and loaded == [fps[0]]
+    assert (tmp_path / "cache-b").is_dir() and not (a.root / "registry").exists()  # B read A's promotion from the bucket
+    reg_a.promote("production", a.get("export", fps[1]))
+    assert follower.check()["export"] == fps[1]
+    Registry(b_store, "regtest").rollback("production", "from B")
+    assert reg_a.resolve("production") == fps[0]
+
+    errors = []
+
+    def promote(i, fp):
+        try:
+            st = _store(store_url, tmp_path / f"cache-{i}")
+            Registry(st, "regtest").promote(f"c{i % 2}", st.get("export", fp))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=promote, args=(i, fp)) for i, fp in enumerate(fps[2:])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    history = reg_a.history()
+    assert len(history) == 3 + 6 and {e.export for e in history if e.alias.startswith("c")} == set(fps[2:])

@@ -21,12 +21,13 @@ import sys
 from typing import Any, List, Optional
 
 
-def serve_export(config: Any, store_root: Any, export: Any, curate: Optional[Any], recipe: Optional[str],
+def serve_export(config: Any, store: Any, export: Any, curate: Optional[Any], recipe: Optional[str],
                  workers: int = 1) -> None:
     """Serve an export artifact until interrupted (``cvops serve`` and ``stages=[..., serve]``).
 
     ``config``: the serve stage's typed view (``project``, ``model.name``, ``serve``, ``monitor``; see
-    :func:`cvops.stages.typed_view`); ``store_root``: the artifact store (reference profiles, request log).
+    :func:`cvops.stages.typed_view`); ``store``: the artifact store (:func:`cvops.artifacts.open_store`; a folder
+    path is one too), whose machine-local side keeps the reference profiles and the request log.
     With ``serve.alias`` set, ``export`` and ``curate`` are not used: the alias's export is served, and
     followed (:mod:`cvops.serve.models`).
 
@@ -34,6 +35,7 @@ def serve_export(config: Any, store_root: Any, export: Any, curate: Optional[Any
         ConfigError: ``serve.backend`` cannot be served here (named, with the alternative), or
             ``serve.host`` is not loopback without a token and ``serve.allow_anonymous`` is false.
     """
+    from cvops.artifacts import open_store, store_spec
     from cvops.requestlog import request_log_dir
     from cvops.serve.models import ExportSource
     from cvops.serve.server import check_exposure, serve
@@ -41,8 +43,12 @@ def serve_export(config: Any, store_root: Any, export: Any, curate: Optional[Any
     mon, sv = config.monitor, config.serve
     # before the reference profile is computed: a refused start says so at once
     check_exposure(sv.host, os.environ.get(sv.token_env) or None, sv.token_env, sv.allow_anonymous)
+    if isinstance(store, (str, os.PathLike)):
+        store = open_store(store)
+    store_root = store.root
     source = ExportSource(str(store_root), str(config.project), recipe, str(config.model.name),
-                          backend=str(getattr(sv.backend, "value", sv.backend)), monitor=mon, alias=sv.alias)
+                          backend=str(getattr(sv.backend, "value", sv.backend)), monitor=mon, alias=sv.alias,
+                          store=store_spec(store))
     log_dir = request_log_dir(sv.log_dir, store_root, config.project)
     if sv.alias:  # the registry's export, followed (cvops.serve.models)
         serve(None, sv, log_dir=log_dir, workers=workers, drift_window=mon.drift_window,
@@ -80,7 +86,7 @@ def main(argv: List[str]) -> int:
         from cvops.stages import declared, typed_view
 
         view = typed_view("serve", cfg, declared()["serve"].sections)
-        serve_export(view, store.root, export, curate, recipe, workers=args.workers)
+        serve_export(view, store, export, curate, recipe, workers=args.workers)
     except ConfigError as e:
         print(f"cvops: error: {e}", file=sys.stderr)
         return 2

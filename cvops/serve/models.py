@@ -37,7 +37,7 @@ class ExportSource:
     gauges' settings (None: no drift gauges).
     """
 
-    store_root: str
+    store_root: str  # this machine's side of the store (drift references); the store itself: ``store``
     project: str
     recipe: Optional[str] = None
     model_name: Optional[str] = None
@@ -45,6 +45,12 @@ class ExportSource:
     monitor: Optional[MonitorConfig] = None
     threads: Optional[int] = None
     alias: Optional[str] = None
+    store: Optional[Dict[str, Any]] = None  # cvops.artifacts.store_spec (None: the folder store at store_root)
+
+    def open_store(self) -> Any:
+        from cvops.artifacts import ArtifactStore, open_store
+
+        return open_store(self.store) if self.store else ArtifactStore(self.store_root)
 
     def files(self, export: Any) -> Tuple[Path, Optional[Path]]:
         """(the ONNX model, the TensorRT engine or None) of ``export`` for ``backend``.
@@ -102,14 +108,12 @@ class ExportSource:
         """
         import re
 
-        from cvops.artifacts import ArtifactStore
-
         if not re.fullmatch(r"[0-9a-f]{8,64}", str(fingerprint)):
             raise LookupError(f"{str(fingerprint)[:80]!r} is not an export fingerprint")
-        store = ArtifactStore(self.store_root)
+        store = self.open_store()
         export = store.get("export", fingerprint)
         if export is None:
-            raise LookupError(f"export {fingerprint} is not in the store {self.store_root} (deleted, or the alias "
+            raise LookupError(f"export {fingerprint} is not in the store {store} (deleted, or the alias "
                               "was promoted from another store)")
         curate_fp = export.manifest.get("inputs", {}).get("curate")
         curate = store.get("curate", curate_fp) if curate_fp else None
@@ -139,13 +143,12 @@ class AliasFollower:
     """
 
     def __init__(self, source: ExportSource, load: Callable[..., Any], poll_s: float) -> None:
-        from cvops.artifacts import ArtifactStore
         from cvops.registry import Registry
 
         if not source.alias:
             raise ValueError("AliasFollower needs source.alias")
         self.source, self.load_into, self.poll_s = source, load, max(0.05, float(poll_s))
-        self.registry = Registry(ArtifactStore(source.store_root), source.project)
+        self.registry = Registry(source.open_store(), source.project)
         self.serving: Optional[str] = None
         self._failed: Dict[str, str] = {}  # export -> why it could not be loaded (said once)
         self._lock = threading.Lock()  # one check at a time (poll thread and /v1/admin/reload)

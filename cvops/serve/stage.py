@@ -20,5 +20,5 @@ def run(ctx: StageContext) -> StageResult:
         recipe = HydraConfig.get().runtime.choices.get("recipe")
     except ValueError:  # not under Hydra (tests, the Python API)
         recipe = None
-    serve_export(ctx.config, ctx.store.root, ctx.inputs["export"], ctx.inputs["curate"], recipe)
+    serve_export(ctx.config, ctx.store, ctx.inputs["export"], ctx.inputs["curate"], recipe)
     return StageResult({}, {"stopped": True})
