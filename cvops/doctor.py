@@ -119,6 +119,21 @@ def _hydra() -> str:
     return f"hydra-core {hydra.__version__}; launchers: {', '.join(launchers)}"
 
 
+def _store() -> str:
+    """The artifact store ``$CVOPS_STORE`` names (default outputs/store): writable? (an s3:// one: reachable,
+    with the credentials and endpoint of this environment)."""
+    from cvops.artifacts import open_store
+
+    url = os.environ.get("CVOPS_STORE", "outputs/store")
+    if "://" not in url:
+        return f"folder {os.path.abspath(url)} (CVOPS_STORE or paths.store=...; s3://bucket/prefix for a team)"
+    t0 = time.perf_counter()
+    store = open_store({"store": url, "cache": os.environ.get("CVOPS_CACHE_DIR") or "~/.cache/cvops"})
+    store.check_writable()
+    where = os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+    return f"{url} writable ({where}, {time.perf_counter() - t0:.1f}s); cache {store.root}"
+
+
 CHECKS: List[Check] = [
     ("torch", True, _torch),
     ("mmcv", True, _mmcv),
@@ -129,6 +144,7 @@ CHECKS: List[Check] = [
     ("TensorRT", False, _tensorrt),
     ("W&B", True, _wandb),
     ("Hydra", True, _hydra),
+    ("artifact store", True, _store),
 ]
 
 
