@@ -55,17 +55,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _files(root: Path) -> Dict[str, Dict[str, Any]]:
-    """Every file under ``root`` (links followed: an artifact holds bytes, not links): rel -> {size, sha256}."""
-    out: Dict[str, Dict[str, Any]] = {}
+def _listing(root: Path) -> List[str]:
+    """Every file under ``root`` (links followed: an artifact holds bytes, not links), relative, sorted."""
+    out: List[str] = []
     for dirpath, dirnames, names in os.walk(root, followlinks=True):
         dirnames.sort()
         for n in sorted(names):
             p = Path(dirpath) / n
             rel = p.relative_to(root).as_posix()
-            if rel in (MANIFEST, VERIFIED) or not p.is_file():
-                continue
-            out[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+            if rel not in (MANIFEST, VERIFIED) and p.is_file():
+                out.append(rel)
     return out
 
 
@@ -440,12 +439,18 @@ class ObjectBuilder:
             if not (self.dir / rel).exists():
                 raise StoreError(f"{self.stage} declared artifact '{name}' -> {self.dir / rel}, which does not exist")
         st = self.store
-        files = _files(self.dir)
-        manifest = {**manifest, "build": self.build_id, "files": files}
+        from concurrent.futures import ThreadPoolExecutor
+
+        rels = _listing(self.dir)
         t0 = time.perf_counter()
-        if files:
-            st.fs.put([str(self.dir / rel) for rel in files],
-                      [st._key(self.stage, self.fingerprint, self.build_id, rel) for rel in files])
+        with ThreadPoolExecutor(max_workers=1) as pool:  # hashing (no GIL held) runs while the files upload
+            hashed = pool.submit(lambda: {r: {"size": (self.dir / r).stat().st_size, "sha256": _sha256(self.dir / r)}
+                                          for r in rels})
+            if rels:
+                st.fs.put([str(self.dir / rel) for rel in rels],
+                          [st._key(self.stage, self.fingerprint, self.build_id, rel) for rel in rels])
+            files = hashed.result()
+        manifest = {**manifest, "build": self.build_id, "files": files}
         size = sum(f["size"] for f in files.values())
         body = json.dumps(manifest, indent=2).encode()
         try:
