@@ -223,13 +223,22 @@ def open_store(paths: Any) -> Any:
         store, options, cache, lease_s = str(paths), {}, None, 30.0
     elif isinstance(paths, dict):  # a store_spec()
         store, options = str(paths["store"]), dict(paths.get("store_options") or {})
-        cache, lease_s = paths.get("cache"), float(paths.get("lease_s") or 30.0)
+        cache, lease_s = paths.get("cache"), paths.get("lease_s")
     else:
         store = str(paths.store)
         options = dict(paths.get("store_options") or {})
-        cache, lease_s = paths.get("cache"), float(paths.get("lease_s") or 30.0)
+        cache, lease_s = paths.get("cache"), paths.get("lease_s")
     if not is_url(store):
         return ArtifactStore(store)
+    lease_s = 30.0 if lease_s is None else float(lease_s)
+    protocol = store.split("://", 1)[0].lower()
+    if protocol not in ("s3", "s3a"):
+        raise StoreError(f"paths.store={store}: an object store must be s3:// (S3 or an S3-compatible server such "
+                         "as MinIO): its commits and build leases need S3's conditional writes; other URLs can "
+                         "be data (data.path), not the store")
+    if not 1.0 <= lease_s <= 86400.0:
+        raise StoreError(f"paths.lease_s={lease_s}: give 1 to 86400 seconds (a build lease is renewed every "
+                         "lease_s/3 s and taken over after lease_s s without renewal; default 30)")
     from cvops.objectstore import ObjectStore
 
     cache = cache or os.environ.get("CVOPS_CACHE_DIR") or "~/.cache/cvops"

@@ -35,8 +35,11 @@ def _fs(protocol: str, options: str) -> Any:
 
     try:
         return fsspec.filesystem(protocol, **json.loads(options))
-    except (ImportError, ValueError) as e:
+    except ImportError as e:
         raise OSError(f"cannot open {protocol}:// storage: {e}; for s3:// install s3fs (pip install s3fs)") from e
+    except (TypeError, ValueError) as e:  # an option the filesystem does not take
+        raise OSError(f"cannot open {protocol}:// storage with options {json.loads(options)}: {e}; check "
+                      "paths.store_options (passed to the filesystem as they are)") from e
 
 
 def filesystem(url: str, options: Optional[Mapping[str, Any]] = None) -> Tuple[Any, str]:

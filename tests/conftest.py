@@ -95,6 +95,17 @@ def test_stages():
 
 
 @pytest.fixture(scope="session")
+def s3():
+    """One S3-compatible server (moto's, a real HTTP endpoint) for the session; each test takes its own bucket
+    (``s3.bucket()``) and reaches it through ``s3.env`` / ``helpers.s3.use``."""
+    from helpers.s3 import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny exported RTMDet (untrained, 128x128), built once per session for the serve tests."""
     from helpers.tiny_model import make_onnx

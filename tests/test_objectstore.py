@@ -11,21 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.s3 import use
+from test_processes import _wait_for
 
-pytest.importorskip("s3fs")
-pytest.importorskip("moto")
-
-from helpers.s3 import S3Server, use  # noqa: E402
-from test_processes import _wait_for  # noqa: E402
-
-from cvops.artifacts import StoreError, open_store  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = S3Server()
-    yield server
-    server.stop()
+from cvops.artifacts import StoreError, open_store
 
 
 @pytest.fixture
@@ -316,3 +305,26 @@ def test_the_registry_lives_in_the_bucket_promote_on_a_serve_follows_on_b(store_
     assert not errors, errors
     history = reg_a.history()
     assert len(history) == 3 + 6 and {e.export for e in history if e.alias.startswith("c")} == set(fps[2:])
+
+
+@pytest.mark.parametrize("args,named", [
+    (("paths.store=ftp://host/store",), "must be s3://"),
+    (("paths.store=s3://bucket/store", "paths.lease_s=0"), "paths.lease_s=0"),
+    (("paths.store=s3://bucket/store", "+paths.store_options.no_such_option=1"), "paths.store_options"),
+])
+def test_a_bad_store_setting_is_refused_before_anything_runs_naming_the_key(cvops, args, named):
+    r = cvops("recipe=quickstart", "stages=[curate]", *args, timeout=120)
+    assert r.returncode == 2 and named in r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not cvops.calls()
+
+
+def test_unreachable_s3_data_fails_curate_with_the_fix_and_nothing_is_cached(cvops, s3, tmp_path):
+    """No credentials for the data bucket: the fingerprint still computes, curate stops naming the URL and
+    what to check, and no artifact is committed (the next run with credentials builds)."""
+    env = {"AWS_ENDPOINT_URL": s3.endpoint, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "",
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    r = cvops("recipe=quickstart", "stages=[curate]", "data=yolo", "data.path=s3://nobucket/cells/data.yaml",
+              env=env, timeout=120)
+    assert r.returncode != 0
+    assert "s3://nobucket/cells" in r.stderr and "AWS" in r.stderr, r.stderr[-2000:]
+    assert not list(cvops.store.glob("curate/*/manifest.json"))

@@ -95,15 +95,13 @@ def test_slurm_path_through_submitits_local_executor(cvops):
     assert run["stages"]["curate"]["status"] == "ran" and run["stages"]["curate"]["metrics"]["images_kept"] > 0
 
 
-def test_ray_launcher_on_a_two_node_cluster_against_the_s3_store(cvops, tmp_path, monkeypatch):
+def test_ray_launcher_on_a_two_node_cluster_against_the_s3_store(cvops, tmp_path, monkeypatch, s3):
     """hydra/launcher=ray joins a running 2-node Ray cluster (started here, on this machine) and runs a 4-job sweep
     against an S3 store (a real S3-compatible server): curate is built once for all jobs, the job with lr=99
     fails as a failed row while the others finish, and the leaderboard is the one the joblib launcher gives
     for the same sweep."""
-    ray_utils = pytest.importorskip("ray.cluster_utils")
-    from helpers.s3 import S3Server
+    import ray.cluster_utils as ray_utils
 
-    s3 = S3Server()
     import shutil
     import tempfile
 
@@ -148,7 +146,6 @@ def test_ray_launcher_on_a_two_node_cluster_against_the_s3_store(cvops, tmp_path
         assert [{k: row[k] for k in keep} for row in ray_rows] == [{k: row[k] for k in keep} for row in joblib_rows]
     finally:
         cluster.shutdown()
-        s3.stop()
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 

@@ -327,39 +327,33 @@ def test_two_node_training_on_loopback(cvops):
     assert r.returncode == 2 and "node 1..1" in r.stderr
 
 
-def test_two_node_training_with_an_s3_store(cvops, tmp_path, monkeypatch):
+def test_two_node_training_with_an_s3_store(cvops, tmp_path, monkeypatch, s3):
     """The same with the store in a bucket (a real S3-compatible server): node 0 publishes its training config
     there (train/<fp>.pending/config.py), the worker fetches it and the curate artifact, both join, node 0
     commits the artifact to the bucket."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    pytest.importorskip("moto")
     from helpers.net import free_port
-    from helpers.s3 import S3Server
 
-    s3 = S3Server()
-    try:
-        env = {**s3.env, "CVOPS_STORE": f"s3://{s3.bucket()}/store", "CVOPS_CACHE_DIR": str(tmp_path / "cache")}
-        multi = ("train.max_epochs=1", "train.launcher=pytorch", "train.nnodes=2", f"train.master_port={free_port()}")
-        worker = cvops.popen("train-worker", *_train_cmd(*multi, "train.node_rank=1"), env=env)
-        node0 = cvops.popen(*_train_cmd(*multi), env=env)
-        out0, _ = node0.communicate(timeout=900)
-        out1, _ = worker.communicate(timeout=300)
-        assert node0.returncode == 0, out0[-3000:]
-        assert worker.returncode == 0, out1[-3000:]
-        assert "--nnodes=2 --node_rank=1" in out1
-        run = cvops.run_jsons()[-1]["stages"]
-        assert run["curate"]["status"] == "ran" and run["train"]["status"] == "ran"
-        from helpers.s3 import use
+    env = {**s3.env, "CVOPS_STORE": f"s3://{s3.bucket()}/store", "CVOPS_CACHE_DIR": str(tmp_path / "cache")}
+    multi = ("train.max_epochs=1", "train.launcher=pytorch", "train.nnodes=2", f"train.master_port={free_port()}")
+    worker = cvops.popen("train-worker", *_train_cmd(*multi, "train.node_rank=1"), env=env)
+    node0 = cvops.popen(*_train_cmd(*multi), env=env)
+    out0, _ = node0.communicate(timeout=900)
+    out1, _ = worker.communicate(timeout=300)
+    assert node0.returncode == 0, out0[-3000:]
+    assert worker.returncode == 0, out1[-3000:]
+    assert "--nnodes=2 --node_rank=1" in out1
+    run = cvops.run_jsons()[-1]["stages"]
+    assert run["curate"]["status"] == "ran" and run["train"]["status"] == "ran"
+    from helpers.s3 import use
 
-        from cvops.objectstore import ObjectStore
+    from cvops.objectstore import ObjectStore
 
-        use(s3, monkeypatch)  # (this process reads the bucket too)
-        store = ObjectStore(env["CVOPS_STORE"], {}, tmp_path / "probe")
-        fp = run["train"]["fingerprint"]
-        assert store.is_complete("train", fp) and store.fs.exists(f"{store.key}/train/{fp}.pending/config.py")
-        assert store.get("train", fp).path("checkpoint").is_file()
-    finally:
-        s3.stop()
+    use(s3, monkeypatch)  # (this process reads the bucket too)
+    store = ObjectStore(env["CVOPS_STORE"], {}, tmp_path / "probe")
+    fp = run["train"]["fingerprint"]
+    assert store.is_complete("train", fp) and store.fs.exists(f"{store.key}/train/{fp}.pending/config.py")
+    assert store.get("train", fp).path("checkpoint").is_file()
 
 
 def test_corrupt_load_from_is_refused_before_training(tmp_path):

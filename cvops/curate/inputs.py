@@ -149,6 +149,10 @@ def _remote_state(root: str) -> Iterable[Tuple[str, str]]:
         found = remote.listing(root)
     except FileNotFoundError:
         found = {}
+    except Exception as e:  # no credentials (botocore's own error), no endpoint: curate cannot be cached; its
+        # fetch says what is wrong
+        yield "", f"unreachable:{type(e).__name__}"
+        return
     if not found:
         yield "", "missing"
     for rel in sorted(found):
@@ -196,7 +200,12 @@ def fetch(src: Dict[str, Any], dest: Path) -> Dict[str, Any]:
         name = posixpath.basename(key.rstrip("/")) or f"root-{i}"
         local = dest / f"{i}-{name}"
         t0 = time.perf_counter()
-        if fs.isdir(key):
+        try:
+            is_dir = fs.isdir(key)
+        except Exception as e:  # OSError from s3fs, or botocore's NoCredentialsError and kin
+            raise SourceError(f"cannot read {root}: {type(e).__name__}: {e}; check the URL, AWS_ENDPOINT_URL "
+                              "and the AWS credentials") from e
+        if is_dir:
             local.mkdir(parents=True, exist_ok=True)
             keys = sorted(k for k, info in fs.find(key, detail=True).items() if info.get("type") != "directory")
             rels = [posixpath.relpath(k, key.rstrip("/")) for k in keys]

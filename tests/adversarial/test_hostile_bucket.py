@@ -7,20 +7,9 @@ import hashlib
 import json
 
 import pytest
+from helpers.s3 import use
 
-pytest.importorskip("s3fs")
-pytest.importorskip("moto")
-
-from helpers.s3 import S3Server, use  # noqa: E402
-
-from cvops.artifacts import StoreError  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = S3Server()
-    yield server
-    server.stop()
+from cvops.artifacts import StoreError
 
 
 @pytest.fixture
@@ -81,8 +70,7 @@ def test_a_data_key_that_climbs_out_is_refused_before_anything_is_written(store,
     store.fs.pipe_file(f"{base}/images/a.jpg", b"x")
     store.fs.pipe_file(f"{base}/images/../../../../escaped.txt", b"gotcha")
     keys = store.fs.find(base)
-    if not any(".." in k for k in keys):
-        pytest.skip(f"this S3 server normalised the key ({keys}): nothing to attack")
+    assert any(".." in k for k in keys), keys  # the server stored the climbing key as it is: the attack is real
     with pytest.raises(SourceError, match="leave the download folder"):
         fetch({"format": "images", "path": f"s3://{base}/images"}, tmp_path / "dl")
     assert not list(tmp_path.rglob("escaped.txt"))
