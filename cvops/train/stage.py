@@ -14,6 +14,7 @@ same lineage (same data, model and schedule apart from epochs) is the start.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -178,6 +179,11 @@ def quiet_runner(cfg: Any) -> Any:
             adopt(logger, "mmengine")
             return logger
 
+    # mmengine formats the whole config with yapf (1-2 s of CPU each time) for every checkpoint it
+    # saves, every config dump and the "Config:" log line; config.py (dumped by the caller) is formatted once,
+    # the runner's copies are the same Python unformatted.
+    cfg = copy.copy(cfg)
+    object.__setattr__(cfg, "_format_python_code", False)
     return _Runner.from_cfg(cfg)
 
 
