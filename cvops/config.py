@@ -119,14 +119,16 @@ def check_task(cfg: DictConfig, overrides: Sequence[str]) -> None:
     task = str(task) if task is not None else ("instance_segmentation" if masks else "detection")
     model = OmegaConf.select(cfg, "model.name", default="?")
     curated = bool(OmegaConf.select(cfg, "curate.masks", default=False))
-    where = f"(task: {_origin(['task'], overrides)})"
+    def where() -> str:  # only when there is something to say: it reads the composed files
+        return f"(task: {_origin(['task'], overrides)})"
+
     if task == "instance_segmentation" and not masks:
         raise ConfigError(f"task=instance_segmentation needs a model that predicts masks, and model={model} "
-                          f"predicts boxes only {where}. Choose one of: "
+                          f"predicts boxes only {where()}. Choose one of: "
                           f"{', '.join(f'model={m}' for m in mask_models()) or '(none installed)'}")
     if task == "detection" and masks:
         raise ConfigError(f"model={model} is an instance segmentation model (boxes and masks) but task=detection "
-                          f"{where}. Set task=instance_segmentation (with curate.masks=true), or choose a "
+                          f"{where()}. Set task=instance_segmentation (with curate.masks=true), or choose a "
                           "detection model, e.g. model=rtmdet_tiny")
     if task == "instance_segmentation" and not curated:
         raise ConfigError(f"task=instance_segmentation (model={model}) trains on masks, but curate.masks=false "

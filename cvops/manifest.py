@@ -36,9 +36,9 @@ TRACKED = ("torch", "mmdet", "mmcv", "mmengine", "fiftyone", "onnxruntime", "ten
 
 @lru_cache(maxsize=1)
 def _installed() -> Dict[str, str]:
-    """Normalised distribution name -> version, from the ``*.dist-info`` folder names on ``sys.path`` (the
-    first entry that has a distribution wins, as for imports); one directory listing per entry instead of
-    a metadata search per name."""
+    """Normalised distribution name -> version, from the ``*.dist-info`` and ``*.egg-info`` names on
+    ``sys.path`` (the first entry that has a distribution wins, as for imports); one directory listing per
+    entry instead of a metadata search per name. An ``egg-info`` without a version in its name maps to ""."""
     found: Dict[str, str] = {}
     for entry in sys.path:
         try:
@@ -49,6 +49,9 @@ def _installed() -> Dict[str, str]:
             if n.endswith(".dist-info") and "-" in n:
                 name, _, version = n[: -len(".dist-info")].rpartition("-")
                 found.setdefault(_normal(name), version)
+            elif n.endswith(".egg-info"):  # name[-version[-pyX.Y]].egg-info (dashes in names are escaped)
+                parts = n[: -len(".egg-info")].split("-")
+                found.setdefault(_normal(parts[0]), parts[1] if len(parts) > 1 else "")
     return found
 
 
@@ -57,13 +60,18 @@ def _normal(name: str) -> str:
 
 
 def dist_version(name: str) -> Optional[str]:
-    """Installed version of distribution ``name`` (None when it is not installed); nothing is imported."""
+    """Installed version of distribution ``name`` (None when it is not installed); nothing is imported.
+
+    A name found nowhere on ``sys.path`` is not installed (no metadata search: that import and scan cost a
+    cached run tens of milliseconds for each library that is absent, e.g. TensorRT on a CPU machine)."""
     v = _installed().get(_normal(name))
-    if v is not None:
+    if v:
         return v
+    if v is None:
+        return None
     import importlib.metadata
 
-    try:  # an egg-info or otherwise unusual installation: ask importlib's full search
+    try:  # an egg-info whose name carries no version: read its metadata
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None

@@ -214,3 +214,25 @@ def test_hooks_see_every_outcome_and_reports_reach_each_run_dir(tmp_path, test_s
         Runner(compose_config(["recipe=quickstart", f"paths.store={tmp_path / 'store'}", "stages=[evaluate]",
                                "evaluate.max_det=7"]), tmp_path / "r3", hooks=hooks).run()
     assert ("failure", "evaluate", "AttributeError") in events
+
+
+def test_library_versions_come_from_the_metadata_folder_names(tmp_path, monkeypatch):
+    """run.json's versions and the fingerprints' library pins: dist-info and egg-info names on sys.path; a library
+    that is nowhere is None (not a metadata search per absent library)."""
+    import sys
+
+    from cvops import manifest
+
+    (tmp_path / "Some_Lib-1.2.3.dist-info").mkdir()
+    (tmp_path / "old_lib-0.9-py3.11.egg-info").write_text("Metadata-Version: 1.0\nName: old-lib\nVersion: 0.9\n")
+    (tmp_path / "dev_lib.egg-info").mkdir()
+    (tmp_path / "dev_lib.egg-info" / "PKG-INFO").write_text("Metadata-Version: 1.0\nName: dev-lib\nVersion: 4.5\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    manifest._installed.cache_clear()
+    try:
+        assert manifest.dist_version("some-lib") == "1.2.3"
+        assert manifest.dist_version("old_lib") == "0.9"
+        assert manifest.dist_version("dev-lib") == "4.5"  # no version in the name: its metadata is read
+        assert manifest.dist_version("tensorrt") is None
+    finally:
+        manifest._installed.cache_clear()
