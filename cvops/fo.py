@@ -14,14 +14,27 @@ that the MongoDB it reached is the one cvops is configured for:
 The embedded mongod is started by the first process that connects; two that
 connect at the same moment (a parallel sweep) would both try to start it, so
 the first connection is made under a file lock.
+
+Several runs write into one dataset at once (a sweep's jobs evaluate their
+models into the dataset of the curate artifact they share). FiftyOne keeps a
+dataset's field schema in one document that each process rewrites whole, so
+two processes adding fields at the same moment lose one's field ("field
+'pred_...' does not exist"). Every write of a stage goes through
+:func:`edit_dataset`: a lease held in the same database (so it works for the
+processes of one machine and for machines sharing a MongoDB), with the
+dataset reloaded under it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
+import time
+import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 # cvops runs on offline and shared machines: no usage analytics unless the user opts in.
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
@@ -109,3 +122,70 @@ def load_dataset(name: str, made_by: Optional[str] = None) -> Any:
             "It was made with another database: point cvops at that one (FIFTYONE_DATABASE_URI or "
             "FIFTYONE_DATABASE_DIR), or rebuild it here with a fresh store (paths.store=...).")
     return fo.load_dataset(name)
+
+
+#: Seconds a dataset lease lasts without renewal (its holder renews it every third of that while it lives).
+LEASE_S = 60.0
+#: Seconds a writer waits for another's lease before giving up.
+WAIT_S = 3600.0
+
+
+@contextlib.contextmanager
+def dataset_lease(name: str, lease_s: float = LEASE_S, wait_s: float = WAIT_S) -> Iterator[None]:
+    """Hold the write lease of dataset ``name`` (a ``cvops_locks`` document in FiftyOne's database).
+
+    A holder that died leaves a lease that expires after ``lease_s``; a live one renews it. Waiting
+    longer than ``wait_s`` raises :class:`TimeoutError` naming the dataset.
+    """
+    import fiftyone.core.odm.database as fod
+    from pymongo.errors import DuplicateKeyError
+
+    connect()
+    locks = fod.get_db_conn()["cvops_locks"]
+    me, key, t0 = uuid.uuid4().hex, f"dataset:{name}", time.monotonic()
+    while True:
+        now = time.time()
+        try:
+            locks.insert_one({"_id": key, "owner": me, "expires": now + lease_s, "host": os.uname().nodename,
+                              "pid": os.getpid()})
+            break
+        except DuplicateKeyError:
+            locks.delete_one({"_id": key, "expires": {"$lt": now}})  # its holder stopped renewing: dead
+            if time.monotonic() - t0 > wait_s:
+                held = locks.find_one({"_id": key}) or {}
+                raise TimeoutError(f"FiftyOne dataset '{name}' has been held by another cvops process "
+                                   f"(host {held.get('host')}, pid {held.get('pid')}) for over {wait_s:g} s")
+            time.sleep(0.1)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease_s / 3):
+            locks.update_one({"_id": key, "owner": me}, {"$set": {"expires": time.time() + lease_s}})
+
+    keeper = threading.Thread(target=renew, name="cvops-dataset-lease", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
+        locks.delete_one({"_id": key, "owner": me})
+
+
+@contextlib.contextmanager
+def edit_dataset(name: str, made_by: Optional[str] = None, create: bool = False) -> Iterator[Any]:
+    """The dataset, reloaded from the database and held for writing (:func:`dataset_lease`).
+
+    Args:
+        name: the dataset.
+        made_by: what made it, for :class:`DatasetMissing`'s message.
+        create: make a persistent dataset of that name when there is none.
+    """
+    fo = connect()
+    with dataset_lease(name):
+        if create and not fo.dataset_exists(name):
+            ds = fo.Dataset(name, persistent=True)
+        else:
+            ds = load_dataset(name, made_by)
+            ds.reload()  # this process may hold an older copy of its schema
+        yield ds

@@ -72,6 +72,10 @@ class UpstreamMissing(ConfigError):
     """A requested stage needs an artifact that is neither stored nor requested."""
 
 
+class StaleCode(ConfigError):
+    """A stage's code changed while it ran: its result is not stored (the fingerprint would name other code)."""
+
+
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -108,7 +112,10 @@ def _imports(path: Path) -> List[str]:
     A line scan, not a parse (a parse of the package costs a quarter second on every run): a
     docstring line that looks like an import can only add a file, never hide one.
     """
-    here = ".".join(("cvops", *path.relative_to(PKG_DIR).with_suffix("").parts))
+    try:
+        here = ".".join(("cvops", *path.relative_to(PKG_DIR).with_suffix("").parts))
+    except ValueError:  # a plug-in's file: its relative imports stay in its own package (hashed whole)
+        here = "_plugin_.module"
     package = here.removesuffix(".__init__") if path.name == "__init__.py" else here.rsplit(".", 1)[0]
     out: List[str] = []
     for m in _IMPORT.finditer(path.read_text(encoding="utf-8", errors="replace")):
@@ -146,8 +153,11 @@ def source_closure(roots: Sequence[Path]) -> List[Path]:
         f = todo.pop()
         if f in seen:
             continue
-        if PKG_DIR not in f.parents:  # a plug-in's file outside cvops: itself only
-            if f.is_file():
+        if PKG_DIR not in f.parents:  # a plug-in's file outside cvops: itself and the cvops modules it imports
+            if f.is_file() and f.suffix == ".py":
+                seen[f] = None
+                todo += [p for p in map(_module_file, _imports(f)) if p is not None]
+            elif f.is_file():
                 seen[f] = None
             continue
         if not f.is_file() or str(f.relative_to(PKG_DIR)) in PLUMBING:
@@ -192,6 +202,27 @@ def _roots(stage: Stage, fn: Optional[StageFn]) -> List[Path]:
     if spec.submodule_search_locations:  # a plug-in's package: all of it
         return sorted(p for d in spec.submodule_search_locations for p in Path(d).rglob("*.py"))
     return [Path(spec.origin)] if spec.origin else []
+
+
+#: When this process started running stages (a module imported later may predate an edit made since: see
+#: :func:`code_changed`)
+STARTED = time.time()
+
+
+def code_changed(stage: Stage, fn: Optional[StageFn], expected: str) -> Optional[str]:
+    """Why the code that just ran may not be the code ``expected`` (the fingerprint's code version) names,
+    or None. Either a file of the stage's code changed since the fingerprint was computed (a checkout
+    during a long training), or a cvops file of it changed after this process started, so the module
+    in memory may be older than the file that was hashed (a sweep's jobs share one process)."""
+    clear_code_caches()
+    files = source_closure(tuple(_roots(stage, fn)))
+    if code_version(stage, fn) != expected:
+        return "its code changed while it ran"
+    late = [f for f in files if PKG_DIR in f.parents and f.stat().st_mtime > STARTED]
+    if late:
+        return (f"{late[0].relative_to(PKG_DIR.parent)} changed after this process started, so the code that ran "
+                "may be older than the code its fingerprint names")
+    return None
 
 
 def code_version(stage: Stage, fn: Optional[StageFn]) -> str:
@@ -435,13 +466,15 @@ class Runner:
         self.manifest.stage(name, status="skipped", fingerprint=fp, seconds=0.0, reason=reason)
         log.info("  %-9s skipped  %s", name, reason)
 
-    def _context(self, stage: Stage, fp: str, workdir: Path, done: Dict[str, Artifact], resuming: bool) -> StageContext:
+    def _context(self, stage: Stage, fp: str, workdir: Path, done: Dict[str, Artifact], resuming: bool,
+                 info: Dict[str, Any]) -> StageContext:
         from cvops.track import StageTracker
 
         inputs = {u: done[u] for u in stage.inputs}
         tracker = StageTracker(self.cfg.tracker, workdir, stage.name, fp, to_container(self.cfg), str(self.cfg.project))
         return StageContext(stage.name, typed_view(stage.name, self.cfg, stage.sections), workdir, inputs, fp,
-                            self.store, tracker, self.run_dir, resuming)
+                            self.store, tracker, self.run_dir, resuming, code=info.get("code", ""),
+                            external=info.get("external", ""))
 
     def _call(self, fn: StageFn, ctx: StageContext, t0: float) -> StageResult:
         for h in self.hooks:
@@ -474,7 +507,7 @@ class Runner:
         if not stage.cacheable:
             workdir = self.run_dir / name
             workdir.mkdir(parents=True, exist_ok=True)
-            ctx = self._context(stage, fp, workdir, done, False)
+            ctx = self._context(stage, fp, workdir, done, False, info)
             result = self._call(fn, ctx, t0)
             secs = time.perf_counter() - t0
             self.manifest.stage(name, status="ran", fingerprint=fp, seconds=secs,
@@ -501,10 +534,13 @@ class Runner:
             log.info("  %-9s running  fp %s", name, fp)
             detail.info("%s: building %s", name, builder.dir)
             resuming = keep and any(builder.dir.iterdir())
-            ctx = self._context(stage, fp, builder.dir, done, resuming)
+            ctx = self._context(stage, fp, builder.dir, done, resuming, info)
             result = self._call(fn, ctx, t0)
             secs = time.perf_counter() - t0
             try:
+                changed = code_changed(stage, fn, info["code"])
+                if changed:  # an artifact is only ever stored under the code that built it
+                    raise StaleCode(f"stage '{name}' was not cached: {changed}. Run the command again")
                 art = builder.commit({
                     "stage": name,
                     "fingerprint": fp,
@@ -587,4 +623,4 @@ class Runner:
 
 
 __all__ = ["Runner", "Hooks", "StageContext", "StageResult", "Stage", "ORDER", "register_stage", "fingerprints",
-           "code_version", "source_closure", "UpstreamMissing", "StoreError"]
+           "code_version", "source_closure", "UpstreamMissing", "StaleCode", "StoreError"]

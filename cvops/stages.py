@@ -101,6 +101,7 @@ BUILTIN: Tuple[Stage, ...] = (
     Stage("train", "cvops.train.stage:run", ("model", "train"), ("curate",),
           ("torch", "mmcv", "mmdet", "mmengine"),
           exclude=("train.resume", "train.node_rank", "train.master_addr", "train.master_port"),
+          external="cvops.train.inputs:signature",
           resume_key="train.resume",
           summary="cvops.summary:train", issue=4),
     Stage("evaluate", "cvops.evaluate.stage:run", ("model", "train.device", "evaluate"), ("curate", "train"),
@@ -286,6 +287,8 @@ class StageContext:
     tracker: Any  # the recipe's tracker for this stage (cvops.track.StageTracker): log / summary
     run_dir: Path  # the run's directory (logs of processes a stage starts; reports are published by the runner)
     resuming: bool = False
+    code: str = ""  # the code version in the fingerprint (cvops.runner.code_version)
+    external: str = ""  # the state of what the stage reads from outside the recipe (its ``external`` signature)
 
     @property
     def store_id(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -236,3 +237,52 @@ def test_library_versions_come_from_the_metadata_folder_names(tmp_path, monkeypa
         assert manifest.dist_version("tensorrt") is None
     finally:
         manifest._installed.cache_clear()
+
+
+def test_code_that_changes_while_its_stage_runs_is_not_cached(tmp_path, test_stages, monkeypatch):
+    """A checkout during a long training: the result is not stored under the fingerprint of the code the run
+    started with (nor the new code's); the next run, on settled code, builds and caches it."""
+    import textwrap
+
+    from cvops import runner
+
+    mod = tmp_path / "edited_stage.py"
+    mod.write_text(textwrap.dedent('''
+        from pathlib import Path
+        from cvops.runner import StageResult
+
+        def evaluate(ctx):
+            me, mark = Path(__file__), "#" + " edited while it ran"
+            if mark not in me.read_text():
+                me.write_text(me.read_text() + "\\n" + mark + "\\n")  # git checkout, meanwhile
+            (ctx.workdir / "x.txt").write_text("x")
+            return StageResult({"x": "x.txt"}, {"val_mAP": 0.5})
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import edited_stage
+
+    monkeypatch.setitem(runner._REGISTRY, "evaluate", edited_stage.evaluate)
+    cfg = compose_config(["recipe=quickstart", f"paths.store={tmp_path / 'store'}", "stages=[curate,train,evaluate]"])
+    before = fingerprints(cfg)["evaluate"]["fingerprint"]
+    with pytest.raises(runner.StaleCode, match="stage 'evaluate' was not cached: its code changed while it ran"):
+        Runner(cfg, tmp_path / "r1").run()
+    store = ArtifactStore(tmp_path / "store")
+    after = fingerprints(cfg)["evaluate"]["fingerprint"]
+    assert after != before and store.get("evaluate", before) is None and store.get("evaluate", after) is None
+    assert json.loads((tmp_path / "r1" / "run.json").read_text())["stages"]["evaluate"]["status"] == "failed"
+    Runner(cfg, tmp_path / "r2").run()
+    assert store.get("evaluate", after) is not None
+
+
+def test_a_cvops_file_newer_than_the_process_is_not_trusted_to_be_what_ran(tmp_path, monkeypatch):
+    """A sweep's jobs share one process: a module imported by an earlier job may be older than the file the
+    next job's fingerprint hashed."""
+    from cvops import runner
+    from cvops.stages import declared
+
+    train = declared()["train"]
+    code = runner.code_version(train, None)
+    assert runner.code_changed(train, None, code) is None
+    monkeypatch.setattr(runner, "STARTED", 0.0)  # every file of it is newer than this "process"
+    assert re.match(r"cvops/\S+\.py changed after this process started", runner.code_changed(train, None, code))
+    assert runner.code_changed(train, None, "0" * 16) == "its code changed while it ran"

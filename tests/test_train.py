@@ -376,12 +376,31 @@ def test_pretrained_false_trains_from_scratch_without_asking_the_network(monkeyp
     so a recipe gives the same model on a machine with and without internet access."""
     from cvops.train import mmconfig
 
-    def no_network(url: str, timeout: float = 3.0) -> bool:
-        raise AssertionError(f"asked the network for {url}")
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"asked the network for {args}")
 
-    monkeypatch.setattr(mmconfig, "_reachable", no_network)
+    monkeypatch.setattr("cvops.detector.checkpoint.download", no_network)
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
     model = {"backbone": {"init_cfg": {"type": "Pretrained", "checkpoint": "https://example.org/x.pth"}},
              "neck": {"init_cfg": {"type": "Kaiming"}}}
     url, notes = mmconfig._pretrained(model, None, pretrained=False)
     assert url is None and notes == []
     assert model["backbone"]["init_cfg"] is None and model["neck"]["init_cfg"] == {"type": "Kaiming"}
+
+
+def test_resume_lineage_covers_code_libraries_and_weights():
+    """``train.resume`` continues a checkpoint of the same lineage only: other cvops code, another mmdet (both in
+    the code version) or other starting weights (train's external state) start a new lineage."""
+    from types import SimpleNamespace
+
+    from cvops.schema import ModelConfig, TrainConfig
+    from cvops.train.stage import _lineage
+
+    def ctx(code="c1", external="w1", epochs=10):
+        config = SimpleNamespace(train=TrainConfig(max_epochs=epochs), model=ModelConfig(name="m", mmdet_config="x"))
+        return SimpleNamespace(config=config, inputs={"curate": SimpleNamespace(fingerprint="f")}, code=code,
+                               external=external)
+
+    assert _lineage(ctx()) == _lineage(ctx(epochs=80))  # more epochs continue the same lineage
+    assert _lineage(ctx(code="c2")) != _lineage(ctx())
+    assert _lineage(ctx(external="w2")) != _lineage(ctx())

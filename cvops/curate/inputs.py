@@ -19,12 +19,11 @@ import hashlib
 import logging
 import os
 import posixpath
-import stat
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from cvops import remote
+from cvops import filestate, remote
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,6 @@ def iter_sources(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
 
 
 LABEL_SUFFIXES = {".json", ".txt", ".xml", ".yaml", ".yml", ".csv"}
-HASH_LABELS_BELOW = 4 << 20
 _FILE_SOURCES = ("video", "images")  # a file path of these formats is the whole source
 
 
@@ -110,61 +108,9 @@ def source_roots(src: Dict[str, Any]) -> List[str]:
     return roots
 
 
-def _stamp_file(p: str, st: os.stat_result) -> str:
-    stamp = f"{st.st_size}:{st.st_mtime_ns}"
-    if os.path.splitext(p)[1].lower() in LABEL_SUFFIXES and st.st_size <= HASH_LABELS_BELOW:
-        try:
-            with open(p, "rb") as f:
-                stamp += ":" + hashlib.sha256(f.read()).hexdigest()[:16]
-        except OSError:
-            pass
-    return stamp
-
-
-def _local_state(root: str) -> Iterable[Tuple[str, str]]:
-    p = os.path.expanduser(root)
-    try:
-        st = os.stat(p)
-    except OSError:
-        yield "", "missing"
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        yield "", _stamp_file(p, st)
-        return
-    for dirpath, dirnames, files in os.walk(p):
-        dirnames.sort()
-        for name in sorted(files):
-            f = os.path.join(dirpath, name)
-            try:
-                fst = os.stat(f)  # through links: a link to another image is that image's state
-            except OSError:
-                yield os.path.relpath(f, p), "broken"
-                continue
-            if stat.S_ISREG(fst.st_mode):
-                yield os.path.relpath(f, p), _stamp_file(f, fst)
-
-
-def _remote_state(root: str) -> Iterable[Tuple[str, str]]:
-    try:
-        found = remote.listing(root)
-    except FileNotFoundError:
-        found = {}
-    except Exception as e:  # no credentials (botocore's own error), no endpoint: curate cannot be cached; its
-        # fetch says what is wrong
-        yield "", f"unreachable:{type(e).__name__}"
-        return
-    if not found:
-        yield "", "missing"
-    for rel in sorted(found):
-        yield rel, f"{found[rel]['size']}:{found[rel]['etag']}"
-
-
 def root_state(root: str) -> str:
-    """A hash of the state of one folder or file (local or in storage)."""
-    h = hashlib.sha256()
-    for rel, stamp in (_remote_state(root) if remote.is_url(root) else _local_state(root)):
-        h.update(f"{rel}\0{stamp}\n".encode())
-    return h.hexdigest()[:16]
+    """A hash of the state of one folder or file a source reads (annotation files of at most 4 MiB by content)."""
+    return filestate.root_state(root, LABEL_SUFFIXES)
 
 
 def signature(config: Any, store_root: Any = None) -> str:

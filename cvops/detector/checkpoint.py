@@ -78,8 +78,31 @@ def load(path: str) -> Any:
         raise ValueError(f"{path} is not a loadable checkpoint ({type(e).__name__}: {detail.splitlines()[0]})") from e
 
 
+def hub_dir() -> Path:
+    """torch's hub folder (``torch.hub.get_dir()``), found without importing torch."""
+    import os
+
+    if os.environ.get("TORCH_HOME"):
+        return Path(os.path.expanduser(os.environ["TORCH_HOME"])) / "hub"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "torch" / "hub"
+
+
+def cached_path(url: str) -> Path:
+    """Where :func:`download` keeps ``url``: ``<hub>/checkpoints/<sha256(url)[:12]>-<file name>``.
+
+    Named by the whole URL (query included), not by its file name alone: two runs' ``.../best.pth``, or
+    one file behind two presigned URLs, are different downloads and never stand in for each other.
+    """
+    import hashlib
+    import os
+
+    name = os.path.basename(url.split("?", 1)[0]) or "checkpoint.pth"
+    return hub_dir() / "checkpoints" / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+
+
 def download(url: str, max_mb: float = 4096, timeout: float = 60.0) -> Path:
-    """Fetch a remote checkpoint into torch's hub cache (``<hub>/checkpoints/<name>``) and return its path.
+    """Fetch a remote checkpoint into torch's hub cache (:func:`cached_path`) and return its path.
 
     Only ``https://`` URLs, and only if every redirect stays on https. The
     file is written under a temporary name and renamed when complete, so a cut
@@ -93,13 +116,11 @@ def download(url: str, max_mb: float = 4096, timeout: float = 60.0) -> Path:
     import tempfile
     import urllib.request
 
-    import torch
-
     from cvops.trust import check_load_from
 
     check_load_from(url)
-    name = os.path.basename(url.split("?", 1)[0]) or "checkpoint.pth"
-    target = Path(torch.hub.get_dir()) / "checkpoints" / name
+    target = cached_path(url)
+    name = target.name
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

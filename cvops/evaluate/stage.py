@@ -40,10 +40,9 @@ def _to_fiftyone(dataset: str, field: str, key: str, exports: Dict[str, Path], p
     """Write predictions as ``field`` and run FiftyOne's COCO evaluation on the test split: box mAP, its
     results, and (predictions with masks) mask mAP (``use_masks``, evaluation ``<key>_segm``)."""
     from cvops import masks
-    from cvops.fo import connect, load_dataset
+    from cvops.fo import connect, edit_dataset
 
     fo = connect()
-    ds = load_dataset(dataset, "the curate stage")
     names = {}
     by_path: Dict[str, Any] = {}
     for split, dets in preds.items():
@@ -66,20 +65,22 @@ def _to_fiftyone(dataset: str, field: str, key: str, exports: Dict[str, Path], p
                     dets.append(fo.Detection(label=names[d["category_id"]], confidence=d["score"], bounding_box=[
                         d["bbox"][0] / w, d["bbox"][1] / h, d["bbox"][2] / w, d["bbox"][3] / h]))
             by_path[im["file_name"]] = fo.Detections(detections=dets)
-    view = ds.select_by("filepath", list(by_path))
-    view.set_values(field, by_path, key_field="filepath")
-    if key in ds.list_evaluations():
-        ds.delete_evaluation(key)
-    test = ds.select_by("filepath", [im["file_name"] for im in json.loads(exports["test"].read_text())["images"]])
-    results = test.evaluate_detections(field, gt_field="ground_truth", eval_key=key, method="coco",
-                                       compute_mAP=True, classes=classes, progress=False)
-    segm_map = None
-    if segm:
-        if f"{key}_segm" in ds.list_evaluations():
-            ds.delete_evaluation(f"{key}_segm")
-        segm_map = float(test.evaluate_detections(field, gt_field="ground_truth", eval_key=f"{key}_segm", method="coco",
-                                              use_masks=True, compute_mAP=True, classes=classes,
-                                              progress=False).mAP())
+    test_files = [im["file_name"] for im in json.loads(exports["test"].read_text())["images"]]
+    with edit_dataset(dataset, "the curate stage") as ds:  # other runs may write into it at the same time
+        view = ds.select_by("filepath", list(by_path))
+        view.set_values(field, by_path, key_field="filepath")
+        if key in ds.list_evaluations():
+            ds.delete_evaluation(key)
+        test = ds.select_by("filepath", test_files)
+        results = test.evaluate_detections(field, gt_field="ground_truth", eval_key=key, method="coco",
+                                           compute_mAP=True, classes=classes, progress=False)
+        segm_map = None
+        if segm:
+            if f"{key}_segm" in ds.list_evaluations():
+                ds.delete_evaluation(f"{key}_segm")
+            segm_map = float(test.evaluate_detections(field, gt_field="ground_truth", eval_key=f"{key}_segm",
+                                                      method="coco", use_masks=True, compute_mAP=True,
+                                                      classes=classes, progress=False).mAP())
     return float(results.mAP()), results, segm_map
 
 
@@ -93,13 +94,13 @@ def save_app_view(dataset: str, field: str, thr: float) -> str:
     needs) stays one click away as the dataset itself."""
     from fiftyone import ViewField as F
 
-    from cvops.fo import load_dataset
+    from cvops.fo import edit_dataset
 
-    ds = load_dataset(dataset, "the curate stage")
     name = app_view_name(field, thr)
-    view = ds.filter_labels(field, F("confidence") >= thr, only_matches=False)
-    ds.save_view(name, view, description=f"{field}: predictions with confidence >= {thr:g} "
-                 "(the evaluate stage's confusion_score_thr); the dataset itself has all of them", overwrite=True)
+    with edit_dataset(dataset, "the curate stage") as ds:
+        view = ds.filter_labels(field, F("confidence") >= thr, only_matches=False)
+        ds.save_view(name, view, description=f"{field}: predictions with confidence >= {thr:g} "
+                     "(the evaluate stage's confusion_score_thr); the dataset itself has all of them", overwrite=True)
     return name
 
 
@@ -127,7 +128,9 @@ def run(ctx: StageContext) -> StageResult:
         stats[split], evals[split] = coco_eval(exports[split], preds[split])
         if segm:  # an instance-segmentation model: mask mAP too
             stats[split]["segm"] = coco_eval(exports[split], preds[split], "segm")[0]
-    model_tag = re.sub(r"[^A-Za-z0-9_]", "_", f"{ctx.config.model.name}_{train.fingerprint[:8]}")
+    # named by this evaluation (its fingerprint covers the model and evaluate's settings): two evaluations of
+    # one model with other score_thr/max_det keep their own predictions in the shared dataset
+    model_tag = re.sub(r"[^A-Za-z0-9_]", "_", f"{ctx.config.model.name}_{ctx.fingerprint[:8]}")
     field, key = f"pred_{model_tag}", f"eval_{model_tag}"
     test = stats.get("test", {})
     metrics: Dict[str, Any] = {

@@ -198,12 +198,12 @@ def _plot_latency(path: Path, rows: List[Dict[str, Any]], maps: Dict[str, Option
 # ------------------------------------------------------------ FiftyOne
 def tag_disagreements(dataset: str, rows: List[Dict[str, Any]], tag: str) -> int:
     """Tag the images where the export disagrees with PyTorch; returns how many were tagged."""
-    from cvops.fo import load_dataset
+    from cvops.fo import edit_dataset
 
-    ds = load_dataset(dataset, "the curate stage")
-    ds.untag_samples(tag)
-    if rows:
-        ds.select_by("filepath", [r["file_name"] for r in rows]).tag_samples(tag)
+    with edit_dataset(dataset, "the curate stage") as ds:  # other runs may write into it at the same time
+        ds.untag_samples(tag)
+        if rows:
+            ds.select_by("filepath", [r["file_name"] for r in rows]).tag_samples(tag)
     return len(rows)
 
 

@@ -123,10 +123,6 @@ def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Pat
     from cvops.fo import connect
 
     fo = connect()
-    ds = fo.load_dataset(dataset) if fo.dataset_exists(dataset) else fo.Dataset(dataset, persistent=True)
-    if "ground_truth" not in ds.get_field_schema():
-        ds.add_sample_field("ground_truth", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
-    ds.default_classes = list(classes)
     frames = work / "edge_cases"
     frames.mkdir(exist_ok=True)
     samples = []
@@ -165,11 +161,17 @@ def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Pat
         sample["max_score"] = float(s.record.get("max_score", 0.0))
         samples.append(sample)
     new = []
-    if samples:
-        known = set(ds.distinct("filepath")) if len(ds) else set()
-        new = [x for x in samples if x.filepath not in known]
-        if new:
-            ds.add_samples(new, progress=False)
+    from cvops.fo import edit_dataset
+
+    with edit_dataset(dataset, create=True) as ds:  # another run's monitor may add to it at the same time
+        if "ground_truth" not in ds.get_field_schema():
+            ds.add_sample_field("ground_truth", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+        ds.default_classes = list(classes)
+        if samples:
+            known = set(ds.distinct("filepath")) if len(ds) else set()
+            new = [x for x in samples if x.filepath not in known]
+            if new:
+                ds.add_samples(new, progress=False)
     return len(new)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cvops.schema import ModelConfig, TrainConfig
+from cvops.train.inputs import walk
 
 log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 
@@ -45,15 +46,7 @@ def base_config_path(name: str) -> Path:
     return path
 
 
-def _walk(node: Any):
-    if isinstance(node, dict):
-        yield node
-        for v in node.values():
-            yield from _walk(v)
-    elif isinstance(node, (list, tuple)):
-        for v in node:
-            yield from _walk(v)
-
+_walk = walk  # every dict in a nested config
 
 def _canonical_size(cfg: Any) -> Tuple[float, float]:
     for t in cfg.get("test_pipeline", []) or []:
@@ -134,26 +127,25 @@ def _set_num_classes(node: Any, n: int) -> int:
     return count
 
 
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """A checkpoint URL is usable if torch's cache has it or the host answers."""
-    import urllib.request
+def _weights(url: str, what: str, notes: List[str]) -> Optional[str]:
+    """The local file of an https checkpoint, checked under weights_only; None (with a note) when its
+    download failed. The download itself happened when the fingerprint was computed
+    (:func:`cvops.train.inputs.weights_file`): training uses exactly the weights the fingerprint covers."""
+    from cvops.detector.checkpoint import cached_path, load
 
-    import torch
-
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
-    if cached.is_file():
-        return True
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-            return True
-    except Exception:
-        return False
+    local = cached_path(url)
+    if not local.is_file():
+        notes.append(f"{what} {url} are unavailable (offline?): training {'the backbone ' if 'backbone' in what else ''}"
+                     "from scratch (cached under its own fingerprint; a run that can download them trains again)")
+        return None
+    load(str(local))  # a corrupt or hostile file fails here, before training
+    return str(local)
 
 
 def _pretrained(model_cfg: Any, load_from: Optional[str], pretrained: bool = True) -> Tuple[Optional[str], List[str]]:
-    """Drop unreachable pretrained weights (saying so), or all of them (``pretrained=False``); check a given
+    """Drop unavailable pretrained weights (saying so), or all of them (``pretrained=False``); check a given
     load_from."""
-    notes = []
+    notes: List[str] = []
     for d in _walk(model_cfg):
         init = d.get("init_cfg")
         if isinstance(init, dict) and init.get("type") == "Pretrained" and not pretrained:
@@ -164,16 +156,11 @@ def _pretrained(model_cfg: Any, load_from: Optional[str], pretrained: bool = Tru
                 raise TrainConfigError(f"init_cfg checkpoint {ckpt}: remote checkpoints must be https:// URLs")
             if not ckpt.startswith("https://"):  # a file, or mmengine's model zoos (torchvision://, open-mmlab://):
                 continue  # mmengine loads those with torch.load, whose default here is weights_only
-            if not _reachable(ckpt):
+            local = _weights(ckpt, "pretrained backbone weights", notes)
+            if local is None:
                 d["init_cfg"] = None
-                notes.append(f"pretrained backbone weights {ckpt} are unreachable (offline?): "
-                             "training the backbone from scratch")
-            else:  # fetched (https only, every redirect too) and checked under weights_only by cvops itself
-                from cvops.detector.checkpoint import download, load
-
-                local = download(ckpt)
-                load(str(local))
-                init["checkpoint"] = str(local)
+            else:
+                init["checkpoint"] = local
     if load_from:
         if "://" in load_from:
             from cvops.trust import NotAllowed, check_load_from
@@ -182,21 +169,12 @@ def _pretrained(model_cfg: Any, load_from: Optional[str], pretrained: bool = Tru
                 check_load_from(load_from)
             except NotAllowed as e:
                 raise TrainConfigError(str(e)) from e
-            if not _reachable(load_from):
-                notes.append(f"model.load_from={load_from} is unreachable (offline?): training from scratch")
-                load_from = None
-            else:
-                from cvops.detector.checkpoint import download
-
-                load_from = str(download(load_from))  # https only; verified under weights_only below
-        if load_from is None:
-            pass
-        elif not Path(load_from).expanduser().is_file():
+            return _weights(load_from, "model.load_from weights", notes), notes
+        if not Path(load_from).expanduser().is_file():
             raise TrainConfigError(f"model.load_from={load_from} does not exist; give a checkpoint path or URL")
-        else:
-            from cvops.detector.checkpoint import load
+        from cvops.detector.checkpoint import load
 
-            load(str(Path(load_from).expanduser()))  # a corrupt file fails here, before anything is written
+        load(str(Path(load_from).expanduser()))  # a corrupt file fails here, before anything is written
     return load_from, notes
 
 
@@ -324,6 +302,14 @@ def build(model: ModelConfig, train: TrainConfig, classes: Sequence[str], export
         except NotAllowed as e:
             raise TrainConfigError(str(e)) from e
         cfg.merge_from_dict(copy.deepcopy(dict(model.cfg_options)))
+        for d in _walk(cfg.model):  # an https checkpoint set here: the file the fingerprint covers, as above
+            init = d.get("init_cfg")
+            if isinstance(init, dict) and str(init.get("checkpoint", "")).startswith("https://"):
+                local = _weights(str(init["checkpoint"]), "model.cfg_options weights", notes)
+                if local is None:
+                    d["init_cfg"] = None
+                else:
+                    init["checkpoint"] = local
     if not isinstance(cfg.model, ConfigDict):
         cfg.model = ConfigDict(cfg.model)
     return cfg, notes

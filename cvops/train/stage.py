@@ -34,12 +34,14 @@ LINEAGE = "lineage.json"
 
 
 def _lineage(ctx: StageContext) -> str:
-    """Same data, model and schedule except max_epochs: checkpoints can continue each other."""
+    """Same data, model, schedule, code, libraries and starting weights except max_epochs: checkpoints can
+    continue each other (a checkpoint of other code or another mmdet is never resumed into this artifact)."""
     train = dataclasses.asdict(ctx.config.train)
     for key in ("max_epochs", "resume"):
         train.pop(key, None)
     section = json.loads(json.dumps({"model": dataclasses.asdict(ctx.config.model), "train": train}))
-    payload = {"curate": ctx.inputs["curate"].fingerprint, "config": section}
+    payload = {"curate": ctx.inputs["curate"].fingerprint, "config": section, "code": ctx.code,
+               "external": ctx.external}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,72 @@
+"""Several runs writing into one FiftyOne dataset at once (a sweep's jobs evaluating into the dataset of the
+curate artifact they share): every field each one adds is there afterwards, on the tests' real mongod."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+WRITER = textwrap.dedent('''
+    import sys, time
+    import fiftyone as fo
+    from cvops.fo import edit_dataset, load_dataset
+    name, who, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    while time.time() < float(sys.argv[4]):  # start together
+        time.sleep(0.005)
+    for k in range(6):
+        if mode == "lease":
+            with edit_dataset(name) as ds:
+                ds.add_sample_field(f"pred_{who}_{k}", fo.StringField)
+        else:  # what the stages did before: a process's own copy of the dataset, no lease
+            ds = load_dataset(name)
+            ds.add_sample_field(f"pred_{who}_{k}", fo.StringField)
+''')
+
+
+def _race(name, mode, writers=4):
+    start = time.time() + 4.0
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, name, str(w), mode, str(start)],
+                              stderr=subprocess.PIPE, text=True) for w in range(writers)]
+    errors = [p.communicate(timeout=240)[1] for p in procs]
+    import fiftyone as fo
+
+    fields = set(fo.load_dataset(name).reload() or fo.load_dataset(name).get_field_schema())
+    return {f"pred_{w}_{k}" for w in range(writers) for k in range(6)} - fields, [e for e in errors if e.strip()]
+
+
+def test_concurrent_writers_keep_every_field():
+    from cvops.fo import connect
+
+    fo = connect()
+    name = f"lease-{uuid.uuid4().hex[:8]}"
+    fo.Dataset(name, persistent=True).add_sample(fo.Sample(filepath="/nonexistent/a.jpg"))
+    try:
+        lost, errors = _race(name, "lease")
+        assert not errors, errors[0][-2000:]
+        assert lost == set()
+    finally:
+        fo.delete_dataset(name)
+
+
+def test_a_dead_holders_lease_expires_and_a_live_one_is_waited_for():
+    import fiftyone.core.odm.database as fod
+
+    from cvops.fo import connect, dataset_lease
+
+    connect()
+    name = f"lease-{uuid.uuid4().hex[:8]}"
+    locks = fod.get_db_conn()["cvops_locks"]
+    locks.insert_one({"_id": f"dataset:{name}", "owner": "dead", "expires": time.time() - 1})
+    t0 = time.monotonic()
+    with dataset_lease(name):
+        assert time.monotonic() - t0 < 5
+        with pytest.raises(TimeoutError, match=rf"dataset '{name}' has been held by another cvops process.*pid {os.getpid()}"):
+            with dataset_lease(name, wait_s=0.5):
+                pass
+    assert locks.find_one({"_id": f"dataset:{name}"}) is None  # released
