@@ -93,10 +93,14 @@ class Stage:
         return getattr(module, fun)
 
 
+#: Every distribution that installs the ``cv2`` module (whichever one a machine has decides what cv2 does).
+OPENCV = ("opencv-python-headless", "opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")
+
 #: The built-in lifecycle, in order. ``project`` is read by the stages that name things after it.
 BUILTIN: Tuple[Stage, ...] = (
     Stage("curate", "cvops.curate.stage:run", ("project", "data", "curate"),
-          libraries=("fiftyone", "pillow", "opencv-python-headless"), external="cvops.curate.inputs:signature",
+          libraries=("fiftyone", "pillow", *OPENCV, "numpy", "pycocotools", "pyyaml"),
+          external="cvops.curate.inputs:signature",
           summary="cvops.summary:curate", issue=3),
     Stage("train", "cvops.train.stage:run", ("model", "train"), ("curate",),
           ("torch", "mmcv", "mmdet", "mmengine"),
@@ -105,16 +109,18 @@ BUILTIN: Tuple[Stage, ...] = (
           resume_key="train.resume",
           summary="cvops.summary:train", issue=4),
     Stage("evaluate", "cvops.evaluate.stage:run", ("model", "train.device", "evaluate"), ("curate", "train"),
-          ("pycocotools", "fiftyone"), summary="cvops.summary:evaluate",
+          ("pycocotools", "fiftyone", "torch", "mmcv", "mmdet", "mmengine", "numpy"), summary="cvops.summary:evaluate",
           next=("cvops app {args}   # predictions, TP/FP/FN in the FiftyOne App",), issue=4),
     Stage("export", "cvops.export.stage:run", ("project", "model", "export", "evaluate.confusion_score_thr"),
-          ("curate", "train"), ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "tensorrt"),
+          ("curate", "train"), ("torch", "mmcv", "mmdet", "mmengine", "onnx", "onnxruntime", "onnxscript", "onnxslim",
+                                "tensorrt", "numpy"),
           external="cvops.export.host:signature", summary="cvops.summary:export",
           next=("cvops serve {args}   # the exported model over HTTP",), issue=5),
     Stage("serve", "cvops.serve.stage:run", ("project", "model.name", "serve", "monitor"),
           ("curate", "train", "export"), cacheable=False, summary="cvops.summary:serve", issue=6),
     Stage("monitor", "cvops.monitor.stage:run",
           ("project", "monitor", "serve.log_dir", "data.synthetic", "lock_timeout_s"), ("curate", "train", "export"),
+          ("onnxruntime", "numpy", "scipy", "pillow", *OPENCV, "fiftyone"),
           exclude=("lock_timeout_s",), external="cvops.monitor.source:signature", summary="cvops.summary:monitor",
           next=("cvops app {args} --review   # the monitor's edge cases, pre-labelled",
                 "open {artifacts[report]}   # the drift report"), issue=6),
