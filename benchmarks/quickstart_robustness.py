@@ -19,7 +19,8 @@ include the other job's memory traffic: a conservative figure). Jobs with more
 threads than ``cores / parallel`` run alone. FiftyOne uses a private mongod on
 a free port unless FIFTYONE_DATABASE_URI is set.
 
-Goal (issue #15): min test mAP50 >= 0.5 and every 2-thread run <= 10 min on 2 cores.
+Goal (issue #15): min test mAP50 >= 0.5, no failed run, and every run <= 10 min on 2 cores (a single-threaded
+run beside another included).
 """
 
 from __future__ import annotations
@@ -121,9 +122,8 @@ def main() -> int:
               f"              {w['min']:.0f} / {w['median']:.0f} / {w['max']:.0f}")
     if ok:
         summary["all"] = {"mAP50": _stats([r["mAP50"] for r in ok]), "wall_s": _stats([r["wall_s"] for r in ok])}
-        two = [r["wall_s"] for r in ok if r["threads"] >= min(2, cores)]
         summary["goal"] = {"min_mAP50>=0.5": summary["all"]["mAP50"]["min"] >= GOAL_MAP50,
-                           "every_multithread_run<=600s": bool(two) and max(two) <= GOAL_SECONDS,
+                           "every_run<=600s": max(r["wall_s"] for r in rows) <= GOAL_SECONDS,
                            "failed_runs": len(rows) - len(ok)}
         print(f"   all   {len(ok):>4}  {summary['all']['mAP50']['min']:.3f} / {summary['all']['mAP50']['median']:.3f}"
               f" / {summary['all']['mAP50']['max']:.3f}; goals: {summary['goal']}")
