@@ -69,8 +69,10 @@ def main() -> None:
 
     cvops = _cvops()
     tmp = Path(tempfile.mkdtemp(prefix="cvops-startup-"))
-    env = {**os.environ, "CVOPS_STORE": str(tmp / "store"), "WANDB_MODE": "offline",
-           "FIFTYONE_DO_NOT_TRACK": "true"}
+    # as on a user's machine: Python caches compiled modules (a sandbox or CI image may set
+    # PYTHONDONTWRITEBYTECODE, which makes every process compile cvops from source again)
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+           "CVOPS_STORE": str(tmp / "store"), "WANDB_MODE": "offline", "FIFTYONE_DO_NOT_TRACK": "true"}
     mongod = None
     results: Dict[str, Dict[str, object]] = {}
     try:
