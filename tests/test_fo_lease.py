@@ -70,3 +70,24 @@ def test_a_dead_holders_lease_expires_and_a_live_one_is_waited_for():
             with dataset_lease(name, wait_s=0.5):
                 pass
     assert locks.find_one({"_id": f"dataset:{name}"}) is None  # released
+
+
+def test_two_exports_keep_their_own_mismatch_tags_in_the_shared_dataset():
+    """Every export of one curate artifact tags the same dataset: rebuilding one leaves the other's tags alone."""
+    from cvops.export.stage import mismatch_tag, tag_disagreements
+    from cvops.fo import connect
+
+    fo = connect()
+    name = f"tags-{uuid.uuid4().hex[:8]}"
+    ds = fo.Dataset(name, persistent=True)
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.jpg") for i in range(3)])
+    try:
+        a, b = mismatch_tag("onnx", "a" * 16), mismatch_tag("onnx", "b" * 16)
+        assert a != b
+        tag_disagreements(name, [{"file_name": "/nonexistent/0.jpg"}], a)
+        tag_disagreements(name, [{"file_name": "/nonexistent/1.jpg"}], b)
+        tag_disagreements(name, [{"file_name": "/nonexistent/0.jpg"}], a)  # export A rebuilt
+        counts = fo.load_dataset(name).count_sample_tags()
+        assert counts == {a: 1, b: 1}
+    finally:
+        fo.delete_dataset(name)

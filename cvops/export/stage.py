@@ -10,7 +10,7 @@
    segmentation model, a drop of box mAP or of mask mAP: its masks are gated
    with the same limit). Images where the
    two disagree (a box above ``evaluate.confusion_score_thr`` without a
-   same-class IoU >= 0.5 partner) are tagged ``export_mismatch:<format>`` in
+   same-class IoU >= 0.5 partner) are tagged ``export_mismatch:<format>:<export>`` in
    the FiftyOne dataset and listed in ``disagreements.csv``.
 3. **INT8** (``export.int8``): QDQ model calibrated on curated train images
    (``calibration.json``), gated by ``export.gate.int8_max_map_drop``.
@@ -279,7 +279,7 @@ def run(ctx: StageContext) -> StageResult:
         engine, skipped = build_tensorrt(ctx, pre, calibration, gate, artifacts)
 
     rows = latency_step(work, ex, model, pre, gate, artifacts)
-    write_disagreements(work, gate, curate.metrics["dataset_name"], artifacts)
+    write_disagreements(work, gate, curate.metrics["dataset_name"], artifacts, ctx.fingerprint)
     if ex.triton:
         write_triton(work, ctx.config.project, contract, ex, engine, artifacts)
     metrics = _metrics(work, ex, gate, rows, contract, skipped)
@@ -304,7 +304,8 @@ def fail_if_gate_failed(ctx: StageContext, gate: Gate, dataset: str) -> None:
         shutil.copy2(ctx.workdir / rel, out / rel)
     raise ExportError(
         f"export gate failed on the {gate.split} split: {'; '.join(failed)}. The images where the export disagrees "
-        f"are tagged export_mismatch:<runtime> in FiftyOne dataset {dataset} (cvops app recipe=...) and listed in "
+        f"are tagged {mismatch_tag('<runtime>', ctx.fingerprint)} in FiftyOne dataset {dataset} (cvops app recipe=...) "
+        f"and listed in "
         f"{out / 'disagreements.csv'}; latency and mAP in {out / 'latency.md'}")
 
 
@@ -398,12 +399,18 @@ def latency_step(work: Path, ex: ExportConfig, model: Any, pre: Preprocess, gate
     return rows
 
 
-def write_disagreements(work: Path, gate: Gate, dataset: str, artifacts: Dict[str, str]) -> None:
-    """``disagreements.csv`` and the ``export_mismatch:<runtime>`` tags in the FiftyOne dataset."""
+def mismatch_tag(runtime: str, fingerprint: str) -> str:
+    """The FiftyOne tag of the images where one export's runtime disagrees with PyTorch. Named by the export
+    (the dataset is shared by every export of its curate artifact: each keeps its own tags)."""
+    return f"export_mismatch:{runtime}:{fingerprint[:8]}"
+
+
+def write_disagreements(work: Path, gate: Gate, dataset: str, artifacts: Dict[str, str], fingerprint: str) -> None:
+    """``disagreements.csv`` and the ``export_mismatch:<runtime>:<export>`` tags in the FiftyOne dataset."""
     lines = ["runtime,file_name,missed,extra"]
     for name, r in gate.results.items():
         lines += [f"{name},{row['file_name']},{row['missed']},{row['extra']}" for row in r.rows]
-        tag_disagreements(dataset, r.rows, f"export_mismatch:{name}")
+        tag_disagreements(dataset, r.rows, mismatch_tag(name, fingerprint))
     (work / "disagreements.csv").write_text("\n".join(lines) + "\n")
     artifacts["disagreements"] = "disagreements.csv"
 
