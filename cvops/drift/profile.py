@@ -158,12 +158,24 @@ def held_out(curate: Any) -> List[Path]:
     return [curate.path(f"coco_{s}") for s in ("val", "test") if f"coco_{s}" in names]
 
 
+#: Libraries whose versions shape a reference profile (the model's outputs, the decoded pixels, the statistics).
+REFERENCE_LIBRARIES = ("onnxruntime", "numpy", "scipy", "pillow", "opencv-python-headless", "opencv-python",
+                       "opencv-contrib-python", "opencv-contrib-python-headless")
+
+
 def _code_hash() -> str:
-    """The code a reference profile depends on: the features and tests here, and the detector's outputs."""
+    """The code a reference profile depends on: the features and tests here, the detector's outputs and every
+    cvops module they import, transitively (masks, media, ...), and the versions of the libraries that shape it."""
+    from cvops.manifest import dist_version
+    from cvops.runner import PKG_DIR, source_closure
+
     h = hashlib.sha256()
-    here = Path(__file__).parent
-    for f in (here / "profile.py", here / "stats.py", here.parent / "detector" / "runtime.py"):
+    here = Path(__file__).resolve().parent
+    for f in source_closure((here / "profile.py", here / "stats.py", here.parent / "detector" / "runtime.py")):
+        h.update(str(f.relative_to(PKG_DIR) if PKG_DIR in f.parents else f.name).encode())
         h.update(f.read_bytes())
+    for lib in REFERENCE_LIBRARIES:
+        h.update(f"{lib}=={dist_version(lib) or 'none'}".encode())
     return h.hexdigest()[:8]
 
 
