@@ -108,19 +108,23 @@ def _check_embedded(conn: Any, db_dir: Path) -> None:
             "Stop that program, or set FIFTYONE_DATABASE_URI=mongodb://host:port to use a server on purpose.")
 
 
-def load_dataset(name: str, made_by: Optional[str] = None) -> Any:
+def load_dataset(name: str, made_by: Optional[str] = None, artifact: Optional[Path] = None) -> Any:
     """``fo.load_dataset(name)``, or :class:`DatasetMissing` saying which database was searched.
 
     Args:
         name: the dataset.
         made_by: what made it (e.g. ``"curate artifact 1a2b..."``), for the message.
+        artifact: the folder of the artifact that made it: the message says how to rebuild just that one.
     """
     fo = connect()
     if not fo.dataset_exists(name):
+        rebuild = (f"or, if it was deleted, remove that artifact ({artifact}; with an s3:// store also its "
+                   "manifest.json in the bucket): the next run rebuilds it (same fingerprint) and keeps every "
+                   "other artifact" if artifact is not None else "or rebuild it here with a fresh store (paths.store=...)")
         raise DatasetMissing(
             f"FiftyOne dataset '{name}'{f' (made by {made_by})' if made_by else ''} is not in {identity()}. "
             "It was made with another database: point cvops at that one (FIFTYONE_DATABASE_URI or "
-            "FIFTYONE_DATABASE_DIR), or rebuild it here with a fresh store (paths.store=...).")
+            f"FIFTYONE_DATABASE_DIR), {rebuild}.")
     return fo.load_dataset(name)
 
 

@@ -91,3 +91,38 @@ def test_two_exports_keep_their_own_mismatch_tags_in_the_shared_dataset():
         assert counts == {a: 1, b: 1}
     finally:
         fo.delete_dataset(name)
+
+
+def test_a_deleted_dataset_names_its_artifact_and_removing_it_rebuilds_only_curate(tmp_path, monkeypatch):
+    """A curate artifact whose dataset was deleted outside cvops: evaluate stops before any work, naming the
+    artifact; removing that artifact (as the message says) rebuilds curate and its dataset under the same
+    fingerprint, and train comes back from the cache."""
+    import json
+    import shutil
+
+    from cvops import runner
+    from cvops.config import compose_config
+    from cvops.fo import DatasetMissing, connect
+    from cvops.runner import Runner, StageResult
+
+    def fake_train(ctx):
+        (ctx.workdir / "weights.txt").write_text("w")
+        return StageResult({"checkpoint": "weights.txt", "config": "weights.txt"}, {"val_mAP": 0.1})
+
+    monkeypatch.setitem(runner._REGISTRY, "train", fake_train)
+    base = ["recipe=quickstart", "project=gone", f"paths.store={tmp_path / 'store'}", "data.synthetic.num_images=12",
+            "data.synthetic.videos=0", "tracker=none"]
+    cfg = compose_config([*base, "stages=[curate,train]"])
+    Runner(cfg, tmp_path / "r1").run()
+    curate = json.loads((tmp_path / "r1" / "run.json").read_text())["stages"]["curate"]
+    name, folder = curate["metrics"]["dataset_name"], curate["artifacts"]["dir"]
+    fo = connect()
+    fo.delete_dataset(name)
+    with pytest.raises(DatasetMissing, match=rf"'{name}'.*remove that artifact \({folder};.*keeps every other artifact"):
+        Runner(compose_config([*base, "stages=[curate,train,evaluate]"]), tmp_path / "r2").run()
+    shutil.rmtree(folder)
+    Runner(cfg, tmp_path / "r3").run()
+    stages = json.loads((tmp_path / "r3" / "run.json").read_text())["stages"]
+    assert {k: v["status"] for k, v in stages.items()} == {"curate": "ran", "train": "cached"}
+    assert stages["curate"]["fingerprint"] == curate["fingerprint"] and fo.dataset_exists(name)
+    fo.delete_dataset(name)

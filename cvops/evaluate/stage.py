@@ -115,7 +115,7 @@ def run(ctx: StageContext) -> StageResult:
     exports = {s: curate.path(f"coco_{s}") for s in ("train", "val", "test")}
     from cvops.fo import load_dataset
 
-    load_dataset(curate.metrics["dataset_name"], f"curate artifact {curate.fingerprint[:12]}")  # before any work
+    load_dataset(curate.metrics["dataset_name"], f"curate artifact {curate.fingerprint[:12]}", curate.dir)  # before any work
     device = "cuda:0" if torch.cuda.is_available() and ctx.config.train.device is not Device.cpu else "cpu"
     preds, stats, evals = {}, {}, {}
     segm = bool(train.metrics.get("masks"))
