@@ -219,7 +219,7 @@ from cvops.serve.server import serve
 from cvops.schema import ServeConfig
 cfg = ServeConfig(host="127.0.0.1", port=c["port"], sample_rate=c["sample_rate"], token_env=c["token_env"])
 serve(c["model"], cfg, log_dir=c["log_dir"], drift=drift, drift_window=c["monitor"]["drift_window"],
-      drift_every=c["monitor"]["drift_every"])
+      drift_every=c["monitor"]["drift_every"], workers=c.get("workers", 1))
 """
 NO_TOKEN_ENV = "CVOPS_BENCH_SERVE_NO_TOKEN"
 
@@ -243,11 +243,20 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (Linux /proc)."""
+        """User + system CPU time of the server process and its worker processes so far."""
         if self.proc is None:
             return 0.0
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        import psutil
+
+        total = 0.0
+        root = psutil.Process(self.proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
 
     def wait_ready(self, url: str, timeout: float = 120.0) -> None:
         import httpx
@@ -408,7 +417,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         log_dir = work / "requests"
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        config = {"model": str(model), "port": port, "log_dir": str(log_dir), "sample_rate": args.sample_rate,
+        config = {"model": str(model), "port": port, "log_dir": str(log_dir), "sample_rate": args.sample_rate, "workers": args.workers,
                   "token_env": NO_TOKEN_ENV, "reference": str(Path(args.reference_dir) / "profile.npz")
                   if args.reference_dir else None,
                   "monitor": {"p_value": float(mon.p_value), "psi_threshold": float(mon.psi_threshold),
@@ -460,12 +469,13 @@ def cmd_load(args: argparse.Namespace) -> int:
         ["request log: records (200) / expected, images kept",
          f"{ok_records} / {expected}, {sampled} ({sampled / max(len(records), 1):.1%})",
          "ok" if ok_records == expected else "MISMATCH"],
-        ["ORT threads (server and bare: threads=None)",
+        ["ORT threads (bare: threads=None; server: the same with one worker, cores // workers each with more)",
          f"intra_op={threads_info['intra_op_num_threads']} (0 = ORT default: one per physical core = "
-         f"{facts['physical_cores']}), {threads_info['execution_mode']}", ""],
+         f"{facts['physical_cores']}), {threads_info['execution_mode']}; server workers {args.workers}", ""],
     ]
     payload = {
         "benchmark": "serve_load", "model": str(model), "n": args.n, "concurrency": args.concurrency,
+        "workers": args.workers,
         "image_size": [args.size, args.size], "distinct_images": len(bodies),
         "jpeg_bytes_mean": round(statistics.mean(len(b) for b in bodies)), "sample_rate": args.sample_rate,
         "live_drift_gauges": bool(args.reference_dir), "drift_checks_run": checks[0] if checks else 0,
@@ -736,6 +746,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--size", type=int, default=320, help="image side in pixels")
     p.add_argument("--seed", type=int, default=7000, help="generator seed of the request images")
     p.add_argument("--sample-rate", type=float, default=0.1, help="share of request images the log keeps")
+    p.add_argument("--workers", type=int, default=1, help="server worker processes (each gets cores // workers "
+                   "ONNX Runtime threads)")
     p.add_argument("--cost-repeats", type=int, default=30, help="single-thread step timings")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (request log, server output)")
     p.set_defaults(fn=cmd_load)

@@ -135,8 +135,9 @@ def _weights(url: str, what: str, notes: List[str]) -> Optional[str]:
 
     local = cached_path(url)
     if not local.is_file():
-        notes.append(f"{what} {url} are unavailable (offline?): training {'the backbone ' if 'backbone' in what else ''}"
-                     "from scratch (cached under its own fingerprint; a run that can download them trains again)")
+        notes.append(f"{what} {url} are unavailable (offline?; this model is cached under its own fingerprint, a "
+                     f"run that can download them trains again): training {'the backbone ' if 'backbone' in what else ''}"
+                     "from scratch")
         return None
     load(str(local))  # a corrupt or hostile file fails here, before training
     return str(local)
