@@ -346,7 +346,7 @@ def test_a_failed_gate_names_each_runtime_and_keeps_the_reports_in_the_run_dir(t
     work.mkdir(parents=True)
     for rel in REPORTS:
         (work / rel).write_text(rel)
-    ctx = SimpleNamespace(workdir=work, run_dir=run_dir)
+    ctx = SimpleNamespace(workdir=work, run_dir=run_dir, fingerprint="ab" * 8)
     results = {"onnx": GateResult("onnx", 0.60, 0.601, 0.5), "int8": GateResult("int8", 0.55, 0.601, 2.0)}
     assert results["onnx"].passed and not results["int8"].passed and results["int8"].drop == 5.1
     fail_if_gate_failed(ctx, SimpleNamespace(results={"onnx": results["onnx"]}, split="test"), "ds")
@@ -354,6 +354,7 @@ def test_a_failed_gate_names_each_runtime_and_keeps_the_reports_in_the_run_dir(t
     with pytest.raises(ExportError, match=r"test split: int8: 5\.10 mAP points below PyTorch \(limit 2\.00\)\. ") as e:
         fail_if_gate_failed(ctx, SimpleNamespace(results=results, split="test"), "ds")
     assert "onnx" not in str(e.value).split(". The images")[0] and str(run_dir / "export" / "latency.md") in str(e.value)
+    assert "tagged export_mismatch:<runtime>:abababab in FiftyOne dataset ds" in str(e.value)  # this export's tags
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == sorted(REPORTS)
 
 
