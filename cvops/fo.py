@@ -28,6 +28,7 @@ dataset reloaded under it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import threading
@@ -164,7 +165,10 @@ def dataset_lease(name: str, lease_s: float = LEASE_S, wait_s: float = WAIT_S) -
 
     def renew() -> None:
         while not stop.wait(lease_s / 3):
-            locks.update_one({"_id": key, "owner": me}, {"$set": {"expires": time.time() + lease_s}})
+            try:
+                locks.update_one({"_id": key, "owner": me}, {"$set": {"expires": time.time() + lease_s}})
+            except Exception as e:  # a database hiccup: try again at the next beat (the lease outlives two misses)
+                logging.getLogger(__name__).warning("could not renew the lease of dataset '%s': %s", name, e)
 
     keeper = threading.Thread(target=renew, name="cvops-dataset-lease", daemon=True)
     keeper.start()

@@ -36,7 +36,9 @@ def _race(name, mode, writers=4):
     errors = [p.communicate(timeout=240)[1] for p in procs]
     import fiftyone as fo
 
-    fields = set(fo.load_dataset(name).reload() or fo.load_dataset(name).get_field_schema())
+    ds = fo.load_dataset(name)
+    ds.reload()  # this process's copy may predate the writers' fields
+    fields = set(ds.get_field_schema())
     return {f"pred_{w}_{k}" for w in range(writers) for k in range(6)} - fields, [e for e in errors if e.strip()]
 
 

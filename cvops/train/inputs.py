@@ -62,6 +62,20 @@ def _weights_state(url: str) -> str:
     return filestate.stamp_file(str(local), os.stat(local))
 
 
+def _file_state(path: str) -> str:
+    """A local checkpoint's stamp. Only a regular file is read: a folder (``load_from=/``, ``~``) or anything
+    else is stamped by its kind, never walked; training then refuses it, naming the key."""
+    import stat
+
+    try:
+        st = os.stat(os.path.expanduser(path))
+    except OSError:
+        return "missing"
+    if not stat.S_ISREG(st.st_mode):
+        return "not-a-file"
+    return filestate.stamp_file(os.path.expanduser(path), st)
+
+
 def walk(node: Any) -> Iterable[Any]:
     """Every dict in a nested config (the dict itself first)."""
     if isinstance(node, dict):
@@ -71,18 +85,6 @@ def walk(node: Any) -> Iterable[Any]:
     elif isinstance(node, (list, tuple)):
         for v in node:
             yield from walk(v)
-
-
-def _plain(node: Any) -> Any:
-    """A typed view's value (dataclass field, OmegaConf node or plain) as plain Python."""
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(node):
-            return OmegaConf.to_container(node, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a core dependency
-        pass
-    return node
 
 
 def _checkpoints_in(options: Any) -> List[str]:
@@ -141,9 +143,9 @@ def signature(config: Any, store_root: Any = None) -> str:
             states += [f"pretrained:{u}={_weights_state(u)}" for u in _pretrained_urls(name)]
     except Exception as e:  # refused or unreadable: train says what is wrong when it runs
         states.append(f"config-unreadable:{type(e).__name__}")
-    for ckpt in _checkpoints_in(_plain(model.cfg_options)) + ([str(model.load_from)] if model.load_from else []):
+    for ckpt in _checkpoints_in(model.cfg_options) + ([str(model.load_from)] if model.load_from else []):
         if ckpt.startswith("https://"):
             states.append(f"weights:{ckpt}={_weights_state(ckpt)}")
         elif "://" not in ckpt:  # a local file (other schemes are refused by the trust checks)
-            states.append(f"weights:{ckpt}={filestate.root_state(ckpt, None)}")
+            states.append(f"weights:{ckpt}={_file_state(ckpt)}")
     return hashlib.sha256("\n".join(states).encode()).hexdigest()[:16] if states else ""

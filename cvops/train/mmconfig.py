@@ -172,7 +172,8 @@ def _pretrained(model_cfg: Any, load_from: Optional[str], pretrained: bool = Tru
                 raise TrainConfigError(str(e)) from e
             return _weights(load_from, "model.load_from weights", notes), notes
         if not Path(load_from).expanduser().is_file():
-            raise TrainConfigError(f"model.load_from={load_from} does not exist; give a checkpoint path or URL")
+            what = "is not a checkpoint file" if Path(load_from).expanduser().exists() else "does not exist"
+            raise TrainConfigError(f"model.load_from={load_from} {what}; give a checkpoint path or URL")
         from cvops.detector.checkpoint import load
 
         load(str(Path(load_from).expanduser()))  # a corrupt file fails here, before anything is written

@@ -105,3 +105,17 @@ def test_a_changed_folder_rebuilds_curate_an_unchanged_one_is_cached(yolo, tmp_p
         for name in fo.list_datasets():
             if name.startswith(project):
                 fo.delete_dataset(name)
+
+
+def test_a_linked_folder_counts_and_a_link_loop_ends(yolo):
+    """The readers follow folder links, so the data signature does too: a change behind a link moves curate;
+    a link back up the tree is walked once, not forever."""
+    root, ov = yolo
+    outside = root.parent / "more"
+    outside.mkdir()
+    Image.fromarray(picture(64, 48, 5)).save(outside / "a.jpg")
+    os.symlink(outside, root / "train" / "images" / "linked")
+    os.symlink(root, root / "train" / "loop")  # a loop: train/loop/train/loop/...
+    base = _fps(*ov)
+    Image.fromarray(picture(64, 48, 6)).save(outside / "b.jpg")  # behind the link
+    assert _fps(*ov)["curate"] != base["curate"]

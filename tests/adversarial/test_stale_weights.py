@@ -113,3 +113,23 @@ def test_unavailable_pretrained_weights_train_from_scratch_under_their_own_finge
     assert notes == [] and model["backbone"]["init_cfg"]["checkpoint"] == str(cached_path(url))
     assert _fps(tmp_path, "model.pretrained=false", f"model.mmdet_config={TINY}")["train"] not in (
         offline_fps["train"], online_fps["train"])
+
+
+def test_a_folder_or_missing_path_as_load_from_is_never_walked(tmp_path, monkeypatch):
+    """``model.load_from=/`` (or ``~``, or a folder of checkpoints) must not make every run stat the whole tree
+    to fingerprint train: it is stamped as not a file, and training refuses it naming the key."""
+    import os as _os
+
+    from cvops.train import mmconfig
+
+    walked = []
+    real_walk = _os.walk
+    monkeypatch.setattr(_os, "walk", lambda *a, **k: walked.append(a) or real_walk(*a, **k))
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for value in ("/", str(folder), str(tmp_path / "missing.pth")):
+        fps = _fps(tmp_path, f"model.load_from={value}")
+        assert fps["train"] != _fps(tmp_path)["train"]
+    assert walked == []
+    with pytest.raises(mmconfig.TrainConfigError, match=r"model.load_from=.*ckpts is not a checkpoint file; give a checkpoint"):
+        mmconfig._pretrained({}, str(folder))
