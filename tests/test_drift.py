@@ -317,6 +317,27 @@ def test_image_stats_brightness_sharpness_saturation_geometry():
         image_stats(np.zeros((0, 5, 3), np.uint8))
 
 
+def test_image_stats_saturation_and_sharpness_are_their_definitions():
+    """The fast paths (a channel sum, an int16 Laplacian) give exactly the plain definitions."""
+    for img in (_textured(2), _textured(3)[:7, :301], cv2.resize(_textured(4), (1911, 1077))):
+        s = image_stats(img)
+        hsv = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+        assert s["saturation"] == pytest.approx(hsv[:, :, 1].astype(np.float64).mean(), rel=1e-12)
+        gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        h, w = gray.shape
+        scale = 256 / max(h, w)
+        if scale < 1:
+            gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        lap = cv2.Laplacian(gray.astype(np.float64), cv2.CV_64F)
+        assert s["sharpness"] == pytest.approx(lap.var(), rel=1e-9)
+    # the extreme 8-bit Laplacian (a lone white pixel on black, and its negative) fits the int16 path
+    spike = np.zeros((9, 9), np.uint8)
+    spike[4, 4] = 255
+    for img in (spike, 255 - spike):
+        lap = cv2.Laplacian(img.astype(np.float64), cv2.CV_64F)
+        assert abs(lap).max() == 1020 and image_stats(img)["sharpness"] == pytest.approx(lap.var(), rel=1e-12)
+
+
 def test_image_stats_is_fast_on_640x480():
     img = _textured(1)
     image_stats(img)

