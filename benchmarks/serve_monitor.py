@@ -18,7 +18,8 @@ come from the ``data.synthetic`` spec of ``--recipe`` (default ``quickstart``); 
 (thresholds, permutations, edge-case parameters) from its ``monitor`` section. Every subcommand
 prints a small markdown table, then one JSON line with all numbers (the last line of stdout).
 
-load         The real server (``cvops.serve.server.serve``: uvicorn, one worker, in a subprocess, on a
+load         The real server (``cvops.serve.server.serve``: uvicorn, ``--workers`` workers of ``--lanes``
+             inference lanes (serve.lanes), in a subprocess, on a
              free port, request log in a temporary directory, sample_rate 0.1; with ``--reference-dir``
              also the live drift gauges ``cvops serve`` runs) takes ``--n`` POST /v1/predict requests
              (raw 320x320 JPEGs from the synthetic generator) from ``--concurrency`` client threads,
@@ -27,9 +28,10 @@ load         The real server (``cvops.serve.server.serve``: uvicorn, one worker,
              the bare baseline: ``OnnxDetector.predict`` on the same images (decoded as the server
              decodes them) from the same number of threads for the same count (half before the
              server run, half after, to average out background load), images/s, and the ratio
-             server / bare (goal >= 0.9). Both sides create their ONNX Runtime session with
-             ``threads=None``: ORT's defaults (intra-op pool of one thread per physical core,
-             sequential execution), so the thread settings are the same.
+             server / bare (goal >= 0.9). The bare side creates its ONNX Runtime session with
+             ``threads=None`` (ORT's defaults: an intra-op pool of one thread per physical core,
+             sequential execution); the server splits the usable cores between its workers and
+             lanes (``cvops.serve.server.plan_cores``).
 drift        ``--windows`` windows of ``--size`` freshly generated images (seeds ``--seed0 + i``, never
              the training seed) per condition: no shift, a mild shift (``--mild``, default brightness
              0.8) and the recipe's ``monitor.shift`` (quickstart: brightness 0.55 + blur 1.5). The
@@ -217,7 +219,8 @@ if c["reference"]:
     drift = DriftGauges(Profile.from_npz(c["reference"]), m["p_value"], m["psi_threshold"], m["permutations"], m["low"])
 from cvops.serve.server import serve
 from cvops.schema import ServeConfig
-cfg = ServeConfig(host="127.0.0.1", port=c["port"], sample_rate=c["sample_rate"], token_env=c["token_env"])
+cfg = ServeConfig(host="127.0.0.1", port=c["port"], sample_rate=c["sample_rate"], token_env=c["token_env"],
+                  lanes=c.get("lanes", 0))
 serve(c["model"], cfg, log_dir=c["log_dir"], drift=drift, drift_window=c["monitor"]["drift_window"],
       drift_every=c["monitor"]["drift_every"], workers=c.get("workers", 1))
 """
@@ -417,7 +420,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         log_dir = work / "requests"
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        config = {"model": str(model), "port": port, "log_dir": str(log_dir), "sample_rate": args.sample_rate, "workers": args.workers,
+        config = {"model": str(model), "port": port, "log_dir": str(log_dir), "sample_rate": args.sample_rate,
+                  "workers": args.workers, "lanes": args.lanes,
                   "token_env": NO_TOKEN_ENV, "reference": str(Path(args.reference_dir) / "profile.npz")
                   if args.reference_dir else None,
                   "monitor": {"p_value": float(mon.p_value), "psi_threshold": float(mon.psi_threshold),
@@ -469,13 +473,14 @@ def cmd_load(args: argparse.Namespace) -> int:
         ["request log: records (200) / expected, images kept",
          f"{ok_records} / {expected}, {sampled} ({sampled / max(len(records), 1):.1%})",
          "ok" if ok_records == expected else "MISMATCH"],
-        ["ORT threads (bare: threads=None; server: the same with one worker, cores // workers each with more)",
-         f"intra_op={threads_info['intra_op_num_threads']} (0 = ORT default: one per physical core = "
-         f"{facts['physical_cores']}), {threads_info['execution_mode']}; server workers {args.workers}", ""],
+        ["ORT threads (bare: threads=None; server: cores // workers // lanes per session, serve.lanes)",
+         f"bare intra_op={threads_info['intra_op_num_threads']} (0 = ORT default: one per physical core = "
+         f"{facts['physical_cores']}), {threads_info['execution_mode']}; server workers {args.workers}, "
+         f"lanes {args.lanes or 'auto (one per core of a worker)'}", ""],
     ]
     payload = {
         "benchmark": "serve_load", "model": str(model), "n": args.n, "concurrency": args.concurrency,
-        "workers": args.workers,
+        "workers": args.workers, "lanes": args.lanes,
         "image_size": [args.size, args.size], "distinct_images": len(bodies),
         "jpeg_bytes_mean": round(statistics.mean(len(b) for b in bodies)), "sample_rate": args.sample_rate,
         "live_drift_gauges": bool(args.reference_dir), "drift_checks_run": checks[0] if checks else 0,
@@ -748,6 +753,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--sample-rate", type=float, default=0.1, help="share of request images the log keeps")
     p.add_argument("--workers", type=int, default=1, help="server worker processes (each gets cores // workers "
                    "ONNX Runtime threads)")
+    p.add_argument("--lanes", type=int, default=0, help="serve.lanes: inference lanes per worker (0: one per core "
+                   "of the worker, each with a one-thread session; 1: one lane using all of the worker's cores)")
     p.add_argument("--cost-repeats", type=int, default=30, help="single-thread step timings")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (request log, server output)")
     p.set_defaults(fn=cmd_load)

@@ -308,6 +308,11 @@ class ServeConfig:
     token_env: str = "CVOPS_TOKEN"  # bearer token read from this variable, if set
     max_batch: int = 8  # dynamic batching: concurrent requests share one inference of up to this many images
     batch_wait_ms: float = 2.0  # how long the first request of a batch waits for company
+    # inference lanes per worker: batches run side by side on one model, each on one core. 0: one lane per
+    # core the worker has (usable cores // --workers), each with a one-thread ONNX Runtime session: the most
+    # throughput under load. 1: one lane whose session uses all those cores: the lowest latency of a lone
+    # request. A TensorRT engine or a GPU session always gets one lane
+    lanes: int = 0
     # refuse (400) images whose long side is more than this many times the short side; 20 admits phone
     # panoramas (about 1:4 to 1:10) and line-scan strips up to 1:20; raise it for wider ones
     max_aspect_ratio: float = 20.0

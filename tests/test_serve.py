@@ -586,6 +586,65 @@ def test_micro_batcher_answers_each_caller_with_its_own_image(detector):
     assert sum(sizes) == len(images) and max(sizes) > 1 and max(sizes) <= 4  # batched, never over max_batch
 
 
+def test_micro_batcher_lanes_run_batches_side_by_side_and_all_stop(model_path: Path) -> None:
+    """Two lanes on one one-thread session: two batches are in the session at once, every caller gets its own
+    answer, and close() ends every lane once the queued items are answered."""
+    import threading
+
+    from cvops.serve.app import MicroBatcher, lanes_for
+
+    det = OnnxDetector(model_path, threads=1, spin=False)
+    assert lanes_for(det, 2) == 2 and lanes_for(det, 0) == 1 and lanes_for(object(), 4) == 1  # no session: one
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 255, (90, 120, 3), dtype=np.uint8) for _ in range(8)]
+    expected = [det.predict([im])[0] for im in images]
+    inside, most, lock = [0], [0], threading.Lock()
+    both_in, met = threading.Barrier(2), threading.Event()
+
+    def run(items):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        if not met.is_set():
+            try:
+                both_in.wait(timeout=5)  # the first two batches meet here: only possible on two lanes
+            except threading.BrokenBarrierError:
+                pass
+            met.set()
+        try:
+            return det.detect(items)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    batcher = MicroBatcher(run, max_batch=2, wait_ms=1, lanes=2)
+    got: list = [None] * len(images)
+    with ThreadPoolExecutor(len(images)) as pool:
+        for i, r in enumerate(pool.map(lambda i: batcher.submit(det.preprocess.prepare(images[i])), range(len(images)))):
+            got[i] = r
+    assert most[0] == 2
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g.scores, e.scores, atol=1e-5)
+    batcher.close()
+    for t in batcher.threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in batcher.threads)
+
+
+def test_cores_are_split_between_workers_and_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cvops.config import ConfigError
+    from cvops.serve import server
+
+    monkeypatch.setattr(server, "usable_cores", lambda: 8)
+    assert server.plan_cores(0, 1) == (8, 1)  # auto: a lane per core, one thread each
+    assert server.plan_cores(0, 2) == (4, 1)
+    assert server.plan_cores(1, 1) == (1, 8)  # one lane with every core: the lowest single-request latency
+    assert server.plan_cores(2, 2) == (2, 2)
+    assert server.plan_cores(0, 16) == (1, 1)  # more workers than cores: never zero
+    with pytest.raises(ConfigError, match="serve.lanes=-1"):
+        server.plan_cores(-1, 1)
+
+
 # ---------------------------------------------------------------------------
 # Preprocessing split, letterbox edge sizes
 # ---------------------------------------------------------------------------

@@ -621,6 +621,11 @@ class MicroBatcher:
     ``wait_ms``. When a batched call raises, every item of the batch is run
     alone, so only the items that fail by themselves get an exception.
 
+    With ``lanes`` > 1 that many batching threads take from the one queue, so
+    up to ``lanes`` batches run at once (``run`` must allow concurrent calls:
+    an ONNX Runtime session does, and with one intra-op thread each call uses
+    one core).
+
     Args:
         run: called with a list of items, returns one result per item in order
             (``OnnxDetector.detect``).
@@ -628,17 +633,20 @@ class MicroBatcher:
         wait_ms: how long the first item waits for company.
         on_retry: called with the batch size when a batched call failed and its
             items are retried one by one.
+        lanes: batching threads.
     """
 
     def __init__(self, run: Callable[[list], list], max_batch: int, wait_ms: float,
-                 on_retry: Callable[[int], None] | None = None) -> None:
+                 on_retry: Callable[[int], None] | None = None, lanes: int = 1) -> None:
         import queue
 
         self.run, self.max_batch, self.wait = run, max(1, int(max_batch)), max(0.0, wait_ms) / 1000
         self.on_retry = on_retry
         self.queue: "queue.Queue[tuple]" = queue.Queue()
-        self.thread = threading.Thread(target=self._loop, name="cvops-batcher", daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._loop, name=f"cvops-batcher-{k}", daemon=True)
+                        for k in range(max(1, int(lanes)))]
+        for t in self.threads:
+            t.start()
 
     def submit(self, item: Any) -> Any:
         """The result of ``run([item])``, computed in a batch with concurrent callers' items."""
@@ -653,7 +661,7 @@ class MicroBatcher:
 
         items = [self.queue.get()]
         deadline = time.perf_counter() + self.wait
-        while len(items) < self.max_batch:
+        while len(items) < self.max_batch and items[-1][0] is not _STOP:  # one stop per lane: take no other's
             left = deadline - time.perf_counter()
             try:
                 items.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
@@ -662,8 +670,9 @@ class MicroBatcher:
         return items
 
     def close(self) -> None:
-        """Stop the thread once the items queued so far are answered (no caller may submit after this)."""
-        self.queue.put((_STOP, None))
+        """Stop the lanes once the items queued so far are answered (no caller may submit after this)."""
+        for _ in self.threads:
+            self.queue.put((_STOP, None))
 
     def _loop(self) -> None:
         while True:
@@ -737,7 +746,9 @@ class Served:
                 pass
         self.model_info = jsonable_encoder(model_info)
         # last: a thread is started only for a model that is otherwise complete
-        self.batcher = MicroBatcher(run, cfg.max_batch, cfg.batch_wait_ms, on_retry=retried) if cfg.max_batch > 1 else None
+        self.lanes = lanes_for(detector, cfg.lanes)
+        self.batcher = (MicroBatcher(run, cfg.max_batch, cfg.batch_wait_ms, on_retry=retried, lanes=self.lanes)
+                        if cfg.max_batch > 1 else None)
         self._users = 0
         self._retired = False
         self._lock = threading.Lock()
@@ -808,6 +819,14 @@ class ModelSlot:
         if old is not None:
             old.retire()
         return old
+
+
+def lanes_for(detector: Any, lanes: int) -> int:
+    """How many batches of ``detector`` may run at once: ``lanes`` (``serve.lanes``, resolved by
+    :func:`cvops.serve.server.serve`; 0 here: 1) for an ONNX Runtime session on the CPU, else 1 (a TensorRT
+    engine's context, a GPU)."""
+    providers = getattr(getattr(detector, "session", None), "get_providers", lambda: [])()
+    return max(1, int(lanes)) if providers == ["CPUExecutionProvider"] else 1
 
 
 def _pipeline(detector: Any) -> tuple[Callable[[np.ndarray], Any], Callable[[list], list]]:

@@ -24,6 +24,7 @@ unless ``allow_anonymous=True`` (``serve.allow_anonymous=true``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import os
@@ -148,6 +149,26 @@ def check_exposure(host: str, token: str | None, token_env: str, allow_anonymous
                       "accept anonymous requests")
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask: a container's cpuset, ``taskset``), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def plan_cores(lanes: int, workers: int) -> tuple[int, int]:
+    """``(lanes, intra-op threads)`` of each worker: the usable cores are split evenly between the
+    ``workers``, then between ``lanes`` (``serve.lanes``; 0: one lane per core of the worker)."""
+    if lanes < 0:
+        from cvops.config import ConfigError
+
+        raise ConfigError(f"serve.lanes={lanes}: inference lanes per worker, 1 or more (0: one per core)")
+    per_worker = max(1, usable_cores() // max(1, workers))
+    lanes = int(lanes) if lanes else per_worker
+    return lanes, max(1, per_worker // lanes)
+
+
 def _display_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return socket.gethostname()
@@ -189,12 +210,11 @@ def serve(model_path: str | Path | None, cfg: ServeConfig, *, info: dict | None 
                                   log_dir=None if log_dir is None else str(log_dir), drift=drift,
                                   drift_window=drift_window, drift_every=drift_every,
                                   engine_path=None if engine_path is None else str(engine_path), source=source)
+    lanes, threads = plan_cores(cfg.lanes, workers)
+    config["cfg"] = cfg = dataclasses.replace(cfg, lanes=lanes)
+    if source is not None:
+        config["source"] = dataclasses.replace(source, threads=threads)
     if workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        if source is not None:
-            import dataclasses
-
-            config["source"] = dataclasses.replace(source, threads=threads)
         # a file, not the variable itself: the reference profile easily exceeds Linux's 128 KiB per variable
         import tempfile
 
@@ -204,9 +224,12 @@ def serve(model_path: str | Path | None, cfg: ServeConfig, *, info: dict | None 
         os.environ[CONFIG_ENV] = cfg_path
         target: Any = "cvops.serve.server:app_from_env"
     else:
-        target = build_app(**config, token=token)
+        target = build_app(**config, threads=threads, token=token)
     following = f"following alias {cfg.alias}, " if source is not None and cfg.alias else ""
-    print(f"cvops serve: {url} ({following}{workers} worker{'s' if workers > 1 else ''}, "
+    lanes_text = (f" x {lanes} lanes of {threads} thread{'s' if threads > 1 else ''}" if lanes > 1
+                  else f", {threads} thread{'s' if threads > 1 else ''}")
+    print(f"cvops serve: {url} ({following}{workers} worker{'s' if workers > 1 else ''}"
+          f"{lanes_text} on the CPU (a TensorRT or GPU model: one lane), "
           f"{'bearer token from $' + token_env if token else 'no auth'}) | "
           f"curl {auth}-F image=@photo.jpg {url}/v1/predict | "
           f"curl {auth}-H 'Content-Type: image/jpeg' --data-binary @photo.jpg {url}/v1/predict | "
