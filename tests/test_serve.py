@@ -631,6 +631,37 @@ def test_micro_batcher_lanes_run_batches_side_by_side_and_all_stop(model_path: P
     assert not any(t.is_alive() for t in batcher.threads)
 
 
+def test_unbatched_inference_is_bounded_by_the_lanes(model_path: Path) -> None:
+    """serve.max_batch=1: 8 concurrent requests never run more than `lanes` inferences at once."""
+    import threading
+
+    from cvops.schema import ServeConfig
+    from cvops.serve.app import Served, ServeMetrics
+
+    det = OnnxDetector(model_path, threads=1, spin=False)
+    served = Served(det, {"fingerprint": "fp"}, ServeConfig(max_batch=1, lanes=2), ServeMetrics())
+    assert served.batcher is None and served.lanes == 2
+    inside, most, lock = [0], [0], threading.Lock()
+    network = served.run
+
+    def counted(items):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        try:
+            return network(items)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    served.run = counted
+    item = det.preprocess.prepare(np.zeros((50, 60, 3), np.uint8))
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: served.infer(item), range(8)))
+    assert len(results) == 8 and most[0] == 2
+
+
 def test_cores_are_split_between_workers_and_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
     from cvops.config import ConfigError
     from cvops.serve import server

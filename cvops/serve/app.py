@@ -747,6 +747,7 @@ class Served:
         self.model_info = jsonable_encoder(model_info)
         # last: a thread is started only for a model that is otherwise complete
         self.lanes = lanes_for(detector, cfg.lanes)
+        self._unbatched = threading.BoundedSemaphore(self.lanes)
         self.batcher = (MicroBatcher(run, cfg.max_batch, cfg.batch_wait_ms, on_retry=retried, lanes=self.lanes)
                         if cfg.max_batch > 1 else None)
         self._users = 0
@@ -754,7 +755,10 @@ class Served:
         self._lock = threading.Lock()
 
     def infer(self, item: Any) -> Any:
-        return self.batcher.submit(item) if self.batcher is not None else self.run([item])[0]
+        if self.batcher is not None:
+            return self.batcher.submit(item)
+        with self._unbatched:  # serve.max_batch=1: still at most `lanes` inferences at once, not one per request
+            return self.run([item])[0]
 
     def _enter(self) -> None:
         with self._lock:
