@@ -23,6 +23,7 @@ Three rules hold for every format:
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm"}
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "testing": "test"}
@@ -168,6 +169,30 @@ def _is_dir(path: Path) -> bool:
         return path.is_dir()
     except (OSError, ValueError):
         return False
+
+
+def _probe(path: Path) -> Tuple[str, str]:
+    """``("file", "")`` for a regular file; ``("absent", "")`` when there is none (or a folder stands
+    there); ``("error", why)`` when whether it exists cannot be known (no permission on its folder, an
+    I/O error, a link loop): a label file the reader could not see must not pass for "no labels"."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return "absent", ""
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+            return "absent", ""
+        return "error", e.strerror or type(e).__name__
+    return ("file", "") if stat.S_ISREG(st.st_mode) else ("absent", "")
+
+
+def decode_text(data: bytes) -> str:
+    """A label or list file's text: UTF-8 (a byte order mark dropped), or UTF-16 with its byte order mark
+    (what Windows PowerShell 5's ``>`` writes). Bytes that do not decode become U+FFFD, so their line
+    fails to parse and is a row of its own."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -711,7 +736,9 @@ class _Yolo:
             return
         self.ledger.use(txt)
         try:
-            lines = txt.read_text(encoding="utf-8").splitlines()
+            data = txt.read_bytes()
+            lines = (decode_text(data) if data[:2] in (b"\xff\xfe", b"\xfe\xff")
+                     else data.decode("utf-8-sig")).splitlines()
         except (UnicodeDecodeError, OSError) as e:
             self.ledger.add("file", str(txt), "split list is not a text file of image paths",
                             f"{type(e).__name__}: {e}")
@@ -746,23 +773,37 @@ class _Yolo:
         item = Item(img, str(img), self.source, [], None, split=split)
         for txt in label_candidates(img):
             self.tried[str(txt.parent)] = None
-            if not _is_file(txt):
+            state, why = _probe(txt)
+            if state == "absent":
                 continue
+            self.label_files += 1
             self.ledger.use(txt)
-            refused = self.scope.refusal(txt)
+            # a label the reader cannot read is never taken for "no objects": the image is quarantined with it
+            refused = self.scope.refusal(txt) if state == "file" else None
+            if state == "error":
+                self.ledger.add("image", str(img), "label file cannot be read",
+                                f"{txt}: {why}; fix the permissions of the file or its folder")
+                return
             if refused:
-                self.label_files += 1
-                self.ledger.add("label", str(txt), refused[0], refused[1] + f" (not read: {img.name} stays unlabelled)")
-            else:
-                self._labels(item, txt)
+                self.ledger.add("image", str(img), f"label file: {refused[0]}", f"{txt}: {refused[1]}")
+                return
+            if not self._labels(item, txt):
+                return
             break
         self.items.append(item)
 
-    def _labels(self, item: Item, txt: Path) -> None:
+    def _labels(self, item: Item, txt: Path) -> bool:
+        """Read one label file into ``item``; False (the image quarantined) when it cannot be read."""
         self.label_files += 1
         self.ledger.use(txt)
+        try:
+            text = decode_text(txt.read_bytes())
+        except OSError as e:
+            self.ledger.add("image", str(item.path), "label file cannot be read",
+                            f"{txt}: {e.strerror or type(e).__name__}; fix the permissions of the file or its folder")
+            return False
         item.meta["normalized_boxes"] = []
-        for n, line in enumerate(txt.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             origin = f"{txt}:{n}"
@@ -771,6 +812,7 @@ class _Yolo:
                 self.ledger.add("box", origin, got, line.strip()[:80], boxes=1)
             else:
                 item.meta["normalized_boxes"].append((*got[:5], origin, got[5]))
+        return True
 
     def _check_found(self) -> None:
         if self.missing:
@@ -858,7 +900,13 @@ class _Voc:
         for name in ("train", "val", "test"):
             f = sets / "Main" / f"{name}.txt"
             if _is_file(f) and self.scope.admits(f):
-                for stem in f.read_text(encoding="utf-8", errors="replace").split():
+                try:
+                    stems = decode_text(f.read_bytes()).split()
+                except OSError as e:  # its images still come in, split by the recipe
+                    self.ledger.add("file", str(f), "split list cannot be read",
+                                    f"{e.strerror}: its images get the recipe's split; fix its permissions")
+                    continue
+                for stem in stems:
                     split_of.setdefault(stem.strip(), name)
         return split_of
 
@@ -1041,18 +1089,19 @@ class _Extraction:
         import zipfile
         import zlib
 
-        out = self.target(m.filename)
+        name = zip_name(m)
+        out = self.target(name)
         if m.is_dir():
-            self.mkdir(m.filename, out)
+            self.mkdir(name, out)
         elif (m.external_attr >> 16) & 0o170000 == 0o120000:
-            self.skip(m.filename, "link inside an archive (not extracted)", "archives may hold only files and folders")
+            self.skip(name, "link inside an archive (not extracted)", "archives may hold only files and folders")
         elif m.flag_bits & 0x1:
-            self.skip(m.filename, "encrypted archive member (not extracted)",
+            self.skip(name, "encrypted archive member (not extracted)",
                       "cvops reads no passwords: re-create the archive without one")
         else:
             try:
                 with z.open(m) as src:
-                    self.copy(m.filename, src, out)
+                    self.copy(name, src, out)
             except SourceError:
                 raise
             except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, RuntimeError,
@@ -1060,7 +1109,7 @@ class _Extraction:
                 if str(out) in self.written:
                     self.written.discard(str(out))
                     out.unlink(missing_ok=True)
-                self.skip(m.filename, "archive member is corrupt or cannot be extracted", f"{type(e).__name__}: {e}")
+                self.skip(name, "archive member is corrupt or cannot be extracted", f"{type(e).__name__}: {e}")
 
     def tar(self, max_members: int) -> None:
         import lzma
@@ -1280,6 +1329,18 @@ def account_files(ledger: Ledger) -> None:
     ledger.covers.clear()
 
 
+def zip_name(m: Any) -> str:
+    """A zip member's name. Without the UTF-8 flag the format says CP437, but most zippers (macOS Finder,
+    Windows Explorer, Java) write UTF-8 there anyway: a name whose bytes are valid UTF-8 is read as UTF-8,
+    so ``café.png`` is not extracted as ``caf├⌐.png`` (and then missing)."""
+    if m.flag_bits & 0x800 or m.filename.isascii():
+        return m.filename
+    try:
+        return m.filename.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):  # a real CP437 name
+        return m.filename
+
+
 def _classify(f: Path, cover: _Cover) -> Tuple[str, str, str, int]:
     """(kind, reason, detail, boxes) of a file no reader used."""
     ext = f.suffix.lower()
@@ -1293,7 +1354,10 @@ def _classify(f: Path, cover: _Cover) -> Tuple[str, str, str, int]:
     if f.name.lower().endswith(ARCHIVE_SUFFIXES):
         return "file", "nested archive (not extracted)", "list it as its own entry in data.sources", 0
     if cover.labels and ext == ".txt":
-        rows = sum(1 for line in f.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+        try:
+            rows = sum(1 for line in decode_text(f.read_bytes()).splitlines() if line.strip())
+        except OSError as e:
+            return "label", "label file without an image", f"cannot be read ({e.strerror}): its boxes are not counted", 0
         return "label", "label file without an image", f"{rows} box row(s)", rows
     if ext in IMAGE_EXTS:
         return "file", "image not listed in the annotations", f"not referenced by {cover.by}", 0

@@ -34,7 +34,8 @@ from cvops import masks
 from cvops.curate import dedup, split
 from cvops.curate.inputs import fetch
 from cvops.curate.sources import Item, Ledger, SourceError, account_files, iter_sources, read_source
-from cvops.curate.validate import Sample, check_boxes, check_masks, open_image, phash, sharpness, yolo_boxes
+from cvops.curate.validate import (Sample, check_boxes, check_masks, open_image, phash, sharpness, short_stem,
+                                   yolo_boxes)
 from cvops.schema import DedupConfig, DedupPolicy, DifferingLabels
 from cvops.stages import StageContext, StageResult
 
@@ -129,7 +130,7 @@ def _decode(items: List[Item], workdir: Path, ledger: Ledger, want_sharpness: bo
                 out.append(r)
     for video, frame_items in frames_by_video.items():
         want = {it.meta["frame_index"]: it for it in frame_items}
-        fdir = workdir / "frames" / f"{video.stem}-{hashlib.sha256(str(video).encode()).hexdigest()[:8]}"
+        fdir = workdir / "frames" / f"{short_stem(video.stem)}-{hashlib.sha256(str(video).encode()).hexdigest()[:8]}"
         fdir.mkdir(parents=True, exist_ok=True)
         cap = cv2.VideoCapture(str(video))
         idx, last = 0, max(want)
@@ -168,9 +169,12 @@ def run(ctx: StageContext) -> StageResult:
     items, declared = gather(dataclasses.asdict(data), work, ledger, cur.max_archive_mb, cur.max_pixels)
     clock.lap("read")
     if not items:
-        reasons = Counter(r["reason"] for r in ledger.rows if r["kind"] == "image")
+        rows = [r for r in ledger.rows if r["kind"] == "image"]
+        reasons = Counter(r["reason"] for r in rows)
         top = ", ".join(f"{n}x {r}" for r, n in reasons.most_common(3))
-        why = f"; {sum(reasons.values())} quarantined while reading: {top}" if reasons else ""
+        first = next((r for r in rows if r["reason"] == reasons.most_common(1)[0][0]), None) if rows else None
+        why = (f"; {len(rows)} quarantined while reading: {top}. The first: {first['file']}: {first['detail']}"
+               if first else "")
         raise SourceError(f"no images found in data.path={data.path} (format {data.format}){why}")
     images_in = len(items) + ledger.count("image")  # readers' image rows (outside the root, bad entries) came in too
     boxes_in = sum(len(it.boxes or []) + len(it.meta.get("normalized_boxes", [])) for it in items) + ledger.boxes()

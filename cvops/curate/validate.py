@@ -160,10 +160,22 @@ def open_image(item: Item, out_dir: Path, ledger: Ledger) -> Optional[Tuple[Path
     path = item.path
     if changes:
         digest = hashlib.sha256(str(item.path).encode()).hexdigest()[:16]
-        path = out_dir / "normalised" / f"{item.path.stem}-{digest}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(arr).save(path)
+        path = out_dir / "normalised" / f"{short_stem(item.path.stem)}-{digest}.png"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(path)
+        except OSError as e:  # a full disk: this image's row, not the whole curate
+            ledger.add("image", item.ref, "normalised copy cannot be written", f"{path}: {e.strerror or e}",
+                       boxes=n_boxes)
+            return None
     return path, arr, changes, boxes
+
+
+def short_stem(stem: str, limit: int = 96) -> str:
+    """``stem`` cut to at most ``limit`` UTF-8 bytes (on a character boundary): a name cvops derives from
+    a file's name, plus a digest, must fit the 255-byte name limit of common file systems."""
+    data = stem.encode("utf-8", "surrogateescape")
+    return stem if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
 
 
 def _open(item: Item) -> Any:

@@ -230,3 +230,74 @@ def test_coco_in_an_annotations_folder_roots_at_its_parent(curate, tmp_path):
     (row,) = [r for r in m["rows"] if r["reason"] == OUTSIDE]
     assert row["file"].endswith("b.png") and row["boxes"] == "1"
     _conserved(m)
+
+
+# ------------------------------------------------- label files as real tools and machines leave them
+def _jpeg(path: Path, seed: int, mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(make_data.picture(96, 72, seed)).convert(mode).save(path, "PNG" if path.suffix == ".png" else "JPEG")
+
+
+def test_yolo_label_files_in_any_encoding_and_unreadable_ones_lose_nothing(curate, tmp_path):
+    """A BOM (Notepad), UTF-16 (PowerShell's `>`), a 250-byte file name, a list file with a BOM: every box
+    arrives. A label file that cannot be read (a link loop; a folder without permission reads the same) or
+    lies outside the dataset quarantines its image: a labelled image is never kept as an empty negative."""
+    root = tmp_path / "y"
+    box = "0 0.5 0.5 0.25 0.25\n0 0.3 0.3 0.1 0.1\n"
+    long_stem = "猫" * 82  # 246 bytes: a valid name; cvops' derived names (normalised copy) must still fit
+    for i, stem in enumerate(["bom", "utf16", "loop", "outside", long_stem]):
+        _jpeg(root / "images/train" / (f"{stem}.png" if stem == long_stem else f"{stem}.jpg"), i,
+              "L" if stem == long_stem else "RGB")  # gray: curate writes a normalised RGB copy
+    labels = root / "labels/train"
+    labels.mkdir(parents=True)
+    (labels / "bom.txt").write_bytes(b"\xef\xbb\xbf" + box.encode())
+    (labels / "utf16.txt").write_bytes(box.encode("utf-16"))
+    os.symlink("loop.txt", labels / "loop.txt")  # stat fails (ELOOP) as it would without permission
+    (tmp_path / "elsewhere.txt").write_text(box)
+    os.symlink(tmp_path / "elsewhere.txt", labels / "outside.txt")
+    (labels / f"{long_stem}.txt").write_text(box)
+    _jpeg(root / "images/val/listed.jpg", 9)
+    (root / "labels/val").mkdir(parents=True)
+    (root / "labels/val/listed.txt").write_text(box)
+    (root / "val.txt").write_bytes(b"\xef\xbb\xbf./images/val/listed.jpg\r\n")
+    (root / "data.yaml").write_text("train: images/train\nval: val.txt\nnames: [thing]\n")
+    m = curate("data=yolo", f"data.path={root / 'data.yaml'}", "curate.dedup.enabled=false")
+    mt = m["metrics"]
+    assert (mt["images_kept"], mt["boxes_kept"], mt["images_quarantined"]) == (4, 8, 2), (mt, m["rows"])
+    assert mt["empty_images"] == 0 and not [r for r in m["rows"] if r["kind"] == "box"], m["rows"]
+    got = _by_reason(m)
+    assert got["label file cannot be read"] == {"loop.jpg"}
+    assert got[f"label file: {OUTSIDE}"] == {"outside.jpg"}
+    outside = next(r for r in m["rows"] if r["reason"] == f"label file: {OUTSIDE}")
+    assert "data.allow_outside_paths=true" in outside["detail"]
+    _conserved(m)
+
+
+def test_zip_with_utf8_names_but_no_utf8_flag_arrives(curate, tmp_path):
+    """Finder and Explorer write UTF-8 member names without the zip's UTF-8 flag; they are not CP437."""
+    import json
+    import struct
+    import zipfile
+
+    src = tmp_path / "src"
+    names = ["café.png", "naïve.png", "猫.png", "plain.png"]
+    for i, n in enumerate(names):
+        _jpeg(src / n, i)
+    (src / "annotations.json").write_text(json.dumps({
+        "images": [{"id": i + 1, "file_name": n, "width": 96, "height": 72} for i, n in enumerate(names)],
+        "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [5, 5, 20, 20]} for i in range(4)],
+        "categories": [{"id": 1, "name": "cat"}]}, ensure_ascii=False), encoding="utf-8")
+    z = tmp_path / "dataset.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in sorted(src.iterdir()):
+            zf.write(p, p.name)
+    data = bytearray(z.read_bytes())
+    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # clear bit 11 in every local and central header
+        i = data.find(sig)
+        while i != -1:
+            struct.pack_into("<H", data, i + off, struct.unpack_from("<H", data, i + off)[0] & ~0x800)
+            i = data.find(sig, i + 4)
+    z.write_bytes(bytes(data))
+    assert not any(m.flag_bits & 0x800 for m in zipfile.ZipFile(z).infolist())
+    m = curate("data=coco", f"data.path={z}", "curate.dedup.enabled=false")
+    assert (m["metrics"]["images_kept"], m["metrics"]["boxes_kept"]) == (4, 4), m["rows"]
