@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -930,6 +931,15 @@ class _Voc:
         fname = (tree.findtext("filename") or "").strip() or f"{xml.stem}.jpg"
         objects = tree.findall("object")
         img = self._image(fname, xml)
+        own = self._own_image(xml)
+        named = re.split(r"[\\/]", fname)[-1].rsplit(".", 1)[0]
+        if img is not None and own is not None and named != xml.stem and _real(img) != _real(own):
+            # a stale <filename> (images renamed after labelling, an xml copied as a template) or a misnamed
+            # xml: these boxes may belong to either image, so neither gets them
+            self.ledger.add("label", str(xml), "<filename> names another existing image",
+                            f"<filename>{fname}</filename> is {img}, but {own.name} (the xml's own name) exists too; "
+                            "correct <filename> or rename the xml", boxes=len(objects))
+            return
         if img is None:
             self.ledger.add("label", str(xml), "label file without an image", f"filename={fname}", boxes=len(objects))
             return
@@ -949,6 +959,11 @@ class _Voc:
         for k, obj in enumerate(objects, 1):
             self._object(item, obj, f"{xml}#object-{k}")
         self._keep(item, xml)
+
+    def _own_image(self, xml: Path) -> Optional[Path]:
+        """The image named like the xml (its stem with an image extension), if one exists."""
+        return next((c for d in self.img_dirs for ext in sorted(IMAGE_EXTS) if _is_file(c := d / f"{xml.stem}{ext}")),
+                    None)
 
     def _image(self, fname: str, xml: Path) -> Optional[Path]:
         """The first existing of <filename> in each image folder, then the xml's stem with image extensions

@@ -301,3 +301,21 @@ def test_zip_with_utf8_names_but_no_utf8_flag_arrives(curate, tmp_path):
     assert not any(m.flag_bits & 0x800 for m in zipfile.ZipFile(z).infolist())
     m = curate("data=coco", f"data.path={z}", "curate.dedup.enabled=false")
     assert (m["metrics"]["images_kept"], m["metrics"]["boxes_kept"]) == (4, 4), m["rows"]
+
+
+def test_voc_stale_filename_never_moves_boxes_onto_another_image(curate, tmp_path):
+    """a.xml still says <filename>b.jpg</filename> (renamed images, an xml copied as a template): its boxes go to
+    neither a.jpg nor b.jpg (quarantined, counted), and b.jpg keeps exactly its own."""
+    make_data.voc_dataset(tmp_path / "voc")
+    ann = tmp_path / "voc" / "Annotations"
+    (ann / "a.xml").write_text((ann / "a.xml").read_text().replace("<filename>a.jpg", "<filename>b.jpg"))
+    m = curate("data=voc", f"data.path={tmp_path / 'voc'}", "curate.split.ratios={train:1.0}",
+               "curate.dedup.enabled=false")
+    row = next(r for r in m["rows"] if r["reason"] == "<filename> names another existing image")
+    assert Path(row["file"]).name == "a.xml" and row["boxes"] == "2" and "a.jpg" in row["detail"]
+    import fiftyone as fo
+
+    ds = fo.load_dataset(m["metrics"]["dataset_name"])
+    boxes = {Path(s.original_path).name: len(s.ground_truth.detections) for s in ds}
+    assert boxes == {"b.jpg": 2}, boxes
+    _conserved(m)
