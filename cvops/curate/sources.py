@@ -719,7 +719,7 @@ class _Yolo:
         for img in images:
             self._image(img, split)
         self._cover_labels(images)
-        self.ledger.cover(folder, self.yaml_path, self.scope)
+        self.ledger.cover(folder, self.yaml_path, self.scope, labels=True)  # labels may sit beside the images
 
     def _cover_labels(self, images: List[Path]) -> None:
         """Label folders apart from the images (labels/<split>/...): their unused .txt are label files
@@ -759,7 +759,7 @@ class _Yolo:
         self._cover_labels(listed)
         for folder in dict.fromkeys(img.parent for img in listed):
             if self.scope.admits(folder):
-                self.ledger.cover(folder, self.yaml_path, self.scope)
+                self.ledger.cover(folder, self.yaml_path, self.scope, labels=True)
 
     def _image(self, img: Path, split: str) -> None:
         key = _real(img) or str(img)
@@ -1370,9 +1370,12 @@ def _classify(f: Path, cover: _Cover) -> Tuple[str, str, str, int]:
         return "file", "nested archive (not extracted)", "list it as its own entry in data.sources", 0
     if cover.labels and ext == ".txt":
         try:
-            rows = sum(1 for line in decode_text(f.read_bytes()).splitlines() if line.strip())
+            lines = [line.split() for line in decode_text(f.read_bytes()).splitlines() if line.strip()]
         except OSError as e:
             return "label", "label file without an image", f"cannot be read ({e.strerror}): its boxes are not counted", 0
+        rows = sum(1 for parts in lines if len(parts) >= 5 and all(_num(v) is not None for v in parts[:5]))
+        if lines and not rows:  # classes.txt, a README: text, not boxes
+            return "file", "text file that is not a YOLO label file", f"{len(lines)} line(s), none a box row", 0
         return "label", "label file without an image", f"{rows} box row(s)", rows
     if ext in IMAGE_EXTS:
         return "file", "image not listed in the annotations", f"not referenced by {cover.by}", 0

@@ -319,3 +319,24 @@ def test_voc_stale_filename_never_moves_boxes_onto_another_image(curate, tmp_pat
     boxes = {Path(s.original_path).name: len(s.ground_truth.detections) for s in ds}
     assert boxes == {"b.jpg": 2}, boxes
     _conserved(m)
+
+
+def test_yolo_labels_beside_images_orphans_are_counted_and_text_files_are_not_boxes(curate, tmp_path):
+    """The "beside" layout (x.jpg + x.txt in one folder): a label file without its image is a row with its
+    boxes counted; LabelImg's classes.txt is a text file, not boxes; an .mpo (phone camera) image is an image."""
+    root = tmp_path / "b"
+    _jpeg(root / "train/a.jpg", 1)
+    (root / "train/a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    Image.fromarray(make_data.picture(96, 72, 2)).save(root / "train/cam.mpo", "MPO")
+    (root / "train/cam.txt").write_text("0 0.4 0.4 0.2 0.2\n")
+    (root / "train/orphan.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.1 0.1 0.05 0.05\n")
+    (root / "train/classes.txt").write_text("thing\n")
+    (root / "data.yaml").write_text("train: train\nnames: [thing]\n")
+    m = curate("data=yolo", f"data.path={root / 'data.yaml'}", "curate.dedup.enabled=false",
+               "curate.split.ratios={train:1.0}")
+    mt = m["metrics"]
+    assert (mt["images_kept"], mt["boxes_kept"], mt["boxes_in"]) == (2, 2, 4), (mt, m["rows"])
+    got = _by_reason(m)
+    assert got["label file without an image"] == {"orphan.txt"}
+    assert got["text file that is not a YOLO label file"] == {"classes.txt"}
+    _conserved(m)
