@@ -496,9 +496,10 @@ class _CocoImages:
 
     def _locate(self, name: str) -> Path:
         if self.images_root is not None or Path(name).is_absolute():
-            return self.root / name
+            return next((self.root / v for v in _spellings(name) if _is_file(self.root / v)), self.root / name)
         here = self.json_path.parent
-        hits = [(b, b / name) for b in (here, here / "images", here.parent / "images") if _is_file(b / name)]
+        hits = [(b, b / v) for b in (here, here / "images", here.parent / "images") for v in _spellings(name)
+                if _is_file(b / v)]
         inside = [h for h in hits if self.scope.admits(h[1])]
         if inside:
             self.bases.add(inside[0][0])
@@ -536,6 +537,16 @@ class _CocoImages:
         for f in folders:
             if _is_dir(f) and self.scope.admits(f):
                 self.ledger.cover(f, self.json_path, self.scope)
+
+
+def _spellings(name: str) -> List[str]:
+    """A ``file_name`` as written, then as the machine that wrote it meant it: Windows separators
+    (``images\\0001.jpg``) as ``/``, and the other Unicode normalisation (macOS writes names
+    decomposed, most tools composed)."""
+    import unicodedata
+
+    slash = name.replace("\\", "/")
+    return list(dict.fromkeys([name, slash, unicodedata.normalize("NFC", slash), unicodedata.normalize("NFD", slash)]))
 
 
 def _coco_bbox(v: Any) -> Tuple[Optional[Tuple[float, float, float, float]], str]:

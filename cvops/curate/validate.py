@@ -134,6 +134,24 @@ def _file_problem(path: Path) -> Optional[str]:
         return "image file missing"
 
 
+def _near_miss(path: Path) -> str:
+    """Where a missing image was looked for, and a file of its folder that differs only in case, spaces,
+    ``%20`` or Unicode normalisation (what a hand-edited or another OS's annotation file gets wrong)."""
+    import unicodedata
+    from urllib.parse import unquote
+
+    def key(s: str) -> str:
+        return unicodedata.normalize("NFC", unquote(s)).strip().casefold()
+
+    try:
+        near = next((f.name for f in path.parent.iterdir() if key(f.name) == key(path.name)), None)
+    except (FileNotFoundError, NotADirectoryError):
+        return f"looked for {path}; there is no folder {path.parent}"
+    except (OSError, ValueError):
+        return f"looked for {path}; its folder cannot be listed"
+    return f"looked for {path}" + (f"; the folder has {near!r}: correct the name in the annotations" if near else "")
+
+
 def open_image(item: Item, out_dir: Path, ledger: Ledger) -> Optional[Tuple[Path, np.ndarray, List[str], List[Box]]]:
     """Decode a still image fully; returns (file to use, RGB array, changes, boxes in displayed frame).
 
@@ -147,7 +165,8 @@ def open_image(item: Item, out_dir: Path, ledger: Ledger) -> Optional[Tuple[Path
     n_boxes = len(boxes) + len(item.meta.get("normalized_boxes", []))
     problem = _file_problem(item.path)
     if problem:
-        ledger.add("image", item.ref, problem, "", boxes=n_boxes)
+        ledger.add("image", item.ref, problem, _near_miss(item.path) if problem == "image file missing" else "",
+                   boxes=n_boxes)
         return None
     try:
         arr, changes, boxes = _decode_still(item, boxes)

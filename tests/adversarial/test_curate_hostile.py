@@ -340,3 +340,28 @@ def test_yolo_labels_beside_images_orphans_are_counted_and_text_files_are_not_bo
     assert got["label file without an image"] == {"orphan.txt"}
     assert got["text file that is not a YOLO label file"] == {"classes.txt"}
     _conserved(m)
+
+
+def test_coco_file_names_from_windows_and_macos_resolve_and_near_misses_are_named(curate, tmp_path):
+    """`images\\a.png` (written on Windows) and a decomposed (macOS) name find their files; a name that differs
+    in case or by %20 is a row that names the file the folder does have."""
+    import json
+    import unicodedata
+
+    root = tmp_path / "c"
+    names = {"win.png": "images\\win.png", "café.png": unicodedata.normalize("NFD", "café.png"),
+             "Case.png": "case.PNG", "a b.png": "a%20b.png"}
+    for i, disk in enumerate(names):
+        _jpeg(root / "images" / disk, i)
+    root.joinpath("images", "café.png").rename(root / "images" / unicodedata.normalize("NFC", "café.png"))
+    (root / "annotations.json").write_text(json.dumps({
+        "images": [{"id": i + 1, "file_name": n if "\\" in n else f"images/{n}", "width": 96, "height": 72}
+                   for i, n in enumerate(names.values())],
+        "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [5, 5, 20, 20]} for i in range(4)],
+        "categories": [{"id": 1, "name": "cat"}]}), encoding="utf-8")
+    m = curate("data=coco", f"data.path={root / 'annotations.json'}", "curate.dedup.enabled=false",
+               "curate.split.ratios={train:1.0}")
+    assert (m["metrics"]["images_kept"], m["metrics"]["boxes_kept"]) == (2, 2), m["rows"]
+    missing = {Path(r["file"]).name: r["detail"] for r in m["rows"] if r["reason"] == "image file missing"}
+    assert "'Case.png'" in missing["case.PNG"] and "'a b.png'" in missing["a%20b.png"], missing
+    _conserved(m)
