@@ -322,6 +322,9 @@ class ServeConfig:
     decode_memory_mb: float = 1024.0
     decode_wait_s: float = 5.0
     body_timeout_s: float = 30.0  # the whole request body must arrive within this many seconds (else 408)
+    # the request line and headers must arrive within this many seconds of the connection opening (or of the
+    # previous answer): else 408 and the connection is closed (a silent or slowloris client holds no socket)
+    header_timeout_s: float = 20.0
     allow_anonymous: bool = False  # allow binding a non-loopback host without a bearer token (token_env unset)
     log_max_mb: float = 1024.0  # retention: the whole request log directory (records + sampled images), MiB
     log_max_days: float = 30.0  # retention: delete request log files and images older than this (0: no limit)

@@ -191,6 +191,18 @@ def decode_cost(width: int, height: int, mode: str) -> int:
     return int(width) * int(height) * (2 * STORED_BPP.get(mode, 4) + WORK_BPP.get(mode, 7) + 3) + DECODER_BYTES
 
 
+#: Most scans (SOS segments) of a JPEG the server decodes. Each scan of a progressive JPEG walks the whole
+#: image again, and libjpeg accepts any number: 1 MB of repeated tiny scans kept a core busy for 23 s.
+#: Encoders write 1 (baseline) to about 10 (progressive), a few more with an embedded thumbnail or MPO frames.
+MAX_JPEG_SCANS = 64
+
+
+def jpeg_scans(data: bytes) -> int:
+    """How many start-of-scan markers a JPEG holds (an upper bound of its scans: entropy-coded data
+    cannot contain the marker, metadata rarely does)."""
+    return data.count(b"\xff\xda")
+
+
 def sniff(data: bytes) -> str | None:
     """``"JPEG"`` or ``"PNG"`` from the first bytes, else ``None``."""
     if data[:3] == b"\xff\xd8\xff":
@@ -253,6 +265,10 @@ def open_image(data: bytes, max_pixels: int, max_aspect_ratio: float | None = No
     if fmt is None:
         raise ApiError(400, "bad_image", f"the {len(data)} bytes sent are not a JPEG or PNG image "
                                          f"(unrecognised signature {data[:8].hex()})")
+    scans = jpeg_scans(data) if fmt == "JPEG" else 0
+    if scans > MAX_JPEG_SCANS:
+        raise ApiError(400, "too_many_scans", f"the JPEG image has {scans} scans; at most {MAX_JPEG_SCANS} are "
+                                              "decoded (a progressive JPEG has about 10): re-encode it")
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
     except Image.DecompressionBombError as e:
@@ -955,7 +971,10 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
         metrics.errors.labels(reason=exc.reason).inc()
         if request.url.path == PREDICT:
             metrics.requests.labels(status=str(exc.status)).inc()
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if 400 <= exc.status < 500:  # often answered before the body ended: the rest of it must not hold the
+            headers["Connection"] = "close"  # connection (uvicorn re-arms no timer for a body nobody reads)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

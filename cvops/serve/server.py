@@ -234,8 +234,13 @@ def serve(model_path: str | Path | None, cfg: ServeConfig, *, info: dict | None 
           f"curl {auth}-F image=@photo.jpg {url}/v1/predict | "
           f"curl {auth}-H 'Content-Type: image/jpeg' --data-binary @photo.jpg {url}/v1/predict | "
           f"curl {auth}{url}/metrics", flush=True)
+    from cvops.serve.protocol import HEAD_TIMEOUT_ENV, BoundedHttpToolsProtocol
+
+    os.environ[HEAD_TIMEOUT_ENV] = str(float(cfg.header_timeout_s))  # the workers inherit it
+
+    # access_log off: every request is in the request log and /metrics already
+    http = dict(log_level="info", reload=False, access_log=False, http=BoundedHttpToolsProtocol)
     if workers > 1:
-        uvicorn.run(target, host=host, port=port, log_level="info", reload=False, workers=workers, factory=True,
-                    access_log=False)  # every request is in the request log and /metrics already
+        uvicorn.run(target, host=host, port=port, workers=workers, factory=True, **http)
     else:
-        uvicorn.run(target, host=host, port=port, log_level="info", reload=False, access_log=False)
+        uvicorn.run(target, host=host, port=port, **http)

@@ -707,3 +707,91 @@ def test_fuzz_upload_bodies(detector: OnnxDetector) -> None:
     assert total >= FUZZ_CASES
     assert len(seen) >= 3 and seen.get(400, 0) > 100  # the bodies reach past the first check
     assert requests_with(m, 500) == 0 and errors(m, "internal") == 0
+
+
+# ---------------------------------------------------------------------------
+# Connections: head size and time, early answers, CPU bombs
+# ---------------------------------------------------------------------------
+
+
+def _answer(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    t0 = time.monotonic()
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            got = sock.recv(65536)
+            if not got:
+                break
+            data += got
+    except ConnectionResetError:
+        pass
+    return data, time.monotonic() - t0
+
+
+def test_connections_are_bounded_in_head_size_and_time_and_closed_after_an_early_answer(model_path: Path,
+                                                                                     tmp_path: Path) -> None:
+    """An endless URL or header is cut at 64 KiB (400), a silent or slowloris connection is answered 408 and
+    closed after serve.header_timeout_s, a 413 closes the connection the body still trickles into; a valid
+    request is answered throughout."""
+    import httpx
+
+    server = Server(model_path, tmp_path, header_timeout_s=1.5, max_upload_mb=0.5, body_timeout_s=60)
+    server.wait_ready()
+    try:
+        for head in (b"GET /healthz?x=", b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: "):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.sendall(head)
+            try:
+                for _ in range(64):  # up to 4 MiB, never accepted whole
+                    s.sendall(b"a" * 65536)
+            except OSError:  # closed by the server mid-send: what it should do
+                pass
+            data, _ = _answer(s, 10)
+            assert data == b"" or data.startswith(b"HTTP/1.1 400"), data[:200]
+            s.close()
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        slow = socket.create_connection(("127.0.0.1", server.port))
+        slow.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: t\r\n")
+        trickle = threading.Event()
+
+        def drip() -> None:
+            try:
+                while not trickle.wait(0.3):
+                    slow.sendall(b"X")
+            except OSError:
+                pass
+
+        threading.Thread(target=drip, daemon=True).start()
+        data, secs = _answer(silent, 15)
+        assert data.startswith(b"HTTP/1.1 408") and 1.0 < secs < 8, (data[:100], secs)
+        data, secs = _answer(slow, 15)
+        trickle.set()
+        assert data.startswith(b"HTTP/1.1 408") and secs < 8, (data[:100], secs)
+        early = socket.create_connection(("127.0.0.1", server.port))
+        early.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
+                      b"Content-Length: 900000\r\n\r\n" + b"x" * 1000)
+        data, secs = _answer(early, 15)
+        assert data.startswith(b"HTTP/1.1 413") and b"connection: close" in data.lower() and secs < 8, data[:300]
+        r = httpx.post(f"{server.url}/v1/predict", content=encode(scene(64, 80, 3)),
+                       headers={"Content-Type": "image/jpeg"}, timeout=30)
+        assert r.status_code == 200, r.text
+    finally:
+        out = server.stop()
+    assert "Traceback" not in out, out[-3000:]
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(make_client: Callable[..., TestClient]) -> None:
+    """Each progressive scan walks the whole image again: a few MB of repeated scans held a core for minutes."""
+    from cvops.serve.app import MAX_JPEG_SCANS
+
+    client = make_client()
+    progressive = pil_bytes(Image.fromarray(scene(120, 160, 4)), "JPEG", progressive=True)
+    r = client.post("/v1/predict", content=progressive, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    marks = b"\xff\xda" * (MAX_JPEG_SCANS + 1)  # as many start-of-scan markers (in a comment segment: cheap to build)
+    bomb = progressive[:2] + b"\xff\xfe" + struct.pack(">H", len(marks) + 2) + marks + progressive[2:]
+    r = client.post("/v1/predict", content=bomb, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 400 and r.json()["error"].startswith("the JPEG image has"), r.text
+    assert r.headers["connection"] == "close"
