@@ -430,6 +430,34 @@ class DecodeBudget:
             self._cond.notify_all()
 
 
+class UploadBudget:
+    """The request bodies in flight (received, or held until their answer), bounded: ``serve.upload_memory_mb``.
+
+    Used from the event loop only (bodies are read there), so a plain counter; a request that would pass the
+    budget is answered 503 at once (waiting would hold its connection and its bytes).
+    """
+
+    def __init__(self, total_mb: float) -> None:
+        if total_mb <= 0:
+            raise ValueError(f"serve.upload_memory_mb must be positive (got {total_mb})")
+        self.total_mb, self.total, self.used = total_mb, int(total_mb * MiB), 0
+
+    def take(self, held: list[int], nbytes: int) -> None:
+        """Add ``nbytes`` to one request's share (``held[0]``), or refuse the request."""
+        if self.used + nbytes > self.total:
+            others = (self.used - held[0]) / MiB
+            raise ApiError(503, "upload_busy", f"the server holds {others:.1f} MB of other uploads; with this one's "
+                                               f"{(held[0] + nbytes) / MiB:.1f} MB that passes its "
+                                               f"{self.total_mb:g} MB (serve.upload_memory_mb): retry in 1 s",
+                           headers={"Retry-After": "1", "Connection": "close"})
+        self.used += nbytes
+        held[0] += nbytes
+
+    def give_back(self, held: list[int]) -> None:
+        self.used -= held[0]
+        held[0] = 0
+
+
 class Reservation:
     """Bytes held in a :class:`DecodeBudget`; :meth:`shrink` gives part of them back early."""
 
@@ -904,6 +932,9 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
     max_upload_mb, max_pixels, max_aspect_ratio = cfg.max_upload_mb, cfg.max_pixels, cfg.max_aspect_ratio
     body_timeout_s = cfg.body_timeout_s
     window = drift_window
+    if cfg.upload_memory_mb < max_upload_mb:
+        raise ValueError(f"serve.upload_memory_mb ({cfg.upload_memory_mb}) must be at least serve.max_upload_mb "
+                         f"({max_upload_mb}): one upload of the largest size must fit")
     if max_upload_mb <= 0 or max_pixels <= 0 or max_aspect_ratio < 1 or body_timeout_s <= 0:
         raise ValueError(f"serve.max_upload_mb ({max_upload_mb}), serve.max_pixels ({max_pixels}) and "
                          f"serve.body_timeout_s ({body_timeout_s}) must be positive and serve.max_aspect_ratio "
@@ -912,6 +943,7 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
     max_bytes = int(max_upload_mb * MiB)
     metrics = ServeMetrics()
     budget = DecodeBudget(cfg.decode_memory_mb, cfg.decode_wait_s)
+    uploads = UploadBudget(cfg.upload_memory_mb)
     watch = DriftWatch(drift, window, drift_every, metrics) if drift is not None or reload is not None else None
     models = ModelSlot()
     swapping = threading.Lock()
@@ -986,8 +1018,9 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
         metrics.errors.labels(reason="validation").inc()
         return JSONResponse({"error": f"invalid request: {clean(exc.errors())}"}, status_code=422)
 
-    async def read_body(request: Request) -> bytes:
-        """The request body within ``body_timeout_s``, refused (413) as soon as it exceeds ``max_bytes``."""
+    async def read_body(request: Request, held: list[int]) -> bytes:
+        """The request body within ``body_timeout_s``, refused (413) as soon as it exceeds ``max_bytes``, its
+        bytes counted in ``held`` against the upload budget as they arrive (503 when it is full)."""
         limit = f"the limit is {max_upload_mb:g} MB ({max_bytes} bytes, serve.max_upload_mb): send a smaller file"
         length = request.headers.get("content-length")
         if length is not None:
@@ -1001,6 +1034,7 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
         try:
             with anyio.fail_after(body_timeout_s):
                 async for chunk in request.stream():
+                    uploads.take(held, len(chunk))
                     body += chunk
                     if len(body) > max_bytes:
                         raise ApiError(413, "too_large", f"the request body is over {max_bytes} bytes; {limit}")
@@ -1014,16 +1048,17 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
                            f"the client disconnected after {len(body)} bytes of the body") from None
         return bytes(body)
 
-    async def image_bytes(request: Request, media: str) -> bytes:
-        """The image bytes of a raw or multipart request."""
+    async def image_bytes(request: Request, media: str, held: list[int]) -> bytes:
+        """The image bytes of a raw or multipart request (their memory counted in ``held``)."""
         if media not in JPEG_TYPES | PNG_TYPES | {MULTIPART}:
             got = f"Content-Type {clean(media, 80)!r}" if media else "no Content-Type"
             raise ApiError(415, "unsupported_media_type", f"unsupported media type: the request has {got}; {HOW}")
-        body = await read_body(request)
+        body = await read_body(request, held)
         if media != MULTIPART:
             return body
         if not body:
             raise ApiError(400, "empty_body", f"the request body is empty; {HOW}")
+        uploads.take(held, len(body))  # the parsed part is a second copy
 
         async def replay() -> dict:
             return {"type": "http.request", "body": body, "more_body": False}
@@ -1127,15 +1162,18 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
     async def predict(request: Request) -> JSONResponse:
         started = time.perf_counter()
         media = _media_type(request.headers.get("content-type"))
+        held = [0]  # this request's bytes in the upload budget, given back when it is answered
         try:
             masks = mask_format(request.query_params)  # before the body: a bad parameter costs no upload
-            data = await image_bytes(request, media)
+            data = await image_bytes(request, media, held)
             result = await run_in_threadpool(handle, data, started, "multipart" if media == MULTIPART else "raw",
                                              masks)
         except ApiError as e:
             if e.status != 500:  # a 500 is logged where it happened (failed())
                 await run_in_threadpool(log_failure, e.status, e.reason, media[:100], started)
             raise
+        finally:
+            uploads.give_back(held)
         return JSONResponse(result)
 
     @app.get("/healthz")

@@ -795,3 +795,31 @@ def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(make_client: Call
     r = client.post("/v1/predict", content=bomb, headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 400 and r.json()["error"].startswith("the JPEG image has"), r.text
     assert r.headers["connection"] == "close"
+
+
+def test_bodies_in_flight_are_bounded_together(model_path: Path, tmp_path: Path) -> None:
+    """Slow or parallel uploads share serve.upload_memory_mb: past it a request gets 503 at once (not the
+    server growing with every connection); once the held body is answered, uploads are accepted again."""
+    import httpx
+
+    server = Server(model_path, tmp_path, upload_memory_mb=0.1, max_upload_mb=0.1, body_timeout_s=30)
+    server.wait_ready()
+    noisy = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
+    jpg = encode(noisy)
+    assert 35_000 < len(jpg) < 100_000, len(jpg)
+    try:
+        held = socket.create_connection(("127.0.0.1", server.port))
+        held.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b"\x00" * 70_000)  # 70 of 102 KB held, more to come
+        time.sleep(1.0)
+        r = httpx.post(f"{server.url}/v1/predict", content=jpg, headers={"Content-Type": "image/jpeg"}, timeout=30)
+        assert r.status_code == 503 and "serve.upload_memory_mb" in r.json()["error"], r.text
+        assert r.headers["retry-after"] == "1"
+        held.sendall(b"\x00" * 30_000)  # the rest: not an image, answered 400, its bytes given back
+        data, _ = _answer(held, 15)
+        assert data.startswith(b"HTTP/1.1 400"), data[:200]
+        r = httpx.post(f"{server.url}/v1/predict", content=jpg, headers={"Content-Type": "image/jpeg"}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert errors(server.metrics(), "upload_busy") == 1
+    finally:
+        server.stop()
