@@ -285,7 +285,7 @@ def open_image(data: bytes, max_pixels: int, max_aspect_ratio: float | None = No
         raise _too_many(fmt, max_pixels, f"{w}x{h} = {w * h} pixels")
     ratio = max(w, h) / min(w, h)
     if max_aspect_ratio is not None and ratio > max_aspect_ratio:
-        raise ApiError(400, "aspect_ratio", f"the {fmt} image is {w}x{h}, an aspect ratio of {ratio:.4g}:1; the "
+        raise ApiError(400, "aspect_ratio", f"the {fmt} image is {w}x{h}, an aspect ratio of {ratio:.6g}:1; the "
                                             f"limit is {max_aspect_ratio:g}:1 (serve.max_aspect_ratio): crop or "
                                             "tile the image, or raise serve.max_aspect_ratio")
     return image, fmt
