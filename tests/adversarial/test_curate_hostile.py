@@ -365,3 +365,25 @@ def test_coco_file_names_from_windows_and_macos_resolve_and_near_misses_are_name
     missing = {Path(r["file"]).name: r["detail"] for r in m["rows"] if r["reason"] == "image file missing"}
     assert "'Case.png'" in missing["case.PNG"] and "'a b.png'" in missing["a%20b.png"], missing
     _conserved(m)
+
+
+def test_a_jpeg_with_too_many_scans_is_a_row_not_minutes_of_cpu(curate, tmp_path):
+    import io
+    import struct
+
+    from cvops.curate.validate import MAX_JPEG_SCANS
+
+    root = tmp_path / "b"
+    _jpeg(root / "train/ok.jpg", 1)
+    (root / "train/ok.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    buf = io.BytesIO()
+    Image.fromarray(make_data.picture(96, 72, 3)).save(buf, "JPEG", progressive=True)
+    marks = b"\xff\xda" * (MAX_JPEG_SCANS + 1)  # in a comment segment: as many markers, cheap to build
+    data = buf.getvalue()
+    (root / "train/scans.jpg").write_bytes(data[:2] + b"\xff\xfe" + struct.pack(">H", len(marks) + 2) + marks + data[2:])
+    (root / "train/scans.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "data.yaml").write_text("train: train\nnames: [thing]\n")
+    m = curate("data=yolo", f"data.path={root / 'data.yaml'}", "curate.dedup.enabled=false",
+               "curate.split.ratios={train:1.0}")
+    assert m["metrics"]["images_kept"] == 1 and _by_reason(m)["JPEG has too many scans"] == {"scans.jpg"}
+    _conserved(m)
