@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from cvops.curate.sources import Box, Item, Ledger
+from cvops.media import MAX_JPEG_SCANS, jpeg_file_scans
 
 EXIF_ORIENTATION = 0x0112
 
@@ -220,27 +221,12 @@ def _open(item: Item) -> Any:
                       f"{w}x{h} = {w * h / 1e6:.1f} MP > {limit / 1e6:g} MP; raise curate.max_pixels if such "
                       "images are expected")
     if im.format in ("JPEG", "MPO"):
-        scans = _jpeg_scans(item.path)
+        scans = jpeg_file_scans(item.path)
         if scans > MAX_JPEG_SCANS:
             im.close()
             raise _Reject("JPEG has too many scans", f"{scans} start-of-scan markers, at most {MAX_JPEG_SCANS} are "
                                                      "decoded (a progressive JPEG has about 10): re-encode it")
     return im
-
-
-#: Most scans (SOS markers) of a JPEG curate decodes: each progressive scan walks the whole image again and
-#: libjpeg accepts any number (1 MB of repeated scans: 23 s of CPU). Encoders write 1 to about 10.
-MAX_JPEG_SCANS = 64
-
-
-def _jpeg_scans(path: Path) -> int:
-    """Start-of-scan markers in a JPEG file (an upper bound of its scans), read in 1 MiB blocks."""
-    n, tail = 0, b""
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            n += (tail + block).count(b"\xff\xda")
-            tail = block[-1:] if block[-1:] == b"\xff" else b""
-    return n
 
 
 def _orientation(im: Any) -> int:

@@ -109,6 +109,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from cvops.detector.runtime import MASKS, MaskFormat, OnnxDetector
+from cvops.media import MAX_JPEG_SCANS, jpeg_scans
 from cvops.schema import MonitorConfig, ServeConfig
 from cvops.requestlog import RequestLog
 
@@ -189,18 +190,6 @@ MASK_WORK_BPP = {"rle": 4, "none": 4, "polygon": 9}
 def decode_cost(width: int, height: int, mode: str) -> int:
     """The estimated peak bytes of decoding a ``width x height`` image of a Pillow ``mode`` into BGR."""
     return int(width) * int(height) * (2 * STORED_BPP.get(mode, 4) + WORK_BPP.get(mode, 7) + 3) + DECODER_BYTES
-
-
-#: Most scans (SOS segments) of a JPEG the server decodes. Each scan of a progressive JPEG walks the whole
-#: image again, and libjpeg accepts any number: 1 MB of repeated tiny scans kept a core busy for 23 s.
-#: Encoders write 1 (baseline) to about 10 (progressive), a few more with an embedded thumbnail or MPO frames.
-MAX_JPEG_SCANS = 64
-
-
-def jpeg_scans(data: bytes) -> int:
-    """How many start-of-scan markers a JPEG holds (an upper bound of its scans: entropy-coded data
-    cannot contain the marker, metadata rarely does)."""
-    return data.count(b"\xff\xda")
 
 
 def sniff(data: bytes) -> str | None:

@@ -371,7 +371,7 @@ def test_a_jpeg_with_too_many_scans_is_a_row_not_minutes_of_cpu(curate, tmp_path
     import io
     import struct
 
-    from cvops.curate.validate import MAX_JPEG_SCANS
+    from cvops.media import MAX_JPEG_SCANS
 
     root = tmp_path / "b"
     _jpeg(root / "train/ok.jpg", 1)

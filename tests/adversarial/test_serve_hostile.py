@@ -784,7 +784,7 @@ def test_connections_are_bounded_in_head_size_and_time_and_closed_after_an_early
 
 def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(make_client: Callable[..., TestClient]) -> None:
     """Each progressive scan walks the whole image again: a few MB of repeated scans held a core for minutes."""
-    from cvops.serve.app import MAX_JPEG_SCANS
+    from cvops.media import MAX_JPEG_SCANS
 
     client = make_client()
     progressive = pil_bytes(Image.fromarray(scene(120, 160, 4)), "JPEG", progressive=True)
