@@ -320,8 +320,8 @@ class ServeConfig:
     # cvops.serve.app); a request waits up to decode_wait_s for budget (then 503), an image needing
     # more than the whole budget gets 413. 1024 fits one max_pixels (40 MP) image of any mode
     decode_memory_mb: float = 1024.0
-    # request bodies being received or held until their answer, all together, in MiB: past it a request gets
-    # 503 (Retry-After) instead of the server growing with every slow or parallel upload
+    # request bodies being received or held until their answer, all together, in MiB per worker: past it a
+    # request gets 503 (Retry-After) instead of the server growing with every slow or parallel upload
     upload_memory_mb: float = 512.0
     decode_wait_s: float = 5.0
     body_timeout_s: float = 30.0  # the whole request body must arrive within this many seconds (else 408)

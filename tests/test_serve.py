@@ -664,6 +664,7 @@ def test_unbatched_inference_is_bounded_by_the_lanes(model_path: Path) -> None:
 
 def test_cores_are_split_between_workers_and_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
     from cvops.config import ConfigError
+    from cvops.schema import ServeConfig
     from cvops.serve import server
 
     monkeypatch.setattr(server, "usable_cores", lambda: 8)
@@ -673,7 +674,31 @@ def test_cores_are_split_between_workers_and_lanes(monkeypatch: pytest.MonkeyPat
     assert server.plan_cores(2, 2) == (2, 2)
     assert server.plan_cores(0, 16) == (1, 1)  # more workers than cores: never zero
     with pytest.raises(ConfigError, match="serve.lanes=-1"):
-        server.plan_cores(-1, 1)
+        server.check_limits(ServeConfig(lanes=-1))
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"lanes": -1}, "serve.lanes=-1"),
+    ({"header_timeout_s": 0.0}, "serve.header_timeout_s=0.0"),
+    ({"header_timeout_s": float("nan")}, "serve.header_timeout_s=nan"),
+    ({"upload_memory_mb": 10.0, "max_upload_mb": 20.0}, "raise serve.upload_memory_mb or lower serve.max_upload_mb"),
+])
+def test_bad_serve_limits_are_refused_before_anything_loads(bad: dict, says: str, tmp_path: Path) -> None:
+    """`cvops serve` (serve_export) and serve() name the key and the fix, before the store or the model is read."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from cvops.config import ConfigError
+    from cvops.schema import ServeConfig
+    from cvops.serve.cli import serve_export
+    from cvops.serve.server import serve
+
+    cfg = OmegaConf.create({"serve": dataclasses.asdict(ServeConfig(**bad)), "monitor": {}})
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        serve_export(cfg, "/nonexistent/store", export=None, curate=None, recipe=None)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        serve(tmp_path / "no-model.onnx", ServeConfig(**bad))
 
 
 # ---------------------------------------------------------------------------

@@ -187,13 +187,13 @@ def _probe(path: Path) -> Tuple[str, str]:
     return ("file", "") if stat.S_ISREG(st.st_mode) else ("absent", "")
 
 
-def decode_text(data: bytes) -> str:
+def decode_text(data: bytes, errors: str = "replace") -> str:
     """A label or list file's text: UTF-8 (a byte order mark dropped), or UTF-16 with its byte order mark
-    (what Windows PowerShell 5's ``>`` writes). Bytes that do not decode become U+FFFD, so their line
-    fails to parse and is a row of its own."""
+    (what Windows PowerShell 5's ``>`` writes). With ``errors="replace"`` bytes that do not decode become
+    U+FFFD, so their line fails to parse and is a row of its own; ``"strict"`` raises UnicodeDecodeError."""
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return data.decode("utf-16", errors="replace")
-    return data.decode("utf-8-sig", errors="replace")
+        return data.decode("utf-16", errors=errors)
+    return data.decode("utf-8-sig", errors=errors)
 
 
 @dataclass(frozen=True)
@@ -748,9 +748,7 @@ class _Yolo:
             return
         self.ledger.use(txt)
         try:
-            data = txt.read_bytes()
-            lines = (decode_text(data) if data[:2] in (b"\xff\xfe", b"\xfe\xff")
-                     else data.decode("utf-8-sig")).splitlines()
+            lines = decode_text(txt.read_bytes(), errors="strict").splitlines()
         except (UnicodeDecodeError, OSError) as e:
             self.ledger.add("file", str(txt), "split list is not a text file of image paths",
                             f"{type(e).__name__}: {e}")
@@ -941,10 +939,10 @@ class _Voc:
             return
         fname = (tree.findtext("filename") or "").strip() or f"{xml.stem}.jpg"
         objects = tree.findall("object")
-        img = self._image(fname, xml)
-        own = self._own_image(xml)
+        by_name, own = self._images(fname, xml)
+        img = by_name or own
         named = re.split(r"[\\/]", fname)[-1].rsplit(".", 1)[0]
-        if img is not None and own is not None and named != xml.stem and _real(img) != _real(own):
+        if by_name is not None and own is not None and named != xml.stem and _real(by_name) != _real(own):
             # a stale <filename> (images renamed after labelling, an xml copied as a template) or a misnamed
             # xml: these boxes may belong to either image, so neither gets them
             self.ledger.add("label", str(xml), "<filename> names another existing image",
@@ -971,17 +969,13 @@ class _Voc:
             self._object(item, obj, f"{xml}#object-{k}")
         self._keep(item, xml)
 
-    def _own_image(self, xml: Path) -> Optional[Path]:
-        """The image named like the xml (its stem with an image extension), if one exists."""
-        return next((c for d in self.img_dirs for ext in sorted(IMAGE_EXTS) if _is_file(c := d / f"{xml.stem}{ext}")),
-                    None)
-
-    def _image(self, fname: str, xml: Path) -> Optional[Path]:
-        """The first existing of <filename> in each image folder, then the xml's stem with image extensions
-        (filename tags are often stale)."""
-        cands = [d / fname for d in self.img_dirs] + \
-                [d / f"{xml.stem}{ext}" for d in self.img_dirs for ext in sorted(IMAGE_EXTS)]
-        return next((c for c in cands if _is_file(c)), None)
+    def _images(self, fname: str, xml: Path) -> Tuple[Optional[Path], Optional[Path]]:
+        """(the first existing <filename> in the image folders, the first existing image named like the xml):
+        <filename> tags are often stale, so the xml's own name is the fallback, and the check when they differ."""
+        by_name = next((c for d in self.img_dirs if _is_file(c := d / fname)), None)
+        own = next((c for d in self.img_dirs for ext in sorted(IMAGE_EXTS) if _is_file(c := d / f"{xml.stem}{ext}")),
+                   None)
+        return by_name, own
 
     def _object(self, item: Item, obj: Any, origin: str) -> None:
         label = (obj.findtext("name") or "").strip()

@@ -19,6 +19,7 @@ image are counted).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -135,17 +136,27 @@ def _file_problem(path: Path) -> Optional[str]:
         return "image file missing"
 
 
-def _near_miss(path: Path) -> str:
-    """Where a missing image was looked for, and a file of its folder that differs only in case, spaces,
-    ``%20`` or Unicode normalisation (what a hand-edited or another OS's annotation file gets wrong)."""
+def _loose(name: str) -> str:
+    """A file name as a person means it: case, surrounding spaces, ``%20`` and Unicode normalisation ignored."""
     import unicodedata
     from urllib.parse import unquote
 
-    def key(s: str) -> str:
-        return unicodedata.normalize("NFC", unquote(s)).strip().casefold()
+    return unicodedata.normalize("NFC", unquote(name)).strip().casefold()
 
+
+@functools.lru_cache(maxsize=16)
+def _loose_names(folder: str) -> Dict[str, str]:
+    """:func:`_loose` name -> file name of one folder, listed once however many of its images are missing
+    (a dataset whose annotations all point at a wrong folder reads each folder once, not once per image)."""
+    return {_loose(f.name): f.name for f in Path(folder).iterdir()}
+
+
+def _near_miss(path: Path) -> str:
+    """Where a missing image was looked for, and a file of its folder that differs only in case, spaces,
+    ``%20`` or Unicode normalisation (what a hand-edited or another OS's annotation file gets wrong). A hint
+    only: the folder's listing is cached for this process."""
     try:
-        near = next((f.name for f in path.parent.iterdir() if key(f.name) == key(path.name)), None)
+        near = _loose_names(str(path.parent)).get(_loose(path.name))
     except (FileNotFoundError, NotADirectoryError):
         return f"looked for {path}; there is no folder {path.parent}"
     except (OSError, ValueError):

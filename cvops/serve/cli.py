@@ -38,10 +38,11 @@ def serve_export(config: Any, store: Any, export: Any, curate: Optional[Any], re
     from cvops.artifacts import open_store, store_spec
     from cvops.requestlog import request_log_dir
     from cvops.serve.models import ExportSource
-    from cvops.serve.server import check_exposure, serve
+    from cvops.serve.server import check_exposure, check_limits, serve
 
     mon, sv = config.monitor, config.serve
     # before the reference profile is computed: a refused start says so at once
+    check_limits(sv, workers)
     check_exposure(sv.host, os.environ.get(sv.token_env) or None, sv.token_env, sv.allow_anonymous)
     if isinstance(store, (str, os.PathLike)):
         store = open_store(store)

@@ -176,6 +176,22 @@ class Server:
         return self.out.read_text()
 
 
+def _answer(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    t0 = time.monotonic()
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            got = sock.recv(65536)
+            if not got:
+                break
+            data += got
+    except ConnectionResetError:
+        pass
+    return data, time.monotonic() - t0
+
+
 def raw_exchange(port: int, head: bytes, body: bytes, trickle: bool) -> tuple[int, bytes]:
     """Send a request by hand; with ``trickle`` the body goes one byte every 0.2 s. Returns (status, body)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=20)
@@ -196,13 +212,8 @@ def raw_exchange(port: int, head: bytes, body: bytes, trickle: bool) -> tuple[in
         feeder.start()
     else:
         sock.sendall(body)
-    data = b""
     try:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data, _ = _answer(sock, 20)
     finally:
         stop.set()
         sock.close()
@@ -712,22 +723,6 @@ def test_fuzz_upload_bodies(detector: OnnxDetector) -> None:
 # ---------------------------------------------------------------------------
 # Connections: head size and time, early answers, CPU bombs
 # ---------------------------------------------------------------------------
-
-
-def _answer(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
-    """Everything the server sends until it closes the connection, and how long that took."""
-    t0 = time.monotonic()
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while True:
-            got = sock.recv(65536)
-            if not got:
-                break
-            data += got
-    except ConnectionResetError:
-        pass
-    return data, time.monotonic() - t0
 
 
 def test_connections_are_bounded_in_head_size_and_time_and_closed_after_an_early_answer(model_path: Path,
