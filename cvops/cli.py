@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional
 import hydra
 from omegaconf import DictConfig
 
-from cvops.config import ConfigError, check_safe, compose_config, preflight
+from cvops.config import ConfigError, check_safe, compose_config, ensure_configs, preflight
 from cvops.recipes import CONF_DIR, available_recipes, recipe_dirs
 
 log = logging.getLogger("cvops")
@@ -175,6 +175,7 @@ def _run_on(composed: DictConfig, overrides: List[str]) -> None:
             ConfigLoaderImpl._apply_overrides_to_config(OverridesParser.create().parse_overrides(extra), cfg)
             cfg.hydra.overrides.hydra.extend(extra)
             return cfg
+        ensure_configs()  # a composition by Hydra after all: it needs cvops' schema in the ConfigStore
         return compose(self, config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
 
     ConfigLoaderImpl.load_configuration = load_configuration  # type: ignore[method-assign]
@@ -210,7 +211,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if informational:
             _check_safe_if_composable(args.overrides)
         else:
-            composed = preflight(args.overrides, check_missing=args.cfg is None)
+            composed = preflight(args.overrides, check_missing=args.cfg is None, cache=True)
     except ConfigError as e:
         print(f"cvops: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -220,6 +221,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
         print(OmegaConf.to_yaml(OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])), end="")
         return
+    handed_over = False
     if composed is not None and not args.multirun:
         # Hydra's main composes the command line once only to read hydra.mode, then again to run: the
         # preflight's composition (same primary config, same overrides) already says it
@@ -230,6 +232,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         Hydra.get_mode = lambda self, config_name, overrides: mode  # type: ignore[method-assign]
         if mode is None or mode.name == "RUN":  # hydra.mode: MULTIRUN in a recipe sweeps: Hydra composes each job
             _run_on(composed, args.overrides)
+            handed_over = True
+    if not handed_over:  # Hydra's main composes (a sweep, --cfg hydra, --info ...): it needs cvops' schema
+        ensure_configs()
     sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "cvops", *argv]
     _hydra_main()
 

@@ -33,6 +33,8 @@ else:
     os.environ["FIFTYONE_DATABASE_URI"] = MONGOD.uri
 os.environ["FIFTYONE_DATABASE_DIR"] = str(_DB_ROOT / "embedded")  # for tests that start an embedded one on purpose
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+# the machine-local cache (composed configs, an object store's artifacts) of this test run, not the user's
+os.environ["CVOPS_CACHE_DIR"] = str(_DB_ROOT / "cache")
 ROOT = TESTS.parent
 HELPER = TESTS / "helpers" / "run_cvops.py"
 

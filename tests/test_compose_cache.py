@@ -1,0 +1,241 @@
+"""The compose cache (cvops.composecache) serves a composition only when nothing it read has changed.
+
+Each test changes one input of Hydra's composition (a recipe byte with the same size and time stamp, a config
+folder a recipe adds to the search path, the environment, the working directory, the code) and checks that
+the next composition sees the change. A planted or damaged entry never runs code and never replaces a
+composition.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, List
+
+import pytest
+from omegaconf import OmegaConf
+
+from cvops import composecache, config
+
+RECIPE = """# @package _global_
+project: mine
+train:
+  lr: {lr}
+hydra:
+  job:
+    env_copy: [WANDB_TEST_COPIED]
+"""
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A recipe folder (recipe ``mine``), a config folder it adds to the search path, a private cache."""
+    recipes, extra = tmp_path / "recipes", tmp_path / "extra"
+    (extra / "train").mkdir(parents=True)
+    recipes.mkdir()
+    (recipes / "mine.yaml").write_text(RECIPE.format(lr=0.011))
+    (extra / "train" / "custom.yaml").write_text("max_epochs: 71\n")
+    monkeypatch.setenv("CVOPS_RECIPE_PATH", str(recipes))
+    monkeypatch.setenv("CVOPS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_TEST_COPIED", "one")
+    monkeypatch.delenv("CVOPS_COMPOSE_CACHE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+class Counter:
+    """Counts Hydra compositions (cache misses) made through cvops.config."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.n = 0
+        real = config.compose
+
+        def compose(*a, **k):
+            self.n += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(config, "compose", compose)
+
+
+#: the command line of most tests: a recipe from CVOPS_RECIPE_PATH
+LINE: List[str] = ["recipe=mine"]
+
+
+def extra_line(root: Path) -> List[str]:
+    """A recipe, and a config group option from a folder the command line adds to Hydra's search path."""
+    return ["recipe=mine", "train=custom", f"hydra.searchpath=[recipes://{root / 'recipes'},file://{root / 'extra'}]"]
+
+
+def cached(line: List[str] = LINE):
+    return config.compose_config(line, hydra_node=True, cache=True)
+
+
+def fresh(line: List[str] = LINE):
+    return config.compose_config(line, hydra_node=True)
+
+
+def same(a, b) -> bool:
+    return OmegaConf.to_yaml(a) == OmegaConf.to_yaml(b)
+
+
+def rewrite_keeping_size_and_time(path: Path, old: str, new: str) -> None:
+    assert len(old) == len(new)
+    st = path.stat()
+    path.write_text(path.read_text().replace(old, new))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_a_hit_is_the_composition_itself(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    count = Counter(monkeypatch)
+    line = extra_line(setup)
+    first = cached(line)
+    assert count.n == 1 and len(list((setup / "cache" / "compose").glob("*.pkl"))) == 1
+    hit = cached(line)
+    assert count.n == 1, "the second composition of an unchanged command line came from the cache"
+    assert same(hit, first) and same(hit, fresh(line))
+    for key in ("train", "model", "export", "hydra"):  # typed like Hydra's own composition
+        assert OmegaConf.get_type(hit, key) is OmegaConf.get_type(first, key)
+    assert OmegaConf.is_struct(hit) and hit.train.lr == 0.011 and hit.train.max_epochs == 71
+    hit.train.lr = 0.5  # each hit is a fresh object: a caller's change does not reach the next one
+    assert cached(line).train.lr == 0.011
+    without = config.compose_config(line, cache=True)
+    assert "hydra" not in without and same(without, config.compose_config(line))
+
+
+Change = Callable[[Path, pytest.MonkeyPatch], None]
+
+
+def _recipe_byte(root: Path, mp: pytest.MonkeyPatch) -> None:
+    rewrite_keeping_size_and_time(root / "recipes" / "mine.yaml", "lr: 0.011", "lr: 0.012")
+
+
+def _searchpath_file(root: Path, mp: pytest.MonkeyPatch) -> None:
+    rewrite_keeping_size_and_time(root / "extra" / "train" / "custom.yaml", "71", "72")
+
+
+def _recipe_path(root: Path, mp: pytest.MonkeyPatch) -> None:
+    other = root / "other"
+    other.mkdir()
+    (other / "mine.yaml").write_text(RECIPE.format(lr=0.013))
+    mp.setenv("CVOPS_RECIPE_PATH", f"{other}{os.pathsep}{root / 'recipes'}")
+
+
+def _copied_env(root: Path, mp: pytest.MonkeyPatch) -> None:
+    mp.setenv("WANDB_TEST_COPIED", "two")
+
+
+def _cwd(root: Path, mp: pytest.MonkeyPatch) -> None:
+    (root / "elsewhere").mkdir()
+    mp.chdir(root / "elsewhere")
+
+
+def _code(root: Path, mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(composecache, "code_digest", lambda: "another version of the code")
+
+
+@pytest.mark.parametrize("change", [_recipe_byte, _searchpath_file, _recipe_path, _copied_env, _cwd, _code],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_every_input_of_the_composition_is_in_the_key(setup: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      change: Change) -> None:
+    line = extra_line(setup) if change is _searchpath_file else LINE
+    before = cached(line)
+    change(setup, monkeypatch)
+    count = Counter(monkeypatch)
+    after = cached(line)
+    assert count.n == 1, "the change was not seen: the old composition was served"
+    assert same(after, fresh(line))
+    assert change is _code or not same(after, before)  # (the stand-in for edited code changes no value)
+
+
+def test_the_code_digest_reads_contents_not_time_stamps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cvops, every hydra_plugins folder and each stage plug-in's package are hashed by content."""
+    plugin = tmp_path / "site" / "hydra_plugins" / "acme_launcher"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text("NAME = 'a'\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    base = composecache.code_digest()
+    rewrite_keeping_size_and_time(plugin / "__init__.py", "'a'", "'b'")
+    assert composecache.code_digest() != base, "a Hydra plug-in's code (it may register configs) is in the key"
+
+    stage = tmp_path / "site" / "acme_stage"
+    stage.mkdir()
+    (stage / "__init__.py").write_text("X = 1\n")
+    from cvops import entrypoints
+
+    ep = entrypoints.EntryPoint("acme", "acme_stage:STAGE", "cvops.stages", "acme")
+    monkeypatch.setattr(entrypoints, "entry_points", lambda group: (ep,) if group == "cvops.stages" else ())
+    with_stage = composecache.code_digest()
+    rewrite_keeping_size_and_time(stage / "__init__.py", "X = 1", "X = 2")
+    assert composecache.code_digest() != with_stage, "a stage plug-in's package (its schema) is in the key"
+
+
+class _Boom:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _entry(setup: Path) -> Path:
+    cached()
+    (entry,) = (setup / "cache" / "compose").glob("*.pkl")
+    return entry
+
+
+def test_a_planted_entry_runs_no_code_and_is_not_served(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = _entry(setup)
+    head = entry.read_bytes().split(b"\n", 2)  # magic line, metadata line (valid key and digests), payload
+    marker = setup / "pwned"
+    for payload in (pickle.dumps(_Boom(marker)), pickle.dumps(subprocess.Popen), pickle.dumps({"a": 1}),
+                    pickle.dumps(config.ConfigError("x"))):
+        entry.write_bytes(head[0] + b"\n" + head[1] + b"\n" + payload)
+        count = Counter(monkeypatch)
+        cfg = cached()
+        assert count.n == 1 and same(cfg, fresh()) and not marker.exists()
+
+
+def test_a_damaged_or_shared_entry_is_a_miss(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = _entry(setup)
+    good = entry.read_bytes()
+    for damaged in (good[: len(good) // 2], b"", b"junk", good.replace(b'"format": 1', b'"format": 9')):
+        entry.write_bytes(damaged)
+        count = Counter(monkeypatch)
+        cfg = cached()
+        assert count.n == 1 and same(cfg, fresh())
+    count = Counter(monkeypatch)
+    cached()
+    assert count.n == 0, "the miss wrote a good entry again"
+    if hasattr(os, "getuid"):
+        entry.chmod(0o666)  # another user could have written it
+        count = Counter(monkeypatch)
+        cached()
+        assert count.n == 1
+
+
+def test_the_cache_can_be_turned_off(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVOPS_COMPOSE_CACHE", "0")
+    count = Counter(monkeypatch)
+    cached()
+    cached()
+    assert count.n == 2 and not (setup / "cache" / "compose").exists()
+
+
+def test_the_command_sees_an_edit_that_keeps_size_and_time(setup: Path) -> None:
+    """The real ``cvops`` process: ``--cfg job`` twice (the second from the cache), then an edited recipe."""
+    env = {**os.environ}
+    cmd = [sys.executable, "-m", "cvops", *extra_line(setup), "--cfg", "job"]
+
+    def lr() -> str:
+        out = subprocess.run(cmd, env=env, cwd=setup, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return OmegaConf.create(out.stdout).train.lr
+
+    assert lr() == 0.011 and lr() == 0.011
+    assert len(list((setup / "cache" / "compose").glob("*.pkl"))) == 1
+    _recipe_byte(setup, pytest.MonkeyPatch())
+    assert lr() == 0.012
