@@ -9,7 +9,8 @@ composition read is unchanged, compared by content, never by time stamp:
   directories and plug-ins come from the environment;
 - the code that declares structured configs (:func:`code_digest`): every ``.py`` file of cvops, of every
   ``hydra_plugins`` folder on ``sys.path`` (launchers and sweepers register their configs) and of every
-  ``cvops.stages`` plug-in package, plus the Hydra, OmegaConf and PyYAML versions;
+  ``cvops.stages`` plug-in package, a ``sitecustomize``/``usercustomize`` module, plus the Hydra, OmegaConf
+  and PyYAML versions;
 - every config file the composition could have read (:func:`sources_digest`): all ``*.yaml`` files in each
   config source on the search path the composition recorded in ``hydra.runtime.config_sources`` (cvops'
   ``conf/``, Hydra's own, the recipe directories, any ``hydra.searchpath`` a recipe adds). A source of any
@@ -19,8 +20,8 @@ Only the ``cvops`` command uses it (:func:`cvops.cli.main`): it starts from a fr
 ConfigStore holds only what the files above declare. A library caller composing in its own process (which may
 have put its own configs in the ConfigStore) always composes. ``CVOPS_COMPOSE_CACHE=0`` turns it off.
 
-Entries live in ``$CVOPS_CACHE_DIR/compose`` (default ``~/.cache/cvops/compose``, a folder only its owner may
-write), at most :data:`MAX_ENTRIES` of them. An entry is read with an unpickler that only builds OmegaConf
+Entries live in ``$CVOPS_CACHE_DIR/compose-<uid>`` (default ``~/.cache/cvops/compose-<uid>``, a folder only its
+owner may write), at most :data:`MAX_ENTRIES` of them. An entry is read with an unpickler that only builds OmegaConf
 nodes, the schema dataclasses and enums of cvops, Hydra and the plug-ins, and plain values: a planted entry
 cannot run code. A damaged, foreign or refused entry is a miss.
 """
@@ -51,8 +52,9 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
+    """``$CVOPS_CACHE_DIR/compose-<uid>``: one folder per user, so a machine's shared cache folder works for all."""
     base = os.environ.get("CVOPS_CACHE_DIR") or "~/.cache/cvops"
-    return Path(base).expanduser() / "compose"
+    return Path(base).expanduser() / f"compose-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
 # ------------------------------------------------------------------ digests
@@ -117,6 +119,10 @@ def code_digest(pkg_dir: Optional[Path] = None, extra_roots: Sequence[Path] = ()
     except ImportError:
         pass
     roots += _plugin_roots()
+    for mod in ("sitecustomize", "usercustomize"):  # code every process runs first (it could declare configs)
+        origin = getattr(sys.modules.get(mod), "__file__", None)
+        if origin:
+            roots.append(Path(origin))
     for root in roots:
         if root.is_file():
             _hash_files(h, "file", [root])

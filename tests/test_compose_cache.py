@@ -93,7 +93,7 @@ def test_a_hit_is_the_composition_itself(setup: Path, monkeypatch: pytest.Monkey
     count = Counter(monkeypatch)
     line = extra_line(setup)
     first = cached(line)
-    assert count.n == 1 and len(list((setup / "cache" / "compose").glob("*.pkl"))) == 1
+    assert count.n == 1 and len(list(composecache.cache_dir().glob("*.pkl"))) == 1
     hit = cached(line)
     assert count.n == 1, "the second composition of an unchanged command line came from the cache"
     assert same(hit, first) and same(hit, fresh(line))
@@ -183,7 +183,7 @@ class _Boom:
 
 def _entry(setup: Path) -> Path:
     cached()
-    (entry,) = (setup / "cache" / "compose").glob("*.pkl")
+    (entry,) = composecache.cache_dir().glob("*.pkl")
     return entry
 
 
@@ -222,7 +222,7 @@ def test_the_cache_can_be_turned_off(setup: Path, monkeypatch: pytest.MonkeyPatc
     count = Counter(monkeypatch)
     cached()
     cached()
-    assert count.n == 2 and not (setup / "cache" / "compose").exists()
+    assert count.n == 2 and not composecache.cache_dir().exists()
 
 
 def test_the_command_sees_an_edit_that_keeps_size_and_time(setup: Path) -> None:
@@ -236,6 +236,6 @@ def test_the_command_sees_an_edit_that_keeps_size_and_time(setup: Path) -> None:
         return OmegaConf.create(out.stdout).train.lr
 
     assert lr() == 0.011 and lr() == 0.011
-    assert len(list((setup / "cache" / "compose").glob("*.pkl"))) == 1
+    assert len(list(composecache.cache_dir().glob("*.pkl"))) == 1
     _recipe_byte(setup, pytest.MonkeyPatch())
     assert lr() == 0.012
