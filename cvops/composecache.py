@@ -13,17 +13,24 @@ composition read is unchanged, compared by content, never by time stamp:
   and PyYAML versions;
 - every config file the composition could have read (:func:`sources_digest`): all ``*.yaml`` files in each
   config source on the search path the composition recorded in ``hydra.runtime.config_sources`` (cvops'
-  ``conf/``, Hydra's own, the recipe directories, any ``hydra.searchpath`` a recipe adds). A source of any
-  other kind makes the composition uncacheable.
+  ``conf/``, Hydra's own, the recipe directories, any ``hydra.searchpath``), hidden folders included.
+
+A composition is not stored (it is composed again next time) when it cannot be checked this way: a config
+source of another kind, a package source that is not a folder (a zip), a folder that cannot be listed, more
+than :data:`MAX_FILES` files in a source, a config name that may lie outside its source's folders
+(``recipe=/abs/x.yaml``, ``train=../x``: :func:`plain_name`), or a file it depends on that changed since
+shortly before the process started (:data:`SETTLE_NS`: Hydra may have read it before the change and the
+digest after it).
 
 Only the ``cvops`` command uses it (:func:`cvops.cli.main`): it starts from a fresh process, so Hydra's
 ConfigStore holds only what the files above declare. A library caller composing in its own process (which may
 have put its own configs in the ConfigStore) always composes. ``CVOPS_COMPOSE_CACHE=0`` turns it off.
 
 Entries live in ``$CVOPS_CACHE_DIR/compose-<uid>`` (default ``~/.cache/cvops/compose-<uid>``, a folder only its
-owner may write), at most :data:`MAX_ENTRIES` of them. An entry is read with an unpickler that only builds OmegaConf
-nodes, the schema dataclasses and enums of cvops, Hydra and the plug-ins, and plain values: a planted entry
-cannot run code. A damaged, foreign or refused entry is a miss.
+owner may write), at most :data:`MAX_ENTRIES` of them, the least recently used pruned first. An entry is read
+with an unpickler that only builds OmegaConf nodes, the schema dataclasses and enums of cvops, Hydra and the
+plug-ins, and plain values, from modules already imported (or that Hydra's plug-in scan imports anyway): a
+planted entry cannot run code. A damaged, foreign or refused entry is a miss.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import logging
 import os
 import pickle
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
@@ -42,8 +50,13 @@ log = logging.getLogger("cvops.detail")
 
 FORMAT = 1
 MAX_ENTRIES = 256
-#: a config source with more files than this (a search path pointing at a large tree) is not hashed per run
-MAX_FILES = 4000
+#: a config source with more files and folders than this (a search path over a large tree) makes a
+#: composition uncacheable
+MAX_FILES = 2000
+#: a composition is not stored when a file it depends on changed less than this before the process started
+#: (time stamps are coarse on some file systems; a file changed after it started may have been read before
+#: the change and hashed after it)
+SETTLE_NS = 2_000_000_000
 _MAGIC = b"cvops-compose\n"
 
 
@@ -58,30 +71,47 @@ def cache_dir() -> Path:
 
 
 # ------------------------------------------------------------------ digests
-def _walk(root: Path, suffix: str, budget: List[int], skip: Sequence[str] = ()) -> Iterable[Path]:
-    """Files under ``root`` ending in ``suffix``, sorted; folders and files count against ``budget``."""
-    for d, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(x for x in dirs if x != "__pycache__" and not x.startswith(".") and x not in skip)
-        budget[0] -= len(dirs)
-        for f in sorted(files):
-            if f.endswith(suffix):
-                budget[0] -= 1
-                if budget[0] < 0:
-                    raise _Uncacheable(f"more than {MAX_FILES} files under {root}")
-                yield Path(d, f)
-
-
 class _Uncacheable(Exception):
     pass
 
 
-def _hash_files(h: Any, label: str, paths: Iterable[Path]) -> None:
-    h.update(f"\0{label}\0".encode())
-    for p in paths:
-        with open(p, "rb") as f:
+class _Digest:
+    """A sha256 over files' paths and contents, the newest change time among them, and a file budget."""
+
+    def __init__(self, seed: str = "", budget: int = MAX_FILES) -> None:
+        self.h = hashlib.sha256(seed.encode())
+        self.newest = 0  # ns: the latest mtime or ctime of a hashed file (see :data:`SETTLE_NS`)
+        self.budget = budget
+
+    def walk(self, root: Path, suffix: str, skip: Sequence[str] = ()) -> None:
+        """Every file under ``root`` ending in ``suffix`` (links followed; a folder that cannot be listed makes
+        the composition uncacheable: Hydra may still open a file in it by name)."""
+        def fail(e: OSError) -> None:
+            raise _Uncacheable(f"cannot list {e.filename}: {e.strerror}")
+
+        self.h.update(f"\0{root}\0".encode())
+        for d, dirs, files in os.walk(root, onerror=fail, followlinks=True):
+            dirs[:] = sorted(x for x in dirs if x not in skip)
+            self.budget -= len(dirs) + len(files)
+            if self.budget < 0:
+                raise _Uncacheable(f"more than {MAX_FILES} files and folders under {root}")
+            for f in sorted(files):
+                if f.endswith(suffix):
+                    self.file(Path(d, f))
+
+    def file(self, path: Path) -> None:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
             data = f.read()
-        h.update(f"{p}\0{len(data)}\0".encode())
-        h.update(data)
+        self.newest = max(self.newest, st.st_mtime_ns, st.st_ctime_ns)
+        self.h.update(f"{path}\0{len(data)}\0".encode())
+        self.h.update(data)
+
+    def text(self, value: str) -> None:
+        self.h.update(f"\0{value}\0".encode("utf-8", "surrogateescape"))
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
 
 
 def _plugin_roots() -> List[Path]:
@@ -103,15 +133,25 @@ def _plugin_roots() -> List[Path]:
     return out
 
 
+#: the newest change time among the code files of the last :func:`code_digest` (ns)
+_CODE_NEWEST = [0]
+
+
 def code_digest(pkg_dir: Optional[Path] = None, extra_roots: Sequence[Path] = ()) -> str:
     """Hash of the code that shapes a composition (see the module docstring)."""
     import hydra
     import omegaconf
     import yaml
 
-    h = hashlib.sha256(f"{sys.version}\0{hydra.__version__}\0{omegaconf.__version__}\0{yaml.__version__}".encode())
-    budget = [MAX_FILES * 4]
-    roots: List[Path] = [pkg_dir or Path(__file__).resolve().parent, *extra_roots]
+    from cvops.entrypoints import entry_points
+
+    d = _Digest(f"{sys.version}\0{hydra.__version__}\0{omegaconf.__version__}\0{yaml.__version__}", MAX_FILES * 4)
+    for ep in entry_points("cvops.stages"):  # which object each plug-in names, not only its package's files
+        d.text(f"{ep.name}={ep.value} ({ep.dist})")
+    pkg = pkg_dir or Path(__file__).resolve().parent
+    # cvops/_conf and cvops/_recipes hold configs (hashed as config sources), not code
+    d.walk(pkg, ".py", skip=("__pycache__", "_conf", "_recipes"))
+    roots: List[Path] = list(extra_roots)
     try:
         import hydra_plugins
 
@@ -125,17 +165,20 @@ def code_digest(pkg_dir: Optional[Path] = None, extra_roots: Sequence[Path] = ()
             roots.append(Path(origin))
     for root in roots:
         if root.is_file():
-            _hash_files(h, "file", [root])
-        else:
-            # cvops/_conf and cvops/_recipes hold configs (hashed as config sources), not code
-            _hash_files(h, str(root), _walk(root, ".py", budget, skip=("_conf", "_recipes")))
-    return h.hexdigest()
+            d.file(root)
+        elif root.is_dir():
+            d.walk(root, ".py", skip=("__pycache__",))
+        else:  # e.g. the placeholder an editable install puts on a namespace package's path
+            d.text(f"absent {root}")
+    _CODE_NEWEST[0] = d.newest
+    return d.hexdigest()
 
 
 def key(overrides: Sequence[str], code: str) -> str:
     """The entry's name: command line, working directory, environment, import path and code."""
     material = json.dumps({"format": FORMAT, "overrides": list(overrides), "cwd": os.getcwd(),
-                           "env": sorted(os.environ.items()), "path": sys.path, "code": code}, sort_keys=True)
+                           "env": sorted(os.environ.items()), "path": [str(p) for p in sys.path], "code": code},
+                          sort_keys=True)
     return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -151,38 +194,75 @@ def _source_dirs(source: Any) -> List[Path]:
         import importlib.util
 
         spec = importlib.util.find_spec(path)
-        if spec is None or not spec.submodule_search_locations:
-            raise _Uncacheable(f"package config source {path} not found")
-        return [Path(p) for p in spec.submodule_search_locations]
+        dirs = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+        if not dirs or not all(p.is_dir() for p in dirs):  # e.g. a package inside a zip file
+            raise _Uncacheable(f"package config source {path} is not a folder")
+        return dirs
     raise _Uncacheable(f"config source scheme {schema}:// is not known to the compose cache")
+
+
+def _sources(sources: Sequence[Any]) -> _Digest:
+    d = _Digest()
+    for source in sources:
+        d.text(json.dumps(dict(source), sort_keys=True))
+        for folder in _source_dirs(source):
+            if folder.is_dir():  # every file, hidden folders too: Hydra reads .drafts/x.yaml when asked
+                d.walk(folder, ".yaml")
+            else:
+                d.text(f"absent {folder}")
+    return d
 
 
 def sources_digest(sources: Sequence[Any]) -> str:
     """Hash of every ``*.yaml`` file in the given config sources (a missing folder hashes as missing)."""
-    h = hashlib.sha256()
-    budget = [MAX_FILES]
-    for source in sources:
-        h.update(json.dumps(dict(source), sort_keys=True).encode())
-        for d in _source_dirs(source):
-            if d.is_dir():
-                _hash_files(h, str(d), _walk(d, ".yaml", budget))
-            else:
-                h.update(f"\0absent {d}\0".encode())
-    return h.hexdigest()
+    return _sources(sources).hexdigest()
+
+
+def plain_name(config_path: str) -> bool:
+    """A config name Hydra looks up inside its sources' folders: no absolute path, no ``..``, no empty part."""
+    parts = config_path.split("/")
+    return "\\" not in config_path and all(p not in ("", ".", "..") for p in parts)
+
+
+class recording:
+    """Records every config name Hydra looks up while composing (``with recording() as names: ...``)."""
+
+    def __enter__(self) -> List[str]:
+        from hydra._internal.config_repository import ConfigRepository
+
+        self.names: List[str] = []
+        self.real = ConfigRepository._find_object_source
+        names, real = self.names, self.real
+
+        def find(repo: Any, config_path: str, object_type: Any) -> Any:
+            names.append(config_path)
+            return real(repo, config_path, object_type)
+
+        ConfigRepository._find_object_source = find  # type: ignore[method-assign]
+        return self.names
+
+    def __exit__(self, *exc: Any) -> None:
+        from hydra._internal.config_repository import ConfigRepository
+
+        ConfigRepository._find_object_source = self.real  # type: ignore[method-assign]
 
 
 # ------------------------------------------------------------------ loading
-#: modules whose classes an entry may name (each class must also be a dataclass, an enum or an OmegaConf type)
-_MODULES = ("omegaconf.", "hydra.", "hydra_plugins.", "cvops.")
 _PLAIN = {("builtins", n) for n in ("bool", "dict", "float", "int", "list", "str", "tuple", "set", "frozenset",
                                       "bytes", "complex", "NoneType")} | {("collections", "defaultdict"),
                                                                           ("collections", "OrderedDict")}
+#: modules an entry's classes may come from once imported (cvops imports the ones a composition uses first)
+_IMPORTED = ("omegaconf.", "hydra.", "cvops.")
+#: modules an entry may import: what Hydra's plug-in scan imports while composing anyway
+_LOADABLE = ("hydra._internal.core_plugins.", "hydra_plugins.")
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, modules: Tuple[str, ...]) -> None:
+    """Builds OmegaConf nodes, dataclasses and enums of cvops, Hydra and the plug-ins, and plain values only."""
+
+    def __init__(self, data: bytes, plugins: Tuple[str, ...]) -> None:
         super().__init__(io.BytesIO(data))
-        self.modules = modules
+        self.plugins = plugins
 
     def find_class(self, module: str, name: str) -> Any:
         import dataclasses
@@ -195,7 +275,10 @@ class _Unpickler(pickle.Unpickler):
             return getattr(typing, name)
         if module == "_operator" and name == "getitem":  # typing.Dict[str, Any] and the like
             return super().find_class(module, name)
-        if module.startswith(self.modules) or module in {m.rstrip(".") for m in self.modules}:
+        allowed = "__main__" not in module.split(".") and (
+            (module.startswith(_IMPORTED) and module in sys.modules) or module.startswith(_LOADABLE)
+            or any(module == p or module.startswith(p + ".") for p in self.plugins))
+        if allowed:
             obj = super().find_class(module, name)
             if isinstance(obj, type) and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum)
                                           or obj.__module__.startswith("omegaconf.")):
@@ -206,7 +289,7 @@ class _Unpickler(pickle.Unpickler):
 def _plugin_modules() -> Tuple[str, ...]:
     from cvops.entrypoints import entry_points
 
-    return tuple(f"{ep.value.partition(':')[0].split('.')[0]}." for ep in entry_points("cvops.stages"))
+    return tuple(ep.value.partition(":")[0].split(".")[0] for ep in entry_points("cvops.stages"))
 
 
 def _private(*paths: Path) -> bool:
@@ -240,22 +323,48 @@ def load(name: str) -> Optional[Any]:
             return None
         if sources_digest(meta["sources"]) != meta["sources_digest"]:
             return None
-        cfg = _Unpickler(payload, _MODULES + _plugin_modules()).load()
+        cfg = _Unpickler(payload, _plugin_modules()).load()
     except Exception as e:  # a damaged or refused entry is a miss; the composition runs as usual
         log.debug("compose cache: entry %s not used: %s: %s", name, type(e).__name__, e)
         return None
     from omegaconf import DictConfig
 
-    return cfg if isinstance(cfg, DictConfig) else None
+    if not isinstance(cfg, DictConfig):
+        return None
+    try:
+        os.utime(path)  # recently used: pruned last
+    except OSError:
+        pass
+    return cfg
 
 
-def store(name: str, cfg: Any) -> None:
-    """Keep ``cfg`` (a fresh composition with its ``hydra`` node) under ``name``; best effort, never raises."""
+def _started_ns() -> int:
+    import cvops
+
+    return int(getattr(cvops, "STARTED_NS", 0)) or time.time_ns()
+
+
+def store(name: str, cfg: Any, names: Sequence[str]) -> None:
+    """Keep ``cfg`` (a fresh composition with its ``hydra`` node) under ``name``; best effort, never raises.
+
+    ``names``: the config names Hydra looked up while composing it (:class:`recording`). Not stored when one
+    of them may lie outside its source's folder (``recipe=/abs/x.yaml``, ``train=../x``: those files are not
+    in the digest), or when a hashed file changed since shortly before this process started (:data:`SETTLE_NS`:
+    the composition may have read it before the change and the digest after it).
+    """
     from omegaconf import OmegaConf
 
     try:
+        odd = next((n for n in names if not plain_name(n)), None)
+        if odd is not None:
+            log.debug("compose cache: not stored: config name %r may lie outside its source", odd)
+            return
         sources = OmegaConf.to_container(cfg.hydra.runtime.config_sources)
-        meta = {"format": FORMAT, "key": name, "sources": sources, "sources_digest": sources_digest(sources)}
+        digest = _sources(sources)
+        if max(digest.newest, _CODE_NEWEST[0]) >= _started_ns() - SETTLE_NS:
+            log.debug("compose cache: not stored: a config or code file changed while this process started")
+            return
+        meta = {"format": FORMAT, "key": name, "sources": sources, "sources_digest": digest.hexdigest()}
         payload = pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL)
         d = cache_dir()
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -272,11 +381,17 @@ def store(name: str, cfg: Any) -> None:
 
 
 def _prune(d: Path) -> None:
+    """At most :data:`MAX_ENTRIES`: the least recently used go first (a time stamp in the future counts as old)."""
     entries = list(d.glob("*.pkl"))
     if len(entries) <= MAX_ENTRIES:
         return
-    by_age = sorted(entries, key=lambda p: p.stat().st_mtime)
-    for p in by_age[: len(entries) - MAX_ENTRIES]:
+    now = time.time()
+
+    def used(p: Path) -> float:
+        t = p.stat().st_mtime
+        return 0.0 if t > now + 60 else t
+
+    for p in sorted(entries, key=used)[: len(entries) - MAX_ENTRIES]:
         try:
             p.unlink()
         except OSError:

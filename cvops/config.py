@@ -68,9 +68,10 @@ def compose_config(overrides: Sequence[str] = (), *, hydra_node: bool = False, c
 
         name, cfg = composecache.lookup(overrides)
         if cfg is None:
-            cfg = compose_config(overrides, hydra_node=True)
+            with composecache.recording() as names:
+                cfg = compose_config(overrides, hydra_node=True)
             if name is not None:
-                composecache.store(name, cfg)
+                composecache.store(name, cfg, names)
         if not hydra_node:
             with open_dict(cfg):
                 del cfg["hydra"]

@@ -166,16 +166,34 @@ RESERVED = frozenset({"project", "task", "stages", "paths", "leaderboard", "lock
                       "hydra", "recipe"})
 
 
+_ROOT: Optional[Tuple[Tuple[Stage, ...], type]] = None
+
+
 def root_schema() -> type:
-    """The recipe schema: :class:`cvops.schema.CvopsConfig`, plus one optional section per plug-in stage."""
+    """The recipe schema: :class:`cvops.schema.CvopsConfig`, plus one optional section per plug-in stage.
+
+    With plug-ins it is one class per process, reachable as ``cvops.stages.RecipeSchema``, so a composed
+    config refers to it by name (the compose cache pickles compositions)."""
     import dataclasses
 
     from cvops.schema import CvopsConfig
 
-    extra = [(p.name, Optional[p.schema], dataclasses.field(default=None)) for p in plugins()]
-    if not extra:
+    global _ROOT
+    found = plugins()
+    if not found:
         return CvopsConfig
-    return dataclasses.make_dataclass("CvopsConfig", extra, bases=(CvopsConfig,))
+    if _ROOT is None or _ROOT[0] is not found:
+        extra = [(p.name, Optional[p.schema], dataclasses.field(default=None)) for p in found]
+        cls = dataclasses.make_dataclass("CvopsConfig", extra, bases=(CvopsConfig,))
+        cls.__module__, cls.__qualname__ = __name__, "RecipeSchema"
+        _ROOT = (found, cls)
+    return _ROOT[1]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RecipeSchema":
+        return root_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_configs(store: Any) -> None:

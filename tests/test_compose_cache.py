@@ -12,12 +12,15 @@ import os
 import pickle
 import subprocess
 import sys
+import time
+import zipfile
 from pathlib import Path
 from typing import Callable, List
 
 import pytest
 from omegaconf import OmegaConf
 
+import cvops
 from cvops import composecache, config
 
 RECIPE = """# @package _global_
@@ -43,6 +46,9 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("WANDB_TEST_COPIED", "one")
     monkeypatch.delenv("CVOPS_COMPOSE_CACHE", raising=False)
     monkeypatch.chdir(tmp_path)
+    # as if this process had started a while after the files were written (files that changed just before
+    # or after the start are not cached: test_a_file_changed_as_the_process_started_is_not_cached)
+    monkeypatch.setattr(cvops, "STARTED_NS", time.time_ns() + 2 * composecache.SETTLE_NS)
     return tmp_path
 
 
@@ -192,7 +198,9 @@ def test_a_planted_entry_runs_no_code_and_is_not_served(setup: Path, monkeypatch
     head = entry.read_bytes().split(b"\n", 2)  # magic line, metadata line (valid key and digests), payload
     marker = setup / "pwned"
     for payload in (pickle.dumps(_Boom(marker)), pickle.dumps(subprocess.Popen), pickle.dumps({"a": 1}),
-                    pickle.dumps(config.ConfigError("x"))):
+                    pickle.dumps(config.ConfigError("x")),
+                    b"ccvops.__main__\nmain\n.",  # importing it would run the command again
+                    b"ccvops.runner\nRunner\n."):  # a class, but not a config node
         entry.write_bytes(head[0] + b"\n" + head[1] + b"\n" + payload)
         count = Counter(monkeypatch)
         cfg = cached()
@@ -235,7 +243,66 @@ def test_the_command_sees_an_edit_that_keeps_size_and_time(setup: Path) -> None:
         assert out.returncode == 0, out.stderr
         return OmegaConf.create(out.stdout).train.lr
 
-    assert lr() == 0.011 and lr() == 0.011
-    assert len(list(composecache.cache_dir().glob("*.pkl"))) == 1
+    time.sleep(composecache.SETTLE_NS / 1e9 + 0.2)  # the files settle before the process starts
+    assert lr() == 0.011
+    (entry,) = composecache.cache_dir().glob("*.pkl")
+    inode = entry.stat().st_ino
+    assert lr() == 0.011
+    assert [p.stat().st_ino for p in composecache.cache_dir().glob("*.pkl")] == [inode], "the second run was a hit"
     _recipe_byte(setup, pytest.MonkeyPatch())
     assert lr() == 0.012
+
+
+def test_a_file_changed_as_the_process_started_is_not_cached(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra may read a file before an edit and the digest after it: such a composition is not stored."""
+    monkeypatch.setattr(cvops, "STARTED_NS", time.time_ns())  # the recipe was written just now
+    count = Counter(monkeypatch)
+    cached()
+    cached()
+    assert count.n == 2 and not list(composecache.cache_dir().glob("*.pkl"))
+
+
+def test_names_that_may_lie_outside_their_source_are_not_cached(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outside = setup / "outside"
+    outside.mkdir()
+    (outside / "b.yaml").write_text(RECIPE.format(lr=0.031))
+    for line in (["recipe=../outside/b"], [f"recipe={outside / 'b.yaml'}"]):
+        count = Counter(monkeypatch)
+        assert cached(line).train.lr == 0.031
+        rewrite_keeping_size_and_time(outside / "b.yaml", "0.031", "0.032")
+        assert cached(line).train.lr == 0.032 and count.n == 2
+        rewrite_keeping_size_and_time(outside / "b.yaml", "0.032", "0.031")
+    assert not list(composecache.cache_dir().glob("*.pkl"))
+
+
+def test_hidden_folders_of_a_source_are_hashed(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for folder in (".drafts", "__pycache__"):
+        (setup / "recipes" / folder).mkdir()
+        (setup / "recipes" / folder / "x.yaml").write_text(RECIPE.format(lr=0.041))
+        line = [f"recipe={folder}/x"]
+        assert cached(line).train.lr == 0.041
+        rewrite_keeping_size_and_time(setup / "recipes" / folder / "x.yaml", "0.041", "0.042")
+        assert cached(line).train.lr == 0.042
+
+
+def test_a_package_source_inside_a_zip_is_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as z:
+        z.writestr("zpkg/__init__.py", "")
+        z.writestr("zpkg/conf/__init__.py", "")
+        z.writestr("zpkg/conf/train/zz.yaml", "max_epochs: 31\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "z.zip"))
+    with pytest.raises(composecache._Uncacheable, match="not a folder"):
+        composecache.sources_digest([{"schema": "pkg", "path": "zpkg.conf", "provider": "test"}])
+
+
+def test_the_least_recently_used_entries_go_first(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(composecache, "MAX_ENTRIES", 3)
+    folder = composecache.cache_dir()
+    folder.mkdir(parents=True, mode=0o700)
+    future = time.time() + 10 * 365 * 86400  # restored from a backup, or a skewed clock
+    for i in range(3):
+        (folder / f"old{i}.pkl").write_bytes(b"x")
+        os.utime(folder / f"old{i}.pkl", (future, future))
+    cached()
+    kept = sorted(p.name for p in folder.glob("*.pkl"))
+    assert len(kept) == 3 and any(not n.startswith("old") for n in kept), kept

@@ -118,6 +118,22 @@ def test_plugin_not_selected_leaves_the_graph_as_it_was(plugin_env, tmp_path):
     assert r.returncode != 0 and "min_boxes_per_class" in r.stderr, r.stderr[-2000:]
 
 
+def test_a_plugin_recipe_composes_from_the_cache(plugin_env, tmp_path):
+    """The recipe schema grows a section per plug-in; a composition holding it is cached and served exactly."""
+    import time
+
+    env = {**plugin_env, "CVOPS_CACHE_DIR": str(tmp_path / "cache")}
+    time.sleep(2.2)  # the plug-in and the recipe were just written: files that changed as a process starts are
+    #                  not cached (cvops.composecache.SETTLE_NS)
+    first = cvops(env, tmp_path, "recipe=audited", "--cfg", "job").stdout
+    (entry,) = (tmp_path / "cache").glob("compose-*/*.pkl")
+    inode = entry.stat().st_ino
+    again = cvops(env, tmp_path, "recipe=audited", "--cfg", "job").stdout
+    assert [p.stat().st_ino for p in (tmp_path / "cache").glob("compose-*/*.pkl")] == [inode], "not a hit"
+    composed = cvops({**env, "CVOPS_COMPOSE_CACHE": "0"}, tmp_path, "recipe=audited", "--cfg", "job").stdout
+    assert first == again == composed and "min_boxes_per_class" in again
+
+
 def test_entry_point_scan_equals_importlib_metadata_for_every_group():
     """cvops reads entry points without importlib.metadata's per-group scans: same answer for every group
     installed here (console scripts, pytest plug-ins, ... and cvops' own), in the same order."""
