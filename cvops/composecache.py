@@ -2,25 +2,29 @@
 
 Hydra's compose is most of what a fully cached rerun or ``--cfg job`` costs (0.10-0.18 s of about 0.5 s on two
 cores); loading its result back costs about 2 ms. A cached composition is used only when everything the
-composition read is unchanged, compared by content, never by time stamp:
+composition read is unchanged: config and cvops files compared by content (a same-size edit within one
+second is seen), other loaded modules by their change time, which every write moves:
 
 - the command line, the working directory, the whole environment, ``sys.path`` and the Python version
   (:func:`key`): Hydra writes the working directory and ``hydra.job.env_copy`` into the config, and recipe
   directories and plug-ins come from the environment;
 - the code that declares structured configs (:func:`code_digest`): every ``.py`` file of cvops, of every
   ``hydra_plugins`` folder on ``sys.path`` (launchers and sweepers register their configs) and of every
-  ``cvops.stages`` plug-in package, a ``sitecustomize``/``usercustomize`` module, plus the Hydra, OmegaConf
-  and PyYAML versions;
-- every config file the composition could have read (:func:`sources_digest`): all ``*.yaml`` files in each
-  config source on the search path the composition recorded in ``hydra.runtime.config_sources`` (cvops'
-  ``conf/``, Hydra's own, the recipe directories, any ``hydra.searchpath``), hidden folders included.
+  ``cvops.stages`` plug-in package (and what its entry point names), a ``sitecustomize``/``usercustomize``
+  module, the Hydra, OmegaConf and PyYAML versions, and the path, size and time stamps of every other
+  module loaded once the plug-ins are;
+- every config file and folder the composition could have read (:func:`sources_digest`): all ``*.yaml``
+  files and folder names in each config source on the search path the composition recorded in
+  ``hydra.runtime.config_sources`` (cvops' ``conf/``, Hydra's own, the recipe directories, any
+  ``hydra.searchpath``), hidden folders included, and the symbolic links on the way.
 
 A composition is not stored (it is composed again next time) when it cannot be checked this way: a config
-source of another kind, a package source that is not a folder (a zip), a folder that cannot be listed, more
-than :data:`MAX_FILES` files in a source, a config name that may lie outside its source's folders
-(``recipe=/abs/x.yaml``, ``train=../x``: :func:`plain_name`), or a file it depends on that changed since
-shortly before the process started (:data:`SETTLE_NS`: Hydra may have read it before the change and the
-digest after it).
+source of another kind, a package source that is not a folder (a zip), a folder that cannot be listed, a
+fifo, device or huge file among the configs, more than :data:`MAX_FILES` files in a source, a config name
+that may lie outside its source's folders (``recipe=/abs/x.yaml``, ``train=../x``: :func:`plain_name`), a
+value that may compose differently each time (:func:`volatile`), a source that hashes otherwise after
+composing than just before (:func:`snapshot`), or a file it depends on that changed since shortly before the
+process started (:data:`SETTLE_NS`: Hydra may have read it before the change and the digest after it).
 
 Only the ``cvops`` command uses it (:func:`cvops.cli.main`): it starts from a fresh process, so Hydra's
 ConfigStore holds only what the files above declare. A library caller composing in its own process (which may
@@ -41,10 +45,12 @@ import json
 import logging
 import os
 import pickle
+import re
+import stat
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("cvops.detail")
 
@@ -53,6 +59,8 @@ MAX_ENTRIES = 256
 #: a config source with more files and folders than this (a search path over a large tree) makes a
 #: composition uncacheable
 MAX_FILES = 2000
+#: a config or code file larger than this makes a composition uncacheable (configs are a few KiB)
+MAX_BYTES = 8 * 1024 * 1024
 #: a composition is not stored when a file it depends on changed less than this before the process started
 #: (time stamps are coarse on some file systems; a file changed after it started may have been read before
 #: the change and hashed after it)
@@ -84,27 +92,54 @@ class _Digest:
         self.budget = budget
 
     def walk(self, root: Path, suffix: str, skip: Sequence[str] = ()) -> None:
-        """Every file under ``root`` ending in ``suffix`` (links followed; a folder that cannot be listed makes
-        the composition uncacheable: Hydra may still open a file in it by name)."""
+        """Every folder's name and every file ending in ``suffix`` under ``root`` (links followed). A folder that
+        cannot be listed makes the composition uncacheable: Hydra may still open a file in it by name."""
         def fail(e: OSError) -> None:
             raise _Uncacheable(f"cannot list {e.filename}: {e.strerror}")
 
-        self.h.update(f"\0{root}\0".encode())
+        self.links(root)
+        self.h.update(f"\0{root}\0".encode("utf-8", "surrogateescape"))
         for d, dirs, files in os.walk(root, onerror=fail, followlinks=True):
             dirs[:] = sorted(x for x in dirs if x not in skip)
             self.budget -= len(dirs) + len(files)
             if self.budget < 0:
                 raise _Uncacheable(f"more than {MAX_FILES} files and folders under {root}")
+            # a folder's name matters even when empty (a group folder changes what an override means); its
+            # change time moves when an entry is added, removed or renamed in it
+            self.changed(os.stat(d), os.lstat(d))
+            self.h.update(f"\0dir {d}\0".encode("utf-8", "surrogateescape"))
             for f in sorted(files):
                 if f.endswith(suffix):
                     self.file(Path(d, f))
 
+    def links(self, path: Path) -> None:
+        """The change times of the symbolic links on ``path``'s way (a link re-pointed to another tree)."""
+        p = Path(os.path.abspath(path))
+        for part in (p, *p.parents):
+            try:
+                st = os.lstat(part)
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                self.changed(st)
+                self.h.update(f"\0link {part} -> {os.readlink(part)}\0".encode("utf-8", "surrogateescape"))
+
+    def changed(self, *stats: os.stat_result) -> None:
+        for st in stats:
+            self.newest = max(self.newest, st.st_mtime_ns, st.st_ctime_ns)
+
     def file(self, path: Path) -> None:
-        with open(path, "rb") as f:
+        """A regular file's content (anything else, a fifo or a device, is refused without reading it)."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
-            data = f.read()
-        self.newest = max(self.newest, st.st_mtime_ns, st.st_ctime_ns)
-        self.h.update(f"{path}\0{len(data)}\0".encode())
+            if not stat.S_ISREG(st.st_mode):
+                raise _Uncacheable(f"{path} is not a regular file")
+            if st.st_size > MAX_BYTES:
+                raise _Uncacheable(f"{path} is larger than {MAX_BYTES} bytes")
+            data = f.read(MAX_BYTES + 1)
+        self.changed(st, os.lstat(path))
+        self.h.update(f"{path}\0{len(data)}\0".encode("utf-8", "surrogateescape"))
         self.h.update(data)
 
     def text(self, value: str) -> None:
@@ -170,8 +205,34 @@ def code_digest(pkg_dir: Optional[Path] = None, extra_roots: Sequence[Path] = ()
             d.walk(root, ".py", skip=("__pycache__",))
         else:  # e.g. the placeholder an editable install puts on a namespace package's path
             d.text(f"absent {root}")
+    _loaded_modules(d, pkg)
     _CODE_NEWEST[0] = d.newest
     return d.hexdigest()
+
+
+def _loaded_modules(d: _Digest, pkg: Path) -> None:
+    """Every module this process has imported once the stage plug-ins are loaded (what a plug-in imports may
+    shape its schema or put configs in the ConfigStore), outside the standard library and cvops (hashed whole
+    above): by path, size and time stamps. A change always moves the change time, and a file that changed
+    shortly before the process started is never cached (:data:`SETTLE_NS`), so this is exact too."""
+    import sysconfig
+
+    from cvops.stages import plugins
+
+    plugins()
+    std = tuple(os.path.join(p, "") for p in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
+    own = os.path.join(str(pkg), "")
+    for name, mod in sorted(sys.modules.items()):
+        origin = getattr(mod, "__file__", None)
+        if not isinstance(origin, str) or origin.startswith(std) or origin.startswith(own):
+            continue
+        try:
+            st = os.stat(origin)
+        except OSError:
+            d.text(f"module {name} {origin} absent")
+            continue
+        d.changed(st)
+        d.text(f"module {name} {origin} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns}")
 
 
 def key(overrides: Sequence[str], code: str) -> str:
@@ -218,6 +279,44 @@ def sources_digest(sources: Sequence[Any]) -> str:
     return _sources(sources).hexdigest()
 
 
+#: resolvers whose value a composition may depend on: their inputs are in the key (the environment)
+_KEYED_RESOLVERS = frozenset({"oc.env", "cvops_recipe_path"})
+_RESOLVER = re.compile(r"\$\{\s*([A-Za-z_][\w.\-]*)\s*:")
+
+
+def volatile(text: str) -> Optional[str]:
+    """Why ``text`` (an override, a defaults list) may compose differently from run to run, or None: a resolver
+    evaluated while composing (``${now:...}`` in a defaults list) or ``shuffle(...)``."""
+    if "shuffle(" in text:
+        return "shuffle() picks a new order each time"
+    other = sorted(set(_RESOLVER.findall(text)) - _KEYED_RESOLVERS)
+    return f"resolver {other[0]} is evaluated while composing" if other else None
+
+
+def snapshot(overrides: Sequence[str] = ()) -> Dict[Tuple[str, str], Optional[str]]:
+    """Digests of the config sources a cvops composition has (Hydra's own, cvops' ``conf/``, the recipe folders,
+    a ``hydra.searchpath=[...]`` on the command line), taken before composing: :func:`store` keeps a
+    composition only if its sources still hash the same afterwards (a folder renamed or re-linked while Hydra
+    read it)."""
+    from cvops.recipes import CONF_DIR, _recipe_path
+
+    where = [("pkg", "hydra.conf"), ("file", str(CONF_DIR)), ("recipes", _recipe_path())]
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") == "hydra.searchpath" and value.startswith("[") and value.endswith("]"):
+            for entry in value[1:-1].split(","):
+                scheme, sep, path = entry.strip().strip("'\"").partition("://")
+                if sep:
+                    where.append((scheme, path))
+    out: Dict[Tuple[str, str], Optional[str]] = {}
+    for schema, path in where:
+        try:
+            out[(schema, path)] = _sources([{"schema": schema, "path": path}]).hexdigest()
+        except Exception:  # such a source is checked (and refused) again when the composition is stored
+            out[(schema, path)] = None
+    return out
+
+
 def plain_name(config_path: str) -> bool:
     """A config name Hydra looks up inside its sources' folders: no absolute path, no ``..``, no empty part."""
     parts = config_path.split("/")
@@ -225,26 +324,35 @@ def plain_name(config_path: str) -> bool:
 
 
 class recording:
-    """Records every config name Hydra looks up while composing (``with recording() as names: ...``)."""
+    """Records what Hydra looks up while composing (``with recording() as seen: ...``): ``seen.names``, every
+    config name, and ``seen.defaults``, the text of every defaults list it read."""
 
-    def __enter__(self) -> List[str]:
+    def __enter__(self) -> "recording":
         from hydra._internal.config_repository import ConfigRepository
+        from omegaconf import OmegaConf
 
         self.names: List[str] = []
-        self.real = ConfigRepository._find_object_source
-        names, real = self.names, self.real
+        self.defaults: List[str] = []
+        self.real = (ConfigRepository._find_object_source, ConfigRepository._extract_defaults_list)
+        find_real, extract_real = self.real
 
         def find(repo: Any, config_path: str, object_type: Any) -> Any:
-            names.append(config_path)
-            return real(repo, config_path, object_type)
+            self.names.append(config_path)
+            return find_real(repo, config_path, object_type)
+
+        def extract(repo: Any, config_path: str, cfg: Any) -> Any:
+            out = extract_real(repo, config_path, cfg)
+            self.defaults.append(str(OmegaConf.to_container(out, resolve=False)))
+            return out
 
         ConfigRepository._find_object_source = find  # type: ignore[method-assign]
-        return self.names
+        ConfigRepository._extract_defaults_list = extract  # type: ignore[method-assign]
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         from hydra._internal.config_repository import ConfigRepository
 
-        ConfigRepository._find_object_source = self.real  # type: ignore[method-assign]
+        ConfigRepository._find_object_source, ConfigRepository._extract_defaults_list = self.real  # type: ignore
 
 
 # ------------------------------------------------------------------ loading
@@ -344,26 +452,41 @@ def _started_ns() -> int:
     return int(getattr(cvops, "STARTED_NS", 0)) or time.time_ns()
 
 
-def store(name: str, cfg: Any, names: Sequence[str]) -> None:
+def store(name: str, cfg: Any, overrides: Sequence[str], seen: "recording",
+          before: Dict[Tuple[str, str], Optional[str]]) -> None:
     """Keep ``cfg`` (a fresh composition with its ``hydra`` node) under ``name``; best effort, never raises.
 
-    ``names``: the config names Hydra looked up while composing it (:class:`recording`). Not stored when one
-    of them may lie outside its source's folder (``recipe=/abs/x.yaml``, ``train=../x``: those files are not
-    in the digest), or when a hashed file changed since shortly before this process started (:data:`SETTLE_NS`:
-    the composition may have read it before the change and the digest after it).
+    Not stored (composed again next time) when it cannot be checked by content: a config name that may lie
+    outside its source's folder (``recipe=/abs/x.yaml``, ``train=../x``: that file is not in the digest), an
+    override or defaults list whose value is not fixed by the key (:func:`volatile`), a config source that
+    hashes otherwise than just before composing (``before``, :func:`snapshot`) or is not among those, or a
+    hashed file that changed since shortly before this process started (:data:`SETTLE_NS`: Hydra may have
+    read it before the change and the digest after it).
     """
     from omegaconf import OmegaConf
 
+    def skip(why: str) -> None:
+        log.debug("compose cache: not stored: %s", why)
+
     try:
-        odd = next((n for n in names if not plain_name(n)), None)
+        odd = next((n for n in seen.names if not plain_name(n)), None)
         if odd is not None:
-            log.debug("compose cache: not stored: config name %r may lie outside its source", odd)
-            return
+            return skip(f"config name {odd!r} may lie outside its source")
+        why = next(filter(None, map(volatile, [*overrides, *seen.defaults])), None)
+        if why:
+            return skip(why)
         sources = OmegaConf.to_container(cfg.hydra.runtime.config_sources)
+        for source in sources:
+            if source["schema"] == "structured":
+                continue
+            where = (source["schema"], source["path"])
+            if where not in before or before[where] is None:
+                return skip(f"config source {where} was not hashed before composing")
+            if _sources([{"schema": where[0], "path": where[1]}]).hexdigest() != before[where]:
+                return skip(f"config source {where} changed while composing")
         digest = _sources(sources)
         if max(digest.newest, _CODE_NEWEST[0]) >= _started_ns() - SETTLE_NS:
-            log.debug("compose cache: not stored: a config or code file changed while this process started")
-            return
+            return skip("a config or code file changed as this process started")
         meta = {"format": FORMAT, "key": name, "sources": sources, "sources_digest": digest.hexdigest()}
         payload = pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL)
         d = cache_dir()

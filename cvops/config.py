@@ -68,10 +68,11 @@ def compose_config(overrides: Sequence[str] = (), *, hydra_node: bool = False, c
 
         name, cfg = composecache.lookup(overrides)
         if cfg is None:
-            with composecache.recording() as names:
+            before = composecache.snapshot(overrides) if name is not None else {}
+            with composecache.recording() as seen:
                 cfg = compose_config(overrides, hydra_node=True)
             if name is not None:
-                composecache.store(name, cfg, names)
+                composecache.store(name, cfg, overrides, seen, before)
         if not hydra_node:
             with open_dict(cfg):
                 del cfg["hydra"]

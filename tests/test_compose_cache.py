@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -49,6 +50,10 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # as if this process had started a while after the files were written (files that changed just before
     # or after the start are not cached: test_a_file_changed_as_the_process_started_is_not_cached)
     monkeypatch.setattr(cvops, "STARTED_NS", time.time_ns() + 2 * composecache.SETTLE_NS)
+    # the key covers the modules this process has imported: import what a composition imports first, as
+    # the cvops command has when it looks the key up
+    config.compose_config(["recipe=mine"], hydra_node=True, cache=True)
+    shutil.rmtree(composecache.cache_dir(), ignore_errors=True)
     return tmp_path
 
 
@@ -306,3 +311,76 @@ def test_the_least_recently_used_entries_go_first(setup: Path, monkeypatch: pyte
     cached()
     kept = sorted(p.name for p in folder.glob("*.pkl"))
     assert len(kept) == 3 and any(not n.startswith("old") for n in kept), kept
+
+
+def test_a_source_swapped_while_hydra_reads_it_is_not_stored(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An atomic deploy re-points a link between Hydra's read and the digest: nothing is stored."""
+    for name, lr in (("A", 0.051), ("B", 0.052)):
+        (setup / name).mkdir()
+        (setup / name / "mine.yaml").write_text(RECIPE.format(lr=lr))
+    (setup / "current").symlink_to(setup / "A")
+    monkeypatch.setenv("CVOPS_RECIPE_PATH", str(setup / "current"))
+    real = config.compose
+
+    def compose_then_swap(*a, **k):
+        out = real(*a, **k)  # Hydra has read A
+        (setup / "next").symlink_to(setup / "B")
+        os.replace(setup / "next", setup / "current")
+        return out
+
+    monkeypatch.setattr(config, "compose", compose_then_swap)
+    assert cached().train.lr == 0.051
+    assert not list(composecache.cache_dir().glob("*.pkl")), "A's composition was stored under B's digest"
+    monkeypatch.setattr(config, "compose", real)
+    assert cached().train.lr == 0.052 and same(cached(), fresh())
+
+
+def test_a_module_a_plugin_imports_is_in_the_key(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module loaded in this process (a plug-in's helper that sets a default or a preset) is keyed by its file."""
+    (setup / "site").mkdir()
+    (setup / "site" / "helperlib_cc.py").write_text("DEFAULT = 3\n")
+    monkeypatch.syspath_prepend(str(setup / "site"))
+    import helperlib_cc  # noqa: F401
+
+    monkeypatch.setitem(sys.modules, "helperlib_cc", sys.modules["helperlib_cc"])
+    cached()
+    count = Counter(monkeypatch)
+    cached()
+    assert count.n == 0
+    rewrite_keeping_size_and_time(setup / "site" / "helperlib_cc.py", "= 3", "= 8")
+    cached()
+    assert count.n == 1
+
+
+def test_what_may_compose_differently_each_time_is_not_stored(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = {"train": "default"}
+    OmegaConf.register_new_resolver("cc_test_pick", lambda: state["train"], replace=True)
+    (setup / "recipes" / "picked.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /train: ${cc_test_pick:}\nproject: picked\n")
+    line = ["recipe=picked"]
+    assert cached(line).train.max_epochs == fresh(line).train.max_epochs
+    state["train"] = "cpu_smoke"
+    assert same(cached(line), fresh(line)), "a resolver in a defaults list is evaluated while composing"
+    cached(["recipe=mine", "data.classes=shuffle([a,b,c,d,e,f])"])
+    assert not list(composecache.cache_dir().glob("*.pkl"))
+
+
+def test_an_empty_folder_in_a_source_is_part_of_the_digest(setup: Path) -> None:
+    line = [*extra_line(setup), "project=foo"]
+    assert cached(line).project == "foo"
+    (setup / "extra" / "project").mkdir()  # now `project` names a config group: the override means another thing
+    with pytest.raises(config.ConfigError):
+        fresh(line)
+    with pytest.raises(config.ConfigError):
+        cached(line)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_fifo_or_device_among_the_configs_neither_hangs_nor_is_read(setup: Path, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(setup / "recipes" / "zpipe.yaml")  # opening it to read would wait for a writer
+    else:
+        (setup / "recipes" / "zero.yaml").symlink_to("/dev/zero")  # reading it would never end
+    out = subprocess.run([sys.executable, "-m", "cvops", "recipe=mine", "--cfg", "job"], cwd=setup,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "project: mine" in out.stdout, out.stderr
