@@ -5,8 +5,8 @@ cores); loading its result back costs about 2 ms. A cached composition is used o
 composition read is unchanged: config and cvops files compared by content (a same-size edit within one
 second is seen), other loaded modules by their change time, which every write moves:
 
-- the command line, the working directory, the whole environment, ``sys.path`` and the Python version
-  (:func:`key`): Hydra writes the working directory and ``hydra.job.env_copy`` into the config, and recipe
+- the command line, the working directory, the whole environment, ``sys.path``, the interpreter's options and
+  the Python version (:func:`key`): Hydra writes the working directory and ``hydra.job.env_copy`` into the config, and recipe
   directories and plug-ins come from the environment;
 - the code that declares structured configs (:func:`code_digest`): every ``.py`` file of cvops, of every
   ``hydra_plugins`` folder on ``sys.path`` (launchers and sweepers register their configs) and of every
@@ -20,9 +20,11 @@ second is seen), other loaded modules by their change time, which every write mo
 
 A composition is not stored (it is composed again next time) when it cannot be checked this way: a config
 source of another kind, a package source that is not a folder (a zip), a folder that cannot be listed, a
-fifo, device or huge file among the configs, more than :data:`MAX_FILES` files in a source, a config name
+fifo or device among the configs, more than :data:`MAX_FILES` files or :data:`MAX_BYTES` bytes in a source, a config name
 that may lie outside its source's folders (``recipe=/abs/x.yaml``, ``train=../x``: :func:`plain_name`), a
-value that may compose differently each time (:func:`volatile`), a source that hashes otherwise after
+value that may compose differently each time (:func:`volatile`), a schema from a plug-in (a stage plug-in's,
+a Hydra launcher's or sweeper's: code whose defaults may read a file or the machine), a warning shown while
+composing (shown again each run), a source that hashes otherwise after
 composing than just before (:func:`snapshot`), or a file it depends on that changed since shortly before the
 process started (:data:`SETTLE_NS`: Hydra may have read it before the change and the digest after it).
 
@@ -49,6 +51,7 @@ import re
 import stat
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -59,8 +62,9 @@ MAX_ENTRIES = 256
 #: a config source with more files and folders than this (a search path over a large tree) makes a
 #: composition uncacheable
 MAX_FILES = 2000
-#: a config or code file larger than this makes a composition uncacheable (configs are a few KiB)
-MAX_BYTES = 8 * 1024 * 1024
+#: the files of one digest (the code, or the config sources) may hold this many bytes at most (cvops' code is
+#: about 0.8 MiB, its configs a few KiB): past it a composition is not cached
+MAX_BYTES = 16 * 1024 * 1024
 #: a composition is not stored when a file it depends on changed less than this before the process started
 #: (time stamps are coarse on some file systems; a file changed after it started may have been read before
 #: the change and hashed after it)
@@ -90,6 +94,7 @@ class _Digest:
         self.h = hashlib.sha256(seed.encode())
         self.newest = 0  # ns: the latest mtime or ctime of a hashed file (see :data:`SETTLE_NS`)
         self.budget = budget
+        self.bytes = MAX_BYTES
 
     def walk(self, root: Path, suffix: str, skip: Sequence[str] = ()) -> None:
         """Every folder's name and every file ending in ``suffix`` under ``root`` (links followed). A folder that
@@ -135,9 +140,10 @@ class _Digest:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise _Uncacheable(f"{path} is not a regular file")
-            if st.st_size > MAX_BYTES:
-                raise _Uncacheable(f"{path} is larger than {MAX_BYTES} bytes")
-            data = f.read(MAX_BYTES + 1)
+            self.bytes -= st.st_size
+            if self.bytes < 0:
+                raise _Uncacheable(f"more than {MAX_BYTES} bytes of files to hash (at {path})")
+            data = f.read(st.st_size + 1)
         self.changed(st, os.lstat(path))
         self.h.update(f"{path}\0{len(data)}\0".encode("utf-8", "surrogateescape"))
         self.h.update(data)
@@ -236,10 +242,11 @@ def _loaded_modules(d: _Digest, pkg: Path) -> None:
 
 
 def key(overrides: Sequence[str], code: str) -> str:
-    """The entry's name: command line, working directory, environment, import path and code."""
+    """The entry's name: command line, working directory, environment, import path, interpreter options
+    (``-W``, ``-O``, ...) and code."""
     material = json.dumps({"format": FORMAT, "overrides": list(overrides), "cwd": os.getcwd(),
-                           "env": sorted(os.environ.items()), "path": [str(p) for p in sys.path], "code": code},
-                          sort_keys=True)
+                           "env": sorted(os.environ.items()), "path": [str(p) for p in sys.path], "code": code,
+                           "warnings": list(sys.warnoptions), "flags": repr(sys.flags)}, sort_keys=True)
     return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -324,8 +331,9 @@ def plain_name(config_path: str) -> bool:
 
 
 class recording:
-    """Records what Hydra looks up while composing (``with recording() as seen: ...``): ``seen.names``, every
-    config name, and ``seen.defaults``, the text of every defaults list it read."""
+    """Records what Hydra does while composing (``with recording() as seen: ...``): ``seen.names``, every config
+    name it looks up; ``seen.defaults``, the text of every defaults list it reads; ``seen.structured``, the
+    configs it takes from the ConfigStore, with their providers; ``seen.warned``, the warnings it shows."""
 
     def __enter__(self) -> "recording":
         from hydra._internal.config_repository import ConfigRepository
@@ -333,8 +341,11 @@ class recording:
 
         self.names: List[str] = []
         self.defaults: List[str] = []
-        self.real = (ConfigRepository._find_object_source, ConfigRepository._extract_defaults_list)
-        find_real, extract_real = self.real
+        self.structured: List[Tuple[str, str]] = []  # (name, provider) of each config taken from the ConfigStore
+        self.warned: List[str] = []
+        self.real = (ConfigRepository._find_object_source, ConfigRepository._extract_defaults_list,
+                     ConfigRepository.load_config, warnings.showwarning)
+        find_real, extract_real, load_real, show_real = self.real
 
         def find(repo: Any, config_path: str, object_type: Any) -> Any:
             self.names.append(config_path)
@@ -345,14 +356,27 @@ class recording:
             self.defaults.append(str(OmegaConf.to_container(out, resolve=False)))
             return out
 
+        def load(repo: Any, config_path: str) -> Any:
+            out = load_real(repo, config_path)
+            if out is not None and str(out.path).startswith("structured:"):
+                self.structured.append((config_path, str(out.provider)))
+            return out
+
+        def show(message: Any, *a: Any, **k: Any) -> None:  # shown as usual, and remembered
+            self.warned.append(str(message))
+            show_real(message, *a, **k)
+
         ConfigRepository._find_object_source = find  # type: ignore[method-assign]
         ConfigRepository._extract_defaults_list = extract  # type: ignore[method-assign]
+        ConfigRepository.load_config = load  # type: ignore[method-assign]
+        warnings.showwarning = show
         return self
 
     def __exit__(self, *exc: Any) -> None:
         from hydra._internal.config_repository import ConfigRepository
 
-        ConfigRepository._find_object_source, ConfigRepository._extract_defaults_list = self.real  # type: ignore
+        (ConfigRepository._find_object_source, ConfigRepository._extract_defaults_list,  # type: ignore
+         ConfigRepository.load_config, warnings.showwarning) = self.real
 
 
 # ------------------------------------------------------------------ loading
@@ -475,6 +499,11 @@ def store(name: str, cfg: Any, overrides: Sequence[str], seen: "recording",
         why = next(filter(None, map(volatile, [*overrides, *seen.defaults])), None)
         if why:
             return skip(why)
+        foreign = next((f"{n} (from {p})" for n, p in seen.structured if n != "cvops_schema" and p != "hydra"), None)
+        if foreign:  # a plug-in's or a Hydra plug-in's schema: its defaults are code that may read files or the
+            return skip(f"{foreign} is a plug-in's schema")  # machine (a count of cores, a data file)
+        if seen.warned:  # shown again on every run, as Hydra shows it
+            return skip(f"composing warned: {seen.warned[0]}")
         sources = OmegaConf.to_container(cfg.hydra.runtime.config_sources)
         for source in sources:
             if source["schema"] == "structured":

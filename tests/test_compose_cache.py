@@ -384,3 +384,26 @@ def test_a_fifo_or_device_among_the_configs_neither_hangs_nor_is_read(setup: Pat
     out = subprocess.run([sys.executable, "-m", "cvops", "recipe=mine", "--cfg", "job"], cwd=setup,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "project: mine" in out.stdout, out.stderr
+
+
+def test_a_plugin_schema_is_composed_every_time(setup: Path) -> None:
+    """A schema from the ConfigStore other than cvops' own or Hydra's core (a sweeper, a launcher, a stage
+    plug-in) is code whose defaults may read a data file or the machine: such a composition is not stored."""
+    line = ["recipe=mine", "hydra/launcher=joblib"]
+    assert same(cached(line), fresh(line)) and cached(line).hydra.launcher.n_jobs == -1
+    assert not list(composecache.cache_dir().glob("*.pkl"))
+
+
+def test_a_warning_while_composing_is_shown_on_every_run(setup: Path) -> None:
+    line = ["recipe=mine", f"hydra.searchpath=[recipes://{setup / 'recipes'},file://{setup / 'nowhere'}]"]
+    for _ in range(2):
+        with pytest.warns(UserWarning, match="is not available"):
+            cached(line)
+    assert not list(composecache.cache_dir().glob("*.pkl"))
+
+
+def test_interpreter_options_are_in_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -W error -m cvops ...`` turns a composition's warning into an error: another key."""
+    base = composecache.key(["recipe=mine"], "code")
+    monkeypatch.setattr(sys, "warnoptions", ["error"])
+    assert composecache.key(["recipe=mine"], "code") != base
