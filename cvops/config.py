@@ -269,6 +269,13 @@ def explain(exc: BaseException, overrides: Sequence[str] = ()) -> ConfigError:
         if isinstance(e, yaml.YAMLError):
             return ConfigError(_yaml_message(e))
     text = "\n".join(str(e) for e in chain if str(e))
+    if "Could not override 'recipe'" in text and any(o.lstrip("+~").startswith("hydra.searchpath=") for o in overrides):
+        from cvops.recipes import _recipe_path
+
+        return ConfigError(
+            "hydra.searchpath on the command line replaces cvops' own search path, which holds the recipe "
+            f"folders: keep them in the list, e.g. hydra.searchpath=[recipes://{_recipe_path()},file:///your/configs]"
+        )
     m = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if m:
         group, name = m.group(1), m.group(2)

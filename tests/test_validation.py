@@ -67,6 +67,13 @@ def test_recipe_without_global_package(cvops):
     _fails(cvops("recipe=nopkg"), "@package _global_")
 
 
+def test_a_searchpath_without_the_recipe_folders_says_so(cvops):
+    """hydra.searchpath=[...] replaces cvops' list, recipes:// included: say that, not 'no @package line'."""
+    err = _fails(cvops("recipe=quickstart", f"hydra.searchpath=[file://{cvops.workdir}]"),
+                 "replaces cvops' own search path", "recipes://")
+    assert "@package" not in err
+
+
 def test_unknown_stage(cvops):
     _fails(cvops("recipe=quickstart", "stages=[curate,trian]"), "trian", "train")
 
