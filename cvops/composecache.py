@@ -8,11 +8,11 @@ second is seen), other loaded modules by their change time, which every write mo
 - the command line, the working directory, the whole environment, ``sys.path``, the interpreter's options and
   the Python version (:func:`key`): Hydra writes the working directory and ``hydra.job.env_copy`` into the config, and recipe
   directories and plug-ins come from the environment;
-- the code that declares structured configs (:func:`code_digest`): every ``.py`` file of cvops, of every
-  ``hydra_plugins`` folder on ``sys.path`` (launchers and sweepers register their configs) and of every
-  ``cvops.stages`` plug-in package (and what its entry point names), a ``sitecustomize``/``usercustomize``
-  module, the Hydra, OmegaConf and PyYAML versions, and the path, size and time stamps of every other
-  module loaded once the plug-ins are;
+- the code that declares structured configs (:func:`code_digest`): every ``.py`` file of cvops and of every
+  ``hydra_plugins`` folder on ``sys.path`` (launchers and sweepers register their configs), what each
+  ``cvops.stages`` entry point names, the Hydra, OmegaConf and PyYAML versions, and the path, size and time
+  stamps of every other module loaded once the stage plug-ins are (the plug-ins, what they import, a
+  ``sitecustomize`` module);
 - every config file and folder the composition could have read (:func:`sources_digest`): all ``*.yaml``
   files and folder names in each config source on the search path the composition recorded in
   ``hydra.runtime.config_sources`` (cvops' ``conf/``, Hydra's own, the recipe directories, any
@@ -53,7 +53,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 log = logging.getLogger("cvops.detail")
 
@@ -155,30 +155,11 @@ class _Digest:
         return self.h.hexdigest()
 
 
-def _plugin_roots() -> List[Path]:
-    """The folders (or single files) of the installed ``cvops.stages`` plug-ins, found without importing them."""
-    import importlib.util
-
-    from cvops.entrypoints import entry_points
-
-    out: List[Path] = []
-    for ep in entry_points("cvops.stages"):
-        top = ep.value.partition(":")[0].split(".")[0]
-        spec = importlib.util.find_spec(top)
-        if spec is None:
-            raise _Uncacheable(f"plug-in module {top} not found")
-        if spec.submodule_search_locations:
-            out += [Path(p) for p in spec.submodule_search_locations]
-        elif spec.origin:
-            out.append(Path(spec.origin))
-    return out
-
-
 #: the newest change time among the code files of the last :func:`code_digest` (ns)
 _CODE_NEWEST = [0]
 
 
-def code_digest(pkg_dir: Optional[Path] = None, extra_roots: Sequence[Path] = ()) -> str:
+def code_digest() -> str:
     """Hash of the code that shapes a composition (see the module docstring)."""
     import hydra
     import omegaconf
@@ -189,28 +170,21 @@ def code_digest(pkg_dir: Optional[Path] = None, extra_roots: Sequence[Path] = ()
     d = _Digest(f"{sys.version}\0{hydra.__version__}\0{omegaconf.__version__}\0{yaml.__version__}", MAX_FILES * 4)
     for ep in entry_points("cvops.stages"):  # which object each plug-in names, not only its package's files
         d.text(f"{ep.name}={ep.value} ({ep.dist})")
-    pkg = pkg_dir or Path(__file__).resolve().parent
+    pkg = Path(__file__).resolve().parent
     # cvops/_conf and cvops/_recipes hold configs (hashed as config sources), not code
     d.walk(pkg, ".py", skip=("__pycache__", "_conf", "_recipes"))
-    roots: List[Path] = list(extra_roots)
-    try:
+    try:  # imported by Hydra's plug-in scan while composing, so not among the loaded modules below yet
         import hydra_plugins
 
-        roots += [Path(p) for p in hydra_plugins.__path__]
+        roots = [Path(p) for p in hydra_plugins.__path__]
     except ImportError:
-        pass
-    roots += _plugin_roots()
-    for mod in ("sitecustomize", "usercustomize"):  # code every process runs first (it could declare configs)
-        origin = getattr(sys.modules.get(mod), "__file__", None)
-        if origin:
-            roots.append(Path(origin))
+        roots = []
     for root in roots:
-        if root.is_file():
-            d.file(root)
-        elif root.is_dir():
+        if root.is_dir():
             d.walk(root, ".py", skip=("__pycache__",))
         else:  # e.g. the placeholder an editable install puts on a namespace package's path
             d.text(f"absent {root}")
+    # the stage plug-ins (loaded here), what they import, a sitecustomize module, every other library
     _loaded_modules(d, pkg)
     _CODE_NEWEST[0] = d.newest
     return d.hexdigest()
@@ -261,6 +235,9 @@ def _source_dirs(source: Any) -> List[Path]:
     if schema == "pkg":
         import importlib.util
 
+        parent = path.rpartition(".")[0]
+        if parent and parent not in sys.modules:  # finding it would import its parent package: a source named
+            raise _Uncacheable(f"package config source {path}: {parent} is not imported")  # by an entry runs nothing
         spec = importlib.util.find_spec(path)
         dirs = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
         if not dirs or not all(p.is_dir() for p in dirs):  # e.g. a package inside a zip file

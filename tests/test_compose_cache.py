@@ -8,6 +8,7 @@ composition.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -163,7 +164,8 @@ def test_every_input_of_the_composition_is_in_the_key(setup: Path, monkeypatch: 
 
 
 def test_the_code_digest_reads_contents_not_time_stamps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """cvops, every hydra_plugins folder and each stage plug-in's package are hashed by content."""
+    """cvops and every hydra_plugins folder are hashed by content; a stage plug-in, once loaded, by its files'
+    change times (a same-size edit that keeps the mtime still moves the ctime)."""
     plugin = tmp_path / "site" / "hydra_plugins" / "acme_launcher"
     plugin.mkdir(parents=True)
     (plugin / "__init__.py").write_text("NAME = 'a'\n")
@@ -179,6 +181,9 @@ def test_the_code_digest_reads_contents_not_time_stamps(tmp_path: Path, monkeypa
 
     ep = entrypoints.EntryPoint("acme", "acme_stage:STAGE", "cvops.stages", "acme")
     monkeypatch.setattr(entrypoints, "entry_points", lambda group: (ep,) if group == "cvops.stages" else ())
+    import importlib
+
+    monkeypatch.setitem(sys.modules, "acme_stage", importlib.import_module("acme_stage"))  # as plugins() loads it
     with_stage = composecache.code_digest()
     rewrite_keeping_size_and_time(stage / "__init__.py", "X = 1", "X = 2")
     assert composecache.code_digest() != with_stage, "a stage plug-in's package (its schema) is in the key"
@@ -210,6 +215,24 @@ def test_a_planted_entry_runs_no_code_and_is_not_served(setup: Path, monkeypatch
         count = Counter(monkeypatch)
         cfg = cached()
         assert count.n == 1 and same(cfg, fresh()) and not marker.exists()
+
+
+def test_an_entry_naming_a_package_source_imports_nothing(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sources an entry lists are read before its payload: naming a package there must not import it."""
+    site = setup / "site" / "cc_side_effect"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text(f"open({str(setup / 'imported')!r}, 'w').close()\n")
+    (site / "conf").mkdir()
+    (site / "conf" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(setup / "site"))
+    entry = _entry(setup)
+    magic, head, payload = entry.read_bytes().split(b"\n", 2)
+    meta = json.loads(head)
+    meta["sources"].append({"schema": "pkg", "path": "cc_side_effect.conf", "provider": "planted"})
+    entry.write_bytes(magic + b"\n" + json.dumps(meta).encode() + b"\n" + payload)
+    count = Counter(monkeypatch)
+    cached()
+    assert count.n == 1 and not (setup / "imported").exists()
 
 
 def test_a_damaged_or_shared_entry_is_a_miss(setup: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -296,6 +319,9 @@ def test_a_package_source_inside_a_zip_is_not_cached(tmp_path: Path, monkeypatch
         z.writestr("zpkg/conf/__init__.py", "")
         z.writestr("zpkg/conf/train/zz.yaml", "max_epochs: 31\n")
     monkeypatch.syspath_prepend(str(tmp_path / "z.zip"))
+    import importlib
+
+    monkeypatch.setitem(sys.modules, "zpkg", importlib.import_module("zpkg"))  # as Hydra's pkg:// source has
     with pytest.raises(composecache._Uncacheable, match="not a folder"):
         composecache.sources_digest([{"schema": "pkg", "path": "zpkg.conf", "provider": "test"}])
 
