@@ -114,7 +114,7 @@ def curate_hostile(work: Path) -> Dict[str, Any]:
     """Hostile datasets through the real curate stage: crashes, conservation, labels delivered."""
     from helpers import make_data
 
-    from cvops.curate.sources import SourceError
+    from cvops.errors import SourceError
 
     nothing_lost = _module(TESTS / "adversarial" / "test_nothing_lost.py")
     cases: List[Tuple[str, Callable[[Path], Tuple[List[str], int]]]] = []
@@ -182,7 +182,9 @@ def curate_hostile(work: Path) -> Dict[str, Any]:
 
 def annotation_mutations(work: Path, n: int, seed: int) -> Dict[str, Any]:
     """Seeded random mutations of a valid COCO file through the reader: only SourceError may escape."""
-    from cvops.curate.sources import Ledger, SourceError, read_coco
+    from cvops.curate.sources.coco import read_coco
+    from cvops.curate.sources.ledger import Ledger
+    from cvops.errors import SourceError
 
     rng = random.Random(seed)
     root = work / "coco-mut"

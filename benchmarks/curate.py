@@ -111,7 +111,8 @@ def bench_dedup() -> None:
 
 
 def bench_video(data: Path) -> None:
-    from cvops.curate.sources import Ledger, read_video
+    from cvops.curate.sources.ledger import Ledger
+    from cvops.curate.sources.video import read_video
     from cvops.curate.stage import _decode
 
     video = data / "videos" / "car-detection.mp4"

@@ -20,7 +20,8 @@ threads than ``cores / parallel`` run alone. FiftyOne uses a private mongod on
 a free port unless FIFTYONE_DATABASE_URI is set.
 
 Goal (issue #15): min test mAP50 >= 0.5, no failed run, and every run <= 10 min on 2 cores (a single-threaded
-run beside another included).
+run beside another included). Each run's export gate is reported too (issue #31, ``--recipe quickstart_seg``:
+every run passes its gate, box and mask mAP of the ONNX model within ±0.2 points of PyTorch).
 """
 
 from __future__ import annotations
@@ -60,12 +61,20 @@ def one(work: Path, seed: int, threads: int, extra: List[str], env: Dict[str, st
         stages = json.loads((run_dir / "run.json").read_text())["stages"]
         ev = stages["evaluate"]["metrics"]
         row.update(mAP50=ev.get("mAP50"), mAP=ev.get("mAP"), val_mAP50=ev.get("val_mAP50"),
+                   segm_mAP50=ev.get("segm_mAP50"),
                    seconds={k: round(v.get("seconds", 0), 1) for k, v in stages.items()},
                    status={k: v.get("status") for k, v in stages.items()})
+        ex = stages.get("export", {}).get("metrics") or {}
+        row["export"] = {k: ex.get(k) for k in ("gate", "map_drop", "segm_map_drop", "int8_map_drop",
+                                                "int8_segm_map_drop", "mask_iou", "int8_mask_iou") if k in ex}
     except (OSError, KeyError, ValueError) as err:
         row["error"] = f"{type(err).__name__}: {err}"
+    ex = row.get("export") or {}
+    gate = "" if not ex else (f", export gate {ex.get('gate')} (box {ex.get('map_drop')}, mask "
+                              f"{ex.get('segm_map_drop')} points below PyTorch; mask IoU p5 "
+                              f"{(ex.get('mask_iou') or {}).get('p5')})")
     print(f"  seed {seed} threads {threads}: mAP50 {row.get('mAP50')}, mAP {row.get('mAP')}, "
-          f"{row['wall_s']:.0f} s, rc {rc}", flush=True)
+          f"{row['wall_s']:.0f} s, rc {rc}{gate}", flush=True)
     return row
 
 
@@ -125,6 +134,12 @@ def main() -> int:
         summary["goal"] = {"min_mAP50>=0.5": summary["all"]["mAP50"]["min"] >= GOAL_MAP50,
                            "every_run<=600s": max(r["wall_s"] for r in rows) <= GOAL_SECONDS,
                            "failed_runs": len(rows) - len(ok)}
+        gated = [r["export"] for r in ok if r.get("export")]
+        if gated:  # issue #31: every run passes its own export gate, FP32 within ±0.2 points of PyTorch
+            diffs = [abs(e[k]) for e in gated for k in ("map_drop", "segm_map_drop") if e.get(k) is not None]
+            summary["goal"].update({"every_gate_passed": all(e.get("gate") == "pass" for e in gated),
+                                    "onnx_within_0.2_points": max(diffs, default=0.0) <= 0.2,
+                                    "worst_onnx_difference_points": max(diffs, default=None)})
         print(f"   all   {len(ok):>4}  {summary['all']['mAP50']['min']:.3f} / {summary['all']['mAP50']['median']:.3f}"
               f" / {summary['all']['mAP50']['max']:.3f}; goals: {summary['goal']}")
     if args.out:

@@ -83,7 +83,7 @@ def main() -> None:
         print(json.dumps(out["quickstart"], indent=1))
 
         # (b) throughput on the train artifact's files
-        from cvops.objectstore import ObjectStore
+        from cvops.store.s3 import ObjectStore
 
         store = ObjectStore(url, {}, tmp / "cache-a")
         train = next((tmp / "cache-a" / "store").glob("*/store/train/*/manifest.json")).parent

@@ -241,12 +241,12 @@ def cmd_soak(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _start(args: argparse.Namespace, name: str, extra: List[str]) -> Tuple[Path, Any, Server]:
     """A scratch store with exports A and B, A promoted to ``production``, and the server started on it."""
-    from cvops.artifacts import ArtifactStore
-    from cvops.registry import Registry
+    from cvops.store import FolderStore
+    from cvops.store.registry import Registry
 
     work = Path(tempfile.mkdtemp(prefix=f"cvops-bench-{name}-"))
     store = _store(Path(args.model).resolve(), work)
-    reg = Registry(ArtifactStore(store), "bench")
+    reg = Registry(FolderStore(store), "bench")
     reg.promote("production", reg.store.get("export", FP_A))
     return work, reg, Server(store, args.port or _free_port(), work, extra)
 

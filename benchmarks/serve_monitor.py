@@ -374,7 +374,7 @@ def bare(detector: Any, images: Sequence[np.ndarray], n: int, concurrency: int) 
 def single_costs(detector: Any, bodies: Sequence[bytes], repeats: int) -> Dict[str, float]:
     """Median single-thread milliseconds of the server's per-request steps: decode, image_stats, predict."""
     from cvops.drift.stats import image_stats
-    from cvops.serve.app import decode_image
+    from cvops.serve.decode import decode_image
 
     out: Dict[str, List[float]] = {"decode_ms": [], "image_stats_ms": [], "predict_ms": []}
     for k in range(repeats):
@@ -396,7 +396,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     import httpx
 
     from cvops.detector.runtime import OnnxDetector
-    from cvops.serve.app import decode_image
+    from cvops.serve.decode import decode_image
     from cvops.requestlog import read_log
 
     model = Path(args.model).resolve()
@@ -594,9 +594,9 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 
 def server_record(detector: Any, body: bytes, fingerprint: str, latency_ms: float) -> Dict[str, Any]:
-    """The record the server logs for a successful raw-JPEG request (see ``cvops.serve.app``)."""
+    """The record the server logs for a successful raw-JPEG request (see ``cvops.serve.predict``)."""
     from cvops.drift.stats import image_stats
-    from cvops.serve.app import decode_image
+    from cvops.serve.decode import decode_image
 
     bgr, mime = decode_image(body, 40_000_000)
     dets = detector.predict([bgr])[0]

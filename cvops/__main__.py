@@ -1,3 +1,5 @@
+import sys
+
 from cvops.cli import main
 
-main()
+sys.exit(main())

@@ -18,25 +18,37 @@ closing summary; everything (mmengine, FiftyOne, warnings) is in
 Everything after ``cvops`` is a Hydra command line. It is validated first
 (:func:`cvops.config.preflight`): a typo, a wrong type or a disallowed
 ``_target_`` exits with status 2 and one message before anything is written.
+
+One run composes the recipe once: the preflight's composition is the job's
+config, and the job runs the way Hydra's own main runs one (its run dir, the
+``.hydra/`` files, logging, callbacks and ``HydraConfig``:
+:func:`hydra.core.utils.run_job`). Hydra's main runs what it alone knows:
+sweeps (``-m``), ``--help``, ``--info``, ``--cfg hydra`` and the like. The
+verbs (``cvops <verb> ...``) are the modules of :mod:`cvops.commands`.
 """
 
 from __future__ import annotations
 
+import gc
+import importlib
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import List, Optional
 
-import hydra
 from omegaconf import DictConfig
 
-from cvops.config import ConfigError, check_safe, compose_config, ensure_configs, preflight
-from cvops.recipes import CONF_DIR, available_recipes, recipe_dirs
+from cvops.commands import COMMANDS
+from cvops.config import check_safe, compose_config, ensure_configs, preflight
+from cvops.errors import EXIT_STATUS, ConfigError, UserError, one_line
+from cvops.recipes import CONF_DIR
 
 log = logging.getLogger("cvops")
 
 #: Errors that are the user's to fix: one message, no traceback.
-USER_ERRORS = (ConfigError, OSError)
+USER_ERRORS = (UserError, OSError)
+#: The primary config every recipe composes on (``conf/config.yaml``).
+CONFIG_NAME = "config"
 
 
 def _task(cfg: DictConfig) -> Optional[float]:
@@ -44,9 +56,8 @@ def _task(cfg: DictConfig) -> Optional[float]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from cvops.runner import Runner
-
     from cvops import console
+    from cvops.runner import Runner
 
     hc = HydraConfig.get()
     if hc.verbose:
@@ -55,8 +66,8 @@ def _task(cfg: DictConfig) -> Optional[float]:
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
     try:
-        if multirun or not _HANDED_OVER:  # again per job: a sweep's values reach each job's config here (one job's
-            check_safe(cfg, [])           # config is the preflight's own, checked there)
+        if multirun:  # a sweep's values reach each job's config here (one run's config is the preflight's own)
+            check_safe(cfg, [])
         runner = Runner(cfg, run_dir, recipe=hc.runtime.choices.get("recipe"))
         try:
             return runner.run().headline()["value"]
@@ -67,8 +78,8 @@ def _task(cfg: DictConfig) -> Optional[float]:
         if multirun:  # Hydra records the failed job and goes on with the others
             raise
         log.debug("cvops: error: %s", e)
-        print(f"cvops: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(one_line(e), file=sys.stderr)
+        sys.exit(EXIT_STATUS)
     finally:
         if multirun:
             from cvops.sweep import update_leaderboard
@@ -95,47 +106,9 @@ def _print_summary(runner: object) -> None:
         log.info("%s", line)
 
 
-#: True once Hydra's main took the preflight's composed (and checked) config as its one job's config
-_HANDED_OVER = False
-
-_hydra_main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_task)
-
-
-def _cmd_doctor(argv: List[str]) -> int:
-    from cvops.doctor import main as doctor
-
-    return doctor(argv)
-
-
-def _cmd_recipes(argv: List[str]) -> int:
-    from cvops.recipes import find_recipe
-
-    for name in available_recipes():
-        print(f"{name:20s} {find_recipe(name)}")
-    print(f"(searched {', '.join(str(d) for d in recipe_dirs())}; add directories with CVOPS_RECIPE_PATH)")
-    return 0
-
-
-#: Subcommands implemented elsewhere: ``cvops <name> ...`` calls ``module:function(argv)`` (imported on use,
-#: so that ``cvops recipe=...`` never pays for them).
-LAZY_COMMANDS = {"app": "cvops.fiftyone_app:main", "serve": "cvops.serve.cli:main",
-                 "review": "cvops.monitor.review:main", "promote": "cvops.registry:cmd_promote",
-                 "rollback": "cvops.registry:cmd_rollback", "models": "cvops.registry:cmd_models",
-                 "report": "cvops.report:main", "train-worker": "cvops.train.worker:main"}
-
-
-def _lazy(target: str) -> Callable[[List[str]], int]:
-    def run(argv: List[str]) -> int:
-        import importlib
-
-        module, _, name = target.partition(":")
-        return getattr(importlib.import_module(module), name)(argv)
-
-    return run
-
-
-COMMANDS: Dict[str, Callable[[List[str]], int]] = {"doctor": _cmd_doctor, "recipes": _cmd_recipes,
-                                                   **{k: _lazy(v) for k, v in LAZY_COMMANDS.items()}}
+def _command(verb: str, argv: List[str]) -> int:
+    """``cvops <verb> ...``: the command module's ``main`` (imported on use: ``cvops recipe=...`` never pays for it)."""
+    return int(importlib.import_module(f"cvops.commands.{COMMANDS[verb]}").main(argv) or 0)
 
 
 def _check_safe_if_composable(overrides: List[str]) -> None:
@@ -147,42 +120,59 @@ def _check_safe_if_composable(overrides: List[str]) -> None:
     check_safe(cfg, overrides)
 
 
-def _run_on(composed: DictConfig, overrides: List[str]) -> None:
-    """Hand the preflight's composed config to Hydra's main as the job's config, instead of it composing again.
+def _hydra_main(argv: List[str]) -> int:
+    """Hand the command line to Hydra's own main (a sweep, ``--help``, ``--info``, ``--cfg hydra`` ...)."""
+    import hydra
 
-    For one job Hydra's main composes ``config`` with the command line, plus ``hydra.mode=RUN`` when
-    nothing set the mode; the preflight composed that same primary config and command line. The next
-    such composition gets the preflight's config, with ``hydra.mode=RUN`` applied the way Hydra's loader
-    applies a ``hydra.*`` override (set, and listed in ``hydra.overrides.hydra``); any other request
-    composes as usual. Once: the config is Hydra's from then on.
+    ensure_configs()  # Hydra composes: it needs cvops' schema in the ConfigStore
+    sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "cvops", *argv]
+    hydra.main(config_path=str(CONF_DIR), config_name=CONFIG_NAME, version_base="1.3")(_task)()
+    return 0
+
+
+def _run(cfg: DictConfig) -> int:
+    """Run one job on the preflight's composition, as Hydra's main runs a single run.
+
+    What Hydra's ``run`` does after composing, with the composition it would have made: the mode set to
+    RUN (as the override ``hydra.mode=RUN``, which Hydra adds when nothing set a mode), its resolvers and
+    logging set up, the configured callbacks around :func:`hydra.core.utils.run_job`, which makes the run
+    dir, writes ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``, configures the job's logging
+    and sets ``HydraConfig`` while :func:`_task` runs.
     """
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.types import RunMode
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.utils import run_and_report
+    from hydra.core.utils import JobRuntime, configure_log, run_job, setup_globals
+    from hydra.types import HydraContext, RunMode
+    from omegaconf import open_dict, read_write
 
-    compose = ConfigLoaderImpl.load_configuration
-    line, pending = list(overrides), [composed]
+    if cfg.hydra.mode is None:  # as Hydra's main does when nothing set the mode
+        with read_write(cfg), open_dict(cfg):
+            cfg.hydra.mode = RunMode.RUN
+            cfg.hydra.overrides.hydra.append("hydra.mode=RUN")
+    setup_globals()  # Hydra's resolvers (${now:...} in hydra.run.dir), registered when Hydra composes
+    JobRuntime.instance().set("name", str(cfg.hydra.job.name))
 
-    def load_configuration(self: ConfigLoaderImpl, config_name: Optional[str], overrides: List[str],
-                           run_mode: RunMode, from_shell: bool = True, validate_sweep_overrides: bool = True
-                           ) -> DictConfig:
-        extra = list(overrides[len(line):])
-        if (pending and config_name == "config" and run_mode == RunMode.RUN and list(overrides[:len(line)]) == line
-                and extra in ([], ["hydra.mode=RUN"])):
-            global _HANDED_OVER
-            cfg = pending.pop()
-            _HANDED_OVER = True
-            ConfigLoaderImpl._apply_overrides_to_config(OverridesParser.create().parse_overrides(extra), cfg)
-            cfg.hydra.overrides.hydra.extend(extra)
-            return cfg
-        ensure_configs()  # a composition by Hydra after all: it needs cvops' schema in the ConfigStore
-        return compose(self, config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+    def job() -> None:
+        configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+        callbacks = Callbacks(cfg)
+        callbacks.on_run_start(config=cfg, config_name=CONFIG_NAME)
+        # run_job reads only the callbacks from its context; the config loader is for launchers (sweeps)
+        ret = run_job(hydra_context=HydraContext(config_loader=None, callbacks=callbacks),  # type: ignore[arg-type]
+                      task_function=_task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
+                      configure_logging=True)
+        callbacks.on_run_end(config=cfg, config_name=CONFIG_NAME, job_return=ret)
+        _ = ret.return_value  # a job's unexpected error is raised here, and shown as Hydra's main shows it
 
-    ConfigLoaderImpl.load_configuration = load_configuration  # type: ignore[method-assign]
+    run_and_report(job)
+    return 0
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    """Entry point of ``cvops``."""
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``cvops``; returns the exit status (a user's error: one line and :data:`EXIT_STATUS`)."""
+    if argv is None:  # this process is the command: what it imported lives until it ends
+        # keep the garbage collector from walking the imported modules (Hydra, OmegaConf, cvops) again at each
+        # full collection: a sixth of a cached rerun's time otherwise; objects made from here on are collected
+        gc.freeze()
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-v", "--verbose") for a in argv):  # cvops' own flag (Hydra's is hydra.verbose=...)
         from cvops.console import set_verbose
@@ -190,11 +180,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         set_verbose(True)
         argv = [a for a in argv if a not in ("-v", "--verbose")]
     if argv and argv[0] in COMMANDS:
-        sys.exit(COMMANDS[argv[0]](argv[1:]))
+        return _command(argv[0], argv[1:])
     from hydra._internal.utils import get_args_parser
 
     args, _ = get_args_parser().parse_known_args(argv)
-    informational = args.help or args.hydra_help or args.info or args.shell_completion
+    informational = bool(args.help or args.hydra_help or args.info or args.shell_completion)
     try:
         if args.config_path or args.config_name or args.config_dir:
             raise ConfigError("--config-path, --config-name and --config-dir are not cvops options: cvops composes "
@@ -203,41 +193,29 @@ def main(argv: Optional[List[str]] = None) -> None:
         if getattr(args, "experimental_rerun", None):
             raise ConfigError("--experimental-rerun is not a cvops option: it unpickles a file, which can run code. "
                               "Rerun a job from its recipe and overrides (run.json lists them)")
-        composed = None
-        if not informational and args.cfg is None:  # a run: run.json's git commit, found while composing
+        if informational:
+            _check_safe_if_composable(args.overrides)
+            return _hydra_main(argv)
+        if args.cfg is None:  # a run: run.json's git commit, found while composing
             from cvops.manifest import prefetch_git_sha
 
             prefetch_git_sha()
-        if informational:
-            _check_safe_if_composable(args.overrides)
-        else:
-            composed = preflight(args.overrides, check_missing=args.cfg is None, cache=True)
-    except ConfigError as e:
-        print(f"cvops: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    if args.cfg == "job" and composed is not None and not (args.package or args.resolve or args.multirun):
+        composed = preflight(args.overrides, check_missing=args.cfg is None, cache=True)
+    except UserError as e:
+        print(one_line(e), file=sys.stderr)
+        return EXIT_STATUS
+    from omegaconf import OmegaConf
+
+    mode = None if composed is None else OmegaConf.select(composed, "hydra.mode")
+    single = composed is not None and not args.multirun and (mode is None or mode.name == "RUN")
+    if single and args.cfg == "job" and not (args.package or args.resolve):
         # the spec the preflight just composed is the one Hydra would compose again: print it once
-        from omegaconf import OmegaConf
-
         print(OmegaConf.to_yaml(OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"])), end="")
-        return
-    handed_over = False
-    if composed is not None and not args.multirun:
-        # Hydra's main composes the command line once only to read hydra.mode, then again to run: the
-        # preflight's composition (same primary config, same overrides) already says it
-        from hydra._internal.hydra import Hydra
-        from omegaconf import OmegaConf
-
-        mode = OmegaConf.select(composed, "hydra.mode")
-        Hydra.get_mode = lambda self, config_name, overrides: mode  # type: ignore[method-assign]
-        if mode is None or mode.name == "RUN":  # hydra.mode: MULTIRUN in a recipe sweeps: Hydra composes each job
-            _run_on(composed, args.overrides)
-            handed_over = True
-    if not handed_over:  # Hydra's main composes (a sweep, --cfg hydra, --info ...): it needs cvops' schema
-        ensure_configs()
-    sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "cvops", *argv]
-    _hydra_main()
+        return 0
+    if single and args.cfg is None:
+        return _run(composed)  # type: ignore[arg-type]
+    return _hydra_main(argv)  # a sweep (-m, a,b values, hydra.mode=MULTIRUN), --cfg hydra/all, --package ...
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

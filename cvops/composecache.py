@@ -28,8 +28,13 @@ composing (shown again each run), a source that hashes otherwise after
 composing than just before (:func:`snapshot`), or a file it depends on that changed since shortly before the
 process started (:data:`SETTLE_NS`: Hydra may have read it before the change and the digest after it).
 
-Only the ``cvops`` command uses it (:func:`cvops.cli.main`): it starts from a fresh process, so Hydra's
-ConfigStore holds only what the files above declare. A library caller composing in its own process (which may
+What a composition read is found after composing (:func:`inspect`: Hydra's defaults-list computation again,
+through a repository that implements Hydra's own repository interface and remembers what it loads), never by
+wrapping Hydra's classes.
+
+Only the ``cvops`` command uses it (:func:`cvops.cli.main` and the verbs' prologue,
+:mod:`cvops.commands._prologue`): it starts from a fresh process, so Hydra's ConfigStore holds only what the
+files above declare. A library caller composing in its own process (which may
 have put its own configs in the ConfigStore) always composes. ``CVOPS_COMPOSE_CACHE=0`` turns it off.
 
 Entries live in ``$CVOPS_CACHE_DIR/compose-<uid>`` (default ``~/.cache/cvops/compose-<uid>``, a folder only its
@@ -41,6 +46,7 @@ planted entry cannot run code. A damaged, foreign or refused entry is a miss.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -51,7 +57,6 @@ import re
 import stat
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -307,53 +312,102 @@ def plain_name(config_path: str) -> bool:
     return "\\" not in config_path and all(p not in ("", ".", "..") for p in parts)
 
 
-class recording:
-    """Records what Hydra does while composing (``with recording() as seen: ...``): ``seen.names``, every config
-    name it looks up; ``seen.defaults``, the text of every defaults list it reads; ``seen.structured``, the
-    configs it takes from the ConfigStore, with their providers; ``seen.warned``, the warnings it shows."""
+class Seen:
+    """What a composition read, found without touching Hydra (:func:`inspect`): ``names``, the config names it
+    looked up; ``defaults``, the text of every defaults list it read; ``structured``, the configs it took from
+    the ConfigStore, with their providers; ``warned``, the warnings it showed."""
 
-    def __enter__(self) -> "recording":
-        from hydra._internal.config_repository import ConfigRepository
-        from omegaconf import OmegaConf
-
+    def __init__(self, warned: Sequence[str] = ()) -> None:
         self.names: List[str] = []
         self.defaults: List[str] = []
         self.structured: List[Tuple[str, str]] = []  # (name, provider) of each config taken from the ConfigStore
-        self.warned: List[str] = []
-        self.real = (ConfigRepository._find_object_source, ConfigRepository._extract_defaults_list,
-                     ConfigRepository.load_config, warnings.showwarning)
-        find_real, extract_real, load_real, show_real = self.real
+        self.warned: List[str] = list(warned)
 
-        def find(repo: Any, config_path: str, object_type: Any) -> Any:
-            self.names.append(config_path)
-            return find_real(repo, config_path, object_type)
 
-        def extract(repo: Any, config_path: str, cfg: Any) -> Any:
-            out = extract_real(repo, config_path, cfg)
-            self.defaults.append(str(OmegaConf.to_container(out, resolve=False)))
-            return out
+def inspect(cfg: Any, config_name: str, overrides: Sequence[str], warned: Sequence[str] = ()) -> Seen:
+    """What composing ``config_name`` with ``overrides`` (giving ``cfg``, its ``hydra`` node kept) read, found
+    after composing without touching Hydra.
 
-        def load(repo: Any, config_path: str) -> Any:
-            out = load_real(repo, config_path)
-            if out is not None and str(out.path).startswith("structured:"):
-                self.structured.append((config_path, str(out.provider)))
-            return out
+    Hydra's own defaults-list computation (what ``--info defaults`` shows) runs again over the config sources
+    the composition recorded (``hydra.runtime.config_sources``: the search path with any ``hydra.searchpath``),
+    reading through a repository that implements Hydra's repository interface and remembers each config it
+    is asked for, found or not: its name, its source (a file, or a schema from the ConfigStore and who put it
+    there) and its raw defaults list, unresolved. ``warned``: the warnings composing showed.
+    """
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra._internal.defaults_list import create_defaults_list
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        def show(message: Any, *a: Any, **k: Any) -> None:  # shown as usual, and remembered
-            self.warned.append(str(message))
-            show_real(message, *a, **k)
+    search = ConfigSearchPathImpl()
+    for source in cfg.hydra.runtime.config_sources:
+        search.append(provider=str(source.provider), path=f"{source.schema}://{source.path}")
+    repo = _recording_repository()(ConfigRepository(search))
+    create_defaults_list(repo=repo, config_name=config_name, prepend_hydra=True, skip_missing=False,
+                         overrides_list=OverridesParser.create().parse_overrides(list(overrides)))
+    seen = Seen(warned)
+    for name, loaded in repo.loaded.items():
+        seen.names.append(name)
+        if loaded is None:
+            continue
+        if str(loaded.path).startswith("structured:"):
+            seen.structured.append((name, str(loaded.provider)))
+        # the defaults list as written (an interpolation in it is kept unresolved: see volatile())
+        seen.defaults.append(repr(loaded.defaults_list or []))
+        for entry in loaded.defaults_list or []:  # names it asks for, found or not (an optional one may be absent)
+            seen.names += _raw_names(entry)
+    return seen
 
-        ConfigRepository._find_object_source = find  # type: ignore[method-assign]
-        ConfigRepository._extract_defaults_list = extract  # type: ignore[method-assign]
-        ConfigRepository.load_config = load  # type: ignore[method-assign]
-        warnings.showwarning = show
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        from hydra._internal.config_repository import ConfigRepository
+@functools.lru_cache(maxsize=None)
+def _recording_repository() -> type:
+    """A Hydra config repository (its own interface, ``IConfigRepository``) that delegates to another and
+    remembers what it loaded; a class made on first use, so that a cache hit never imports Hydra's loader."""
+    from hydra._internal.config_repository import IConfigRepository
+    from hydra.core.object_type import ObjectType
 
-        (ConfigRepository._find_object_source, ConfigRepository._extract_defaults_list,  # type: ignore
-         ConfigRepository.load_config, warnings.showwarning) = self.real
+    class Recording(IConfigRepository):
+        def __init__(self, delegate: Any) -> None:
+            self.delegate = delegate
+            self.loaded: Dict[str, Any] = {}  # config name -> its ConfigResult (None: not found)
+
+        def load_config(self, config_path: str) -> Any:
+            if config_path not in self.loaded:
+                self.loaded[config_path] = self.delegate.load_config(config_path)
+            return self.loaded[config_path]
+
+        def get_schema_source(self) -> Any:
+            return self.delegate.get_schema_source()
+
+        def group_exists(self, config_path: str) -> bool:
+            return self.delegate.group_exists(config_path)
+
+        def config_exists(self, config_path: str) -> bool:
+            return self.delegate.config_exists(config_path)
+
+        def get_group_options(self, group_name: str, results_filter: Any = ObjectType.CONFIG) -> List[str]:
+            return self.delegate.get_group_options(group_name, results_filter)
+
+        def get_sources(self) -> List[Any]:
+            return self.delegate.get_sources()
+
+        def initialize_sources(self, config_search_path: Any) -> None:
+            self.delegate.initialize_sources(config_search_path)
+
+    return Recording
+
+
+def _raw_names(entry: Any) -> List[str]:
+    """The config names one raw defaults-list entry asks for, relative to the search path (``/data: coco`` ->
+    ``data/coco``); none for ``_self_``, an empty (``null``) choice or an interpolation (:func:`volatile`)."""
+    if entry.is_self():
+        return []
+    group = getattr(entry, "group", None)
+    if group is not None:  # ``group: option`` (or a list of options)
+        values = entry.value if isinstance(entry.value, list) else [entry.value]
+        return [f"{group.lstrip('/')}/{v}" for v in values if isinstance(v, str) and "${" not in v]
+    path = getattr(entry, "path", None)
+    return [path.lstrip("/")] if isinstance(path, str) and "${" not in path else []
 
 
 # ------------------------------------------------------------------ loading
@@ -453,7 +507,7 @@ def _started_ns() -> int:
     return int(getattr(cvops, "STARTED_NS", 0)) or time.time_ns()
 
 
-def store(name: str, cfg: Any, overrides: Sequence[str], seen: "recording",
+def store(name: str, cfg: Any, overrides: Sequence[str], seen: Seen,
           before: Dict[Tuple[str, str], Optional[str]]) -> None:
     """Keep ``cfg`` (a fresh composition with its ``hydra`` node) under ``name``; best effort, never raises.
 

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import re
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from cvops import recipes
+from cvops.errors import ConfigError  # re-exported: cvops.config.ConfigError stays importable
 from cvops.trust import NotAllowed, check_config
 from cvops.recipes import CONF_DIR, available_recipes, find_recipe, recipe_dirs
 from cvops.schema import GROUPS
@@ -45,10 +47,6 @@ def ensure_configs() -> None:
         _REGISTERED = True
 
 
-class ConfigError(ValueError):
-    """A recipe, config file or command-line problem found before any work."""
-
-
 # ------------------------------------------------------------------ compose
 def compose_config(overrides: Sequence[str] = (), *, hydra_node: bool = False, cache: bool = False) -> DictConfig:
     """Compose ``conf/config.yaml`` + overrides the way ``cvops`` does.
@@ -63,24 +61,45 @@ def compose_config(overrides: Sequence[str] = (), *, hydra_node: bool = False, c
     Raises:
         ConfigError: with the key, file and fix, for any composition problem.
     """
-    if cache:
-        from cvops import composecache
+    if not cache:
+        return _compose(overrides, hydra_node)[0]
+    from cvops import composecache
 
-        name, cfg = composecache.lookup(overrides)
-        if cfg is None:
-            before = composecache.snapshot(overrides) if name is not None else {}
-            with composecache.recording() as seen:
-                cfg = compose_config(overrides, hydra_node=True)
-            if name is not None:
-                composecache.store(name, cfg, overrides, seen, before)
-        if not hydra_node:
-            with open_dict(cfg):
-                del cfg["hydra"]
-        return cfg
+    name, cfg = composecache.lookup(overrides)
+    if cfg is None:
+        before = composecache.snapshot(overrides) if name is not None else {}
+        cfg, seen = _compose(overrides, True, inspect=name is not None)
+        if name is not None and seen is not None:
+            composecache.store(name, cfg, overrides, seen, before)
+    if not hydra_node:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def _compose(overrides: Sequence[str], hydra_node: bool, inspect: bool = False) -> Tuple[DictConfig, Any]:
+    """Hydra's composition, and with ``inspect`` what it read (:func:`cvops.composecache.inspect`; None when
+    that cannot be told: the composition is then not cached)."""
     ensure_configs()
+    seen = None
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="cvops"):
-            return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_node)
+            if not inspect:
+                return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_node), None
+            with warnings.catch_warnings(record=True) as caught:
+                cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_node)
+            for w in caught:  # shown as usual (after composing), and remembered: such a composition is not cached
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+            try:
+                from cvops import composecache
+
+                with warnings.catch_warnings(record=True):  # asking again shows nothing twice
+                    seen = composecache.inspect(cfg, "config", overrides, [str(w.message) for w in caught])
+            except Exception as e:  # an odd source or plug-in: compose this command line every time
+                import logging
+
+                logging.getLogger("cvops.detail").debug("compose cache: cannot tell what was read: %s", e)
+            return cfg, seen
     except Exception as e:  # Hydra wraps OmegaConf/YAML errors; explain them
         raise explain(e, overrides) from e
 
@@ -231,15 +250,25 @@ def _recipe_override(overrides: Iterable[str]) -> Optional[str]:
 
 
 def _variants(overrides: Sequence[str]) -> List[List[str]]:
-    """One override list per value of each sweep (not the whole product)."""
+    """One override list per value of each sweep (not the whole product).
+
+    Only an override with a comma or a parenthesis can be a sweep (``a,b``, ``range(...)``, ``choice(...)``):
+    the others are taken as they are (the grammar is checked when composing; a bad one is never cached).
+    """
+    maybe = [o for o in overrides if "," in o or "(" in o]
+    if not maybe:
+        return [list(overrides)]
     try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        parsed = dict(zip(maybe, OverridesParser.create().parse_overrides(maybe)))
     except Exception as e:
-        raise ConfigError(f"cannot parse the command line: {e}") from e
+        raise explain(e, overrides) from e
     sweeps: List[Tuple[int, List[str]]] = []
     base: List[str] = []
-    for i, o in enumerate(parsed):
-        if o.is_sweep_override() and not o.is_interval_sweep():
+    for i, line in enumerate(overrides):
+        o = parsed.get(line)
+        if o is None:
+            base.append(line)
+        elif o.is_sweep_override() and not o.is_interval_sweep():
             values = [_override_text(o, v) for v in o.sweep_string_iterator()]
             sweeps.append((i, values))
             base.append(values[0])
@@ -268,6 +297,9 @@ def explain(exc: BaseException, overrides: Sequence[str] = ()) -> ConfigError:
     for e in chain:
         if isinstance(e, yaml.YAMLError):
             return ConfigError(_yaml_message(e))
+        if isinstance(getattr(e, "override", None), str):  # Hydra's OverrideParseException: name the override
+            return ConfigError(f"cannot parse the command line: {e.override!r}: {str(e).splitlines()[0]} (the "
+                               "override grammar: https://hydra.cc/docs/advanced/override_grammar/basic)")
     text = "\n".join(str(e) for e in chain if str(e))
     if "Could not override 'recipe'" in text and any(o.lstrip("+~").startswith("hydra.searchpath=") for o in overrides):
         from cvops.recipes import _recipe_path

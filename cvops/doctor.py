@@ -1,4 +1,4 @@
-"""``cvops doctor``: what is installed and whether it works.
+"""What is installed and whether it works (``cvops doctor``: :mod:`cvops.commands.doctor`).
 
 Each check runs the component for real (an mmcv op, a MongoDB ping, an ONNX
 Runtime session), not just an import. Exit status 1 when a required
@@ -7,11 +7,10 @@ component is broken; optional ones (CUDA, TensorRT) only report.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import time
-from typing import Callable, List, Tuple
+from typing import Callable, Iterator, List, Tuple
+
 
 class Optional_(RuntimeError):
     """An optional component that is absent: reported, not a failure."""
@@ -122,7 +121,7 @@ def _hydra() -> str:
 def _store() -> str:
     """The artifact store ``$CVOPS_STORE`` names (default outputs/store): writable? (an s3:// one: reachable,
     with the credentials and endpoint of this environment)."""
-    from cvops.artifacts import open_store
+    from cvops.store import open_store
 
     url = os.environ.get("CVOPS_STORE", "outputs/store")
     if "://" not in url:
@@ -148,11 +147,12 @@ CHECKS: List[Check] = [
 ]
 
 
-def main(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cvops doctor", description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
-    print(f"cvops doctor · Python {platform.python_version()} · {platform.platform()}")
-    broken = 0
+def run_checks() -> Iterator[Tuple[str, bool, bool, str]]:
+    """Run every check of :data:`CHECKS`, yielding ``(name, required, ok, detail)`` as each finishes.
+
+    A broken component is reported with its error as the detail, never raised: every component is
+    checked whatever the others do.
+    """
     for name, required, probe in CHECKS:
         try:
             detail, ok = probe(), True
@@ -160,9 +160,7 @@ def main(argv: List[str]) -> int:
             detail, ok = str(e), False
         except Exception as e:  # report every component, then decide
             detail, ok = f"{type(e).__name__}: {e}", False
-        mark = "ok  " if ok else ("FAIL" if required else "--  ")
-        broken += (not ok) and required
-        print(f"  [{mark}] {name:20s} {detail}")
-    if broken:
-        print(f"{broken} required component(s) broken; rerun ./install.sh or see README 'Troubleshooting'")
-    return 1 if broken else 0
+        yield name, required, ok, detail
+
+
+__all__ = ["CHECKS", "run_checks"]

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from cvops.artifacts import write_json_atomic
+from cvops.store.base import write_json_atomic
 from cvops.recipes import ROOT
 
 #: Distributions whose versions every run records (None when not installed).

@@ -499,6 +499,81 @@ def upscale_instances(masks: np.ndarray, new_size: Tuple[int, int], size: Tuple[
     return InstanceMasks(h, w, count=len(src_all), source=one)
 
 
+def resize_weights(n_out: int, n_in: int, scale: float) -> np.ndarray:
+    """(n_out, n_in) weights of torch's bilinear ``interpolate`` (``align_corners=False``) along one axis:
+    output ``o`` samples input ``max(0, (o + 0.5) * scale - 0.5)`` between its two neighbours (the last input
+    repeats past the end). Each row sums to 1 and no weight is negative."""
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = np.clip(src - i0, 0.0, 1.0)
+    w = np.zeros((n_out, n_in), np.float64)
+    rows = np.arange(n_out)
+    np.add.at(w, (rows, i0), 1.0 - lam)
+    np.add.at(w, (rows, i1), lam)
+    return w
+
+
+def logit(p: float) -> float:
+    """The logit whose sigmoid is ``p`` (``mask_thr_binary`` in logit space)."""
+    p = min(max(float(p), 1e-7), 1 - 1e-7)
+    return math.log(p / (1 - p))
+
+
+def logits_to_instances(logits: np.ndarray, stride: int, scale: Tuple[float, float], size: Tuple[int, int],
+                        thr: float = 0.5, rows_per_chunk: int = 512) -> InstanceMasks:
+    """Mask logits at a model's prototype resolution to instance masks of the original image, as mmdet's
+    RTMDet-Ins computes them (``_bbox_mask_post_process`` with ``rescale=True``):
+
+    1. bilinear x ``stride`` (the letterboxed input canvas, padding included);
+    2. bilinear to ``ceil(H1 / scale_x) x ceil(W1 / scale_y)`` (mmdet's order of the scale factors), keeping the
+       top-left ``height x width`` (the rest is padding);
+    3. ``sigmoid > thr``, i.e. ``logit > logit(thr)``: in logit space, after both resizes.
+
+    Both resizes are linear and separable, so step 1+2 along each axis is one small matrix (output pixels x
+    prototype cells, :func:`resize_weights`); an instance's mask is ``My @ L @ Mx.T`` over the part of the image
+    its positive cells reach (its weights are a convex combination of the cells, so no other pixel can pass the
+    threshold). Memory and time grow with the mask, not the upload; each mask is computed when first read.
+
+    Args:
+        logits: (n, h, w) float mask logits (graph output ``mask_logits``, rows below ``num_dets``).
+        stride: the prototypes' stride (x ``stride`` gives the input canvas).
+        scale: the letterbox scale (new_w / w, new_h / h).
+        size: the original (width, height).
+        thr: the probability threshold (mmdet's ``mask_thr_binary``).
+    """
+    w, h = int(size[0]), int(size[1])
+    src_all = np.asarray(logits, np.float32)
+    n, lh, lw = src_all.shape if src_all.ndim == 3 else (0, 1, 1)
+    h1, w1 = lh * int(stride), lw * int(stride)
+    out_h, out_w = math.ceil(h1 / scale[0]), math.ceil(w1 / scale[1])
+    my = (resize_weights(min(out_h, h), h1, h1 / out_h) @ resize_weights(h1, lh, 1.0 / stride)).astype(np.float32)
+    mx = (resize_weights(min(out_w, w), w1, w1 / out_w) @ resize_weights(w1, lw, 1.0 / stride)).astype(np.float32)
+    t = logit(thr)
+
+    def reach(m: np.ndarray, cells: np.ndarray) -> Tuple[int, int]:
+        hit = np.flatnonzero((m[:, cells] > 0).any(1))
+        return (int(hit[0]), int(hit[-1]) + 1) if len(hit) else (0, 0)
+
+    def one(i: int) -> Tuple[int, int, np.ndarray]:
+        src = src_all[i]
+        pos = src > t
+        rows, cols = np.flatnonzero(pos.any(1)), np.flatnonzero(pos.any(0))
+        if not len(rows):
+            return 0, 0, np.zeros((0, 0), bool)
+        y0, y1 = reach(my, rows)
+        x0, x1 = reach(mx, cols)
+        right = src @ mx[x0:x1].T  # (h, x1 - x0)
+        crop = np.empty((y1 - y0, x1 - x0), bool)
+        for r in range(y0, y1, rows_per_chunk):
+            e = min(y1, r + rows_per_chunk)
+            crop[r - y0:e - y0] = my[r:e] @ right > t
+        cx, cy, tight = _tight(crop)
+        return (x0 + cx, y0 + cy, tight) if tight.size else (0, 0, tight)
+
+    return InstanceMasks(h, w, count=n, source=one)
+
+
 def _sample_axis(lo: int, hi: int, scale: float, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source index pairs and weights of image pixels ``lo..hi-1`` along one axis, as ``cv2.resize``
     (INTER_LINEAR) samples them: ``x = (X + 0.5) * scale - 0.5``, clamped to the source's edges."""

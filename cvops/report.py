@@ -12,9 +12,8 @@ zipped as it is. A sweep's folder gets ``report.html`` with its leaderboard,
 linking each job's page.
 
 Every value shown comes from a recipe, a dataset or a model, so all of it is
-escaped: a class named ``<script>`` is text on this page.
-
-    cvops report recipe=quickstart       # the newest run's page of the recipe's project
+escaped: a class named ``<script>`` is text on this page. ``cvops report
+recipe=X`` (:mod:`cvops.commands.report`) finds the newest page (:func:`latest`).
 """
 
 from __future__ import annotations
@@ -248,34 +247,4 @@ def latest(outputs: Path, project: str) -> Optional[Path]:
     return max(pages, key=lambda p: p.stat().st_mtime, default=None)
 
 
-def main(argv: List[str]) -> int:
-    """``cvops report recipe=X [--print]``: open (or print the path of) the newest run page of the project."""
-    import argparse
-    import sys
-
-    ap = argparse.ArgumentParser(prog="cvops report", description="Open the newest run report of a recipe.")
-    ap.add_argument("--print", dest="only_print", action="store_true", help="print the path, do not open it")
-    ap.add_argument("--outputs", default="outputs", help="where run dirs are (hydra.run.dir's root)")
-    args, overrides = ap.parse_known_args(argv)
-    from cvops.config import ConfigError, compose_config, preflight
-
-    try:
-        preflight(overrides, check_missing=False)
-        project = str(compose_config(overrides).project)
-    except ConfigError as e:
-        print(f"cvops: error: {e}", file=sys.stderr)
-        return 2
-    page = latest(Path(args.outputs), project)
-    if page is None:
-        print(f"cvops: error: no {NAME} under {Path(args.outputs) / project}: run the recipe first "
-              f"(cvops {' '.join(overrides)}), or point --outputs at the folder its run dirs are in", file=sys.stderr)
-        return 2
-    print(page.resolve())
-    if not args.only_print and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform == "darwin"):
-        import webbrowser
-
-        webbrowser.open(page.resolve().as_uri())
-    return 0
-
-
-__all__ = ["write", "write_sweep", "render", "latest", "md_table", "main"]
+__all__ = ["write", "write_sweep", "render", "latest", "md_table"]

@@ -27,7 +27,7 @@ whichever is smaller, so retention always has older files to delete.
 detections refer to, EXIF orientation applied): JPEG uploads as JPEG (quality
 95), PNG uploads as PNG, with no EXIF, GPS or any other metadata of the upload.
 
-A record written by the server (:mod:`cvops.serve.app`) has the keys ``id``,
+A record written by the server (:mod:`cvops.serve.predict`) has the keys ``id``,
 ``time`` (ISO 8601, UTC), ``status`` (the HTTP status), ``latency_ms``,
 ``content_type``, ``model`` and, for a successful prediction, ``upload``
 (``"multipart"`` or ``"raw"``), ``width``, ``height``, the

@@ -1,8 +1,9 @@
-"""The stage graph: order, fingerprints, cache, run manifest, hooks.
+"""The stage graph: order, cache, run manifest, hooks (orchestration only).
 
 Every stage (declared in :mod:`cvops.stages`) is a function of (its declared
 config sections, its declared upstream artifacts) -> (its artifacts, its
-metrics). For each stage the runner computes
+metrics). For each stage the runner takes its fingerprint
+(:func:`cvops.fingerprint.fingerprints`)
 
     fingerprint = sha256(config sections, upstream fingerprints, code version)
 
@@ -18,14 +19,7 @@ run dir, whether it ran or came from the cache.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib
-import importlib.util
-import inspect
-import json
 import logging
-import re
 import shutil
 import time
 from pathlib import Path
@@ -33,247 +27,19 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from cvops.artifacts import Artifact, StoreError, open_store
-from cvops.config import ConfigError, to_container
-from cvops.manifest import RunManifest, dist_version
-from cvops.stages import (BUILTIN_NAMES, Stage, StageContext, StageFn, StageResult, declared, graph,
-                          typed_view)
+from cvops.config import to_container
+from cvops.errors import ConfigError, StaleCode, UpstreamMissing
+from cvops.fingerprint import code_changed, fingerprints
+from cvops.manifest import RunManifest
+from cvops.stages import (BUILTIN_NAMES, Stage, StageContext, StageFn, StageResult, declared, graph, implementation,
+                          register_stage, typed_view)
+from cvops.store import Artifact, StoreError, open_store
 
 log = logging.getLogger("cvops")  # the console's lines: one per stage start and finish
 detail = logging.getLogger("cvops.detail")  # cvops.log only: fingerprints, store paths
-PKG_DIR = Path(__file__).resolve().parent
 
 #: The built-in lifecycle order (a recipe's graph may add plug-in stages: :func:`cvops.stages.graph`).
 ORDER = BUILTIN_NAMES
-_REGISTRY: Dict[str, StageFn] = {}
-
-
-def register_stage(name: str, fn: Optional[StageFn]) -> None:
-    """Use ``fn`` as the implementation of stage ``name`` in this process (None: back to the declared one).
-
-    For tests and notebooks; an installed package adds stages through entry points (:mod:`cvops.stages`).
-    """
-    if name not in declared():
-        raise KeyError(f"unknown stage '{name}'; stages: {', '.join(declared())}")
-    if fn is None:
-        _REGISTRY.pop(name, None)
-    else:
-        _REGISTRY[name] = fn
-
-
-def implementation(name: str) -> Optional[StageFn]:
-    """The stage's ``run`` function, or None while it is not implemented."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    return declared()[name].implementation()
-
-
-class UpstreamMissing(ConfigError):
-    """A requested stage needs an artifact that is neither stored nor requested."""
-
-
-class StaleCode(ConfigError):
-    """A stage's code changed while it ran: its result is not stored (the fingerprint would name other code)."""
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _drop(d: Dict[str, Any], dotted: str) -> None:
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        d = d.get(p, {}) if isinstance(d, dict) else {}
-    if isinstance(d, dict):
-        d.pop(parts[-1], None)
-
-
-@functools.lru_cache(maxsize=None)
-def _module_file(module: str) -> Optional[Path]:
-    """The source file of a ``cvops.*`` module (a package's ``__init__.py``), without importing it."""
-    parts = module.split(".")
-    if parts[0] != "cvops":
-        return None
-    base = PKG_DIR.joinpath(*parts[1:])
-    for cand in (base.with_suffix(".py"), base / "__init__.py"):
-        if cand.is_file():
-            return cand
-    return None
-
-
-_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#;]+)|import[ \t]+([^\n#;]+))",
-                     re.M)
-
-
-@functools.lru_cache(maxsize=None)
-def _imports(path: Path) -> List[str]:
-    """Every ``cvops`` module a file imports, at any depth (function-level imports included).
-
-    A line scan, not a parse (a parse of the package costs a quarter second on every run): a
-    docstring line that looks like an import can only add a file, never hide one.
-    """
-    try:
-        here = ".".join(("cvops", *path.relative_to(PKG_DIR).with_suffix("").parts))
-    except ValueError:  # a plug-in's file: its relative imports stay in its own package (hashed whole)
-        here = "_plugin_.module"
-    package = here.removesuffix(".__init__") if path.name == "__init__.py" else here.rsplit(".", 1)[0]
-    out: List[str] = []
-    for m in _IMPORT.finditer(path.read_text(encoding="utf-8", errors="replace")):
-        src, names, plain = m.groups()
-        if plain is not None:
-            out += [n.split()[0] for n in plain.split(",") if n.strip()]
-            continue
-        level = len(src) - len(src.lstrip("."))
-        mod = src.lstrip(".")
-        if level:
-            base = package.split(".")
-            base = base[: len(base) - (level - 1)] if level > 1 else base
-            mod = ".".join(base + ([mod] if mod else []))
-        out.append(mod)
-        out += [f"{mod}.{n.split()[0]}" for n in names.strip("()").replace("\n", " ").split(",") if n.strip()]
-    return [m for m in out if m == "cvops" or m.startswith("cvops.")]
-
-
-#: Plumbing every stage imports (the runner, the store, config composition and checks, the stage declarations):
-#: it moves artifacts and config values, which enter fingerprints on their own; it does not shape what a
-#: stage computes, so an edit to it does not invalidate every artifact (the stage packages and the shared
-#: layers they use do).
-#: The console (what is printed, :mod:`cvops.console`) and the run's words (:mod:`cvops.summary`) are plumbing
-#: too: rewording a line or a progress bar rebuilds nothing.
-PLUMBING = frozenset({"runner.py", "stages.py", "artifacts.py", "objectstore.py", "remote.py", "manifest.py", "config.py", "recipes.py",
-                      "schema.py", "trust.py", "console.py", "summary.py", "report.py", "entrypoints.py"})
-
-
-def source_closure(roots: Sequence[Path]) -> List[Path]:
-    """``roots`` and every cvops file they import, transitively (not through :data:`PLUMBING`),
-    with the parents' ``__init__.py``."""
-    seen: Dict[Path, None] = {}
-    todo = [p.resolve() for p in roots]
-    while todo:
-        f = todo.pop()
-        if f in seen:
-            continue
-        if PKG_DIR not in f.parents:  # a plug-in's file outside cvops: itself and the cvops modules it imports
-            if f.is_file() and f.suffix == ".py":
-                seen[f] = None
-                todo += [p for p in map(_module_file, _imports(f)) if p is not None]
-            elif f.is_file():
-                seen[f] = None
-            continue
-        if not f.is_file() or str(f.relative_to(PKG_DIR)) in PLUMBING:
-            continue
-        seen[f] = None
-        todo += _depends(f)
-    return sorted(seen)
-
-
-def clear_code_caches() -> None:
-    """Forget the import scans of this process (for tests that edit cvops files or move ``PKG_DIR``)."""
-    for f in (_imports, _module_file, _depends):
-        f.cache_clear()
-
-
-@functools.lru_cache(maxsize=None)
-def _depends(f: Path) -> List[Path]:
-    """The cvops files one cvops file brings in: its packages' ``__init__.py`` and the modules it imports."""
-    rel = f.relative_to(PKG_DIR)
-    out = [PKG_DIR.joinpath(*rel.parts[:i], "__init__.py") for i in range(len(rel.parts))]
-    for mod in _imports(f):
-        p = _module_file(mod)
-        if p is not None:
-            out.append(p)
-    return out
-
-
-def _roots(stage: Stage, fn: Optional[StageFn]) -> List[Path]:
-    """The files a stage's code version starts from: the package of its ``run`` module (every file in it),
-    or a registered function's own module."""
-    if stage.name in _REGISTRY and fn is not None:
-        src = inspect.getsourcefile(fn)
-        return [Path(src)] if src else []
-    parts = stage.run.partition(":")[0].split(".")
-    if parts[0] == "cvops":  # a built-in: cvops/<stage>/
-        if len(parts) == 2:
-            return [PKG_DIR / f"{parts[1]}.py"]
-        return sorted(PKG_DIR.joinpath(*parts[1:-1]).rglob("*.py"))
-    spec = importlib.util.find_spec(".".join(parts[:-1]) or parts[0])
-    if spec is None:
-        return []
-    if spec.submodule_search_locations:  # a plug-in's package: all of it
-        return sorted(p for d in spec.submodule_search_locations for p in Path(d).rglob("*.py"))
-    return [Path(spec.origin)] if spec.origin else []
-
-
-#: When this process started running stages (a module imported later may predate an edit made since: see
-#: :func:`code_changed`)
-STARTED = time.time()
-
-
-def code_changed(stage: Stage, fn: Optional[StageFn], expected: str) -> Optional[str]:
-    """Why the code that just ran may not be the code ``expected`` (the fingerprint's code version) names,
-    or None. Either a file of the stage's code changed since the fingerprint was computed (a checkout
-    during a long training), or a cvops file of it changed after this process started, so the module
-    in memory may be older than the file that was hashed (a sweep's jobs share one process)."""
-    clear_code_caches()
-    files = source_closure(tuple(_roots(stage, fn)))
-    if code_version(stage, fn) != expected:
-        return "its code changed while it ran"
-    late = [f for f in files if PKG_DIR in f.parents and f.stat().st_mtime > STARTED]
-    if late:
-        return (f"{late[0].relative_to(PKG_DIR.parent)} changed after this process started, so the code that ran "
-                "may be older than the code its fingerprint names")
-    return None
-
-
-def code_version(stage: Stage, fn: Optional[StageFn]) -> str:
-    """Hash of the code that produces a stage's artifact.
-
-    The stage's package (``cvops/<stage>/``, a plug-in's own package, or the
-    module of a registered function) and every cvops module it imports,
-    transitively (so an edit to the COCO evaluator in the detector layer
-    rebuilds the exports that gate on it), plus the versions of the libraries
-    it depends on.
-    """
-    h = hashlib.sha256()
-    for f in source_closure(tuple(_roots(stage, fn))):
-        try:
-            h.update(str(f.relative_to(PKG_DIR)).encode())
-        except ValueError:
-            h.update(f.name.encode())
-        h.update(f.read_bytes())
-    for lib in stage.libraries:
-        h.update(f"{lib}=={dist_version(lib) or 'none'}".encode())
-    return h.hexdigest()[:16]
-
-
-def _external(stage: Stage, cfg: DictConfig) -> str:
-    mod, fun = stage.external.split(":")  # type: ignore[union-attr]
-    view = typed_view(stage.name, cfg, stage.sections)
-    store = str(cfg.paths.store)
-    if "://" in store:  # an object store: its machine-local side (request logs, references) is the local cache
-        store = str(open_store(cfg.paths).root)
-    return getattr(importlib.import_module(mod), fun)(view, Path(store))
-
-
-def fingerprints(cfg: DictConfig) -> Dict[str, Dict[str, Any]]:
-    """Fingerprint (and what went into it) of every stage of the recipe's graph, without running anything."""
-    out: Dict[str, Dict[str, Any]] = {}
-    for name, stage in graph(cfg).items():
-        keyed = {key: to_container(cfg, key) for key in stage.sections}
-        for ex in stage.exclude:
-            _drop(keyed, ex)
-        fn = _REGISTRY.get(name)  # a registered function's own module is its code; a declared stage is not imported here
-        payload = {
-            "stage": name,
-            "config": json.loads(_canonical(keyed)),
-            "inputs": {i: out[i]["fingerprint"] for i in stage.inputs},
-            "code": code_version(stage, fn),
-        }
-        if stage.external:
-            payload["external"] = _external(stage, cfg)
-        fp = hashlib.sha256(_canonical(payload).encode()).hexdigest()[:16]
-        out[name] = {"fingerprint": fp, "stage": stage, **payload}
-    return out
 
 
 class Hooks:
@@ -622,5 +388,5 @@ class Runner:
         return {"dir": str(art.dir), **{k: str(art.dir / v) for k, v in art.manifest.get("artifacts", {}).items()}}
 
 
-__all__ = ["Runner", "Hooks", "StageContext", "StageResult", "Stage", "ORDER", "register_stage", "fingerprints",
-           "code_version", "source_closure", "UpstreamMissing", "StaleCode", "StoreError"]
+__all__ = ["Runner", "Hooks", "TrackerHook", "ReportsHook", "default_hooks", "StageContext", "StageResult", "Stage",
+           "ORDER", "register_stage", "implementation", "fingerprints", "UpstreamMissing", "StaleCode", "StoreError"]

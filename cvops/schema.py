@@ -260,8 +260,12 @@ class EvaluateConfig:
 # ------------------------------------------------------------------- export
 @dataclass
 class GateConfig:
-    max_map_drop: float = 0.5  # mAP points
+    """The export's parity gate against PyTorch on the curated test split (val when test is empty)."""
+
+    max_map_drop: float = 0.5  # mAP points either way (box, and mask mAP for mask models)
     int8_max_map_drop: float = 2.0
+    min_mask_iou: float = 0.95  # mask models: 5th percentile of per-instance mask IoU vs PyTorch
+    int8_min_mask_iou: float = 0.80
 
 
 @dataclass
@@ -317,7 +321,7 @@ class ServeConfig:
     # panoramas (about 1:4 to 1:10) and line-scan strips up to 1:20; raise it for wider ones
     max_aspect_ratio: float = 20.0
     # memory budget of the image decodes in flight, in MiB (estimated from each image header, see
-    # cvops.serve.app); a request waits up to decode_wait_s for budget (then 503), an image needing
+    # cvops.serve.budget); a request waits up to decode_wait_s for budget (then 503), an image needing
     # more than the whole budget gets 413. 1024 fits one max_pixels (40 MP) image of any mode
     decode_memory_mb: float = 1024.0
     # request bodies being received or held until their answer, all together, in MiB per worker: past it a
@@ -386,11 +390,11 @@ class TrackerConfig:
 # -------------------------------------------------------------------- root
 @dataclass
 class PathsConfig:
-    store: str = MISSING  # content-addressed artifact store: a folder, or s3://bucket/prefix (see cvops.artifacts)
+    store: str = MISSING  # content-addressed artifact store: a folder, or s3://bucket/prefix (see cvops.store)
     # an s3:// store: options for s3fs as they are (endpoint_url, key, secret, client_kwargs, ...); the standard
     # AWS variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE, ...) are read when these are not set
     store_options: Dict[str, Any] = field(default_factory=dict)
-    cache: str = MISSING  # an s3:// store: this machine's cache of the artifacts it reads (see cvops.objectstore)
+    cache: str = MISSING  # an s3:// store: this machine's cache of the artifacts it reads (see cvops.store.s3)
     lease_s: float = 30.0  # an s3:// store: a build lease not renewed for this long is taken over (a dead builder)
 
 

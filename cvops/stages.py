@@ -3,12 +3,13 @@
 A stage is a room with one door in and one door out. It is declared once, as
 a :class:`Stage`: its name, the config sections it reads, the upstream stages
 whose artifacts it reads, the libraries whose versions shape its result, and
-its implementation ``run(ctx: StageContext) -> StageResult``. The runner
-(:mod:`cvops.runner`) fingerprints it from exactly those inputs and hands it
-exactly those inputs: ``ctx.config`` holds only the declared sections (typed:
-the schema dataclasses of :mod:`cvops.schema`), ``ctx.inputs`` only the
-declared upstream artifacts. A key or artifact a stage did not declare is not
-there to read, so the cache cannot miss a change to it.
+its implementation ``run(ctx: StageContext) -> StageResult``. It is keyed
+(:mod:`cvops.fingerprint`) by exactly those inputs, and the runner
+(:mod:`cvops.runner`) hands it exactly those inputs: ``ctx.config`` holds
+only the declared sections (typed: the schema dataclasses of
+:mod:`cvops.schema`), ``ctx.inputs`` only the declared upstream artifacts.
+A key or artifact a stage did not declare is not there to read, so the
+cache cannot miss a change to it.
 
 The six built-in stages are declared in :data:`BUILTIN`. An installed package
 adds its own through the entry-point group ``cvops.stages``::
@@ -76,7 +77,9 @@ class Stage:
     #: the run's closing summary (:mod:`cvops.summary`); not part of the fingerprint
     summary: Optional[str] = None
     #: commands worth trying once the stage has an artifact, shown after the closing summary;
-    #: ``{args}`` is the run's ``recipe=... key=value`` command line, ``{artifacts[key]}`` an artifact's path
+    #: ``{args}`` is the run's ``recipe=... key=value`` command line, ``{artifacts[key]}`` an artifact's path,
+    #: ``{open}`` this machine's file opener (``xdg-open ``, ``open ``; none: the path alone); a leading ``cvops``
+    #: is printed as the command that started this run (:func:`cvops.summary.program`)
     next: Tuple[str, ...] = ()
     issue: Optional[int] = None  # where an unimplemented built-in stage is tracked
     origin: str = "cvops"  # the distribution that declared it
@@ -123,7 +126,7 @@ BUILTIN: Tuple[Stage, ...] = (
           ("onnxruntime", "numpy", "scipy", "pillow", *OPENCV, "fiftyone"),
           exclude=("lock_timeout_s",), external="cvops.monitor.source:signature", summary="cvops.summary:monitor",
           next=("cvops app {args} --review   # the monitor's edge cases, pre-labelled",
-                "open {artifacts[report]}   # the drift report"), issue=6),
+                "{open}{artifacts[report]}   # the drift report"), issue=6),
 )
 BUILTIN_NAMES: Tuple[str, ...] = tuple(s.name for s in BUILTIN)
 
@@ -305,13 +308,13 @@ class StageContext:
     name: str
     config: Sections  # the declared sections only, typed (see :class:`Sections`)
     workdir: Path  # artifact directory (empty unless resuming)
-    inputs: Dict[str, Any]  # upstream artifacts by stage name (cvops.artifacts.Artifact)
+    inputs: Dict[str, Any]  # upstream artifacts by stage name (cvops.store.Artifact)
     fingerprint: str
-    store: Any  # the artifact store (cvops.artifacts.ArtifactStore)
+    store: Any  # the artifact store (cvops.store.Store: a folder or an s3:// bucket)
     tracker: Any  # the recipe's tracker for this stage (cvops.track.StageTracker): log / summary
     run_dir: Path  # the run's directory (logs of processes a stage starts; reports are published by the runner)
     resuming: bool = False
-    code: str = ""  # the code version in the fingerprint (cvops.runner.code_version)
+    code: str = ""  # the code version in the fingerprint (cvops.fingerprint.code_version)
     external: str = ""  # the state of what the stage reads from outside the recipe (its ``external`` signature)
 
     @property
@@ -336,5 +339,38 @@ class StageResult:
 
 StageFn = Callable[[StageContext], StageResult]
 
+#: Implementations registered in this process (:func:`register_stage`), in place of the declared ones.
+_REGISTRY: Dict[str, StageFn] = {}
+
+
+def register_stage(name: str, fn: Optional[StageFn]) -> None:
+    """Use ``fn`` as the implementation of stage ``name`` in this process (None: back to the declared one).
+
+    For tests and notebooks; an installed package adds stages through entry points (see the module docstring).
+    The registered function's own module is then the stage's code (:func:`cvops.fingerprint.code_version`).
+
+    Raises:
+        KeyError: no stage of that name is declared (the message lists those that are).
+    """
+    if name not in declared():
+        raise KeyError(f"unknown stage '{name}'; stages: {', '.join(declared())}")
+    if fn is None:
+        _REGISTRY.pop(name, None)
+    else:
+        _REGISTRY[name] = fn
+
+
+def registered(name: str) -> Optional[StageFn]:
+    """The function :func:`register_stage` put in place of stage ``name`` in this process, or None."""
+    return _REGISTRY.get(name)
+
+
+def implementation(name: str) -> Optional[StageFn]:
+    """The stage's ``run`` function (a registered one first), or None while it is not implemented."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    return declared()[name].implementation()
+
+
 __all__ = ["Stage", "StageContext", "StageResult", "StageFn", "Sections", "BUILTIN", "BUILTIN_NAMES", "declared",
-           "graph", "plugins", "typed_view", "PluginError"]
+           "graph", "plugins", "typed_view", "PluginError", "register_stage", "registered", "implementation"]

@@ -113,19 +113,69 @@ def closing(data: Mapping[str, Any], stages: Mapping[str, Any], args: str, run_d
 
 
 def next_steps(rows: Mapping[str, Any], stages: Mapping[str, Any], args: str) -> List[str]:
-    """Each finished stage's ``next`` hints, formatted with the command line's arguments and its artifacts."""
+    """Each finished stage's ``next`` hints, formatted with the command line's arguments and its artifacts.
+
+    The hints are printed to be run as they are: a leading ``cvops`` becomes :func:`program` (the venv's
+    script need not be on PATH) and ``{open}`` a file opener this machine has (:func:`opener`; none: the
+    path alone).
+    """
     out: List[str] = []
+    prog, opens = program(), opener()
     for name, row in rows.items():
         if row.get("status") not in ("ran", "cached") or name not in stages:
             continue
         for template in getattr(stages[name], "next", ()) or ():
             try:
-                line = template.format(args=args, artifacts=row.get("artifacts", {}))
+                line = template.format(args=args, artifacts=row.get("artifacts", {}), open=opens and opens + " ")
             except (KeyError, IndexError, AttributeError):
                 continue
+            if line == "cvops" or line.startswith("cvops "):
+                line = prog + line[len("cvops"):]
             if line not in out:
                 out.append(line)
     return out
+
+
+def program() -> str:
+    """How to run ``cvops`` again here, as a shell command: ``cvops`` when that name on PATH is the script this
+    process was started as, else that script's path, or ``<python> -m cvops`` for ``python -m cvops``."""
+    import os
+    import shlex
+    import shutil
+    import sys
+
+    started = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    on_path = shutil.which("cvops")
+    try:
+        if on_path and started and os.path.samefile(on_path, started):
+            return "cvops"
+    except OSError:
+        pass
+    if os.path.basename(started) == "cvops" and os.path.isfile(started):
+        return shlex.quote(os.path.abspath(started))
+    python = sys.executable or "python"
+    try:
+        found = shutil.which(os.path.basename(python))
+        if found and os.path.samefile(found, python):
+            python = os.path.basename(python)
+    except OSError:
+        pass
+    return f"{shlex.quote(python)} -m cvops"
+
+
+def opener() -> str:
+    """The command that opens a file in the desktop's default application here, or '' (none: print the path).
+
+    ``open`` on macOS; ``xdg-open`` where it is installed and a display is there to open on."""
+    import os
+    import shutil
+    import sys
+
+    if sys.platform == "darwin":
+        return "open"
+    if shutil.which("xdg-open") and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "xdg-open"
+    return ""
 
 
 def command_args(recipe: Optional[str], overrides: Sequence[str]) -> str:
@@ -137,5 +187,5 @@ def command_args(recipe: Optional[str], overrides: Sequence[str]) -> str:
     return " ".join([*([f"recipe={recipe}"] if recipe else []), *(shlex.quote(o) for o in keep)])
 
 
-__all__ = ["headline", "seconds", "closing", "next_steps", "command_args", "curate", "train", "evaluate", "export", "serve",
+__all__ = ["headline", "seconds", "closing", "next_steps", "command_args", "program", "opener", "curate", "train", "evaluate", "export", "serve",
            "monitor"]

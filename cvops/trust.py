@@ -150,6 +150,8 @@ def resolves_to_allowed(value: Any, names: Sequence[str]) -> bool:
     """
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", value):
         return False
+    if value in names:  # an allowed name itself: nothing to resolve (and no plug-in imported to check it)
+        return True
     ids, roots = _allowed_objects(tuple(names))
     if value.split(".", 1)[0] not in roots:
         return False

@@ -29,11 +29,11 @@ import pytest
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.nodes import BooleanNode, EnumNode, FloatNode, IntegerNode, StringNode
 
-import cvops.runner as runner
+import cvops.fingerprint as fingerprint
 from cvops.config import compose_config
 from cvops.stages import BUILTIN, graph, typed_view
 
-PKG = Path(runner.__file__).resolve().parent
+PKG = Path(fingerprint.__file__).resolve().parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers.imports import imports  # noqa: E402
 
@@ -116,7 +116,7 @@ UNMUTATED = {"stages": "selects what runs, not what a stage computes"}
 
 def test_every_config_key_moves_exactly_its_readers_and_downstream(cfg):
     g = graph(cfg)
-    base = runner.fingerprints(cfg)
+    base = fingerprint.fingerprints(cfg)
     tried, untested = 0, []
     for key, node in leaves(cfg):
         if key in UNMUTATED:
@@ -128,7 +128,7 @@ def test_every_config_key_moves_exactly_its_readers_and_downstream(cfg):
             continue
         c = copy.deepcopy(cfg)
         OmegaConf.update(c, key, new, merge=False)
-        got = changed_stages(base, runner.fingerprints(c))
+        got = changed_stages(base, fingerprint.fingerprints(c))
         want = downstream(g, readers(g, key))
         assert got == want, f"{key}: {node!r} -> {new!r} moved {sorted(got)}, expected {sorted(want)}"
         tried += 1
@@ -138,12 +138,12 @@ def test_every_config_key_moves_exactly_its_readers_and_downstream(cfg):
 
 
 def test_keys_no_stage_reads_move_nothing(cfg):
-    base = runner.fingerprints(cfg)
+    base = fingerprint.fingerprints(cfg)
     for key, value in [("paths.store", "/elsewhere/store"), ("tracker.project", "other"), ("lock_timeout_s", 5.0),
                        ("leaderboard.metric", "evaluate.mAP"), ("train.resume", True)]:
         c = copy.deepcopy(cfg)
         OmegaConf.update(c, key, value, merge=False)
-        assert changed_stages(base, runner.fingerprints(c)) == set(), key
+        assert changed_stages(base, fingerprint.fingerprints(c)) == set(), key
 
 
 def config_reads(files: List[Path]) -> Set[str]:
@@ -210,7 +210,7 @@ def closure(stage: str, pkg_root: Path) -> Set[Path]:
         if f in seen:
             continue
         rel = f.relative_to(pkg_root)
-        if str(rel) in runner.PLUMBING:
+        if fingerprint.is_plumbing(rel):
             continue
         seen.add(f)
         todo += [pkg_root.joinpath(*rel.parts[:i], "__init__.py") for i in range(len(rel.parts))]
@@ -221,39 +221,49 @@ def closure(stage: str, pkg_root: Path) -> Set[Path]:
 def test_every_module_moves_exactly_its_importers_and_downstream(cfg, tmp_path, monkeypatch):
     copy_root = tmp_path / "cvops"
     shutil.copytree(PKG, copy_root, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(runner, "PKG_DIR", copy_root)
-    runner.clear_code_caches()
+    monkeypatch.setattr(fingerprint, "PKG_DIR", copy_root)
+    fingerprint.clear_code_caches()
     g = graph(cfg)
     closures = {s.name: closure(s.name, copy_root) for s in BUILTIN}
-    base = runner.fingerprints(cfg)
+    base = fingerprint.fingerprints(cfg)
     files = sorted(copy_root.rglob("*.py"))
     assert len(files) > 40
     for f in files:
         original = f.read_bytes()
         f.write_bytes(original + b"\n# cache-contract mutation\n")
-        runner.clear_code_caches()
+        fingerprint.clear_code_caches()
         try:
-            got = changed_stages(base, runner.fingerprints(cfg))
+            got = changed_stages(base, fingerprint.fingerprints(cfg))
         finally:
             f.write_bytes(original)
         want = downstream(g, {s for s, files_ in closures.items() if f in files_})
         rel = f.relative_to(copy_root)
-        if str(rel) in runner.PLUMBING:
-            assert got == set(), f"{rel} is plumbing (cvops.runner.PLUMBING) but moved {sorted(got)}"
+        if fingerprint.is_plumbing(rel):
+            assert got == set(), f"{rel} is plumbing (cvops.fingerprint.PLUMBING) but moved {sorted(got)}"
         else:
             assert got == want, f"editing cvops/{rel} moved {sorted(got)}, expected {sorted(want)}"
-    runner.clear_code_caches()
+    fingerprint.clear_code_caches()
     # the shared layers are really shared: evaluate and export gate on the same COCO evaluation code
     shared = {p for p in closures["evaluate"] & closures["export"] if p.name != "__init__.py"}
     assert shared, "evaluate and export share no module"
 
 
 def test_plumbing_cannot_shape_a_result():
-    """The runner's exception (:data:`cvops.runner.PLUMBING` is not in any code version) holds only while those
+    """The exception (:data:`cvops.fingerprint.PLUMBING` is not in any code version) holds only while those
     modules move values and files: none lives in a stage package or imports a stage or a shared layer."""
-    allowed = {f"cvops.{Path(p).stem}" for p in runner.PLUMBING} | {"cvops", "cvops.track", "cvops.instantiate"}
-    for name in runner.PLUMBING:
-        f = PKG / name
-        assert f.parent == PKG, name
+    stage_names = {s.name for s in BUILTIN}
+
+    def module(rel: Path) -> str:
+        parts = rel.with_suffix("").parts
+        return ".".join(("cvops", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+
+    for name in fingerprint.PLUMBING:
+        assert (PKG / name).exists(), f"{name} is listed as plumbing but does not exist"
+        assert Path(name).parts[0] not in stage_names, name
+    plumbing = [f for f in sorted(PKG.rglob("*.py")) if fingerprint.is_plumbing(f.relative_to(PKG))]
+    assert any(f.parent.name == "store" for f in plumbing)  # a package entry covers its files
+    allowed = {module(f.relative_to(PKG)) for f in plumbing} | {"cvops", "cvops.track", "cvops.instantiate"}
+    for f in plumbing:
+        name = f.relative_to(PKG)
         bad = {m for m in ast_imports(f, PKG) if m not in allowed and m.rsplit(".", 1)[0] not in allowed}
         assert not bad, f"{name} is plumbing but imports {sorted(bad)}"

@@ -11,7 +11,7 @@ import pytest
 
 from cvops import console
 from cvops.stages import BUILTIN
-from cvops.summary import closing, command_args
+from cvops.summary import closing, command_args, opener
 
 SMALL = ("recipe=quickstart", "data.synthetic.num_images=40", "data.synthetic.videos=1",
          "data.synthetic.video_frames=12", "model.image_size=[128,128]", "train.val_interval=1")
@@ -102,7 +102,8 @@ def test_closing_summary_names_every_stage_its_headline_and_what_to_try_next():
     assert "RuntimeError: gate failed" in text
     assert "DRIFT in brightness on 60 images; 4 edge cases -> demo-review" in text
     assert "cvops app recipe=quickstart 'model.image_size=[128,128]'" in text
-    assert "open /runs/x/monitor/report.html" in text
+    opens = opener()  # the drift report opens where a file opener is (xdg-open, macOS' open); else its path alone
+    assert f"  {opens + ' ' if opens else ''}/runs/x/monitor/report.html   # the drift report" in text
     assert "cvops serve" not in text  # export failed: nothing to serve
 
 

@@ -200,7 +200,7 @@ def test_same_inputs_same_version_and_rerun_after_kill_has_no_duplicates(curate,
     (Path(a["artifacts"]["dir"]) / "manifest.json").unlink()
     fo.load_dataset(a["metrics"]["dataset_name"]).info = {"cvops_build": {"store_id": "other", "fingerprint": "x"}}
     fo.load_dataset(a["metrics"]["dataset_name"]).save()
-    from cvops.curate.sources import SourceError
+    from cvops.errors import SourceError
 
     with pytest.raises(SourceError, match="never deletes"):
         curate("data.synthetic.num_images=20", "data.synthetic.videos=0", store=tmp_path / "s1")
@@ -210,7 +210,7 @@ def test_same_inputs_same_version_and_rerun_after_kill_has_no_duplicates(curate,
 
 
 def test_bad_sources_fail_with_the_path(curate, tmp_path):
-    from cvops.curate.sources import SourceError
+    from cvops.errors import SourceError
 
     with pytest.raises(SourceError, match="does not exist"):
         curate("data=coco", f"data.path={tmp_path / 'nope.json'}")
@@ -315,7 +315,8 @@ def test_archives_are_extracted_safely(curate, tmp_path, kind):
 def test_archive_path_traversal_and_size_limit_are_refused(tmp_path):
     import zipfile
 
-    from cvops.curate.sources import SourceError, extract
+    from cvops.curate.sources.archives import extract
+    from cvops.errors import SourceError
 
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as z:
@@ -390,7 +391,7 @@ def test_yolo_every_layout_delivers_every_box(curate, tmp_path, layout):
 
 
 def test_yolo_labels_not_found_stops_with_where_cvops_looked(curate, tmp_path):
-    from cvops.curate.sources import SourceError
+    from cvops.errors import SourceError
 
     make_data.yolo_layout(tmp_path / "y", "ultralytics")
     (tmp_path / "y" / "labels").rename(tmp_path / "y" / "annotations")  # no layout puts labels there

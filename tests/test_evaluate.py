@@ -176,3 +176,32 @@ def test_mask_map_equals_pycocotools_and_fiftyone(fixed_mask_predictions):
     assert abs(fo_box - boxes["mAP"]) <= TOLERANCE
     print(f"segm mAP: cvops {segm['mAP']:.6f} FiftyOne {fo_segm:.6f} box mAP {boxes['mAP']:.6f}")
     assert abs(fo_segm - segm["mAP"]) <= SEGM_TOLERANCE, (fo_segm, segm["mAP"])
+
+
+@pytest.mark.slow
+def test_relative_data_path_curates_trains_evaluates_and_exports(cvops):
+    """A recipe's data.path relative to the working directory (as the shipped recipe=bccd has it): every stage
+    keys its images the way the FiftyOne samples hold them (evaluate failed with 'keys that do not match the
+    filepath field'), and the dataset's samples carry the evaluation."""
+    import sys
+
+    import fiftyone as fo
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from helpers.make_data import yolo_layout
+
+    yolo_layout(cvops.workdir / "datasets" / "cells", "roboflow")  # Roboflow's ../train/images, like BCCD
+    r = cvops("project=relpath", "data=yolo", "data.path=datasets/cells/data.yaml", "curate.split.respect_source=true",
+              "stages=[curate,train,evaluate,export]", "model.image_size=[64,64]", "train.max_epochs=1",
+              "train.batch_size=2", "train.base_batch_size=2", "model.pretrained=false", "tracker=none",
+              "export.int8=false", "export.latency_repeats=2", timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = cvops.run_jsons()[-1]
+    assert [run["stages"][s]["status"] for s in ("curate", "train", "evaluate", "export")] == ["ran"] * 4
+    ev = run["stages"]["evaluate"]["metrics"]
+    coco = json.loads(open(run["stages"]["curate"]["artifacts"]["coco_test"]).read())
+    assert coco["images"] and all(im["file_name"].startswith("/") for im in coco["images"])
+    ds = fo.load_dataset(run["stages"]["curate"]["metrics"]["dataset_name"])
+    test = ds.match_tags("test")
+    assert len(test) == len(coco["images"]) == 2
+    assert ev["eval_key"] in ds.list_evaluations() and test.exists(ev["predictions_field"]).count() == 2

@@ -351,7 +351,9 @@ def test_a_failed_gate_names_each_runtime_and_keeps_the_reports_in_the_run_dir(t
     assert results["onnx"].passed and not results["int8"].passed and results["int8"].drop == 5.1
     fail_if_gate_failed(ctx, SimpleNamespace(results={"onnx": results["onnx"]}, split="test"), "ds")
     assert not run_dir.exists()  # passed: the runner publishes the reports
-    with pytest.raises(ExportError, match=r"test split: int8: 5\.10 mAP points below PyTorch \(limit 2\.00\)\. ") as e:
+    gain = GateResult("onnx", 0.62, 0.601, 0.5)  # parity means equal: 1.9 points better fails too, and says so
+    assert gain.drop == -1.9 and not gain.passed and "1.90 mAP points above PyTorch (limit ±0.50)" in gain.verdict()
+    with pytest.raises(ExportError, match=r"test split: int8: 5\.10 mAP points below PyTorch \(limit ±2\.00\)\. ") as e:
         fail_if_gate_failed(ctx, SimpleNamespace(results=results, split="test"), "ds")
     assert "onnx" not in str(e.value).split(". The images")[0] and str(run_dir / "export" / "latency.md") in str(e.value)
     assert "tagged export_mismatch:<runtime>:abababab in FiftyOne dataset ds" in str(e.value)  # this export's tags
@@ -399,17 +401,18 @@ def exported_masks(tmp_path_factory):
 
 def test_onnx_masks_equal_mmdet_masks_at_batch_1_and_4(exported_masks):
     """RTMDet-Ins in one graph: for every instance mmdet's predict() keeps, the graph has the same label and
-    box, and its mask (input resolution) has IoU >= 0.99 with mmdet's; batch 1 and 4 agree."""
+    box, and its mask logits taken to the input resolution (no rescale) give mmdet's mask (IoU >= 0.99);
+    batch 1 and 4 agree."""
     from cvops import masks as rle
     from cvops.detector.coco import to_coco
     from cvops.detector.runtime import OnnxDetector
     from cvops.export.stage import torch_runner
 
     out, model, contract = exported_masks
-    assert [o["name"] for o in contract["io"]["outputs"]][-1] == "masks"
-    assert contract["io"]["outputs"][-1]["shape"] == ["batch", 50, SIZE[1], SIZE[0]]
-    assert "threshold at 0.5" in contract["masks"]  # the way back to the image, in preprocess.json
-    assert "threshold at 0.5" in json.loads((out / "preprocess.json").read_text())["masks"]
+    assert [o["name"] for o in contract["io"]["outputs"]][-1] == "mask_logits"
+    assert contract["io"]["outputs"][-1]["shape"] == ["batch", 50, SIZE[1] // 8, SIZE[0] // 8]
+    assert "sigmoid > 0.5" in contract["masks"]  # the way back to the image, in preprocess.json
+    assert "sigmoid > 0.5" in json.loads((out / "preprocess.json").read_text())["masks"]
     det = OnnxDetector(out / "model.onnx")
     images = _images(4, seed=3)
     tensor, scales = det.preprocess.batch(images)
@@ -426,7 +429,7 @@ def test_onnx_masks_equal_mmdet_masks_at_batch_1_and_4(exported_masks):
                 d = np.abs(boxes[i, :n] - bx).sum(-1) + 1e6 * (labels[i, :n] != lab)
                 j = int(d.argmin())
                 assert d[j] < 0.05, (i, bx, lab)  # same label, same box
-                got = masks[i, j].astype(bool)
+                got = rle.logits_to_instances(masks[i, j:j + 1], 8, (1.0, 1.0), SIZE)[0]
                 union = (got | m).sum()
                 assert union == 0 or (got & m).sum() / union >= 0.99
                 partial += 0 < m.sum() < m.size
@@ -480,13 +483,14 @@ def test_mask_gate_passes_the_export_and_fails_broken_masks(exported_masks, tmp_
 
     def shifted(tensor):
         outs = det.run_any(tensor)
-        outs[5] = np.roll(outs[5], 3, axis=(-1, -2))
+        outs[5] = np.roll(outs[5], 1, axis=(-1, -2))  # one prototype cell: 8 input pixels
         return outs
 
     bad = parity(shifted, det.preprocess, ann, torch_dets, torch_map, 0.5, 0.3, runtime="onnx",
                  torch_segm_map=torch_segm)
     assert bad.drop == 0.0 and bad.segm_drop > 0.5 and not bad.passed
-    assert "mask mAP points" in bad.verdict()
+    assert bad.mask_iou["p5"] < 0.9 < good.mask_iou["p5"] and good.mask_iou["median"] == 1.0
+    assert "mask mAP points below PyTorch" in bad.verdict() and "5th percentile" in bad.verdict()
 
     def boxes_only(tensor):
         return det.run_any(tensor)[:5]
@@ -517,6 +521,39 @@ def test_int8_mask_model_keeps_its_masks(exported_masks, tmp_path):
     assert mat and all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
                        for n in mat for i in n.input)  # the per-instance dynamic convs are not quantized
     q = OnnxDetector(tmp_path / "int8.onnx")
-    assert q.outputs[-1] == "masks"
+    assert q.outputs[-1] == "mask_logits"
     fp, i8 = det.predict(_images(2, seed=3)), q.predict(_images(2, seed=3))
     assert all(d.masks is not None and d.masks.shape[1:] == f.masks.shape[1:] for d, f in zip(i8, fp))
+
+
+def test_masks_in_original_pixels_equal_mmdet(exported_masks, tmp_path):
+    """The exported masks in original pixels equal mmdet's own predict() with rescale (its test pipeline on image
+    files of many sizes and aspect ratios, letterboxed both ways): per-instance mask IoU, instances matched by box,
+    median and 5th percentile >= 0.99 (the issue asks 0.99 / 0.95; this path is exact, 1.0 / 1.0 here, while
+    thresholding at the input resolution before the resize, as cvops did, gave 0.983 for the 5th percentile)."""
+    import cv2
+
+    from cvops.detector.coco import read_split
+    from cvops.detector.mmdet import predict
+    from cvops.detector.runtime import OnnxDetector
+    from cvops.export.stage import iou_summary, mask_ious, predict_split
+
+    out, _, _ = exported_masks
+    rng = np.random.default_rng(2)
+    coco = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(CLASSES)]}
+    for i in range(10):  # wide, tall, smaller and larger than the 128 px input
+        w, h = int(rng.integers(60, 900)), int(rng.integers(60, 900))
+        img = _images(1, seed=100 + i)[0]
+        path = tmp_path / f"{i}.jpg"
+        cv2.imwrite(str(path), cv2.resize(img, (w, h)))
+        coco["images"].append({"id": i, "file_name": str(path), "width": w, "height": h})
+    ann = tmp_path / "split.json"
+    ann.write_text(json.dumps(coco))
+    torch_dets = predict(out / "config.py", out / "checkpoint.pth", ann, "cpu", 0.2, 50, iou_thr=0.6)
+    det = OnnxDetector(out / "model.onnx")
+    images, cat_ids = read_split(ann)
+    onnx_dets = predict_split(det.run_any, det.preprocess, images, cat_ids)
+    rows = mask_ious(torch_dets, onnx_dets, images, 0.2)
+    summary = iou_summary(rows)
+    assert summary["instances"] == sum(d["score"] >= 0.2 for d in torch_dets) >= 100, summary  # every one matched
+    assert summary["median"] >= 0.99 and summary["p5"] >= 0.99, summary

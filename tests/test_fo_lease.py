@@ -102,7 +102,7 @@ def test_a_deleted_dataset_names_its_artifact_and_removing_it_rebuilds_only_cura
     import json
     import shutil
 
-    from cvops import runner
+    from cvops import stages
     from cvops.config import compose_config
     from cvops.fo import DatasetMissing, connect
     from cvops.runner import Runner, StageResult
@@ -111,7 +111,7 @@ def test_a_deleted_dataset_names_its_artifact_and_removing_it_rebuilds_only_cura
         (ctx.workdir / "weights.txt").write_text("w")
         return StageResult({"checkpoint": "weights.txt", "config": "weights.txt"}, {"val_mAP": 0.1})
 
-    monkeypatch.setitem(runner._REGISTRY, "train", fake_train)
+    monkeypatch.setitem(stages._REGISTRY, "train", fake_train)
     base = ["recipe=quickstart", "project=gone", f"paths.store={tmp_path / 'store'}", "data.synthetic.num_images=12",
             "data.synthetic.videos=0", "tracker=none"]
     cfg = compose_config([*base, "stages=[curate,train]"])

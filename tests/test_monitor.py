@@ -114,7 +114,7 @@ def test_monitor_without_request_log_or_source_says_what_to_do(cvops, tmp_path):
 
 def test_new_traffic_changes_the_monitor_fingerprint(tmp_path):
     from cvops.config import compose_config
-    from cvops.runner import fingerprints
+    from cvops.fingerprint import fingerprints
 
     cfg = compose_config(["recipe=quickstart", f"paths.store={tmp_path / 'store'}", "monitor.source=null"])
     log_dir = tmp_path / "store" / "requests" / "quickstart"
@@ -127,3 +127,49 @@ def test_new_traffic_changes_the_monitor_fingerprint(tmp_path):
     assert fingerprints(cfg)["monitor"]["fingerprint"] != before
     synthetic = compose_config(["recipe=quickstart", f"paths.store={tmp_path / 'store'}"])
     assert fingerprints(synthetic)["monitor"]["external"] == ""  # generated windows depend on the config only
+
+
+def test_a_folder_window_sees_every_image_type_curate_reads(tmp_path):
+    """`.jfif`, `.jpe` and `.mpo` images are curated; a monitor folder window sees them too (one list of image
+    types, cvops.media.IMAGE_EXTS), and they enter the monitor's fingerprint."""
+    import os
+    from types import SimpleNamespace
+
+    import cv2
+
+    from cvops.curate.sources.images import read_images
+    from cvops.media import IMAGE_EXTS
+    from cvops.monitor.source import signature
+    from cvops.monitor.stage import load_window
+
+    folder = tmp_path / "window"
+    folder.mkdir()
+    names = ["a.jpg", "b.jfif", "c.jpe", "d.JFIF", "e.mpo", "f.png", "notes.txt"]
+    for i, name in enumerate(names):
+        bgr = np.full((24, 32, 3), 40 * i, np.uint8)
+        ext = ".png" if name.endswith(".png") else ".jpg"  # .jfif/.jpe/.mpo hold JPEG bytes
+        (folder / name).write_bytes(cv2.imencode(ext, bgr)[1].tobytes())
+        os.utime(folder / name, (1_000_000 + i, 1_000_000 + i))  # the window is ordered by modification time
+    images = names[:-1]
+
+    class Blind:  # a model that finds nothing: the window's records are what is under test
+        classes = ["thing"]
+
+        def predict(self, frames):
+            return [Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+                    for _ in frames]
+
+    ctx = SimpleNamespace(config=SimpleNamespace(monitor=SimpleNamespace(source=str(folder), window=100, fps=2.0)))
+    seen, desc, _ = load_window(ctx, Blind(), low=0.3)
+    assert desc == f"folder {folder}"
+    assert [os.path.basename(s.name) for s in seen] == images  # oldest first, every image type, no text file
+    assert all((s.record["width"], s.record["height"]) == (32, 24) for s in seen)
+    curated = read_images(folder, "images")  # curate reads the very same files
+    assert sorted(os.path.basename(str(it.path)) for it in curated) == sorted(images)
+    assert {".jfif", ".jpe", ".mpo"} <= IMAGE_EXTS
+
+    view = SimpleNamespace(monitor=SimpleNamespace(source=str(folder)), serve=SimpleNamespace(log_dir=None),
+                           project="p")
+    before = signature(view, tmp_path / "store")
+    (folder / "g.jfif").write_bytes((folder / "b.jfif").read_bytes())
+    assert signature(view, tmp_path / "store") != before  # a new .jfif is new traffic: a new monitor run

@@ -14,7 +14,7 @@ import pytest
 from helpers.s3 import use
 from test_processes import _wait_for
 
-from cvops.artifacts import StoreError, open_store
+from cvops.store import StoreError, open_store
 
 
 @pytest.fixture
@@ -24,17 +24,17 @@ def store_url(s3, monkeypatch):
 
 
 def _store(url, cache, lease_s=30.0):
-    from cvops.objectstore import ObjectStore
+    from cvops.store.s3 import ObjectStore
 
     return ObjectStore(url, {}, cache, lease_s)
 
 
 def test_open_store_picks_the_backend(tmp_path, store_url):
-    from cvops.artifacts import ArtifactStore
     from cvops.config import compose_config
-    from cvops.objectstore import ObjectStore
+    from cvops.store import FolderStore
+    from cvops.store.s3 import ObjectStore
 
-    assert isinstance(open_store(tmp_path / "s"), ArtifactStore)
+    assert isinstance(open_store(tmp_path / "s"), FolderStore)
     cfg = compose_config(["recipe=quickstart", f"paths.store={store_url}", f"paths.cache={tmp_path / 'c'}",
                           "paths.lease_s=7"])
     st = open_store(cfg.paths)
@@ -81,7 +81,7 @@ def test_two_builders_of_one_fingerprint_end_with_one_whole_artifact(store_url, 
     ba = a.build("train", "cafe").__enter__()
     (ba.dir / "model.pth").write_bytes(b"A" * 1000)
     # B bypasses the lease and commits first
-    from cvops.objectstore import ObjectBuilder
+    from cvops.store.s3 import ObjectBuilder
 
     b_dir = b.dir("train", "cafe")
     b_dir.mkdir(parents=True)
@@ -156,7 +156,8 @@ def test_curate_reads_data_from_s3_and_its_state_enters_the_fingerprint(store_ur
     import fiftyone as fo
 
     from cvops.config import compose_config
-    from cvops.runner import Runner, fingerprints
+    from cvops.fingerprint import fingerprints
+    from cvops.runner import Runner
     from helpers.make_data import yolo_dataset
 
     local = tmp_path / "yolo"
@@ -235,9 +236,15 @@ def test_curate_on_machine_a_train_evaluate_export_on_machine_b(cvops, s3, tmp_p
         use(s3, monkeypatch)  # this process is "on machine B" now
         monkeypatch.setenv("CVOPS_STORE", store)
         monkeypatch.setenv("CVOPS_CACHE_DIR", str(cache))
-        from cvops.fiftyone_app import confident_view, resolve_dataset
+        from cvops.store import open_store
+        from cvops.config import compose_config
+        from cvops.fiftyone_app import confident_view, curated_dataset
+        from cvops.fingerprint import fingerprints
 
-        name, why = resolve_dataset(recipe)
+        cfg = compose_config(recipe)
+        fps, on_b = fingerprints(cfg), open_store(cfg.paths)
+        name, why = curated_dataset(on_b.get("curate", fps["curate"]["fingerprint"]), str(cfg.project),
+                                    fps["curate"]["fingerprint"])
         assert name == a["curate"]["metrics"]["dataset_name"] and "curated for this config" in why
         ds = fo.load_dataset(name)
         assert ds.count("ground_truth.detections") == a["curate"]["metrics"]["boxes_kept"]
@@ -247,7 +254,7 @@ def test_curate_on_machine_a_train_evaluate_export_on_machine_b(cvops, s3, tmp_p
                         for sp in splits)
         assert predicted > 0 and ds.exists(field).count() == predicted  # B's predictions, in A's dataset
         assert all(Path(p).is_file() for p in ds.values("filepath"))
-        assert confident_view(recipe, name) in ds.list_saved_views()
+        assert confident_view(on_b.get("evaluate", fps["evaluate"]["fingerprint"]), name) in ds.list_saved_views()
     finally:
         for name in fo.list_datasets():
             if name.startswith(project):
@@ -260,8 +267,8 @@ def test_the_registry_lives_in_the_bucket_promote_on_a_serve_follows_on_b(store_
     import shutil
     import threading
 
-    from cvops.artifacts import store_spec
-    from cvops.registry import Registry
+    from cvops.store import store_spec
+    from cvops.store.registry import Registry
     from cvops.serve.models import AliasFollower, ExportSource
 
     a = _store(store_url, tmp_path / "cache-a")

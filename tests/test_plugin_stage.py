@@ -62,7 +62,7 @@ def last_run(tmp: Path) -> dict:
 
 
 def fingerprints(env, *overrides) -> dict:
-    code = ("import json,sys; from cvops.config import compose_config; from cvops.runner import fingerprints; "
+    code = ("import json,sys; from cvops.config import compose_config; from cvops.fingerprint import fingerprints; "
             "fps = fingerprints(compose_config(sys.argv[1:])); "
             "print(json.dumps({k: {'fp': v['fingerprint'], 'inputs': v['inputs']} for k, v in fps.items()}))")
     r = subprocess.run([sys.executable, "-c", code, *overrides], env=env, capture_output=True, text=True, check=True)

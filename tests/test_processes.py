@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 
-from cvops.artifacts import ArtifactStore
+from cvops.store import FolderStore
 
 
 def _wait_for(proc, needle, timeout=60):
@@ -28,7 +28,7 @@ def test_kill_mid_stage_leaves_nothing_complete_and_rerun_rebuilds(cvops):
     workdir = line.rsplit(" in ", 1)[1].strip()
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    store = ArtifactStore(cvops.store)
+    store = FolderStore(cvops.store)
     fp = workdir.rstrip("/").rsplit("/", 1)[1]
     assert (store.dir("curate", fp) / "partial.txt").exists()  # half-written ...
     assert not store.is_complete("curate", fp)  # ... and not taken as complete

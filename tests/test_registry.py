@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers.images import encode  # noqa: E402
 from helpers.net import free_port, wait_for_http  # noqa: E402
 
-from cvops.artifacts import ArtifactStore  # noqa: E402
-from cvops.registry import Registry, RegistryError, find_export, table  # noqa: E402
+from cvops.store import FolderStore  # noqa: E402
+from cvops.store.registry import Registry, RegistryError, find_export  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,8 +47,8 @@ def put_export(store: Path, fp: str, project: str = "regtest", gate: str = "pass
         "artifacts": artifacts, "metrics": {"gate": gate, "onnx_map": 0.5}}))
 
 
-def test_promote_rollback_is_a_stack_with_history(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path)
+def test_promote_rollback_is_a_stack_with_history(tmp_path: Path, capsys) -> None:
+    store = FolderStore(tmp_path)
     for fp in ("aaaa000000000001", "bbbb000000000002", "cccc000000000003"):
         put_export(tmp_path, fp)
     reg = Registry(store, "regtest")
@@ -70,14 +70,17 @@ def test_promote_rollback_is_a_stack_with_history(tmp_path: Path) -> None:
     assert [e.action for e in history] == ["promote", "promote", "promote", "rollback", "rollback"]
     assert history[0].message == "first" and history[0].user and history[0].time.endswith("Z")
     assert history[0].info["gate"] == "pass" and history[0].info["train"] == "taaaa00000000000"
-    # a reader of another process sees the same state, and the table shows it
-    lines = table("regtest", Registry(ArtifactStore(tmp_path), "regtest").aliases(), reg.history())
+    # a reader of another process sees the same state, and `cvops models` shows it
+    from cvops.cli import main
+
+    assert main(["models", "recipe=quickstart", "project=regtest", f"paths.store={tmp_path}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert any(ln.split()[:2] == ["production", a.fingerprint] for ln in lines), lines
     assert any('"c regressed"' in ln for ln in lines), lines
 
 
 def test_refusals_name_the_problem(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path)
+    store = FolderStore(tmp_path)
     put_export(tmp_path, "dddd000000000001", gate="fail")
     put_export(tmp_path, "dddd000000000002")
     put_export(tmp_path, "eeee000000000001", project="other")
@@ -110,7 +113,7 @@ def test_refusals_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_concurrent_promotions_lose_nothing_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path)
+    store = FolderStore(tmp_path)
     fps = [f"{i:04x}000000000000" for i in range(1, 13)]
     for fp in fps:
         put_export(tmp_path, fp)
@@ -119,7 +122,7 @@ def test_concurrent_promotions_lose_nothing_and_a_torn_line_is_skipped(tmp_path:
 
     def promote(fp: str) -> None:
         try:
-            Registry(ArtifactStore(tmp_path), "regtest").promote(f"a{int(fp[:4], 16) % 3}", store.get("export", fp))
+            Registry(FolderStore(tmp_path), "regtest").promote(f"a{int(fp[:4], 16) % 3}", store.get("export", fp))
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -252,7 +255,7 @@ def test_each_worker_follows_the_alias(model_path: Path, tmp_path: Path, monkeyp
             r = worker.post("/v1/predict", content=encode(np.zeros((32, 32, 3), np.uint8)),
                             headers={"Content-Type": "image/jpeg"})
             assert r.status_code == 503 and "Retry-After" in r.headers and "no model is loaded yet" in r.json()["error"]
-            reg = Registry(ArtifactStore(store), "regtest")
+            reg = Registry(FolderStore(store), "regtest")
             reg.promote("production", reg.store.get("export", "c3c3c3c3c3c3c3c3"))
             deadline = time.monotonic() + 30
             while worker.get("/readyz").status_code != 200:  # the poll picks it up
@@ -283,7 +286,7 @@ def test_follower_survives_a_damaged_alias_and_tries_a_broken_export_once(model_
     f = AliasFollower(ExportSource(str(store), "regtest", alias="production"),
                       lambda det, info, drift: loaded.append(info["fingerprint"]), poll_s=10)
     f.on_error = errors.append
-    reg = Registry(ArtifactStore(store), "regtest")
+    reg = Registry(FolderStore(store), "regtest")
     reg.dir.mkdir(parents=True)
     reg.aliases_file.write_text(json.dumps({"production": {"export": "../x"}}))  # hostile, no history
     with pytest.raises(RuntimeError, match="cannot read the alias"):

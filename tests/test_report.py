@@ -67,10 +67,10 @@ def test_sweep_page_links_each_job_and_latest_finds_run_pages(tmp_path: Path) ->
 
 
 def test_cvops_report_prints_the_newest_page_or_says_what_to_run(tmp_path: Path, capsys) -> None:
-    from cvops.report import main
+    from cvops.cli import main  # `cvops report ...`, in this process
 
     outputs = tmp_path / "outputs"
-    args = ["recipe=quickstart", "project=demo", "--print", "--outputs", str(outputs)]
+    args = ["report", "recipe=quickstart", "project=demo", "--print", "--outputs", str(outputs)]
     assert main(args) == 2 and "run the recipe first" in capsys.readouterr().err
     write(_run_dir(tmp_path, "r1"))
     newer = write(_run_dir(tmp_path, "r2"))

@@ -15,10 +15,10 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from cvops.config import compose_config
-from cvops.curate.sources import SourceError, iter_sources
+from cvops.curate.inputs import SourceError, iter_sources
 from cvops.synthetic import SyntheticSpec, generate
 from cvops.fo import connect
-from cvops.monitor.review import export_reviewed, next_command
+from cvops.monitor.review import curate_overrides, export_reviewed
 from cvops.runner import Runner
 
 W, H = 128, 96
@@ -168,6 +168,11 @@ def test_iter_sources_appends_extra_entries_after_the_main_ones():
                            "extra": [{"format": "coco", "path": "/r.json"}, {"format": "images"}]}))
 
 
+def next_command(*args):
+    """The printed command, with the console script's name (the real one prints how this process was started)."""
+    return " ".join(["cvops", *(shlex.quote(a) for a in curate_overrides(*args))])
+
+
 def test_next_command_replaces_earlier_exports_keeps_other_extras(tmp_path):
     root = tmp_path / "reviewed" / "p"
     extra = [{"format": "coco", "path": str(root / "aaaaaaaaaaaa" / "annotations.json")},
@@ -226,9 +231,11 @@ def test_cli_exports_and_prints_the_next_command(cvops, project, tmp_path):
     assert f"2 reviewed image(s), 3 box(es) from FiftyOne dataset '{project}-review'" in r.stdout
     assert "1 labelled in ground_truth, 1 with prelabels accepted" in r.stdout
     last = r.stdout.strip().splitlines()[-1].strip()
-    assert last == (f"cvops recipe=quickstart project={project} paths.store={store} "
-                    f"'data.extra=[{{format: coco, path: {ann}, allow_outside_paths: true}}]'")
-    cfg = compose_config(shlex.split(last)[1:])  # it parses, and points at the export
+    args = (f"recipe=quickstart project={project} paths.store={store} "
+            f"'data.extra=[{{format: coco, path: {ann}, allow_outside_paths: true}}]'")
+    # printed to run as it is: the test started `python -m cvops` (the cvops script may not be on PATH)
+    assert last.endswith(" " + args) and last[: -len(args)].split()[-2:] == ["-m", "cvops"], last
+    cfg = compose_config(shlex.split(last)[-4:])  # it parses, and points at the export
     assert [dict(e) for e in cfg.data.extra] == [{"format": "coco", "path": str(ann), "allow_outside_paths": True}]
 
 

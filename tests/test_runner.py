@@ -7,9 +7,10 @@ import re
 
 import pytest
 
-from cvops.artifacts import ArtifactStore
+from cvops.store import FolderStore
 from cvops.config import compose_config
-from cvops.runner import ORDER, Runner, fingerprints
+from cvops.fingerprint import fingerprints
+from cvops.runner import ORDER, Runner
 
 RUN_KEYS = {"recipe", "project", "config_hash", "git_sha", "versions", "stages", "status", "headline"}
 VERSION_KEYS = {"python", "torch", "mmdet", "mmcv", "mmengine", "fiftyone", "onnxruntime", "tensorrt"}
@@ -29,7 +30,7 @@ def run(tmp_path, test_stages, monkeypatch):
 
     _run.calls = lambda: [l.split()[0] for l in (tmp_path / "calls.log").read_text().splitlines()] \
         if (tmp_path / "calls.log").exists() else []
-    _run.store = ArtifactStore(tmp_path / "store")
+    _run.store = FolderStore(tmp_path / "store")
     return _run
 
 
@@ -151,7 +152,7 @@ def test_fingerprints_are_stable_and_cover_code():
 
 def test_code_version_covers_the_cvops_modules_a_stage_imports():
     """Stages share layers: an edit to any module a stage uses must rebuild that stage's artifact."""
-    from cvops.runner import PKG_DIR, PLUMBING, source_closure
+    from cvops.fingerprint import PKG_DIR, is_plumbing, source_closure
 
     def closure(stage):
         return {str(p.relative_to(PKG_DIR)) for p in source_closure(sorted((PKG_DIR / stage).rglob("*.py")))}
@@ -163,7 +164,7 @@ def test_code_version_covers_the_cvops_modules_a_stage_imports():
     assert {"requestlog.py", "synthetic.py", "drift/profile.py"} <= closure("monitor")
     assert "evaluate/stage.py" not in closure("export") and "export/build.py" not in closure("evaluate")
     assert "fo.py" in closure("curate") and "__init__.py" in closure("curate")
-    assert not PLUMBING & closure("export")  # the runner and config plumbing do not invalidate artifacts
+    assert not any(is_plumbing(f) for f in closure("export"))  # the runner, store and config plumbing do not invalidate artifacts
     assert "serve/app.py" not in closure("export")  # and what a stage does not import does not either
 
 
@@ -244,7 +245,7 @@ def test_code_that_changes_while_its_stage_runs_is_not_cached(tmp_path, test_sta
     started with (nor the new code's); the next run, on settled code, builds and caches it."""
     import textwrap
 
-    from cvops import runner
+    from cvops import runner, stages
 
     mod = tmp_path / "edited_stage.py"
     mod.write_text(textwrap.dedent('''
@@ -261,12 +262,12 @@ def test_code_that_changes_while_its_stage_runs_is_not_cached(tmp_path, test_sta
     monkeypatch.syspath_prepend(str(tmp_path))
     import edited_stage
 
-    monkeypatch.setitem(runner._REGISTRY, "evaluate", edited_stage.evaluate)
+    monkeypatch.setitem(stages._REGISTRY, "evaluate", edited_stage.evaluate)
     cfg = compose_config(["recipe=quickstart", f"paths.store={tmp_path / 'store'}", "stages=[curate,train,evaluate]"])
     before = fingerprints(cfg)["evaluate"]["fingerprint"]
     with pytest.raises(runner.StaleCode, match="stage 'evaluate' was not cached: its code changed while it ran"):
         Runner(cfg, tmp_path / "r1").run()
-    store = ArtifactStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "store")
     after = fingerprints(cfg)["evaluate"]["fingerprint"]
     assert after != before and store.get("evaluate", before) is None and store.get("evaluate", after) is None
     assert json.loads((tmp_path / "r1" / "run.json").read_text())["stages"]["evaluate"]["status"] == "failed"
@@ -277,12 +278,12 @@ def test_code_that_changes_while_its_stage_runs_is_not_cached(tmp_path, test_sta
 def test_a_cvops_file_newer_than_the_process_is_not_trusted_to_be_what_ran(tmp_path, monkeypatch):
     """A sweep's jobs share one process: a module imported by an earlier job may be older than the file the
     next job's fingerprint hashed."""
-    from cvops import runner
+    from cvops import fingerprint
     from cvops.stages import declared
 
     train = declared()["train"]
-    code = runner.code_version(train, None)
-    assert runner.code_changed(train, None, code) is None
-    monkeypatch.setattr(runner, "STARTED", 0.0)  # every file of it is newer than this "process"
-    assert re.match(r"cvops/\S+\.py changed after this process started", runner.code_changed(train, None, code))
-    assert runner.code_changed(train, None, "0" * 16) == "its code changed while it ran"
+    code = fingerprint.code_version(train, None)
+    assert fingerprint.code_changed(train, None, code) is None
+    monkeypatch.setattr(fingerprint, "STARTED", 0.0)  # every file of it is newer than this "process"
+    assert re.match(r"cvops/\S+\.py changed after this process started", fingerprint.code_changed(train, None, code))
+    assert fingerprint.code_changed(train, None, "0" * 16) == "its code changed while it ran"

@@ -37,7 +37,8 @@ from helpers.images import encode, pil_bytes, scene  # noqa: E402
 from helpers.net import free_port, wait_for_http  # noqa: E402
 
 from cvops.detector.runtime import OnnxDetector, Preprocess  # noqa: E402
-from cvops.serve.app import create_app, to_bgr  # noqa: E402
+from cvops.serve.app import create_app  # noqa: E402
+from cvops.serve.decode import to_bgr  # noqa: E402
 from cvops.requestlog import RequestLog, iter_log, log_files, read_log  # noqa: E402
 
 INFO = {"fingerprint": "fp-test-123", "recipe": "tiny", "dataset_version": "tiny-0001"}
@@ -553,7 +554,7 @@ def test_micro_batcher_answers_each_caller_with_its_own_image(detector):
     """Concurrent requests batched into one inference get exactly the detections of their own image."""
     import threading
 
-    from cvops.serve.app import MicroBatcher
+    from cvops.serve.batching import MicroBatcher
 
     det = detector
     rng = np.random.default_rng(3)
@@ -591,7 +592,7 @@ def test_micro_batcher_lanes_run_batches_side_by_side_and_all_stop(model_path: P
     answer, and close() ends every lane once the queued items are answered."""
     import threading
 
-    from cvops.serve.app import MicroBatcher, lanes_for
+    from cvops.serve.batching import MicroBatcher, lanes_for
 
     det = OnnxDetector(model_path, threads=1, spin=False)
     assert lanes_for(det, 2) == 2 and lanes_for(det, 0) == 1 and lanes_for(object(), 4) == 1  # no session: one
@@ -636,7 +637,8 @@ def test_unbatched_inference_is_bounded_by_the_lanes(model_path: Path) -> None:
     import threading
 
     from cvops.schema import ServeConfig
-    from cvops.serve.app import Served, ServeMetrics
+    from cvops.serve.metrics import ServeMetrics
+    from cvops.serve.slots import Served
 
     det = OnnxDetector(model_path, threads=1, spin=False)
     served = Served(det, {"fingerprint": "fp"}, ServeConfig(max_batch=1, lanes=2), ServeMetrics())
@@ -665,7 +667,7 @@ def test_unbatched_inference_is_bounded_by_the_lanes(model_path: Path) -> None:
 def test_cores_are_split_between_workers_and_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
     from cvops.config import ConfigError
     from cvops.schema import ServeConfig
-    from cvops.serve import server
+    from cvops.serve import limits, server
 
     monkeypatch.setattr(server, "usable_cores", lambda: 8)
     assert server.plan_cores(0, 1) == (8, 1)  # auto: a lane per core, one thread each
@@ -674,7 +676,7 @@ def test_cores_are_split_between_workers_and_lanes(monkeypatch: pytest.MonkeyPat
     assert server.plan_cores(2, 2) == (2, 2)
     assert server.plan_cores(0, 16) == (1, 1)  # more workers than cores: never zero
     with pytest.raises(ConfigError, match="serve.lanes=-1"):
-        server.check_limits(ServeConfig(lanes=-1))
+        limits.check(ServeConfig(lanes=-1))
 
 
 @pytest.mark.parametrize("bad, says", [
@@ -691,7 +693,7 @@ def test_bad_serve_limits_are_refused_before_anything_loads(bad: dict, says: str
 
     from cvops.config import ConfigError
     from cvops.schema import ServeConfig
-    from cvops.serve.cli import serve_export
+    from cvops.serve.stage import serve_export
     from cvops.serve.server import serve
 
     cfg = OmegaConf.create({"serve": dataclasses.asdict(ServeConfig(**bad)), "monitor": {}})
@@ -699,6 +701,26 @@ def test_bad_serve_limits_are_refused_before_anything_loads(bad: dict, says: str
         serve_export(cfg, "/nonexistent/store", export=None, curate=None, recipe=None)
     with pytest.raises(ConfigError, match=re.escape(says)):
         serve(tmp_path / "no-model.onnx", ServeConfig(**bad))
+
+
+@pytest.mark.parametrize("key, bad", [
+    ("port", 70000), ("lanes", -1), ("max_batch", 0), ("batch_wait_ms", -1.0), ("header_timeout_s", 0.0),
+    ("body_timeout_s", float("nan")), ("max_upload_mb", 0.0), ("max_pixels", 0), ("max_aspect_ratio", 0.5),
+    ("decode_memory_mb", float("inf")), ("decode_wait_s", -1.0), ("upload_memory_mb", -1.0),
+    ("sample_rate", 1.5), ("log_max_mb", 0.0), ("log_max_days", -1.0), ("alias_poll_s", 0.0),
+])
+def test_every_serve_limit_is_checked_in_one_place(key: str, bad: object) -> None:
+    """limits.check names the key and its value; create_app (a caller of the Python API) goes through it too."""
+    from cvops.config import ConfigError
+    from cvops.schema import ServeConfig
+    from cvops.serve import limits
+
+    limits.check(ServeConfig())  # the defaults pass
+    cfg = ServeConfig(**{key: bad})
+    with pytest.raises(ConfigError, match=re.escape(f"serve.{key}={bad}")):
+        limits.check(cfg)
+    with pytest.raises(ConfigError, match=re.escape(f"serve.{key}={bad}")):
+        create_app(None, cfg, info={}, log=None)
 
 
 # ---------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_any_masks_value_is_answered(client: TestClient, value: str) -> None:
 def test_a_box_only_model_answers_as_before(detector: OnnxDetector) -> None:
     img = scene(96, 160, seed=1)
     expected = detector.predict([img])[0].to_json(detector.classes)
-    assert "masks" not in detector.outputs
+    assert "mask_logits" not in detector.outputs and "masks" not in detector.outputs
     with TestClient(create_app(detector, **app_args(INFO))) as c:
         assert c.get("/v1/model").json()["task"] == "detection"
         for params in ({}, {"masks": "rle"}, {"masks": "polygon"}, {"masks": "none"}):
@@ -183,10 +183,10 @@ def test_polygons_follow_pixel_edges() -> None:
 def test_a_tensorrt_engine_says_whether_it_predicts_masks() -> None:
     from types import SimpleNamespace
 
-    from cvops.serve.app import _outputs
+    from cvops.serve.slots import _outputs
 
-    engine = SimpleNamespace(engine=SimpleNamespace(outputs=["num_dets", "boxes", "scores", "labels", "masks"]))
-    assert "masks" in _outputs(engine)  # EngineDetector: the outputs of its TrtDetector
+    engine = SimpleNamespace(engine=SimpleNamespace(outputs=["num_dets", "boxes", "scores", "labels", "mask_logits"]))
+    assert "mask_logits" in _outputs(engine)  # EngineDetector: the outputs of its TrtDetector
     assert _outputs(SimpleNamespace()) == []  # a detector that says nothing is box-only
 
 

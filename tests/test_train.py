@@ -52,12 +52,12 @@ def test_every_model_config_builds_and_runs_a_forward_pass(model, curated, curat
     from mmdet.utils import register_all_modules
     from mmengine.runner import Runner
 
-    from cvops.artifacts import ArtifactStore
+    from cvops.store import FolderStore
     from cvops.train import mmconfig
 
     register_all_modules()
     store, cur = curated
-    art = ArtifactStore(store).get("curate", cur["fingerprint"])
+    art = FolderStore(store).get("curate", cur["fingerprint"])
     cfg_all = compose_config(["project=traintest", f"model={model}", *TINY])
     exports = {s: art.path(f"coco_{s}") for s in ("train", "val", "test")}
     from mmengine.config import Config
@@ -69,7 +69,7 @@ def test_every_model_config_builds_and_runs_a_forward_pass(model, curated, curat
             mmconfig.build(OmegaConf.to_object(cfg_all.model), OmegaConf.to_object(cfg_all.train),
                            art.metrics["classes"], exports, tmp_path, [], cuda=False)
         store, cur = curated_masks
-        art = ArtifactStore(store).get("curate", cur["fingerprint"])
+        art = FolderStore(store).get("curate", cur["fingerprint"])
         exports = {s: art.path(f"coco_{s}") for s in ("train", "val", "test")}
     cfg, notes = mmconfig.build(OmegaConf.to_object(cfg_all.model), OmegaConf.to_object(cfg_all.train), art.metrics["classes"], exports, tmp_path,
                                 [], cuda=False)
@@ -118,11 +118,11 @@ def test_every_model_config_builds_and_runs_a_forward_pass(model, curated, curat
 def test_lr_decay_from_holds_the_peak_lr_then_decays_by_cosine(curated, tmp_path):
     from mmengine.optim.scheduler import CosineAnnealingLR, LinearLR
 
-    from cvops.artifacts import ArtifactStore
+    from cvops.store import FolderStore
     from cvops.train import mmconfig
 
     store, cur = curated
-    art = ArtifactStore(store).get("curate", cur["fingerprint"])
+    art = FolderStore(store).get("curate", cur["fingerprint"])
     exports = {s: art.path(f"coco_{s}") for s in ("train", "val", "test")}
 
     def lrs(decay_from, epochs=4, per_epoch=5):
@@ -347,7 +347,7 @@ def test_two_node_training_with_an_s3_store(cvops, tmp_path, monkeypatch, s3):
     assert run["curate"]["status"] == "ran" and run["train"]["status"] == "ran"
     from helpers.s3 import use
 
-    from cvops.objectstore import ObjectStore
+    from cvops.store.s3 import ObjectStore
 
     use(s3, monkeypatch)  # (this process reads the bucket too)
     store = ObjectStore(env["CVOPS_STORE"], {}, tmp_path / "probe")

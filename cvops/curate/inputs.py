@@ -9,7 +9,7 @@ for an object in storage its size and ETag. Adding, removing, replacing or relab
 rebuilds curate and everything downstream; an unchanged folder is cached as before.
 
 What a source reads (:func:`source_roots`): a folder path is the folder; a COCO json is its dataset
-folder (:func:`cvops.curate.sources.coco_root`); a YOLO ``data.yaml`` or VOC file is its folder; a
+folder (:func:`cvops.curate.sources.coco.coco_root`); a YOLO ``data.yaml`` or VOC file is its folder; a
 video or an archive is that file; ``images_root`` is that folder.
 """
 
@@ -21,14 +21,13 @@ import os
 import posixpath
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List
 
 from cvops import filestate, remote
 
 log = logging.getLogger(__name__)
 
-class SourceError(ValueError):
-    """A source that cannot be read at all (missing path, unknown format, empty)."""
+from cvops.errors import SourceError  # noqa: E402  (one hierarchy: cvops.errors)
 
 
 def iter_sources(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
@@ -45,6 +44,23 @@ def iter_sources(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
         SourceError: an entry without ``format`` (or an ``extra`` entry without ``path``),
             or ``sources`` set without ``data=sources``.
     """
+    for src in _entries(data):
+        yield _absolute(src)
+
+
+def _absolute(src: Dict[str, Any]) -> Dict[str, Any]:
+    """``src`` with its local ``path`` and ``images_root`` made absolute (against the working directory, where
+    the user typed them): every sample, COCO export and FiftyOne ``filepath`` then names its image the same way,
+    and the fingerprint's data state says which folder was read, whatever the working directory of a later run."""
+    out = dict(src)
+    for k in ("path", "images_root"):
+        v = out.get(k)
+        if v and not remote.is_url(str(v)):
+            out[k] = os.path.abspath(os.path.expanduser(str(v)))
+    return out
+
+
+def _entries(data: Dict[str, Any]) -> Iterable[Dict[str, Any]]:
     common = {k: v for k, v in data.items() if k not in ("sources", "extra")}
     if data.get("sources") and data.get("format") != "sources":
         raise SourceError(f"data.sources is set but data.format={data.get('format')}; select data=sources "
@@ -85,7 +101,7 @@ def _is_file_like(path: str) -> bool:
 
 
 def source_roots(src: Dict[str, Any]) -> List[str]:
-    """The folders and files one source (an :func:`~cvops.curate.sources.iter_sources` entry) reads."""
+    """The folders and files one source (an :func:`iter_sources` entry) reads."""
     if src.get("format") == "synthetic":
         return []
     roots: List[str] = []

@@ -32,10 +32,13 @@ import numpy as np
 
 from cvops import masks
 from cvops.curate import dedup, split
-from cvops.curate.inputs import fetch
-from cvops.curate.sources import Item, Ledger, SourceError, account_files, iter_sources, read_source
+from cvops.curate.inputs import fetch, iter_sources
+from cvops.curate.sources.items import Item
+from cvops.curate.sources.ledger import Ledger, account_files
+from cvops.curate.sources.reader import read_source
 from cvops.curate.validate import (Sample, check_boxes, check_masks, open_image, phash, sharpness, short_stem,
                                    yolo_boxes)
+from cvops.errors import SourceError
 from cvops.schema import DedupConfig, DedupPolicy, DifferingLabels
 from cvops.stages import StageContext, StageResult
 
@@ -47,7 +50,7 @@ def gather(data: Dict[str, Any], workdir: Path, ledger: Ledger, max_archive_mb: 
            max_pixels: Optional[int] = None) -> Tuple[List[Item], List[str]]:
     """Items from every configured source, and the class names they declare.
 
-    Every file under a source ends up an item or a ledger row (see ``sources.account_files``);
+    Every file under a source ends up an item or a ledger row (see :func:`cvops.curate.sources.ledger.account_files`);
     each item carries the decode limit ``max_pixels`` (``curate.max_pixels``).
     """
     items: List[Item] = []

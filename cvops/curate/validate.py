@@ -28,8 +28,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cvops.curate.sources import Box, Item, Ledger
+from cvops.curate.sources.items import Box, Item
+from cvops.curate.sources.ledger import Ledger
 from cvops.media import MAX_JPEG_SCANS, jpeg_file_scans
+from cvops.schema import CurateConfig
 
 EXIF_ORIENTATION = 0x0112
 
@@ -101,8 +103,8 @@ def _exif_boxes(boxes: List[Box], orientation: int, w: int, h: int) -> List[Box]
 #: cameras, is opened by Pillow's JPEG plugin: it has no opener of its own to name.)
 ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP")
 _OPENERS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
-#: Default for curate.max_pixels (see schema.CurateConfig).
-MAX_PIXELS = 100_000_000
+#: The limit of an item that carries none (validation outside the curate stage): curate.max_pixels's default.
+MAX_PIXELS = CurateConfig.max_pixels
 
 
 class _Reject(Exception):

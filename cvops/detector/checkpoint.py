@@ -10,9 +10,11 @@ One more thing stands in the way: mmengine pickles each HistoryBuffer's
 statistics functions (``min``, ``max``, ``current``, ``mean``) as
 ``getattr(HistoryBuffer, "min")``, and allowing ``getattr`` would let a
 crafted file reach any attribute of any allowed type. Those four are rebuilt
-by HistoryBuffer itself when it is unpickled, so cvops stops writing them:
-checkpoints saved by cvops need no ``getattr``. A checkpoint saved by plain
-mmengine that has them is refused with a message saying so.
+by HistoryBuffer itself when it is unpickled, so cvops stops writing them
+(a reducer registered with :func:`copyreg.pickle`, pickle's own extension
+point: the class itself is left as mmengine wrote it): checkpoints saved by
+cvops need no ``getattr``. A checkpoint saved by plain mmengine that has them
+is refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ def _portable_getstate(self: Any) -> dict:
     return state
 
 
+def _reduce_history_buffer(buf: Any) -> tuple:
+    """How a HistoryBuffer is pickled: as protocol 2 pickles any object (``cls.__new__`` and its state, which
+    its ``__setstate__`` restores), with the portable state."""
+    import copyreg
+
+    return copyreg.__newobj__, (type(buf),), _portable_getstate(buf)
+
+
 def allow_mmengine_checkpoints() -> None:
     """Allow-list the types mmengine stores in checkpoints, and save them portably (idempotent)."""
     global _done
@@ -53,7 +63,9 @@ def allow_mmengine_checkpoints() -> None:
     import torch
     from mmengine.logging.history_buffer import HistoryBuffer
 
-    HistoryBuffer.__getstate__ = _portable_getstate  # type: ignore[method-assign]
+    import copyreg
+
+    copyreg.pickle(HistoryBuffer, _reduce_history_buffer)  # pickle's dispatch table: torch.save and deepcopy use it
     torch.serialization.add_safe_globals(safe_globals())
     _done = True
 

@@ -66,6 +66,7 @@ def predict(config: Path, checkpoint: Path, ann_file: Path, device: str, score_t
     With ``iou_thr``, the model's own post-processing uses (score_thr, iou_thr,
     max_det) too: the like-for-like reference for an exported graph.
     """
+    import numpy as np
     import torch
     from mmengine.runner import Runner
 
@@ -88,8 +89,19 @@ def predict(config: Path, checkpoint: Path, ann_file: Path, device: str, score_t
                 p = sample.pred_instances
                 keep = p.scores >= score_thr
                 boxes, scores, labels = p.bboxes[keep], p.scores[keep], p.labels[keep]
+                # mmdet clips to the letterboxed canvas, so a box can reach into the padding past the image's
+                # edge; in the image it ends at the edge (what an exported model's runtime returns too)
+                h, w = sample.ori_shape[:2]
+                boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
+                                     boxes[:, 3].clamp(0, h)], dim=1) if len(boxes) else boxes
                 order = scores.argsort(descending=True)[:max_det]
                 masks = p.masks[keep][order].cpu().numpy() if "masks" in p else None  # instance segmentation
+                if masks is not None and masks.shape[1:] != (h, w):
+                    # mmdet sizes its masks ceil(canvas / scale) with the x and y scales swapped, a row or column
+                    # short of the image when they differ: the missing pixels are outside every mask
+                    full = np.zeros((len(masks), h, w), bool)
+                    full[:, :min(h, masks.shape[1]), :min(w, masks.shape[2])] = masks[:, :h, :w]
+                    masks = full
                 for k, (b, s, lab) in enumerate(zip(boxes[order].tolist(), scores[order].tolist(),
                                                     labels[order].tolist())):
                     out.append({"image_id": int(sample.img_id), "category_id": cat_ids[lab],

@@ -12,9 +12,13 @@ written down in ``preprocess.json`` (and the ONNX ``metadata_props`` key
 
 Boxes come back in input pixels; divide by ``(new_w / w, new_h / h)`` and clip
 to the original image to get original pixels (:meth:`Preprocess.unletterbox`).
-Masks (instance segmentation graphs) come back at the input resolution: keep
-the top-left ``new_h x new_w``, resize it to ``(w, h)`` bilinearly and threshold
-at 0.5 (:meth:`Preprocess.unletterbox_masks`).
+Masks (instance segmentation graphs) come back as logits at the prototypes'
+resolution (``mask_stride``); they reach the original image as mmdet takes
+them there, in logit space: x ``mask_stride`` bilinear, bilinear to
+``ceil(H1 / scale_x) x ceil(W1 / scale_y)``, keep the top-left ``h x w``, then
+``sigmoid > mask_thr`` (:meth:`Preprocess.unletterbox_masks`,
+:func:`cvops.masks.logits_to_instances`). Graphs exported before this contract
+return binary ``masks`` at the input resolution; they are still read.
 """
 
 from __future__ import annotations
@@ -28,13 +32,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cvops.masks import InstanceMasks, upscale_instances
+from cvops.masks import InstanceMasks, logits_to_instances, upscale_instances
 
 #: The graph's input and outputs (see :mod:`cvops.export.graph`); an instance segmentation graph has a sixth,
-#: ``masks`` (B, max_det, H, W) uint8 (1 inside the instance) at the letterboxed input resolution.
+#: ``mask_logits`` (B, max_det, h, w) float32 at the prototypes' resolution (``Preprocess.mask_stride``).
 INPUT = "images"
 OUTPUTS = ("num_dets", "boxes", "scores", "labels", "embedding")
-MASKS = "masks"
+MASKS = "mask_logits"
+#: the sixth output of graphs exported before mask logits: (B, max_det, H, W) uint8 masks at the input resolution
+LEGACY_MASKS = "masks"
 
 
 @dataclass
@@ -51,6 +57,8 @@ class Preprocess:
     pad: str = "bottom_right"
     layout: str = "NCHW"
     dtype: str = "float32"
+    mask_stride: int = 8  # instance segmentation graphs: the stride of their mask logits
+    mask_thr: float = 0.5  # ... and the probability a pixel must pass (mmdet's mask_thr_binary)
 
     @classmethod
     def from_mmdet(cls, cfg: Any, image_size: Sequence[int]) -> "Preprocess":
@@ -119,13 +127,17 @@ class Preprocess:
         tensor, scale = self(bgr)
         return Prepared(tensor, scale, (int(bgr.shape[1]), int(bgr.shape[0])))
 
-    @staticmethod
-    def unletterbox_masks(masks: np.ndarray, scale: Tuple[float, float], size: Tuple[int, int]) -> InstanceMasks:
-        """Instance masks (n, H, W) at the input resolution back to the original (width, height) image: the
-        top-left ``new_h x new_w`` (the letterboxed image; the rest is padding), resized bilinearly and
-        thresholded at 0.5 (what mmdet does to its mask logits); each mask is computed over the part of the
-        image it can reach only (:func:`cvops.masks.upscale_instances`), so a large image costs no more memory
-        than its masks."""
+    def unletterbox_masks(self, masks: np.ndarray, scale: Tuple[float, float], size: Tuple[int, int]) -> InstanceMasks:
+        """A graph's masks of one image back to the original (width, height) image, each computed over the part
+        of the image it can reach only, when first read (a large image costs no more memory than its masks).
+
+        Float ``masks`` (n, h, w) are mask logits at ``mask_stride``: taken to the image as mmdet does
+        (:func:`cvops.masks.logits_to_instances`). ``uint8`` masks (n, H, W) at the input resolution (graphs
+        exported before mask logits): the top-left ``new_h x new_w`` resized bilinearly, thresholded at 0.5.
+        """
+        masks = np.asarray(masks)
+        if masks.dtype != np.uint8:
+            return logits_to_instances(masks, self.mask_stride, scale, size, self.mask_thr)
         w, h = int(size[0]), int(size[1])
         nw = max(1, int(round(scale[0] * w)))
         nh = max(1, int(round(scale[1] * h)))
@@ -244,7 +256,8 @@ class OnnxDetector:
         shape = self.session.get_inputs()[0].shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         names = [o.name for o in self.session.get_outputs()]
-        self.outputs = [n for n in (*OUTPUTS, MASKS) if n in names]  # graphs exported before ``embedding`` have four
+        # graphs exported before ``embedding`` have four outputs; before mask logits, masks were ``masks``
+        self.outputs = [n for n in (*OUTPUTS, MASKS, LEGACY_MASKS) if n in names]
 
     def run(self, tensor: np.ndarray) -> List[np.ndarray]:
         """The raw graph outputs for a preprocessed (B, 3, H, W) batch."""

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from cvops.detector.runtime import INPUT, MASKS, OUTPUTS
+from cvops.detector.runtime import INPUT, LEGACY_MASKS, MASKS, OUTPUTS
 
 log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 
@@ -201,7 +201,7 @@ class TrtDetector:
         self.batch_range = (int(lo[0]), int(hi[0]))
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
         #: the graph's outputs in order; an instance segmentation engine has ``masks`` last
-        self.outputs = [n for n in (*OUTPUTS, MASKS) if n in names]
+        self.outputs = [n for n in (*OUTPUTS, MASKS, LEGACY_MASKS) if n in names]
 
     def run(self, tensor: np.ndarray) -> List[np.ndarray]:
         """Raw outputs (num_dets, boxes, scores, labels, embedding[, masks]) for a preprocessed batch."""

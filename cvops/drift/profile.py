@@ -16,13 +16,14 @@ the same way. Box-only models' records have neither.
 
 The *reference profile* is the records of the curated val and test images
 (never trained on) under the exported model. It depends only on the curated
-data and the exported model, so it is built once per export and cached in the
-store under ``reference/<export fingerprint>-<code>/``.
+data, the exported model, ``monitor.low_confidence`` and the code that computes
+it, so it is built once per export and kept as an artifact of the store
+(``<store>/reference/<fingerprint>/``, manifest written last, shared by every
+machine of an ``s3://`` store), keyed like a stage (:mod:`cvops.fingerprint`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -34,7 +35,9 @@ import numpy as np
 
 from cvops.detector.runtime import Detections, OnnxDetector, box_iou
 from cvops.drift.stats import Profile, image_stats, prediction_stats
+from cvops.fingerprint import digest, files_version
 from cvops.masks import RLE
+from cvops.store import Artifact, Builder, Store
 
 log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
 from cvops.media import IMAGE_EXTS
@@ -158,60 +161,87 @@ def held_out(curate: Any) -> List[Path]:
     return [curate.path(f"coco_{s}") for s in ("val", "test") if f"coco_{s}" in names]
 
 
+#: The store folder of reference profiles (``<store>/reference/<fingerprint>/``): an artifact kind beside the stages.
+REFERENCE = "reference"
 #: Libraries whose versions shape a reference profile (the model's outputs, the decoded pixels, the statistics).
 REFERENCE_LIBRARIES = ("onnxruntime", "numpy", "scipy", "pillow", "opencv-python-headless", "opencv-python",
                        "opencv-contrib-python", "opencv-contrib-python-headless")
 
 
-def _code_hash() -> str:
-    """The code a reference profile depends on: the features and tests here, the detector's outputs and every
+def reference_code() -> str:
+    """The code version of a reference profile: the features and tests here, the detector's outputs and every
     cvops module they import, transitively (masks, media, ...), and the versions of the libraries that shape it."""
-    from cvops.manifest import dist_version
-    from cvops.runner import PKG_DIR, source_closure
-
-    h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for f in source_closure((here / "profile.py", here / "stats.py", here.parent / "detector" / "runtime.py")):
-        h.update(str(f.relative_to(PKG_DIR) if PKG_DIR in f.parents else f.name).encode())
-        h.update(f.read_bytes())
-    for lib in REFERENCE_LIBRARIES:
-        h.update(f"{lib}=={dist_version(lib) or 'none'}".encode())
-    return h.hexdigest()[:8]
+    return files_version((here / "profile.py", here / "stats.py", here.parent / "detector" / "runtime.py"),
+                         REFERENCE_LIBRARIES)
 
 
-def reference(store_root: Path, export_fp: str, onnx_path: Path, coco_files: Sequence[Path], low: float,
+def reference_fingerprint(export_fp: str, low: float) -> str:
+    """The store fingerprint of the reference profile of export ``export_fp`` at ``monitor.low_confidence=low``
+    (the prediction statistics depend on it) under this code."""
+    return digest(_reference_key(export_fp, low))
+
+
+def _reference_key(export_fp: str, low: float) -> Dict[str, Any]:
+    return {"stage": REFERENCE, "inputs": {"export": export_fp}, "config": {"low_confidence": float(low)},
+            "code": reference_code()}
+
+
+def reference(store: Store, export_fp: str, onnx_path: Path, coco_files: Sequence[Path], low: float,
               timeout: float = 3600.0) -> Tuple[Profile, List[Seen], Path]:
-    """The reference profile of an exported model: built once, then read from the store.
+    """The reference profile of an exported model: built once (by one run, the others wait), then read from the
+    store.
+
+    Args:
+        store: The artifact store (:func:`cvops.store.open_store`); the profile is its artifact
+            ``reference/<fingerprint>`` (:func:`reference_fingerprint`).
+        export_fp: The export's fingerprint.
+        onnx_path: The exported model.
+        coco_files: The curated held-out splits (:func:`held_out`).
+        low: ``monitor.low_confidence``.
+        timeout: Seconds to wait for another run building the same profile.
 
     Returns:
-        (profile, its records, the cache directory).
-    """
-    import cv2
-    from filelock import FileLock
+        (profile, its records, the artifact's local directory).
 
-    d = Path(store_root) / "reference" / f"{export_fp}-{_code_hash()}-low{low:g}"  # stats depend on ``low``
-    d.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(d) + ".lock", timeout=timeout):
-        if (d / "records.jsonl").exists() and (d / "profile.npz").exists():
-            recs = [json.loads(line) for line in (d / "records.jsonl").read_text().splitlines() if line.strip()]
-            return Profile.from_npz(d / "profile.npz"), [Seen(r["name"], r, path=r["name"]) for r in recs], d
-        images: List[str] = []
-        for f in coco_files:
-            images += [im["file_name"] for im in json.loads(Path(f).read_text())["images"]]
-        if not images:
-            raise ValueError("the curated val and test splits are empty: no reference to monitor against")
-        det = OnnxDetector(onnx_path)
-        frames = ((p, p, cv2.imread(p, cv2.IMREAD_COLOR)) for p in images)
-        seen = run_images(det, frames, low, desc="monitor: reference")
-        prof = profile_of(seen)
-        tmp = d / "profile.tmp.npz"
-        prof.to_npz(tmp)
-        tmp.rename(d / "profile.npz")
-        lines = [json.dumps({"name": s.name, **{k: v for k, v in s.record.items() if k != "detections"}}) for s in seen]
-        (d / "records.tmp").write_text("\n".join(lines) + "\n")
-        (d / "records.tmp").rename(d / "records.jsonl")
-        log.info("  monitor: reference profile of %d val/test images -> %s", len(seen), d)
-        return prof, seen, d
+    Raises:
+        ValueError: the held-out splits have no image.
+        StoreError: waited ``timeout`` seconds for another run building it.
+    """
+    key = _reference_key(export_fp, low)
+    fp = digest(key)
+    art = store.get(REFERENCE, fp)
+    if art is None:
+        with store.build(REFERENCE, fp, timeout=timeout) as builder:
+            art = store.get(REFERENCE, fp) if builder is None else _build_reference(builder, key, onnx_path,
+                                                                                      coco_files, low)
+    assert art is not None  # a build that yields None found it committed
+    recs = [json.loads(line) for line in art.path("records").read_text().splitlines() if line.strip()]
+    return Profile.from_npz(art.path("profile")), [Seen(r["name"], r, path=r["name"]) for r in recs], art.dir
+
+
+def _build_reference(builder: Builder, key: Dict[str, Any], onnx_path: Path, coco_files: Sequence[Path],
+                     low: float) -> Artifact:
+    import time
+
+    import cv2
+
+    images: List[str] = []
+    for f in coco_files:
+        images += [im["file_name"] for im in json.loads(Path(f).read_text())["images"]]
+    if not images:
+        raise ValueError("the curated val and test splits are empty: no reference to monitor against")
+    det = OnnxDetector(onnx_path)
+    frames = ((p, p, cv2.imread(p, cv2.IMREAD_COLOR)) for p in images)
+    seen = run_images(det, frames, low, desc="monitor: reference")
+    profile_of(seen).to_npz(builder.dir / "profile.npz")
+    lines = [json.dumps({"name": s.name, **{k: v for k, v in s.record.items() if k != "detections"}}) for s in seen]
+    (builder.dir / "records.jsonl").write_text("\n".join(lines) + "\n")
+    art = builder.commit({**key, "fingerprint": builder.fingerprint, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                          "artifacts": {"profile": "profile.npz", "records": "records.jsonl"},
+                          "metrics": {"images": len(seen)}})
+    log.info("  monitor: reference profile of %d val/test images -> %s", len(seen), art.dir)
+    return art
 
 
 # ------------------------------------------------------------ windows

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from cvops.config import ConfigError
+from cvops.errors import StageError
 from cvops.export.graph import DetectorGraph, Thresholds, UnsupportedModel, export_onnx, family
 from cvops.detector.runtime import Preprocess
 
 
-class ExportError(ConfigError):
+class ExportError(StageError):
     """An export the user has to change something for (the message says what)."""
 
 
@@ -29,6 +30,8 @@ def export_model(model: Any, cfg: Any, out: Path, image_size: Sequence[int], thr
         raise ExportError(str(e)) from None
     pre = Preprocess.from_mmdet(cfg, image_size)
     graph = DetectorGraph(model, (pre.width, pre.height), thresholds)
+    if graph.kind == "rtmdet_ins":  # how its mask logits reach the image travels with the input contract
+        pre = dataclasses.replace(pre, mask_stride=graph.mask_stride, mask_thr=graph.mask_thr)
     meta = {
         "cvops.preprocess": json.dumps(pre.to_dict()),
         "cvops.classes": json.dumps(list(classes)),
@@ -42,8 +45,9 @@ def export_model(model: Any, cfg: Any, out: Path, image_size: Sequence[int], thr
                 "boxes": "x1y1x2y2 in input pixels; divide by (new_w / w, new_h / h) and clip to the original image",
                 "rows": "rows past num_dets are zero"}
     if graph.kind == "rtmdet_ins":  # the sixth output: how its masks reach the original image
-        contract["masks"] = ("masks (B, max_det, height, width) uint8, 1 inside the instance, at the input "
-                             "resolution; to the original image keep the top-left new_h x new_w (the letterboxed "
-                             "image), resize it bilinearly to (w, h) and threshold at 0.5")
+        contract["masks"] = (f"mask_logits (B, max_det, height / {pre.mask_stride}, width / {pre.mask_stride}) "
+                             "float32 (rounded up); to the original image as mmdet does: bilinear (align_corners "
+                             f"false) x{pre.mask_stride}, bilinear to ceil(H1 / scale_x) x ceil(W1 / scale_y), "
+                             f"keep the top-left h x w, then sigmoid > {pre.mask_thr:g}")
     (out.parent / "preprocess.json").write_text(json.dumps(contract, indent=1))
     return contract

@@ -26,12 +26,19 @@ Head families (what mmdet's ``predict_by_feat`` does, written out so it traces):
 * RTMDet-Ins (``RTMDetInsHead``/``RTMDetInsSepBNHead``): boxes as RTMDet; then,
   for the ``max_det`` kept boxes, mmdet's mask assembly: each box's kernel
   parameters are three 1x1 convolutions (batched matrix products) over the
-  stride-8 prototypes with the coordinates relative to the box's prior,
-  upsampled x8 bilinearly, sigmoid > ``mask_thr_binary``: a sixth output
-  ``masks`` (B, max_det, H, W) uint8 at the input resolution.
+  stride-8 prototypes with the coordinates relative to the box's prior: a
+  sixth output ``mask_logits`` (B, max_det, h, w) float32 at the prototypes'
+  resolution. The runtime takes them to the original image the way mmdet
+  does, in logit space (x8 bilinear, bilinear to the original scale, crop,
+  then the threshold: :func:`cvops.masks.logits_to_instances`); thresholding
+  first and resizing a binary mask, as cvops did before, shifts every edge.
+
+Candidates before NMS are chosen as mmdet chooses them: per level, the
+``nms_pre`` best (prior, class) scores above ``score_thr`` (the model's
+``test_cfg.nms_pre``; RTMDet, RTMDet-Ins, RetinaNet), and boxes with no width
+or height are dropped (``min_bbox_size``).
 * RetinaNet (``RetinaHead``): anchors + ``DeltaXYWHBBoxCoder`` deltas, clipped;
-  sigmoid scores. mmdet's per-level ``nms_pre`` pre-selection is not reproduced
-  (every anchor above ``score_thr`` enters NMS), which can only add candidates.
+  sigmoid scores.
 
 Two-stage detectors are refused: their second stage pools features for a
 data-dependent number of proposals (RoIAlign), which has no standard ONNX op.
@@ -52,6 +59,9 @@ import torch
 from torch import Tensor, nn
 
 from cvops.detector.runtime import INPUT, MASKS, OUTPUTS  # noqa: E402  (the I/O contract lives with the runtime: no torch)
+
+#: mask logit of the rows past ``num_dets`` (sigmoid 0: no pixel of them passes any threshold)
+EMPTY_LOGIT = -1.0e4
 
 SINGLE_STAGE = {"RTMDetHead": "rtmdet", "RTMDetSepBNHead": "rtmdet", "YOLOXHead": "yolox", "RetinaHead": "retinanet",
                 "RTMDetInsHead": "rtmdet_ins", "RTMDetInsSepBNHead": "rtmdet_ins"}
@@ -137,6 +147,10 @@ class DetectorGraph(nn.Module):
         self.t = thresholds
         head = model.bbox_head
         self.num_classes = int(head.num_classes)
+        test_cfg = getattr(head, "test_cfg", None) or getattr(model, "test_cfg", None) or {}
+        # YOLOX has no per-level pre-selection in mmdet (one label per box, then NMS)
+        self.nms_pre = int(test_cfg.get("nms_pre", -1)) if self.kind != "yolox" else -1
+        self.min_bbox_size = float(test_cfg.get("min_bbox_size", -1))
         sizes = [(math.ceil(self.height / s[1]), math.ceil(self.width / s[0])) for s in head.prior_generator.strides]
         with torch.no_grad():
             if self.kind == "retinanet":
@@ -148,6 +162,7 @@ class DetectorGraph(nn.Module):
             else:
                 priors = torch.cat(head.prior_generator.grid_priors(sizes, device="cpu", with_stride=True))
         self.register_buffer("priors", priors.float(), persistent=False)
+        self.level_sizes = [h * w * head.prior_generator.num_base_priors[i] for i, (h, w) in enumerate(sizes)]
         bound = torch.tensor([self.width, self.height, self.width, self.height], dtype=torch.float32)
         self.register_buffer("bound", bound, persistent=False)
         self.output_names = list(OUTPUTS)
@@ -172,6 +187,7 @@ class DetectorGraph(nn.Module):
             boxes, scores = self._decode_rtmdet(cls_scores, bbox_preds)
         else:
             boxes, scores = getattr(self, f"_decode_{self.kind}")(*outs)  # (B, N, 4), (B, N, C)
+        scores = self._preselect(boxes, scores)
         scores_cn = scores.transpose(1, 2).contiguous()  # (B, C, N)
         keep = torch.ops.cvops.nms_keep(boxes, scores_cn, self.t.max_det, self.t.iou_thr, self.t.score_thr)
         flat = (scores_cn * keep).flatten(1)  # (B, C*N), zero where not kept
@@ -193,8 +209,8 @@ class DetectorGraph(nn.Module):
         return num_dets, top_boxes, top_scores, labels, embedding
 
     def _masks(self, mask_feat: Tensor, kernels: Tensor, priors: Tensor, valid: Tensor) -> Tensor:
-        """RTMDet-Ins mask assembly (mmdet's ``_mask_predict_by_feat_single`` + its stride upsampling and
-        threshold) for the K kept boxes of each image at once: (B, K, H, W) uint8 at the input resolution.
+        """RTMDet-Ins mask assembly (mmdet's ``_mask_predict_by_feat_single``) for the K kept boxes of each
+        image at once: mask logits (B, K, h, w) at the prototypes' resolution (stride 8).
 
         Args:
             mask_feat: (B, P, h, w) prototypes at stride 8; kernels: (B, K, num_gen_params);
@@ -214,9 +230,29 @@ class DetectorGraph(nn.Module):
             x = torch.matmul(weight, x) + splits[n + i].reshape(b, k, cout, 1)  # a 1x1 conv per instance
             if i < n - 1:
                 x = torch.relu(x)
-        logits = nn.functional.interpolate(x.reshape(b, k, h, w), scale_factor=self.mask_stride, mode="bilinear")
-        masks = (logits[:, :, : self.height, : self.width].sigmoid() > self.mask_thr) & valid[:, :, None, None]
-        return masks.to(torch.uint8)
+        # rows past num_dets: a logit no pixel reaches the threshold with
+        return x.reshape(b, k, h, w).masked_fill(~valid[:, :, None, None], EMPTY_LOGIT)
+
+    def _preselect(self, boxes: Tensor, scores: Tensor) -> Tensor:
+        """``scores`` (B, N, C) zeroed where mmdet would not let a candidate reach NMS: outside the ``nms_pre``
+        best (prior, class) scores of its level, or a box without width or height."""
+        if self.nms_pre > 0:
+            b, c = scores.shape[0], scores.shape[2]
+            kept, start = [], 0
+            for n in self.level_sizes:
+                level = scores[:, start:start + n]
+                start += n
+                if self.nms_pre < n * c:
+                    flat = level.reshape(b, n * c)
+                    kth = flat.topk(self.nms_pre, dim=1).values[:, -1:]
+                    level = torch.where(flat >= kth, flat, torch.zeros_like(flat)).reshape(b, n, c)
+                kept.append(level)
+            scores = torch.cat(kept, dim=1)
+        if self.min_bbox_size >= 0:
+            wh = boxes[..., 2:] - boxes[..., :2]
+            big = (wh > self.min_bbox_size).all(dim=-1, keepdim=True)
+            scores = scores * big.to(scores.dtype)
+        return scores
 
     # -- decoders: (per-level head outputs) -> boxes (B, N, 4), scores (B, N, C)
     def _flatten(self, maps: Sequence[Tensor], channels: int) -> Tensor:

@@ -24,13 +24,13 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from cvops.config import ConfigError
+from cvops.errors import StageError
 from cvops.detector.runtime import Preprocess
 
 MIN_CALIB_IMAGES = 8
 
 
-class CalibrationError(ConfigError):
+class CalibrationError(StageError):
     """The calibration split cannot represent the model (too few images, missing classes)."""
 
 

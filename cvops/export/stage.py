@@ -5,10 +5,13 @@
    preprocessing contract beside it (``preprocess.json``) and in its metadata.
 2. **Parity gate**: the exported model, run by ONNX Runtime on the curated test
    split (val when test is empty), is scored by the evaluate stage's COCO
-   evaluator against the PyTorch model with the same thresholds; a drop above
-   ``export.gate.max_map_drop`` mAP points fails the stage (for an instance
-   segmentation model, a drop of box mAP or of mask mAP: its masks are gated
-   with the same limit). Images where the
+   evaluator against the PyTorch model with the same thresholds; a difference
+   of more than ``export.gate.max_map_drop`` mAP points either way fails the
+   stage (parity means equal: a gain says the runtime computes something else
+   as surely as a loss). An instance segmentation model is gated on its mask
+   mAP with the same limit and on the per-instance mask IoU between PyTorch and
+   the runtime (instances matched by box; its 5th percentile must reach
+   ``export.gate.min_mask_iou``). Images where the
    two disagree (a box above ``evaluate.confusion_score_thr`` without a
    same-class IoU >= 0.5 partner) are tagged ``export_mismatch:<format>:<export>`` in
    the FiftyOne dataset and listed in ``disagreements.csv``.
@@ -32,10 +35,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cvops.detector.runtime import (OnnxDetector, Preprocess, box_iou, latency, run_padded,
+from cvops.detector.runtime import (MASKS, OnnxDetector, Preprocess, box_iou, latency, run_padded,
                                   split_outputs)
 from cvops.detector.coco import coco_eval, read_split, to_coco
 from cvops.schema import ExportConfig, ExportFormat
+from cvops.export.checks import check
 from cvops.stages import StageContext, StageResult
 
 log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
@@ -62,35 +66,78 @@ def predict_split(run: Any, pre: Preprocess, images: Sequence[Dict[str, Any]], c
     return out
 
 
+def _by_image(dets: List[Dict[str, Any]], score_thr: float) -> Dict[int, List[Dict[str, Any]]]:
+    out: Dict[int, List[Dict[str, Any]]] = {}
+    for d in dets:
+        if d["score"] >= score_thr:
+            out.setdefault(d["image_id"], []).append(d)
+    return out
+
+
+def match(r: List[Dict[str, Any]], e: List[Dict[str, Any]], iou_thr: float = 0.5) -> List[Tuple[int, int]]:
+    """Pairs (i, j) of one image's detections ``r`` and ``e`` of the same class with box IoU >= ``iou_thr``,
+    greedily by IoU (each detection in at most one pair)."""
+    if not r or not e:
+        return []
+    xyxy = lambda ds: np.array([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],  # noqa: E731
+                                 d["bbox"][1] + d["bbox"][3]] for d in ds])
+    a, b = xyxy(r), xyxy(e)
+    iou = box_iou(a, b)
+    # the same box is a match even without area (a box past the image's edge, clipped to a line)
+    iou = np.where(np.abs(a[:, None] - b[None]).max(-1) < 1e-3, 1.0, iou)
+    same = np.array([[x["category_id"] == y["category_id"] for y in e] for x in r])
+    iou = np.where(same, iou, 0.0)
+    pairs, used_r, used_e = [], set(), set()
+    for i, j in sorted(np.argwhere(iou >= iou_thr).tolist(), key=lambda ij: -iou[ij[0], ij[1]]):
+        if i not in used_r and j not in used_e:
+            used_r.add(i)
+            used_e.add(j)
+            pairs.append((i, j))
+    return pairs
+
+
 def disagreements(reference: List[Dict[str, Any]], exported: List[Dict[str, Any]], images: Sequence[Dict[str, Any]],
                   score_thr: float, iou_thr: float = 0.5) -> List[Dict[str, Any]]:
     """Per image: reference boxes the export missed and boxes it added (score >= score_thr)."""
-    def by_image(dets: List[Dict[str, Any]]) -> Dict[int, List[Dict[str, Any]]]:
-        out: Dict[int, List[Dict[str, Any]]] = {}
-        for d in dets:
-            if d["score"] >= score_thr:
-                out.setdefault(d["image_id"], []).append(d)
-        return out
-
-    ref, exp = by_image(reference), by_image(exported)
+    ref, exp = _by_image(reference, score_thr), _by_image(exported, score_thr)
     rows = []
     for im in images:
         r, e = ref.get(im["id"], []), exp.get(im["id"], [])
-        matched_r, matched_e = set(), set()
-        if r and e:
-            xyxy = lambda ds: np.array([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],  # noqa: E731
-                                         d["bbox"][1] + d["bbox"][3]] for d in ds])
-            iou = box_iou(xyxy(r), xyxy(e))
-            same = np.array([[a["category_id"] == b["category_id"] for b in e] for a in r])
-            iou = np.where(same, iou, 0.0)
-            for i, j in sorted(np.argwhere(iou >= iou_thr).tolist(), key=lambda ij: -iou[ij[0], ij[1]]):
-                if i not in matched_r and j not in matched_e:
-                    matched_r.add(i)
-                    matched_e.add(j)
-        missed, extra = len(r) - len(matched_r), len(e) - len(matched_e)
+        n = len(match(r, e, iou_thr))
+        missed, extra = len(r) - n, len(e) - n
         if missed or extra:
             rows.append({"file_name": im["file_name"], "image_id": im["id"], "missed": missed, "extra": extra})
     return rows
+
+
+def mask_ious(reference: List[Dict[str, Any]], exported: List[Dict[str, Any]], images: Sequence[Dict[str, Any]],
+              score_thr: float, iou_thr: float = 0.5) -> List[Dict[str, Any]]:
+    """Per-instance mask IoU of an exported model against the reference: every reference instance scored
+    >= ``score_thr`` matched by box (same class, IoU >= ``iou_thr``, any score) to an exported one; one row
+    ``{file_name, image_id, score, iou}`` per matched pair (a missed instance is a box disagreement already)."""
+    from pycocotools import mask as mask_utils
+
+    ref, exp = _by_image(reference, score_thr), _by_image(exported, 0.0)
+    rows = []
+    for im in images:
+        r, e = ref.get(im["id"], []), exp.get(im["id"], [])
+        for i, j in match(r, e, iou_thr):
+            a, b = r[i]["segmentation"], e[j]["segmentation"]
+            iou = float(mask_utils.iou([dict(a)], [dict(b)], [0])[0, 0])
+            if not mask_utils.area(dict(a)) and not mask_utils.area(dict(b)):
+                iou = 1.0  # both empty: the same (pycocotools says 0)
+            rows.append({"file_name": im["file_name"], "image_id": im["id"], "score": r[i]["score"], "iou": iou})
+    return rows
+
+
+def iou_summary(rows: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """Median, 5th percentile and the worst instance of :func:`mask_ious` rows (None without rows)."""
+    if not rows:
+        return None
+    v = np.array([r["iou"] for r in rows])
+    worst = rows[int(v.argmin())]
+    return {"instances": len(rows), "median": round(float(np.median(v)), 4), "p5": round(float(np.percentile(v, 5)), 4),
+            "worst": round(float(v.min()), 4), "worst_file": worst["file_name"]}
 
 
 @dataclass
@@ -105,6 +152,8 @@ class GateResult:
     rows: List[Dict[str, Any]] = field(default_factory=list)  # images where the two disagree
     segm_map: Optional[float] = None  # the runtime's COCO mask mAP (mask models)
     torch_segm_map: Optional[float] = None
+    mask_iou: Optional[Dict[str, Any]] = None  # per-instance mask IoU against PyTorch (:func:`iou_summary`)
+    min_mask_iou: float = 0.0  # the 5th percentile of mask_iou must reach it (mask models)
 
     @property
     def drop(self) -> float:
@@ -120,18 +169,32 @@ class GateResult:
 
     @property
     def passed(self) -> bool:
-        return self.drop <= self.limit and (self.segm_drop is None or self.segm_drop <= self.limit)
+        """Parity means equal: a gain beyond the limit fails like a loss (either way the runtime computes
+        something else than the model)."""
+        masks_ok = self.segm_drop is None or abs(self.segm_drop) <= self.limit
+        iou_ok = self.mask_iou is None or self.mask_iou["p5"] >= self.min_mask_iou
+        return abs(self.drop) <= self.limit and masks_ok and iou_ok
 
     def verdict(self) -> str:
-        masks = "" if self.segm_drop is None else f", {self.segm_drop:.2f} mask mAP points"
-        return f"{self.runtime}: {self.drop:.2f} mAP points{masks} below PyTorch (limit {self.limit:.2f})"
+        def side(points: float, what: str) -> str:
+            return f"{abs(points):.2f} {what} points {'below' if points >= 0 else 'above'} PyTorch"
+
+        parts = [side(self.drop, "mAP")]
+        if self.segm_drop is not None:
+            parts.append(side(self.segm_drop, "mask mAP"))
+        text = f"{self.runtime}: {', '.join(parts)} (limit ±{self.limit:.2f})"
+        if self.mask_iou is not None:
+            m = self.mask_iou
+            text += (f"; per-instance mask IoU median {m['median']:.3f}, 5th percentile {m['p5']:.3f} "
+                     f"(limit {self.min_mask_iou:.2f}), worst {m['worst']:.3f} on {Path(m['worst_file']).name}")
+        return text
 
 
 def parity(run_fn: Any, pre: Preprocess, ann: Path, torch_dets: List[Dict[str, Any]], torch_map: float,
            max_drop: float, conf_thr: float, runtime: str = "onnx",
-           torch_segm_map: Optional[float] = None) -> GateResult:
-    """The gate for one runtime: its mAP on ``ann`` vs PyTorch's (and its mask mAP when ``torch_segm_map`` is
-    given), and where they disagree."""
+           torch_segm_map: Optional[float] = None, min_mask_iou: float = 0.0) -> GateResult:
+    """The gate for one runtime: its mAP on ``ann`` vs PyTorch's (and, when ``torch_segm_map`` is given, its
+    mask mAP and per-instance mask IoU), and where they disagree."""
     images, cat_ids = read_split(ann)
     dets = predict_split(run_fn, pre, images, cat_ids)
     segm_map = None
@@ -141,7 +204,9 @@ def parity(run_fn: Any, pre: Preprocess, ann: Path, torch_dets: List[Dict[str, A
                              "predicts instance masks (was the graph exported without its masks output?)")
         segm_map = coco_eval(ann, dets, "segm")[0]["mAP"]
     return GateResult(runtime, coco_eval(ann, dets)[0]["mAP"], torch_map, max_drop,
-                      disagreements(torch_dets, dets, images, conf_thr), segm_map, torch_segm_map)
+                      disagreements(torch_dets, dets, images, conf_thr), segm_map, torch_segm_map,
+                      iou_summary(mask_ious(torch_dets, dets, images, conf_thr)) if segm_map is not None else None,
+                      min_mask_iou)
 
 
 # ------------------------------------------------------------ latency
@@ -231,17 +296,24 @@ class Gate:
         self.results: Dict[str, GateResult] = {}
         self.runners: Dict[str, Any] = {}
 
-    def check(self, name: str, run_fn: Any, limit: float) -> GateResult:
-        """Gate one runtime (``run_fn``: tensor -> raw outputs) at ``limit`` mAP points; kept for the latency
+    def check(self, name: str, run_fn: Any, limit: float, min_mask_iou: float = 0.0) -> GateResult:
+        """Gate one runtime (``run_fn``: tensor -> raw outputs) at ``limit`` mAP points either way (and, for a
+        mask model, the 5th percentile of per-instance mask IoU at ``min_mask_iou``); kept for the latency
         table and the disagreements."""
         r = parity(run_fn, self.pre, self.ann, self.torch_dets, self.torch_map, limit, self.conf_thr, runtime=name,
-                   torch_segm_map=self.torch_segm_map)
+                   torch_segm_map=self.torch_segm_map, min_mask_iou=min_mask_iou)
         self.results[name], self.runners[name] = r, run_fn
-        log.info("  export: %-8s mAP %.4f vs PyTorch %.4f: drop %.2f points (limit %.2f) -> %s; %d image(s) disagree",
-                 name, r.map, r.torch_map, r.drop, limit, "pass" if r.passed else "FAIL", len(r.rows))
+        log.info("  export: %-8s mAP %.4f vs PyTorch %.4f: difference %+.2f points (limit ±%.2f) -> %s; "
+                 "%d image(s) disagree", name, r.map, r.torch_map, -r.drop, limit, "pass" if r.passed else "FAIL",
+                 len(r.rows))
         if r.segm_drop is not None:
-            log.info("  export: %-8s mask mAP %.4f vs PyTorch %.4f: drop %.2f points", name, r.segm_map,
-                     r.torch_segm_map, r.segm_drop)
+            log.info("  export: %-8s mask mAP %.4f vs PyTorch %.4f: difference %+.2f points", name, r.segm_map,
+                     r.torch_segm_map, -r.segm_drop)
+        if r.mask_iou is not None:
+            m = r.mask_iou
+            log.info("  export: %-8s per-instance mask IoU vs PyTorch: median %.4f, 5th percentile %.4f (limit "
+                     "%.2f), worst %.4f (%s), %d instances", name, m["median"], m["p5"], min_mask_iou, m["worst"],
+                     Path(m["worst_file"]).name, m["instances"])
         return r
 
 
@@ -254,7 +326,7 @@ def run(ctx: StageContext) -> StageResult:
     from cvops.export.graph import Thresholds
 
     ex = ctx.config.export
-    _check(ex)
+    check(ex)  # the preflight checked it already; a direct call of run() too
     curate, train = ctx.inputs["curate"], ctx.inputs["train"]
     masks = bool(train.metrics.get("masks"))  # instance segmentation: the graph returns masks, gated on mask mAP
     work = ctx.workdir
@@ -264,13 +336,13 @@ def run(ctx: StageContext) -> StageResult:
 
     contract = build_onnx(ctx, model, cfg, thr)
     pre = Preprocess.from_dict(contract["preprocess"])
-    if masks and "masks" not in [o["name"] for o in contract["io"]["outputs"]]:
+    if masks and MASKS not in [o["name"] for o in contract["io"]["outputs"]]:
         from cvops.export.build import ExportError
 
         raise ExportError(f"export: {ctx.config.model.name} predicts instance masks but its ONNX graph has no "
                           "masks output; exporting it would drop them")
     gate = Gate(curate, train, pre, thr, ctx.config.evaluate.confusion_score_thr, masks=masks)
-    gate.check("onnx", OnnxDetector(work / "model.onnx").run_any, ex.gate.max_map_drop)
+    gate.check("onnx", OnnxDetector(work / "model.onnx").run_any, ex.gate.max_map_drop, ex.gate.min_mask_iou)
     artifacts = {"onnx": "model.onnx", "preprocess": "preprocess.json"}
 
     calibration = build_int8(work, ex, curate, pre, gate, artifacts) if ex.int8 else None
@@ -309,17 +381,6 @@ def fail_if_gate_failed(ctx: StageContext, gate: Gate, dataset: str) -> None:
         f"{out / 'disagreements.csv'}; latency and mAP in {out / 'latency.md'}")
 
 
-def _check(ex: ExportConfig) -> None:
-    """Combinations the schema's types cannot refuse on their own."""
-    from cvops.export.build import ExportError
-
-    if ex.batch != "dynamic" and not ex.batch.isdigit():
-        raise ExportError(f"export.batch={ex.batch!r}: use 'dynamic' or a batch size such as 1")
-    if ex.format is ExportFormat.tensorrt and ex.tensorrt.int8 and not ex.int8:
-        raise ExportError("export.tensorrt.int8=true builds the engine from the INT8 (QDQ) model, which needs "
-                          "export.int8=true too (or use export=tensorrt_int8)")
-
-
 def build_onnx(ctx: StageContext, model: Any, cfg: Any, thr: Any) -> Dict[str, Any]:
     """Step 1: ``model.onnx`` (decoding and NMS inside) and its preprocessing contract; returns the contract."""
     from cvops.export.build import export_model
@@ -345,7 +406,8 @@ def build_int8(work: Path, ex: ExportConfig, curate: Any, pre: Preprocess, gate:
     log.info("  export: INT8 calibration on %d train images (%s)", len(sel["images"]),
              ", ".join(f"{k} {v}" for k, v in sel["per_class"].items()))
     quantize(work / "model.onnx", work / "model_int8.onnx", sel["images"], pre, method=ex.calib_method.value)
-    gate.check("int8", OnnxDetector(work / "model_int8.onnx").run_any, ex.gate.int8_max_map_drop)
+    gate.check("int8", OnnxDetector(work / "model_int8.onnx").run_any, ex.gate.int8_max_map_drop,
+               ex.gate.int8_min_mask_iou)
     artifacts.update({"onnx_int8": "model_int8.onnx", "calibration": "calibration.json"})
     return sel
 
@@ -380,7 +442,8 @@ def build_tensorrt(ctx: StageContext, pre: Preprocess, calibration: Optional[Dic
     log.info("  export: TensorRT %s engine built in %.1f s on %s", info["tensorrt"], info["build_seconds"], info["gpu"])
     trt_det = trt.TrtDetector(engine, src)
     gate.check("tensorrt", lambda x: run_padded(trt_det.run, x, trt_det.fixed_batch),
-               ex.gate.int8_max_map_drop if int8 else ex.gate.max_map_drop)
+               ex.gate.int8_max_map_drop if int8 else ex.gate.max_map_drop,
+               ex.gate.int8_min_mask_iou if int8 else ex.gate.min_mask_iou)
     artifacts.update({"engine": engine.name, "engine_fingerprint": engine.with_suffix(".json").name})
     return engine, None
 
@@ -452,7 +515,9 @@ def _metrics(work: Path, ex: ExportConfig, gate: Gate, rows: List[Dict[str, Any]
         metrics.update({"torch_segm_map": gate.torch_segm_map, "onnx_segm_map": res["onnx"].segm_map,
                         "segm_map_drop": res["onnx"].segm_drop,
                         "int8_segm_map": res["int8"].segm_map if "int8" in res else None,
-                        "int8_segm_map_drop": res["int8"].segm_drop if "int8" in res else None})
+                        "int8_segm_map_drop": res["int8"].segm_drop if "int8" in res else None,
+                        "mask_iou": res["onnx"].mask_iou,
+                        "int8_mask_iou": res["int8"].mask_iou if "int8" in res else None})
     if "tensorrt" in res:
         metrics.update({"trt_map": res["tensorrt"].map, "trt_map_drop": res["tensorrt"].drop,
                         "trt_ms": ms("tensorrt"), "trt_ms_b8": ms("tensorrt", 8)})
@@ -500,5 +565,12 @@ def _write_latency(work: Path, rows: List[Dict[str, Any]], maps: Dict[str, Optio
                   + f" {g} |")
         csv.append(f"{r['runtime']},{r['batch']},{r['median_ms']},{r['p90_ms']},{r['per_image_ms']},"
                    f"{fmt(m, '')},{fmt(drop, '')}" + (f",{fmt(sm, '')},{fmt(sd, '')}" if segm else "") + f",{g}")
+    ious = {k: v.mask_iou for k, v in results.items() if v.mask_iou is not None}
+    if ious:  # mask models: how equal the masks are, instance by instance
+        md += ["", "Per-instance mask IoU against PyTorch (instances matched by box):", "",
+               "| runtime | instances | median | 5th percentile | limit | worst | worst image |",
+               "|---|---:|---:|---:|---:|---:|---|"]
+        md += [f"| {k} | {m['instances']} | {m['median']:.4f} | {m['p5']:.4f} | {results[k].min_mask_iou:.2f} | "
+               f"{m['worst']:.4f} | {Path(m['worst_file']).name} |" for k, m in ious.items()]
     (work / "latency.md").write_text("\n".join(md) + "\n")
     (work / "latency.csv").write_text("\n".join(csv) + "\n")

@@ -1,4 +1,4 @@
-"""``cvops review``: reviewed edge cases -> a new, immutable COCO source for curate.
+"""Reviewed edge cases -> a new, immutable COCO source for curate (``cvops review``: :mod:`cvops.commands.review`).
 
 The monitor stage puts edge cases into the FiftyOne review dataset
 (``monitor.review_dataset``, default ``<project>-review``) with the model's
@@ -23,16 +23,15 @@ rewritten with other content, so every curate version points at a fixed file.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
-import shlex
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from cvops.errors import UserError
 
 REVIEWED_TAG = "reviewed"
 REJECTED_TAG = "rejected"
@@ -41,6 +40,10 @@ ANNOTATIONS = "annotations.json"
 _HOW_TO_TAG = ("open it with `cvops app --dataset {name}`, correct the boxes in the '{field}' field (or keep the "
                "'{fallback}' predictions), select the finished samples and tag them '{tag}' with the tag button "
                "above the grid (tag '{rejected}' to leave one out)")
+
+
+class ReviewError(UserError):
+    """A review dataset that cannot be exported as asked (the message says how to review and tag)."""
 
 
 # ------------------------------------------------------------------ export
@@ -82,14 +85,14 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
         (False when this version had been exported before).
 
     Raises:
-        ValueError: the dataset does not exist, has no usable reviewed sample, or
+        ReviewError: the dataset does not exist, has no usable reviewed sample, or
             a label field does not hold detections.
     """
     from cvops.fo import connect
 
     fo = connect()
     if not fo.dataset_exists(dataset_name):
-        raise ValueError(f"review dataset '{dataset_name}' does not exist (FiftyOne has: "
+        raise ReviewError(f"review dataset '{dataset_name}' does not exist (FiftyOne has: "
                          f"{', '.join(sorted(fo.list_datasets())) or 'no datasets'}); the monitor stage creates it "
                          "when it finds edge cases (set monitor.review_dataset to use another one)")
     ds = fo.load_dataset(dataset_name)
@@ -99,11 +102,11 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
     if len(view) == 0:
         reviewed = len(ds.match_tags(REVIEWED_TAG))
         detail = f" ({reviewed} tagged '{REVIEWED_TAG}' are also tagged '{REJECTED_TAG}')" if reviewed else ""
-        raise ValueError(f"review dataset '{dataset_name}' has no samples tagged '{REVIEWED_TAG}' out of "
+        raise ReviewError(f"review dataset '{dataset_name}' has no samples tagged '{REVIEWED_TAG}' out of "
                          f"{len(ds)}{detail}; to review: {how}")
     schema = ds.get_field_schema()
     if label_field not in schema and fallback_field not in schema:
-        raise ValueError(f"review dataset '{dataset_name}' has neither a '{label_field}' nor a '{fallback_field}' "
+        raise ReviewError(f"review dataset '{dataset_name}' has neither a '{label_field}' nor a '{fallback_field}' "
                          f"field (fields: {', '.join(sorted(schema))})")
 
     n = len(view)
@@ -129,7 +132,7 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
             dets, source = pre, fallback_field
             from_pre += 1
         if dets is not None and not isinstance(dets, fo.Detections):
-            raise ValueError(f"review dataset '{dataset_name}': field '{source}' of {fp} holds "
+            raise ReviewError(f"review dataset '{dataset_name}': field '{source}' of {fp} holds "
                              f"{type(dets).__name__}, not Detections")
         w, h = _size(path, meta)
         boxes: List[Tuple[str, List[float], Optional[Dict[str, Any]]]] = []
@@ -148,7 +151,7 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
         boxes.sort(key=lambda b: (b[0], b[1], json.dumps(b[2], sort_keys=True)))
         records.append((path, w, h, source, boxes))
     if not records:
-        raise ValueError(f"review dataset '{dataset_name}': none of the {n} reviewed sample(s) has its image file "
+        raise ReviewError(f"review dataset '{dataset_name}': none of the {n} reviewed sample(s) has its image file "
                          f"any more (first: {missing[0]})")
     records.sort(key=lambda r: (r[0], json.dumps(r[4])))
 
@@ -257,7 +260,7 @@ def _same_content(path: Path, coco: Dict[str, Any]) -> bool:
         return False
 
 
-# ------------------------------------------------------------ command line
+# ------------------------------------------------- the next curate's overrides
 _PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_/.\-+@%]*")
 _KEYWORDS = {"true", "false", "null", "nan", "inf"}
 
@@ -292,8 +295,9 @@ def _within(path: str, root: Path) -> bool:
         return False
 
 
-def next_command(overrides: Sequence[str], extra: Sequence[Dict[str, Any]], json_path: str, out_root: Path) -> str:
-    """The ``cvops`` command line that curates with the export added to ``data.extra``.
+def curate_overrides(overrides: Sequence[str], extra: Sequence[Dict[str, Any]], json_path: str,
+                     out_root: Path) -> List[str]:
+    """The command line (``overrides`` of the review) that curates with the export added to ``data.extra``.
 
     Earlier exports under ``out_root`` are replaced (the new one holds every
     reviewed sample); other ``data.extra`` entries are kept.
@@ -303,46 +307,4 @@ def next_command(overrides: Sequence[str], extra: Sequence[Dict[str, Any]], json
     # (written by cvops, printed for the user to run) opts in to reading them
     entries = keep + [{"format": "coco", "path": json_path, "allow_outside_paths": True}]
     args = [o for o in overrides if not re.match(r"^[+~]*data\.extra(=|$)", o)]
-    return " ".join(["cvops", *(shlex.quote(a) for a in args), shlex.quote(f"data.extra={hydra_value(entries)}")])
-
-
-def main(argv: List[str]) -> int:
-    """``cvops review recipe=X [overrides] [--out DIR]``; returns the exit status."""
-    ap = argparse.ArgumentParser(prog="cvops review",
-                                 description="Export reviewed edge cases as a COCO source for the next curate.")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="parent folder of the version folders (default: <paths.store>/../reviewed/<project>)")
-    args, overrides = ap.parse_known_args(argv)
-    from omegaconf import OmegaConf
-
-    from cvops.config import compose_config, preflight
-
-    try:
-        preflight(overrides)
-        cfg = compose_config(overrides)
-        dataset = cfg.monitor.review_dataset or f"{cfg.project}-review"
-        out_root = (args.out or Path(cfg.paths.store).expanduser().absolute().parent / "reviewed" / str(cfg.project))
-        out_root = Path(out_root).expanduser().absolute()
-        classes = list(cfg.data.classes) if cfg.data.classes else None
-        res = export_reviewed(dataset, out_root, classes)
-    except ValueError as e:  # ConfigError is one
-        print(f"cvops: error: {e}", file=sys.stderr)
-        return 2
-    extra = OmegaConf.to_container(cfg.data.extra, resolve=True) or []
-    masks = f" ({res['masks']} with an instance mask)" if res["masks"] else ""
-    print(f"cvops review: {res['images']} reviewed image(s), {res['boxes']} box(es){masks} from FiftyOne dataset "
-          f"'{dataset}' ({res['from_ground_truth']} labelled in ground_truth, {res['from_prelabels']} with "
-          "prelabels accepted)")
-    state = "new version" if res["new"] else "unchanged since the last export: same version"
-    print(f"  -> {res['path']} ({state} {res['version']})")
-    if res["skipped_unknown_labels"]:
-        n = sum(res["skipped_unknown_labels"].values())
-        print(f"  left out {n} box(es) whose label is not in data.classes: {res['skipped_unknown_labels']}")
-    if res["skipped_invalid_boxes"]:
-        print(f"  left out {res['skipped_invalid_boxes']} detection(s) without a bounding box")
-    if res["skipped_missing_files"]:
-        print(f"  left out {len(res['skipped_missing_files'])} sample(s) whose image file is gone, e.g. "
-              f"{res['skipped_missing_files'][0]}")
-    print("Next: curate them into a new dataset version (add stages=[curate] to stop after curate):")
-    print(f"  {next_command(overrides, extra, res['path'], out_root)}")
-    return 0
+    return [*args, f"data.extra={hydra_value(entries)}"]

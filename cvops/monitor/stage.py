@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from cvops.config import ConfigError
+from cvops.errors import StageError
 from cvops.drift.stats import DriftReport, Profile, compare
 from cvops.media import IMAGE_EXTS, VIDEO_EXTS
 from cvops.requestlog import request_log_dir
@@ -47,7 +47,7 @@ DEGRADATION = ("max_score", "empty", "num_boxes")
 MIN_WINDOW = 20
 
 
-class MonitorError(ConfigError):
+class MonitorError(StageError):
     """A monitor input the user has to fix (the message says how)."""
 
 
@@ -273,7 +273,7 @@ def run(ctx: StageContext) -> StageResult:
             raise MonitorError(f"monitor.on_drift={mon.on_drift}: no such recipe; choose from {available_recipes()}")
     low = mon.low_confidence
     onnx_path = export.path("onnx")
-    ref, ref_seen, ref_dir = reference(ctx.store.root, export.fingerprint, onnx_path,
+    ref, ref_seen, ref_dir = reference(ctx.store, export.fingerprint, onnx_path,
                                        held_out(curate), low, timeout=ctx.config.lock_timeout_s)
     detector = OnnxDetector(onnx_path)
     seen, source, notes = load_window(ctx, detector, low)

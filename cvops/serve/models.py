@@ -2,10 +2,10 @@
 
 ``cvops serve recipe=X`` serves the export the recipe resolves to.
 ``cvops serve recipe=X serve.alias=production`` follows the alias instead
-(:mod:`cvops.registry`): every ``serve.alias_poll_s`` seconds, and at once on
+(:mod:`cvops.store.registry`): every ``serve.alias_poll_s`` seconds, and at once on
 ``POST /v1/admin/reload``, it reads the alias; when it points at another
 export, that export is loaded beside the one being served, warmed with one
-inference, and only then switched to (:class:`cvops.serve.app.ModelSlot`):
+inference, and only then switched to (:class:`cvops.serve.slots.ModelSlot`):
 requests already in flight finish on the model they started on, the next
 ones get the new model, and every answer's ``model`` names the export that
 answered. A model that fails to load or warm never goes live; the server
@@ -37,7 +37,7 @@ class ExportSource:
     gauges' settings (None: no drift gauges).
     """
 
-    store_root: str  # this machine's side of the store (drift references); the store itself: ``store``
+    store_root: str  # this machine's side of the store; the store itself (drift references too): ``store``
     project: str
     recipe: Optional[str] = None
     model_name: Optional[str] = None
@@ -45,12 +45,12 @@ class ExportSource:
     monitor: Optional[MonitorConfig] = None
     threads: Optional[int] = None
     alias: Optional[str] = None
-    store: Optional[Dict[str, Any]] = None  # cvops.artifacts.store_spec (None: the folder store at store_root)
+    store: Optional[Dict[str, Any]] = None  # cvops.store.Store.spec() (None: the folder store at store_root)
 
     def open_store(self) -> Any:
-        from cvops.artifacts import ArtifactStore, open_store
+        from cvops.store import FolderStore, open_store
 
-        return open_store(self.store) if self.store else ArtifactStore(self.store_root)
+        return open_store(self.store) if self.store else FolderStore(self.store_root)
 
     def files(self, export: Any) -> Tuple[Path, Optional[Path]]:
         """(the ONNX model, the TensorRT engine or None) of ``export`` for ``backend``.
@@ -58,7 +58,7 @@ class ExportSource:
         Raises:
             ConfigError: ``backend`` cannot serve this export here (named, with the alternative).
         """
-        from cvops.config import ConfigError
+        from cvops.errors import ConfigError
 
         model = export.path("onnx")
         if self.backend == "tensorrt":
@@ -96,7 +96,7 @@ class ExportSource:
         from cvops.drift.profile import held_out, reference
 
         mon = self.monitor
-        ref, _, _ = reference(Path(self.store_root), export.fingerprint, model_file, held_out(curate),
+        ref, _, _ = reference(self.open_store(), export.fingerprint, model_file, held_out(curate),
                               mon.low_confidence)
         return DriftGauges(ref, mon.p_value, mon.psi_threshold, mon.mmd_permutations, mon.low_confidence)
 
@@ -143,7 +143,7 @@ class AliasFollower:
     """
 
     def __init__(self, source: ExportSource, load: Callable[..., Any], poll_s: float) -> None:
-        from cvops.registry import Registry
+        from cvops.store.registry import Registry
 
         if not source.alias:
             raise ValueError("AliasFollower needs source.alias")

@@ -11,7 +11,7 @@
   instead of holding a file descriptor forever (1,100 such connections under
   ``ulimit -n 1024`` made every valid request fail).
 
-The body has its own bounds in :mod:`cvops.serve.app` (``serve.max_upload_mb``,
+The body has its own bounds in :mod:`cvops.serve.upload` (``serve.max_upload_mb``,
 ``serve.body_timeout_s``; an early answer closes the connection). A module-level
 class: ``--workers N`` pickles the uvicorn config into each worker process.
 """

@@ -141,7 +141,7 @@ def check_exposure(host: str, token: str | None, token_env: str, allow_anonymous
     """
     if token or allow_anonymous or is_loopback(host):
         return
-    from cvops.config import ConfigError
+    from cvops.errors import ConfigError
 
     raise ConfigError(f"refusing to serve on {host!r} without a bearer token: it is not a loopback address, so "
                       f"anyone who can reach this machine could use the model. Set a token in ${token_env} "
@@ -157,31 +157,10 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def check_limits(cfg: ServeConfig, workers: int = 1) -> None:
-    """Refuse, before anything loads, serve values no server can run with (the key, the value, the fix).
-
-    Raises:
-        ConfigError: the first bad value.
-    """
-    from cvops.config import ConfigError
-
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: the number of server processes, 1 or more")
-    if cfg.lanes < 0:
-        raise ConfigError(f"serve.lanes={cfg.lanes}: inference lanes per worker, 1 or more (0: one per core)")
-    if not cfg.header_timeout_s > 0:
-        raise ConfigError(f"serve.header_timeout_s={cfg.header_timeout_s}: seconds a request's headers may take, "
-                          "more than 0 (default 20)")
-    if cfg.upload_memory_mb < cfg.max_upload_mb:
-        raise ConfigError(f"serve.upload_memory_mb={cfg.upload_memory_mb:g} is below serve.max_upload_mb="
-                          f"{cfg.max_upload_mb:g}: one upload of the largest size must fit; raise "
-                          "serve.upload_memory_mb or lower serve.max_upload_mb")
-
-
 def plan_cores(lanes: int, workers: int) -> tuple[int, int]:
     """``(lanes, intra-op threads)`` of each worker: the usable cores are split evenly between the
-    ``workers``, then between ``lanes`` (``serve.lanes``, checked by :func:`check_limits`; 0: one lane per
-    core of the worker)."""
+    ``workers``, then between ``lanes`` (``serve.lanes``, checked by :func:`cvops.serve.limits.check`; 0: one
+    lane per core of the worker)."""
     per_worker = max(1, usable_cores() // max(1, workers))
     lanes = int(lanes) if lanes else per_worker
     return lanes, max(1, per_worker // lanes)
@@ -214,11 +193,14 @@ def serve(model_path: str | Path | None, cfg: ServeConfig, *, info: dict | None 
         source: follow ``cfg.alias`` among the store's exports (see :func:`build_app`).
 
     Raises:
-        ConfigError: a non-loopback ``host`` without a token and not ``allow_anonymous``.
+        ConfigError: a ``serve`` value no server can run with (:func:`cvops.serve.limits.check`), or a
+            non-loopback ``host`` without a token and not ``allow_anonymous``.
     """
     import uvicorn
 
-    check_limits(cfg, workers)
+    from cvops.serve.limits import check
+
+    check(cfg, workers)
     host, port, token_env = cfg.host, cfg.port, cfg.token_env
     log_dir = log_dir if log_dir is not None else cfg.log_dir
     token = os.environ.get(token_env) or None

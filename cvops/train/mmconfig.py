@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from cvops.errors import ConfigError
 from cvops.schema import ModelConfig, TrainConfig
 from cvops.train.inputs import walk
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)  # details: cvops.log (the console shows its w
 SIZE_KEYS = ("scale", "img_scale", "crop_size", "size")
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     """The recipe cannot be turned into a training config (with the fix)."""
 
 
@@ -180,6 +181,16 @@ def _pretrained(model_cfg: Any, load_from: Optional[str], pretrained: bool = Tru
     return load_from, notes
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's CPU set)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def build(model: ModelConfig, train: TrainConfig, classes: Sequence[str], exports: Dict[str, Path],
           work_dir: Path, vis_backends: Sequence[Dict[str, Any]], cuda: bool) -> Tuple[Any, List[str]]:
     """The mmengine Config for one training run, and notes worth telling the user."""
@@ -221,7 +232,10 @@ def build(model: ModelConfig, train: TrainConfig, classes: Sequence[str], export
         cfg.img_scale = (int(w), int(h))
 
     # data
-    workers = train.num_workers
+    workers = min(train.num_workers, usable_cores())
+    if workers < train.num_workers:  # more loader processes than cores only fight over them (torch warns too)
+        notes.append(f"train.num_workers={train.num_workers} is more than the {workers} usable core(s) here: "
+                     f"the data loaders use {workers}")
     for split, loader in (("train", "train_dataloader"), ("val", "val_dataloader"), ("test", "test_dataloader")):
         dl = cfg[loader]
         ds = _innermost_dataset(dl["dataset"])

@@ -1,4 +1,4 @@
-"""``cvops train-worker``: one more machine of a multi-node training (torchrun's static rendezvous).
+"""One more machine of a multi-node training (torchrun's static rendezvous): ``cvops train-worker``.
 
 Node 0 runs the train stage as usual, with ``train.launcher=pytorch train.nnodes=N``: it builds the
 training config in the store (``<store>/train/<fingerprint>/config.py``), starts torchrun as node 0 and,
@@ -18,60 +18,63 @@ config and in the curated COCO files are absolute).
 
 from __future__ import annotations
 
-import argparse
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import Any, List
+
+from cvops.errors import ConfigError, UserError
 
 
-def main(argv: List[str]) -> int:
-    ap = argparse.ArgumentParser(prog="cvops train-worker", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--wait", type=float, default=3600.0, help="seconds to wait for node 0's training config")
-    args, overrides = ap.parse_known_args(argv)
-    from cvops.artifacts import open_store
-    from cvops.config import ConfigError, compose_config, preflight
-    from cvops.runner import fingerprints
+class WorkerError(UserError):
+    """A worker that cannot join (the training is over, or node 0 never wrote its config)."""
+
+
+def check(train: Any) -> None:
+    """``train`` (the recipe's ``train`` section) describes a worker node of a multi-node training.
+
+    Raises:
+        ConfigError: not ``train.launcher=pytorch`` with ``train.nnodes`` >= 2, or ``train.node_rank`` is 0
+            (node 0 runs the train stage itself) or out of range.
+    """
     from cvops.schema import Launcher
 
-    try:
-        preflight(overrides)
-        cfg = compose_config(overrides)
-        train = cfg.train
-        if Launcher(train.launcher) is not Launcher.pytorch or int(train.nnodes) < 2:
-            raise ConfigError("cvops train-worker joins a multi-node training: give the node 0 command's "
-                              "train.launcher=pytorch and train.nnodes=N (N >= 2)")
-        if not 1 <= int(train.node_rank) < int(train.nnodes):
-            raise ConfigError(f"train.node_rank={train.node_rank}: a worker is node 1..{int(train.nnodes) - 1} "
-                              f"(node 0 runs the train stage: cvops recipe=... without train-worker)")
-    except ConfigError as e:
-        print(f"cvops: error: {e}", file=sys.stderr)
-        return 2
-    fps = fingerprints(cfg)
-    fp = fps["train"]["fingerprint"]
-    store = open_store(cfg.paths)
-    build = store.dir("train", fp)
-    config = build / "config.py"
-    print(f"cvops train-worker: node {train.node_rank} of {train.nnodes}, train {fp}: waiting for {config}",
-          flush=True)
-    deadline = time.monotonic() + args.wait
+    if Launcher(train.launcher) is not Launcher.pytorch or int(train.nnodes) < 2:
+        raise ConfigError("cvops train-worker joins a multi-node training: give the node 0 command's "
+                          "train.launcher=pytorch and train.nnodes=N (N >= 2)")
+    if not 1 <= int(train.node_rank) < int(train.nnodes):
+        raise ConfigError(f"train.node_rank={train.node_rank}: a worker is node 1..{int(train.nnodes) - 1} "
+                          f"(node 0 runs the train stage: cvops recipe=... without train-worker)")
+
+
+def config_path(store: Any, fingerprint: str) -> Path:
+    """Where node 0 writes the training config of the train build ``fingerprint`` (on this machine)."""
+    return store.dir("train", fingerprint) / "config.py"
+
+
+def wait_for_config(store: Any, fingerprint: str, timeout_s: float) -> Path:
+    """Wait until node 0 has written the training config of the train build ``fingerprint``; its path.
+
+    Raises:
+        WorkerError: the build is already committed (its training is over), or no config came in ``timeout_s``.
+    """
+    config = config_path(store, fingerprint)
+    deadline = time.monotonic() + timeout_s
     while True:
-        if store.is_complete("train", fp):  # committed: its training is over (config.py is in it too)
-            print(f"cvops: error: train {fp} is already built ({store}/train/{fp}); nothing to join", file=sys.stderr)
-            return 2
-        if store.pending("train", fp, "config.py", config):
-            break
+        if store.is_complete("train", fingerprint):  # committed: its training is over (config.py is in it too)
+            raise WorkerError(f"train {fingerprint} is already built ({store}/train/{fingerprint}); nothing to join")
+        if store.pending("train", fingerprint, "config.py", config):
+            return config
         if time.monotonic() > deadline:
-            print(f"cvops: error: no training config at {config} after {args.wait:.0f} s: is node 0 running "
-                  "the same command (and the same paths.store)?", file=sys.stderr)
-            return 2
+            raise WorkerError(f"no training config at {config} after {timeout_s:.0f} s: is node 0 running the same "
+                              "command (and the same paths.store)?")
         time.sleep(0.5)
-    if store.get("curate", fps["curate"]["fingerprint"]) is None:  # the data, into this machine's cache (s3://)
-        print(f"cvops: error: no curate artifact for this config in {store}", file=sys.stderr)
-        return 2
+
+
+def torchrun(config: Path, train: Any) -> List[str]:
+    """The torchrun command line that joins node 0's training as node ``train.node_rank``."""
     from cvops.train.stage import torchrun_command
 
-    cmd = torchrun_command(config, train, node_rank=int(train.node_rank))
-    print("cvops train-worker: " + " ".join(cmd), flush=True)
-    return subprocess.run(cmd).returncode
+    return torchrun_command(config, train, node_rank=int(train.node_rank))
+
+
+__all__ = ["WorkerError", "check", "config_path", "wait_for_config", "torchrun"]

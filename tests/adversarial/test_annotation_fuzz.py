@@ -24,8 +24,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cvops.curate.sources import Ledger, SourceError, account_files, read_coco, read_voc, read_yolo
+from cvops.curate.sources.coco import read_coco
+from cvops.curate.sources.ledger import Ledger, account_files
+from cvops.curate.sources.voc import read_voc
+from cvops.curate.sources.yolo import read_yolo
 from cvops.curate.validate import check_boxes, yolo_boxes
+from cvops.errors import SourceError
 
 CASES = {"coco": 700, "yolo": 450, "voc": 450}  # 1,600 in all
 W, H = 64, 48

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import make_data  # noqa: E402
 from test_curate import _conserved, curate  # noqa: E402,F401  (curate: the fixture running the stage)
 
-from cvops.curate.sources import OUTSIDE, SourceError  # noqa: E402
+from cvops.curate.sources.paths import OUTSIDE  # noqa: E402
+from cvops.errors import SourceError  # noqa: E402
 
 
 def _by_reason(m):

@@ -65,7 +65,8 @@ def test_cvops_refuses_a_foreign_embedded_database(tmp_path):
 
 
 def test_every_artifact_file_is_synced_before_the_manifest(tmp_path, monkeypatch):
-    from cvops.artifacts import MANIFEST, ArtifactStore
+    from cvops.store import MANIFEST
+    from cvops.store import FolderStore
 
     synced = []
     real_fsync = os.fsync
@@ -75,7 +76,7 @@ def test_every_artifact_file_is_synced_before_the_manifest(tmp_path, monkeypatch
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
-    store = ArtifactStore(tmp_path / "store")
+    store = FolderStore(tmp_path / "store")
     with store.build("curate", "abc") as b:
         (b.dir / "sub").mkdir()
         for name in ("a.json", "sub/b.bin"):

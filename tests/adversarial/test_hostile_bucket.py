@@ -9,13 +9,13 @@ import json
 import pytest
 from helpers.s3 import use
 
-from cvops.artifacts import StoreError
+from cvops.store import StoreError
 
 
 @pytest.fixture
 def store(s3, monkeypatch, tmp_path):
     use(s3, monkeypatch)
-    from cvops.objectstore import ObjectStore
+    from cvops.store.s3 import ObjectStore
 
     return ObjectStore(f"s3://{s3.bucket()}/store", {}, tmp_path / "cache")
 

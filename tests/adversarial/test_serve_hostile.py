@@ -39,7 +39,9 @@ from helpers.net import free_port  # noqa: E402
 
 from cvops.detector.runtime import OnnxDetector, Prepared, Preprocess  # noqa: E402
 from cvops.schema import ServeConfig  # noqa: E402
-from cvops.serve.app import MicroBatcher, create_app, decode_cost  # noqa: E402
+from cvops.serve.app import create_app  # noqa: E402
+from cvops.serve.batching import MicroBatcher  # noqa: E402
+from cvops.serve.budget import decode_cost  # noqa: E402
 from cvops.requestlog import read_log  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -472,7 +474,8 @@ def test_decode_budget_refuses_waits_and_releases(make_client: Callable[..., Tes
 
 MEASURE = """
 import sys
-from cvops.serve.app import decode_cost, load_bgr, open_image
+from cvops.serve.budget import decode_cost
+from cvops.serve.decode import load_bgr, open_image
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -551,7 +554,7 @@ def test_cvops_serve_refuses_before_any_work(monkeypatch: pytest.MonkeyPatch) ->
 
     from cvops.config import ConfigError
     from cvops.schema import ServeConfig
-    from cvops.serve.cli import serve_export
+    from cvops.serve.stage import serve_export
 
     monkeypatch.delenv("CVOPS_TEST_UNSET_TOKEN", raising=False)
     serve_cfg = dataclasses.asdict(ServeConfig(host="0.0.0.0", token_env="CVOPS_TEST_UNSET_TOKEN"))

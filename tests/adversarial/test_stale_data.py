@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from cvops.config import compose_config
-from cvops.runner import Runner, fingerprints
+from cvops.fingerprint import fingerprints
+from cvops.runner import Runner
 from tests.helpers.make_data import picture, yolo_dataset
 
 

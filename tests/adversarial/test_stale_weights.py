@@ -16,7 +16,7 @@ import pytest
 
 from cvops.config import compose_config
 from cvops.detector.checkpoint import cached_path
-from cvops.runner import fingerprints
+from cvops.fingerprint import fingerprints
 
 TINY = "mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py"
 

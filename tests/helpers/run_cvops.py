@@ -10,4 +10,4 @@ from helpers.stages import register  # noqa: E402
 from cvops.cli import main  # noqa: E402
 
 register()
-main()
+sys.exit(main())

@@ -13,7 +13,7 @@ import json
 import os
 import time
 
-from cvops.runner import register_stage
+from cvops.stages import register_stage
 from cvops.stages import StageContext, StageResult
 
 

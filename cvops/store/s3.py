@@ -1,14 +1,16 @@
 """The artifact store on object storage: ``paths.store: s3://bucket/prefix``.
 
-Same layout and fingerprints as the local store (:mod:`cvops.artifacts`): ``<store>/<stage>/<fingerprint>/``
-with its ``manifest.json``. What differs is how "written last and atomically" and "one builder" are
-made true between machines that share nothing but the bucket:
+Same layout, fingerprints and protocol (:class:`cvops.store.base.Store`) as the folder store
+(:mod:`cvops.store.folder`): ``<store>/<stage>/<fingerprint>/`` with its ``manifest.json``. What
+differs is how "written last and atomically" and "one builder" are made true between machines that
+share nothing but the bucket:
 
 - **Commit** is the manifest written with ``If-None-Match: *``. Two machines that built the same
   fingerprint both upload their files, each under its own build id (``<fp>/<build>/...``, so neither
   overwrites the other's bytes); only one manifest write succeeds, and the manifest names the build
-  whose files it lists. The loser drops its copy and uses the winner's artifact. A build that dies
-  before the manifest leaves no committed artifact.
+  whose files it lists. The loser uses the winner's artifact. A build that dies before the manifest
+  leaves no committed artifact. What either leaves in the bucket (the loser's uploads, a killed build's
+  objects) is removed by :func:`cvops.store.housekeeping.gc` (``cvops store gc``).
 - **The build lock is a lease**, ``<stage>/<fingerprint>.lease``: created with ``If-None-Match: *``,
   renewed every ``lease_s / 3`` seconds with ``If-Match`` on its ETag (each renewal changes the
   ETag). A waiter that sees the same ETag for ``lease_s`` seconds by its own clock (no clock is
@@ -38,10 +40,10 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from cvops import remote
-from cvops.artifacts import MANIFEST, Artifact, StoreError, write_json_atomic
+from cvops.store.base import FINGERPRINT, MANIFEST, Artifact, Garbage, StoreError, local_tree, write_json_atomic
 
 log = logging.getLogger("cvops")
 VERIFIED = ".verified.json"  # cache side: {rel: [size, mtime_ns]} of files whose hash matched the manifest
@@ -75,12 +77,43 @@ def _local_manifest(d: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
+#: How :meth:`ObjectStore.garbage` marks a folder of this machine's cache among the bucket keys it lists.
+LOCAL = "local:"
+
+
+def _modified(info: Mapping[str, Any]) -> float:
+    """An object's last-modified time in epoch seconds (now when the listing does not say: never old enough
+    to be removed)."""
+    t = info.get("LastModified", info.get("mtime"))
+    if hasattr(t, "timestamp"):
+        return float(t.timestamp())
+    if isinstance(t, (int, float)):
+        return float(t)
+    return time.time()
+
+
+def _local_unfinished(stage_dir: Path) -> List[str]:
+    """Fingerprint folders of a cache's stage folder that have no manifest."""
+    try:
+        entries = sorted(stage_dir.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [p.name for p in entries if FINGERPRINT.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
+            and not (p / MANIFEST).exists()]
+
+
 class ObjectStore:
     """The store at ``url`` (``s3://bucket/prefix``), read through a local cache at ``cache``.
 
-    Presents the interface of :class:`cvops.artifacts.ArtifactStore` to the runner: ``root`` is the local
-    cache of this store (stages that keep machine-local files beside the store, such as request logs,
-    keep them there), ``url`` the store itself.
+    Implements :class:`cvops.store.base.Store`: ``root`` is the local cache of this store (stages that keep
+    machine-local files beside the store, such as request logs, keep them there), ``url`` the store itself.
+
+    Args:
+        url: ``s3://bucket/prefix`` (``s3a://`` too).
+        options: Passed to s3fs as they are (``paths.store_options``: endpoint, credentials, ...).
+        cache: This machine's cache folder; the store's copy is ``<cache>/store/<bucket>/<prefix>/``.
+        lease_s: A build lease is renewed every ``lease_s / 3`` seconds and taken over after ``lease_s``
+            seconds without renewal.
     """
 
     def __init__(self, url: str, options: Optional[Mapping[str, Any]] = None,
@@ -98,6 +131,11 @@ class ObjectStore:
 
     def __str__(self) -> str:
         return self.url
+
+    def spec(self) -> Dict[str, Any]:
+        """What :func:`cvops.store.open_store` needs to open this store again in another process."""
+        return {"store": self.url, "store_options": dict(self.options), "cache": str(self.cache),
+                "lease_s": self.lease_s}
 
     # ----------------------------------------------------------- keys
     def _key(self, *parts: str) -> str:
@@ -150,7 +188,34 @@ class ObjectStore:
             raise StoreError(f"corrupt manifest {self.url}/{stage}/{fingerprint}/{MANIFEST}: {e}") from e
 
     def is_complete(self, stage: str, fingerprint: str) -> bool:
+        """True when ``stage/fingerprint`` has its manifest in the bucket."""
         return self.fs.exists(self._key(stage, fingerprint, MANIFEST))
+
+    def manifest(self, stage: str, fingerprint: str) -> Optional[Dict[str, Any]]:
+        """The committed manifest of ``stage/fingerprint`` as the bucket has it (nothing is fetched), or None.
+
+        Raises:
+            StoreError: the manifest is not JSON or not a valid cvops manifest (named, with the fix).
+        """
+        manifest = self._remote_manifest(stage, fingerprint)
+        if manifest is not None:
+            self._check(manifest, stage, fingerprint)
+        return manifest
+
+    def fingerprints(self, stage: str) -> List[str]:
+        """Every fingerprint under ``stage`` in the bucket (committed or not), sorted."""
+        try:
+            names = self.fs.ls(self._key(stage), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted({n for n in (p.rsplit("/", 1)[-1] for p in names) if FINGERPRINT.fullmatch(n)})
+
+    def artifacts(self, stage: str, prefix: str = "") -> Iterator[Artifact]:
+        """The committed artifacts of ``stage`` whose fingerprint starts with ``prefix`` (only those are fetched)."""
+        for fp in self.fingerprints(stage):
+            art = self.get(stage, fp) if fp.startswith(prefix) else None
+            if art is not None:
+                yield art
 
     def get(self, stage: str, fingerprint: str) -> Optional[Artifact]:
         """The complete artifact, in the local cache (downloaded and verified as needed), or None."""
@@ -380,6 +445,125 @@ class ObjectStore:
             yield ObjectBuilder(stage, fingerprint, local, self, holder, lease)
         finally:
             lease.release()
+
+    # ----------------------------------------------------------- housekeeping
+    def _objects(self, stage: str) -> Dict[str, Tuple[int, float]]:
+        """Every object under ``<store>/<stage>/``, fresh from the bucket: key relative to that prefix ->
+        (size, last modified in epoch seconds)."""
+        base = self._key(stage)
+        self.fs.invalidate_cache(base)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        out: Dict[str, Tuple[int, float]] = {}
+        for key, info in found.items():
+            if info.get("type") != "directory" and key.startswith(base + "/"):
+                out[key[len(base) + 1:]] = (int(info.get("size") or 0), _modified(info))
+        return out
+
+    def _lease_alive(self, stage: str, fingerprint: str, objects: Mapping[str, Tuple[int, float]], now: float,
+                     grace_s: float) -> bool:
+        """True while ``stage/fingerprint``'s build lease may have a live holder: renewed within its holder's
+        ``lease_s`` (the lease says it; this store's own if longer) or within ``grace_s``."""
+        seen = objects.get(f"{fingerprint}.lease")
+        if seen is None:
+            return False
+        lease_s = self.lease_s
+        try:
+            body = json.loads(self.fs.cat_file(self._key(stage, f"{fingerprint}.lease")))
+            lease_s = max(lease_s, float(body.get("lease_s", 0)))
+        except FileNotFoundError:
+            return False  # released since the listing
+        except (ValueError, TypeError, AttributeError):
+            pass  # not a cvops lease body: judged by this store's lease_s
+        return now - seen[1] < max(grace_s, lease_s)
+
+    def garbage(self, stages: Sequence[str], grace_s: float, keep: Callable[[str, str], bool]) -> List[Garbage]:
+        """What no committed artifact holds under ``stages`` (see :meth:`cvops.store.base.Store.garbage`).
+
+        In the bucket, per fingerprint: everything of one without a manifest (a killed build's uploads,
+        its ``.pending`` files and dead lease), or, beside a committed manifest, whatever is not the build
+        it names (a build that lost the commit, the finished build's ``.pending`` files). A fingerprint
+        whose lease is alive, or with any such object written in the last ``grace_s`` seconds, is left
+        alone whole. In this machine's cache: build folders without a manifest whose fingerprint is not
+        committed in the bucket nor leased.
+        """
+        now = time.time()
+        out: List[Garbage] = []
+        for stage in stages:
+            objects = self._objects(stage)
+            groups: Dict[str, List[str]] = {}
+            for rel in objects:
+                head, _, rest = rel.partition("/")
+                fp, _, kind = head.partition(".")
+                ours = (kind, bool(rest)) in (("", True), ("lease", False), ("pending", True))
+                if FINGERPRINT.fullmatch(fp) and ours:  # <fp>/..., <fp>.lease, <fp>.pending/...
+                    groups.setdefault(fp, []).append(rel)
+            for fp, rels in sorted(groups.items()):
+                committed = f"{fp}/{MANIFEST}" in objects
+                alive = self._lease_alive(stage, fp, objects, now, grace_s)
+                if not committed and (alive or keep(stage, fp)):
+                    continue
+                if committed:
+                    try:
+                        manifest = self._remote_manifest(stage, fp)
+                    except StoreError:
+                        continue  # a damaged manifest is reported by whoever reads it; nothing here is guessed
+                    if manifest is None:
+                        continue  # deleted since the listing: the next gc sees it as it is then
+                    ours = f"{fp}/{manifest.get('build')}/"
+                    rels = [r for r in rels if r != f"{fp}/{MANIFEST}" and not r.startswith(ours)
+                            and not (alive and r == f"{fp}.lease")]
+                    why = (f"{len(rels)} objects beside the committed build {manifest.get('build')}: copies of a "
+                           "build that lost the commit, or a finished build's pending files")
+                else:
+                    why = (f"unfinished build (no manifest: a killed run, a failed gate, or code that changed while "
+                           f"it ran), {len(rels)} objects")
+                if not rels or any(now - objects[r][1] < grace_s for r in rels):
+                    continue
+                out.append(Garbage(stage, fp, f"{self.url}/{stage}/{fp}", sum(objects[r][0] for r in rels), why,
+                                   tuple(self._key(stage, r) for r in sorted(rels))))
+            for fp in _local_unfinished(self.root / stage):
+                committed = f"{fp}/{MANIFEST}" in objects
+                if committed or self._lease_alive(stage, fp, objects, now, grace_s) or keep(stage, fp):
+                    continue
+                d = self.root / stage / fp
+                files, size, newest = local_tree(d)
+                if now - newest >= grace_s:
+                    out.append(Garbage(stage, fp, str(d), size, f"unfinished build in this machine's cache, {files} "
+                                       "files", (LOCAL + str(d),)))
+        return out
+
+    def remove(self, item: Garbage) -> int:
+        """Remove what :meth:`garbage` listed, checked again first: nothing of a build whose lease is alive, never
+        a manifest or the files of the build it names, a cached folder only while its fingerprint is not
+        committed. Returns the bytes freed."""
+        objects = self._objects(item.stage)
+        if self._lease_alive(item.stage, item.fingerprint, objects, time.time(), 0.0):
+            return 0  # a run took the lease since the listing
+        manifest = self._remote_manifest(item.stage, item.fingerprint)
+        base = self._key(item.stage)
+        keys, freed = [], 0
+        for target in item.targets:
+            if target.startswith(LOCAL):
+                d = Path(target[len(LOCAL):])
+                if manifest is None and d.parent.parent == self.root and FINGERPRINT.fullmatch(d.name) \
+                        and d.is_dir() and not (d / MANIFEST).exists():
+                    freed += local_tree(d)[1]
+                    shutil.rmtree(d)
+                continue
+            rel = target[len(base) + 1:] if target.startswith(base + "/") else None
+            if rel is None or rel not in objects or rel.rsplit("/", 1)[-1] == MANIFEST:
+                continue
+            if manifest is not None and rel.startswith(f"{item.fingerprint}/{manifest.get('build')}/"):
+                continue  # committed since the listing: the files it names stay
+            keys.append(target)
+            freed += objects[rel][0]
+        if keys:
+            self.fs.rm(keys)
+            self.fs.invalidate_cache(base)
+        return freed
 
 
 class _Lease:

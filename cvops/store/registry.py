@@ -1,13 +1,7 @@
 """The model registry: named aliases per project pointing at export artifacts, with their history.
 
-::
-
-    cvops promote recipe=bccd --alias production -m "beats v3 on night images"
-    cvops promote recipe=bccd --alias staging --export 3fa2      # an export by fingerprint prefix
-    cvops models recipe=bccd                                     # aliases and history
-    cvops rollback recipe=bccd --alias production                # back to the export before
-
-It lives beside the artifact store, one folder per project::
+The commands ``cvops promote``, ``cvops models`` and ``cvops rollback`` read and change it through
+:class:`Registry`. It lives beside the artifacts in the store, one folder per project::
 
     <store>/registry/<project>/
         history.jsonl   every promotion and rollback, one JSON object per line (appended, never rewritten)
@@ -22,8 +16,8 @@ person deciding on a model wants to see later: the export's fingerprint, the
 train and curate artifacts it came from, the dataset version, the export
 gate and the evaluate metrics, the time, the user and a message.
 
-Only the file operations here touch the store's folder, so a remote store
-(issue #12) replaces them and nothing else.
+In an ``s3://`` store the same two files live in the bucket and are written under a build lease
+(:mod:`cvops.store.s3`) instead of a file lock.
 """
 
 from __future__ import annotations
@@ -38,12 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from cvops.artifacts import Artifact, ArtifactStore, open_store, write_json_atomic
+from cvops.store.base import FINGERPRINT, Artifact, Store, write_json_atomic
+from cvops.errors import UserError
 
 #: Alias and project names: they become keys and a folder name, so no separators, no dot-dot, no spaces.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-#: An artifact fingerprint as the store names its folders.
-FINGERPRINT = re.compile(r"[0-9a-f]{8,64}")
 
 #: Evaluate metrics recorded with a promotion (those the evaluate artifact has).
 EVAL_KEYS = ("mAP", "mAP50", "mAP75", "val_mAP", "val_mAP50", "segm_mAP", "segm_mAP50")
@@ -53,7 +46,7 @@ EXPORT_KEYS = ("gate", "gate_split", "torch_map", "onnx_map", "map_drop", "int8_
                "int8_segm_map_drop")
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError):
     """A registry request that cannot be done as asked (the message says why and what to do)."""
 
 
@@ -101,14 +94,14 @@ def _now() -> str:
 class Registry:
     """The aliases and history of one project in one artifact store."""
 
-    def __init__(self, store: ArtifactStore, project: str) -> None:
+    def __init__(self, store: Store, project: str) -> None:
         self.store = store
         self.project = check_name("project", project)
         self.dir = Path(store.root) / "registry" / project
         self.history_file = self.dir / "history.jsonl"
         self.aliases_file = self.dir / "aliases.json"
         # an s3:// store: the registry lives in the bucket (every machine promotes and follows the same aliases)
-        self.bucket: Optional[_Bucket] = _Bucket(store, project) if getattr(store, "url", None) else None
+        self.bucket: Optional[_Bucket] = _Bucket(store, project) if store.url else None
 
     def _read(self, path: Path) -> Optional[str]:
         if self.bucket is not None:
@@ -288,7 +281,7 @@ def parse_aliases(text: Optional[str], where: str) -> Dict[str, Dict[str, Any]]:
 
 class _Bucket:
     """A project's registry files in an object store (``<store>/registry/<project>/``), written under a lease
-    (:mod:`cvops.objectstore`) instead of a file lock."""
+    (:mod:`cvops.store.s3`) instead of a file lock."""
 
     def __init__(self, store: Any, project: str) -> None:
         self.store, self.fs, self.key = store, store.fs, f"{store.key}/registry/{project}"
@@ -313,7 +306,7 @@ class _Bucket:
             lease.release()
 
 
-def describe(store: ArtifactStore, export: Artifact) -> Dict[str, Any]:
+def describe(store: Store, export: Artifact) -> Dict[str, Any]:
     """What a promotion records about ``export``: its lineage, dataset version, gate and the evaluate metrics."""
     inputs = dict(export.manifest.get("inputs", {}))
     info: Dict[str, Any] = {"project": _project(export), "train": inputs.get("train"), "curate": inputs.get("curate"),
@@ -331,11 +324,11 @@ def describe(store: ArtifactStore, export: Artifact) -> Dict[str, Any]:
     return info
 
 
-def _evaluate_of(store: ArtifactStore, train_fp: Optional[str]) -> Optional[Artifact]:
+def _evaluate_of(store: Store, train_fp: Optional[str]) -> Optional[Artifact]:
     """The newest evaluate artifact of ``train_fp`` (None: that model was not evaluated)."""
     if not train_fp:
         return None
-    found = [a for a in _artifacts(store, "evaluate") if a.manifest.get("inputs", {}).get("train") == train_fp]
+    found = [a for a in store.artifacts("evaluate") if a.manifest.get("inputs", {}).get("train") == train_fp]
     return max(found, key=lambda a: str(a.manifest.get("created", "")), default=None)
 
 
@@ -343,29 +336,7 @@ def _project(export: Artifact) -> Optional[str]:
     return export.manifest.get("config", {}).get("project")
 
 
-def _artifacts(store: ArtifactStore, stage: str, prefix: str = "") -> Iterator[Artifact]:
-    """The complete artifacts of ``stage`` whose fingerprint starts with ``prefix``."""
-    if getattr(store, "url", None):  # an object store: its committed artifacts are listed in the bucket
-        try:
-            names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(f"{store.key}/{stage}", detail=False, refresh=True))
-        except FileNotFoundError:
-            return
-        for name in names:
-            if re.fullmatch(r"[0-9a-f]{8,64}", name) and name.startswith(prefix):  # fetched only if it matches
-                art = store.get(stage, name)
-                if art is not None:
-                    yield art
-        return
-    root = Path(store.root) / stage
-    if not root.is_dir():
-        return
-    for d in sorted(root.iterdir()):
-        art = store.get(stage, d.name) if d.is_dir() else None
-        if art is not None:
-            yield art
-
-
-def find_export(store: ArtifactStore, prefix: str, project: Optional[str] = None) -> Artifact:
+def find_export(store: Store, prefix: str, project: Optional[str] = None) -> Artifact:
     """The export whose fingerprint starts with ``prefix`` (at least 4 hex digits; unique in the store).
 
     Raises:
@@ -374,7 +345,7 @@ def find_export(store: ArtifactStore, prefix: str, project: Optional[str] = None
     if not re.fullmatch(r"[0-9a-f]{4,64}", prefix or ""):
         raise RegistryError(f"--export {prefix!r}: give at least 4 hex digits of an export fingerprint "
                             "(cvops models recipe=... lists them)")
-    hits = [a for a in _artifacts(store, "export", prefix) if a.fingerprint.startswith(prefix)]
+    hits = [a for a in store.artifacts("export", prefix) if a.fingerprint.startswith(prefix)]
     if project is not None:
         other = [a for a in hits if _project(a) != project]
         hits = [a for a in hits if _project(a) == project]
@@ -384,124 +355,28 @@ def find_export(store: ArtifactStore, prefix: str, project: Optional[str] = None
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        known = [a.fingerprint for a in _artifacts(store, "export")][:20]
+        known = [a.fingerprint for a in store.artifacts("export")][:20]
         raise RegistryError(f"no export in {store} has a fingerprint starting with {prefix} (exports there: "
                             f"{', '.join(known) or 'none'})")
     raise RegistryError(f"--export {prefix} matches {len(hits)} exports ({', '.join(a.fingerprint for a in hits)}): "
                         "give more digits")
 
 
-# -- the command line: cvops promote / models / rollback ---------------------------------------------------
-def _parse(prog: str, argv: List[str], alias: bool) -> Any:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog=f"cvops {prog}", description=__doc__.split("::")[0].strip())
-    if alias:
-        ap.add_argument("--alias", required=True, help="e.g. production, staging")
-        ap.add_argument("-m", "--message", default="", help="why (kept in the history)")
-    if prog == "promote":
-        ap.add_argument("--export", default=None, help="an export fingerprint (prefix); default: the recipe's")
-        ap.add_argument("--force", action="store_true", help="promote an export whose gate did not pass")
-    return ap.parse_known_args(argv)
-
-
-def _open(overrides: List[str]) -> Any:
-    from cvops.config import compose_config, preflight
-
-    preflight(overrides, check_missing=False)
-    cfg = compose_config(overrides)
-    return cfg, Registry(open_store(cfg.paths), str(cfg.project))
+def projects(store: Store) -> List[str]:
+    """The projects that have a registry in ``store`` (a folder or prefix ``registry/<project>/``), sorted."""
+    if store.url:
+        fs, key = store.fs, f"{store.key}/registry"  # type: ignore[attr-defined]
+        try:
+            names = [p.rsplit("/", 1)[-1] for p in fs.ls(key, detail=False, refresh=True)]
+        except FileNotFoundError:
+            return []
+    else:
+        try:
+            names = [p.name for p in (store.root / "registry").iterdir() if p.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    return sorted(n for n in names if NAME.fullmatch(n) and ".." not in n)
 
 
-def _recipe_export(cfg: Any, store: ArtifactStore, overrides: List[str]) -> Artifact:
-    from cvops.config import ConfigError
-    from cvops.runner import fingerprints
-
-    fp = fingerprints(cfg)["export"]["fingerprint"]
-    art = store.get("export", fp)
-    if art is None:
-        raise ConfigError(f"no export for this config (export {fp}) in {store.root}; build it first: cvops "
-                          f"{' '.join(overrides)} stages=[curate,train,evaluate,export], or name one with --export")
-    return art
-
-
-def _fail(e: Exception) -> int:
-    import sys
-
-    print(f"cvops: error: {e}", file=sys.stderr)
-    return 2
-
-
-def cmd_promote(argv: List[str]) -> int:
-    """``cvops promote recipe=X --alias A [--export FP] [-m msg] [--force]``."""
-    from cvops.config import ConfigError
-
-    args, overrides = _parse("promote", argv, alias=True)
-    try:
-        cfg, reg = _open(overrides)
-        export = (find_export(reg.store, args.export, reg.project) if args.export
-                  else _recipe_export(cfg, reg.store, overrides))
-        ev = reg.promote(args.alias, export, args.message, force=args.force)
-    except (ConfigError, RegistryError, OSError) as e:
-        return _fail(e)
-    was = f" (was {ev.previous})" if ev.previous else ""
-    print(f"{reg.project}: {ev.alias} -> export {ev.export}{was}; {_metrics_text(ev.info)}")
-    return 0
-
-
-def cmd_rollback(argv: List[str]) -> int:
-    """``cvops rollback recipe=X --alias A [-m msg]``."""
-    from cvops.config import ConfigError
-
-    args, overrides = _parse("rollback", argv, alias=True)
-    try:
-        _, reg = _open(overrides)
-        ev = reg.rollback(args.alias, args.message)
-    except (ConfigError, RegistryError, OSError) as e:
-        return _fail(e)
-    print(f"{reg.project}: {ev.alias} -> export {ev.export} (rolled back from {ev.previous}); "
-          f"{_metrics_text(ev.info)}")
-    return 0
-
-
-def cmd_models(argv: List[str]) -> int:
-    """``cvops models recipe=X``: each alias and what it points at, then the history, newest first."""
-    from cvops.config import ConfigError
-
-    _, overrides = _parse("models", argv, alias=False)
-    try:
-        _, reg = _open(overrides)
-        current, history = reg.aliases(), reg.history()
-    except (ConfigError, RegistryError, OSError) as e:
-        return _fail(e)
-    for line in table(reg.project, current, history):
-        print(line)
-    return 0
-
-
-def _metrics_text(info: Dict[str, Any]) -> str:
-    parts = [f"dataset {info['dataset_version']}" if info.get("dataset_version") else "",
-             f"gate {info['gate']}" if info.get("gate") else "",
-             f"test mAP {info['mAP']:.3f}" if isinstance(info.get("mAP"), (int, float)) else "",
-             f"mAP50 {info['mAP50']:.3f}" if isinstance(info.get("mAP50"), (int, float)) else ""]
-    return ", ".join(p for p in parts if p)
-
-
-def table(project: str, current: Dict[str, Dict[str, Any]], history: List[Event]) -> List[str]:
-    """The lines of ``cvops models``."""
-    if not current:
-        return [f"{project}: no aliases yet (cvops promote recipe=... --alias production)"]
-    lines = [f"{project}: aliases"]
-    w = max(len(a) for a in current)
-    for alias, e in sorted(current.items()):
-        lines.append(f"  {alias:<{w}}  {e['export']}  {_metrics_text(e)}  ({e.get('action')} {e.get('time')} by "
-                     f"{e.get('user')})")
-    lines.append("history (newest first)")
-    for ev in reversed(history):
-        msg = f"  \"{ev.message}\"" if ev.message else ""
-        lines.append(f"  {ev.time}  {ev.action:<8}  {ev.alias:<{w}}  {ev.export}  <- {ev.previous or '-'}  "
-                     f"{ev.user}{msg}")
-    return lines
-
-
-__all__ = ["Registry", "RegistryError", "Event", "describe", "find_export", "read_aliases", "check_name"]
+__all__ = ["Registry", "RegistryError", "Event", "describe", "find_export", "read_aliases", "parse_aliases",
+           "check_name", "projects", "EVAL_KEYS", "EXPORT_KEYS"]

@@ -1,0 +1,45 @@
+"""The Prometheus metrics of one application (``GET /metrics``), in a registry of its own.
+
+``cvops_requests_total{status}`` counts prediction requests by HTTP status,
+``cvops_request_latency_seconds`` times the successful ones (decode + inference),
+``cvops_errors_total{reason}`` counts every refused or failed request by its
+reason, ``cvops_batch_size`` the images per inference call; the drift gauges
+(``cvops_drift_detected``, ``cvops_drift_feature{feature}``,
+``cvops_drift_checks_total``) are set by :class:`cvops.serve.driftwatch.DriftWatch`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# 1 ms - 2 s, denser where a CPU detector usually answers
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+                   0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+class ServeMetrics:
+    """The Prometheus metrics of one application, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("cvops_requests", "Prediction requests by HTTP status", ["status"], registry=r)
+        self.latency = Histogram("cvops_request_latency_seconds",
+                                 "Latency of successful predictions (decode + inference)",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.errors = Counter("cvops_errors", "Refused or failed requests by reason", ["reason"], registry=r)
+        self.drift_detected = Gauge("cvops_drift_detected", "1 when the last drift check found drift", registry=r)
+        self.drift_feature = Gauge("cvops_drift_feature", "Per-feature value of the last drift check", ["feature"],
+                                   registry=r)
+        self.drift_checks = Counter("cvops_drift_checks", "Drift checks completed", registry=r)
+        self.ready = Gauge("cvops_model_ready", "1 once a model is loaded and warm", registry=r)
+        self.model_swaps = Counter("cvops_model_swaps", "Models switched to after the first", registry=r)
+        self.batch_size = Histogram("cvops_batch_size", "Images per inference call (micro-batching)",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+
+    def failed(self, reason: str, status: int | None = None) -> None:
+        """Count a refused or failed request under ``reason``, and a prediction request also under its ``status``
+        (None: not a prediction request, counted by reason only)."""
+        self.errors.labels(reason=reason).inc()
+        if status is not None:
+            self.requests.labels(status=str(status)).inc()
