@@ -144,7 +144,36 @@ def preflight(overrides: Sequence[str], *, check_missing: bool = True, cache: bo
                     f"Set {'them' if len(missing) > 1 else 'it'} in your recipe or on the command line: cvops {fixes}"
                     + ("" if _recipe_override(variant) else f"\n  (no recipe selected; available: {', '.join(available_recipes())})")
                 )
+        check_stages(cfg)
     return cfg if variants == [list(overrides)] else None  # a sweep (an interval one too) is not one job
+
+
+def check_stages(cfg: DictConfig) -> None:
+    """Every stage's own check (``Stage.check``: values its schema's types cannot refuse, such as a negative
+    limit) on its typed view, for each stage of the recipe's graph, whichever stages this run asks for: a bad
+    ``serve.lanes`` is refused before curate starts, not when ``cvops serve`` does.
+
+    A stage whose sections hold a required value left ``???`` is skipped (the missing-value check names it,
+    or the command does not need it).
+
+    Raises:
+        ConfigError: the first refusal, naming the key, its value and the fix.
+    """
+    import importlib
+
+    from omegaconf.errors import MissingMandatoryValue
+
+    from cvops.stages import typed_view
+
+    for name, stage in graph(cfg).items():
+        if not stage.check:
+            continue
+        try:
+            view = typed_view(name, cfg, stage.sections)
+        except MissingMandatoryValue:
+            continue
+        module, _, function = stage.check.partition(":")
+        getattr(importlib.import_module(module), function)(view)
 
 
 def mask_models() -> List[str]:

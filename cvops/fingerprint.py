@@ -259,14 +259,29 @@ def external(stage: Stage, cfg: Any) -> str:
     return getattr(importlib.import_module(mod), fun)(view, Path(store))
 
 
-def fingerprints(cfg: Any) -> Dict[str, Dict[str, Any]]:
-    """Fingerprint (and what went into it) of every stage of the recipe's graph, without running anything.
+def fingerprints(cfg: Any, stages: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, Any]]:
+    """Fingerprint (and what went into it) of the recipe's stages, without running anything.
+
+    Args:
+        stages: only these and the stages upstream of them (None: every stage of the graph). A stage's
+            ``external`` state can be costly to read (train's looks up pretrained weights, which may mean a
+            download): a curate-only run or ``cvops app`` never reads train's.
 
     Returns:
         stage name -> ``{"fingerprint", "stage", "config", "inputs", "code"[, "external"]}``, in graph order.
     """
+    order = graph(cfg)
+    wanted = set(order) if stages is None else set()
+    todo = [] if stages is None else [s for s in stages if s in order]
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo += list(order[name].inputs)
     out: Dict[str, Dict[str, Any]] = {}
-    for name, stage in graph(cfg).items():
+    for name, stage in order.items():
+        if name not in wanted:
+            continue
         payload = {
             "stage": name,
             "config": config_sections(stage, cfg),

@@ -159,7 +159,7 @@ class Runner:
         Raises:
             UpstreamMissing: naming the stage to run first and the command to do it.
         """
-        fps = fingerprints(self.cfg)
+        fps = fingerprints(self.cfg, self.requested)  # the requested stages and what they are built from
         order = list(self.graph)
 
         def missing(stage: str, seen: set) -> List[str]:  # upstream stages neither requested nor stored
@@ -194,6 +194,8 @@ class Runner:
             log.info("cvops · %s · run dir %s", self.cfg.project, self.run_dir)
             detail.info("store %s", self.store)
             for name, stage in self.graph.items():
+                if name not in fps:  # neither requested nor upstream of a requested stage
+                    continue
                 fp = fps[name]["fingerprint"]
                 if name not in self.requested:
                     users = [r for r in self.requested if name in self.graph[r].inputs]

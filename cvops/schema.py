@@ -264,8 +264,10 @@ class GateConfig:
 
     max_map_drop: float = 0.5  # mAP points either way (box, and mask mAP for mask models)
     int8_max_map_drop: float = 2.0
-    min_mask_iou: float = 0.95  # mask models: 5th percentile of per-instance mask IoU vs PyTorch
-    int8_min_mask_iou: float = 0.80
+    # mask models: the median per-instance mask IoU vs PyTorch (instances matched by box) must reach it; FP32
+    # computes what mmdet computes (1.0 measured), INT8 moves a few small instances (0.967-0.974 measured)
+    min_mask_iou: float = 0.99
+    int8_min_mask_iou: float = 0.90
 
 
 @dataclass

@@ -81,6 +81,11 @@ class Stage:
     #: ``{open}`` this machine's file opener (``xdg-open ``, ``open ``; none: the path alone); a leading ``cvops``
     #: is printed as the command that started this run (:func:`cvops.summary.program`)
     next: Tuple[str, ...] = ()
+    #: ``"module:function"`` of ``f(config) -> None``, given the same typed view as ``ctx.config``: refuses
+    #: (:class:`cvops.errors.ConfigError`, naming the key and the fix) a value the schema's types cannot, such as
+    #: a negative limit or a recipe name that does not exist. The preflight runs it for every stage of the
+    #: recipe's graph before any stage runs, whichever ``stages`` the run asks for; keep its module light
+    check: Optional[str] = None
     issue: Optional[int] = None  # where an unimplemented built-in stage is tracked
     origin: str = "cvops"  # the distribution that declared it
 
@@ -109,7 +114,7 @@ BUILTIN: Tuple[Stage, ...] = (
           ("torch", "mmcv", "mmdet", "mmengine"),
           exclude=("train.resume", "train.node_rank", "train.master_addr", "train.master_port"),
           external="cvops.train.inputs:signature",
-          resume_key="train.resume",
+          resume_key="train.resume", check="cvops.train.checks:check_stage",
           summary="cvops.summary:train", issue=4),
     Stage("evaluate", "cvops.evaluate.stage:run", ("model", "train.device", "evaluate"), ("curate", "train"),
           ("pycocotools", "fiftyone", "torch", "mmcv", "mmdet", "mmengine", "numpy"), summary="cvops.summary:evaluate",
@@ -117,14 +122,16 @@ BUILTIN: Tuple[Stage, ...] = (
     Stage("export", "cvops.export.stage:run", ("project", "model", "export", "evaluate.confusion_score_thr"),
           ("curate", "train"), ("torch", "mmcv", "mmdet", "mmengine", "onnx", "onnxruntime", "onnxscript", "onnxslim",
                                 "tensorrt", "numpy"),
-          external="cvops.export.host:signature", summary="cvops.summary:export",
+          external="cvops.export.host:signature", summary="cvops.summary:export", check="cvops.export.checks:check_stage",
           next=("cvops serve {args}   # the exported model over HTTP",), issue=5),
     Stage("serve", "cvops.serve.stage:run", ("project", "model.name", "serve", "monitor"),
-          ("curate", "train", "export"), cacheable=False, summary="cvops.summary:serve", issue=6),
+          ("curate", "train", "export"), cacheable=False, summary="cvops.summary:serve",
+          check="cvops.serve.limits:check_stage", issue=6),
     Stage("monitor", "cvops.monitor.stage:run",
           ("project", "monitor", "serve.log_dir", "data.synthetic", "lock_timeout_s"), ("curate", "train", "export"),
           ("onnxruntime", "numpy", "scipy", "pillow", *OPENCV, "fiftyone"),
           exclude=("lock_timeout_s",), external="cvops.monitor.source:signature", summary="cvops.summary:monitor",
+          check="cvops.monitor.checks:check_stage",
           next=("cvops app {args} --review   # the monitor's edge cases, pre-labelled",
                 "{open}{artifacts[report]}   # the drift report"), issue=6),
 )

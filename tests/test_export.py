@@ -491,6 +491,10 @@ def test_mask_gate_passes_the_export_and_fails_broken_masks(exported_masks, tmp_
     assert bad.drop == 0.0 and bad.segm_drop > 0.5 and not bad.passed
     assert bad.mask_iou["p5"] < 0.9 < good.mask_iou["p5"] and good.mask_iou["median"] == 1.0
     assert "mask mAP points below PyTorch" in bad.verdict() and "5th percentile" in bad.verdict()
+    # the IoU alone fails a mask path that moves every instance a little (no mAP limit reached)
+    blurred = parity(shifted, det.preprocess, ann, torch_dets, torch_map, 100.0, 0.3, torch_segm_map=torch_segm,
+                     min_mask_iou=0.99)
+    assert blurred.mask_iou["median"] < 0.99 and not blurred.passed and "IoU median" in blurred.verdict()
 
     def boxes_only(tensor):
         return det.run_any(tensor)[:5]

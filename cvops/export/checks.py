@@ -43,3 +43,8 @@ def check(ex: ExportConfig) -> None:
     if ex.format is ExportFormat.tensorrt and ex.tensorrt.int8 and not ex.int8:
         raise ConfigError("export.tensorrt.int8=true builds the engine from the INT8 (QDQ) model, which needs "
                           "export.int8=true too (or use export=tensorrt_int8)")
+
+
+def check_stage(config: Any) -> None:
+    """:func:`check` of a stage's typed view (``Stage.check``)."""
+    check(config.export)

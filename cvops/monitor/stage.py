@@ -40,6 +40,7 @@ from cvops.media import IMAGE_EXTS, VIDEO_EXTS
 from cvops.requestlog import request_log_dir
 from cvops.drift.profile import (Seen, edge_reasons, held_out, iter_folder, iter_videos, profile_of, reference,
                                    run_images, window_from_log)
+from cvops.monitor.checks import check
 from cvops.stages import StageContext, StageResult
 
 log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
@@ -266,11 +267,7 @@ def run(ctx: StageContext) -> StageResult:
     mon = ctx.config.monitor
     curate, export = ctx.inputs["curate"], ctx.inputs["export"]
     work = ctx.workdir
-    if mon.on_drift:
-        from cvops.recipes import available_recipes
-
-        if mon.on_drift not in available_recipes():
-            raise MonitorError(f"monitor.on_drift={mon.on_drift}: no such recipe; choose from {available_recipes()}")
+    check(mon)  # the preflight checked it already; a direct call of run() too
     low = mon.low_confidence
     onnx_path = export.path("onnx")
     ref, ref_seen, ref_dir = reference(ctx.store, export.fingerprint, onnx_path,

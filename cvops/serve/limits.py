@@ -79,3 +79,8 @@ def _problem(cfg: Any, workers: int) -> Optional[str]:
     if not cfg.alias_poll_s > 0:
         return f"serve.alias_poll_s={cfg.alias_poll_s}: seconds between two reads of serve.alias, more than 0"
     return None
+
+
+def check_stage(config: Any) -> None:
+    """:func:`check` of a stage's typed view (``Stage.check``): the values every server of the recipe needs."""
+    check(config.serve)
