@@ -42,13 +42,12 @@ from cvops.commands import COMMANDS
 from cvops.config import check_safe, compose_config, ensure_configs, preflight
 from cvops.errors import EXIT_STATUS, ConfigError, UserError, one_line
 from cvops.recipes import CONF_DIR
+from cvops.session import CONFIG_NAME, run_job
 
 log = logging.getLogger("cvops")
 
 #: Errors that are the user's to fix: one message, no traceback.
 USER_ERRORS = (UserError, OSError)
-#: The primary config every recipe composes on (``conf/config.yaml``).
-CONFIG_NAME = "config"
 
 
 def _task(cfg: DictConfig) -> Optional[float]:
@@ -131,37 +130,13 @@ def _hydra_main(argv: List[str]) -> int:
 
 
 def _run(cfg: DictConfig) -> int:
-    """Run one job on the preflight's composition, as Hydra's main runs a single run.
-
-    What Hydra's ``run`` does after composing, with the composition it would have made: the mode set to
-    RUN (as the override ``hydra.mode=RUN``, which Hydra adds when nothing set a mode), its resolvers and
-    logging set up, the configured callbacks around :func:`hydra.core.utils.run_job`, which makes the run
-    dir, writes ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``, configures the job's logging
-    and sets ``HydraConfig`` while :func:`_task` runs.
-    """
-    from hydra._internal.callbacks import Callbacks
+    """Run one job on the preflight's composition, as Hydra's main runs a single run
+    (:func:`cvops.session.run_job`: the run dir, the ``.hydra/`` files, the job's logging, the callbacks and
+    ``HydraConfig`` while :func:`_task` runs); a job's unexpected error is shown as Hydra's main shows it."""
     from hydra._internal.utils import run_and_report
-    from hydra.core.utils import JobRuntime, configure_log, run_job, setup_globals
-    from hydra.types import HydraContext, RunMode
-    from omegaconf import open_dict, read_write
-
-    if cfg.hydra.mode is None:  # as Hydra's main does when nothing set the mode
-        with read_write(cfg), open_dict(cfg):
-            cfg.hydra.mode = RunMode.RUN
-            cfg.hydra.overrides.hydra.append("hydra.mode=RUN")
-    setup_globals()  # Hydra's resolvers (${now:...} in hydra.run.dir), registered when Hydra composes
-    JobRuntime.instance().set("name", str(cfg.hydra.job.name))
 
     def job() -> None:
-        configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
-        callbacks = Callbacks(cfg)
-        callbacks.on_run_start(config=cfg, config_name=CONFIG_NAME)
-        # run_job reads only the callbacks from its context; the config loader is for launchers (sweeps)
-        ret = run_job(hydra_context=HydraContext(config_loader=None, callbacks=callbacks),  # type: ignore[arg-type]
-                      task_function=_task, config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None,
-                      configure_logging=True)
-        callbacks.on_run_end(config=cfg, config_name=CONFIG_NAME, job_return=ret)
-        _ = ret.return_value  # a job's unexpected error is raised here, and shown as Hydra's main shows it
+        _ = run_job(cfg, _task).return_value  # a job's unexpected error is raised here
 
     run_and_report(job)
     return 0

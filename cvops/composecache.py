@@ -32,10 +32,11 @@ What a composition read is found after composing (:func:`inspect`: Hydra's defau
 through a repository that implements Hydra's own repository interface and remembers what it loads), never by
 wrapping Hydra's classes.
 
-Only the ``cvops`` command uses it (:func:`cvops.cli.main` and the verbs' prologue,
-:mod:`cvops.commands._prologue`): it starts from a fresh process, so Hydra's ConfigStore holds only what the
-files above declare. A library caller composing in its own process (which may
-have put its own configs in the ConfigStore) always composes. ``CVOPS_COMPOSE_CACHE=0`` turns it off.
+The ``cvops`` command uses it (:func:`cvops.cli.main` and the verbs' prologue, :func:`cvops.session.open_recipe`),
+and so does the Python API (:func:`cvops.run`, :func:`cvops.load`), through the same prologue: what the
+composition takes from Hydra's ConfigStore is then what the files above declare (a composition that took
+any other schema from it is never stored). A library caller that composes with Hydra itself
+(:func:`cvops.config.compose_config` without ``cache``) always composes. ``CVOPS_COMPOSE_CACHE=0`` turns it off.
 
 Entries live in ``$CVOPS_CACHE_DIR/compose-<uid>`` (default ``~/.cache/cvops/compose-<uid>``, a folder only its
 owner may write), at most :data:`MAX_ENTRIES` of them, the least recently used pruned first. An entry is read

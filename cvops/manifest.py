@@ -132,7 +132,7 @@ def _overrides() -> List[str]:
         from hydra.core.hydra_config import HydraConfig
 
         return list(HydraConfig.get().overrides.task)
-    except Exception:  # not running under Hydra (API use, tests)
+    except Exception:  # not running under Hydra (a Runner called directly, as tests do)
         return []
 
 

@@ -1,6 +1,10 @@
-"""The house rules: no stage package imports another; shared layers import no stage; only the commands
-(and ``cli.py``) import the runner; nothing but ``cli.py`` imports the commands; no import circle; no
-assignment to another library's classes.
+"""The house rules: no stage package imports another; shared layers import no stage; only the entrances
+import the runner; nothing but ``cli.py`` imports the commands; no import circle; no assignment to another
+library's classes.
+
+The entrances are where a user comes in: the ``cvops`` command (``cli.py``), its verbs (``commands/``) and
+the Python API (``api.py``: ``cvops.run``, ``cvops.load``). They ask the stage packages and the runner for
+work; nothing inside asks them for anything.
 
 Walks every module of the package with ``ast`` (imports at module level and
 inside functions, relative imports resolved), so a lazy ``from cvops.export
@@ -20,6 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers.imports import imports  # noqa: E402
 
 PKG = Path(cvops.__file__).resolve().parent
+#: The entrances (first component of the module's path under ``cvops/``): they may import stage packages
+#: and the runner; no other module imports them (``cvops.commands``: only ``cli.py``).
+ENTRANCES = ("cli", "commands", "api")
 
 
 def owner(module: str, top: str, stages: Sequence[str]) -> str | None:
@@ -31,7 +38,7 @@ def violations(root: Path, top: str = "cvops", stages: Sequence[str] = BUILTIN_N
     """``file:line -> module`` for every import that crosses from one stage package into another, or from
     a module outside the stage packages' plumbing (a shared layer) into a stage."""
     out = []
-    shared_may_import = {"cli", "commands"}  # a command asks a stage package for its work (cvops serve)
+    shared_may_import = set(ENTRANCES)  # an entrance asks a stage package for its work (cvops serve, cvops.load)
     for f in sorted(root.rglob("*.py")):
         rel = f.relative_to(root)
         here = rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in stages else None
@@ -82,14 +89,32 @@ def _modules(root: Path, top: str = "cvops") -> dict:
     return out
 
 
+def lazy_attribute_lines(path: Path) -> set:
+    """The lines of a module-level ``def __getattr__`` (PEP 562: a module's lazy attributes) in ``path``."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {line for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+            for line in range(node.lineno, (node.end_lineno or node.lineno) + 1)}
+
+
 def _edges(root: Path, top: str = "cvops") -> dict:
     """Module -> the set of ``top`` modules it imports (at any depth: module level and inside functions);
-    ``from pkg import name`` counts as ``pkg.name`` when that is a module, else as ``pkg``."""
+    ``from pkg import name`` counts as ``pkg.name`` when that is a module, else as ``pkg``.
+
+    One kind of import is not an edge: the package's front door (``top/__init__.py``) importing, inside its
+    ``__getattr__``, the module of a lazy attribute (``cvops.run`` -> ``cvops.api``). Every module imports
+    its package first (an edge back to the package is implicit everywhere), and ``__getattr__`` runs only
+    when a caller asks the loaded package for that name, never while the package loads, so it closes no
+    circle; :func:`test_the_front_door_imports_nothing_of_cvops_as_it_loads` holds the package to that."""
     mods = _modules(root, top)
     out = {}
     for name, f in mods.items():
         targets = set()
-        for _, mod in imports(f, root, top):
+        lazy = lazy_attribute_lines(f) if name == top else set()
+        for line, mod in imports(f, root, top):
+            if line in lazy:
+                continue
             if mod == top or mod.startswith(top + "."):
                 while mod not in mods and "." in mod:  # `from cvops.x import function` -> cvops.x
                     mod = mod.rsplit(".", 1)[0]
@@ -151,15 +176,37 @@ def cycles(root: Path, top: str = "cvops") -> List[List[str]]:
     return sorted(found)
 
 
-def test_only_the_commands_and_the_entry_point_import_the_runner():
-    allowed = {"cvops.cli"}
-    found = [m for m in importers(PKG, "cvops.runner") if m not in allowed and not m.startswith("cvops.commands")]
-    assert not found, f"modules that import cvops.runner (only cvops.commands and cvops.cli may): {found}"
+def entrance(module: str, top: str = "cvops") -> bool:
+    """``module`` is one of the :data:`ENTRANCES` (or inside one: ``cvops.commands.serve``)."""
+    return any(module == f"{top}.{e}" or module.startswith(f"{top}.{e}.") for e in ENTRANCES)
+
+
+def test_only_the_entrances_import_the_runner():
+    """The runner runs a recipe's stages for whoever a user came in through: the command line (``cvops.cli``,
+    ``cvops.commands``) or the Python API (``cvops.api``). A shared layer or a stage never does."""
+    found = [m for m in importers(PKG, "cvops.runner") if not entrance(m)]
+    assert not found, f"modules that import cvops.runner (only the entrances {ENTRANCES} may): {found}"
+
+
+def test_nothing_imports_the_python_api_but_the_package_front_door():
+    """``cvops.api`` is an entrance: only the package's lazy attributes (``cvops.run``) lead to it."""
+    found = [m for m in importers(PKG, "cvops.api") if m != "cvops"]
+    assert not found, f"modules that import cvops.api (only cvops/__init__.py, lazily, may): {found}"
 
 
 def test_nothing_imports_the_command_package_but_the_entry_point():
     found = [m for m in importers(PKG, "cvops.commands") if m != "cvops.cli"]
     assert not found, f"modules that import cvops.commands (only cvops.cli may): {found}"
+
+
+def test_the_front_door_imports_nothing_of_cvops_as_it_loads():
+    """``cvops/__init__.py`` imports cvops modules in its ``__getattr__`` only (``import cvops`` stays light,
+    and the lazy imports are the only ones :func:`_edges` leaves out)."""
+    init = PKG / "__init__.py"
+    lazy = lazy_attribute_lines(init)
+    eager = [f"cvops/__init__.py:{line} -> {mod}" for line, mod in imports(init, PKG, "cvops")
+             if (mod == "cvops" or mod.startswith("cvops.")) and line not in lazy]
+    assert not eager, f"the package's front door imports cvops modules as it loads: {eager}"
 
 
 def test_no_import_circle_anywhere_in_the_package():
@@ -178,6 +225,21 @@ def test_the_graph_rules_find_what_they_look_for(tmp_path):
     assert importers(root, "pkg.runner", "pkg") == ["pkg.commands.serve"]
     assert importers(root, "pkg.commands", "pkg") == ["pkg.b", "pkg.cli"]
     assert cycles(root, "pkg") == [["pkg.a", "pkg.b", "pkg.commands.serve", "pkg.runner"]]
+
+
+def test_only_the_front_doors_lazy_attributes_are_left_out(tmp_path):
+    root = tmp_path / "pkg"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("def __getattr__(name):\n    from pkg import api\n    return api\n"
+                                      "def helper():\n    from pkg import b\n")
+    (root / "sub" / "__init__.py").write_text("def __getattr__(name):\n    from pkg import a\n")
+    for f, text in {"api.py": "from pkg import a\n", "a.py": "import pkg\n", "b.py": ""}.items():
+        (root / f).write_text(text)
+    edges = _edges(root, "pkg")
+    assert edges["pkg"] == {"pkg.b"}  # a plain function of the front door counts; its __getattr__ does not
+    assert "pkg.a" in edges["pkg.sub"]  # only the top package's front door is special
+    assert cycles(root, "pkg") == []  # pkg -(lazy)-> pkg.api -> pkg.a -> pkg is no load-order circle
+    assert importers(root, "pkg.api", "pkg") == []
 
 
 # ------------------------------------------------------------- no patched libraries (STYLE rule 17)

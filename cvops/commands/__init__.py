@@ -1,8 +1,8 @@
 """The ``cvops <verb>`` commands: one module per verb, each ``main(argv) -> int``.
 
-A command parses its own flags, runs the one prologue (:func:`cvops.commands._prologue.open_recipe`:
-compose the recipe once, open the store, find the artifacts) and prints; the work it asks for lives in
-the stage or shared module it belongs to. Only :mod:`cvops.cli` imports this package (``tests/test_layers.py``).
+A command parses its own flags (:mod:`cvops.commands._prologue`), runs the one prologue it shares with the
+Python API (:func:`cvops.session.open_recipe`: compose the recipe once, open the store, find the artifacts)
+and prints; the work it asks for lives in the stage or shared module it belongs to. Only :mod:`cvops.cli` imports this package (``tests/test_layers.py``).
 """
 
 #: ``cvops <verb>`` -> the module (in this package) whose ``main(argv)`` runs it.

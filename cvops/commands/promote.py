@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import List
 
-from cvops.commands._prologue import guarded, open_recipe, parse_args
+from cvops.commands._prologue import guarded, parse_args
+from cvops.session import open_recipe
 
 
 def main(argv: List[str]) -> int:

@@ -24,7 +24,7 @@ def run(ctx: StageContext) -> StageResult:
 
     try:
         recipe = HydraConfig.get().runtime.choices.get("recipe")
-    except ValueError:  # not under Hydra (tests, the Python API)
+    except ValueError:  # not under Hydra (a Runner called directly, as tests do)
         recipe = None
     serve_export(ctx.config, ctx.store, ctx.inputs["export"], ctx.inputs["curate"], recipe)
     return StageResult({}, {"stopped": True})

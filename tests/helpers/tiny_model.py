@@ -106,3 +106,57 @@ def make_onnx(out: Path, size: Sequence[int] = (128, 128), batch: str = "dynamic
     export_model(net, cfg, out / "model.onnx", size, Thresholds(max_det=max_det, score_thr=score_thr, iou_thr=0.6),
                  CLASSES, batch=batch)
     return out / "model.onnx"
+
+
+def make_contract_onnx(path: Path, size: Sequence[int] = (64, 64), n: int = 3) -> Path:
+    """A graph with the export contract's input, outputs and metadata (``cvops.preprocess``, ``cvops.classes``)
+    and no network: ``n`` detections per image whose boxes and scores follow the image's mean value, labels
+    ``i % 3`` (:data:`CLASSES`). Built in milliseconds with ``onnx`` alone (no torch, no mmdet), for tests of
+    what runs around a model: decoding, preprocessing, ONNX Runtime, un-letterboxing, the JSON answer."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cvops.detector.runtime import INPUT, Preprocess
+
+    w, h = (int(v) for v in size)
+    rng = np.random.default_rng(0)
+    corner = rng.uniform(0, min(w, h) / 2, (1, n, 2)).astype(np.float32)
+    box0 = np.concatenate([corner, corner + rng.uniform(4, min(w, h) / 2, (1, n, 2)).astype(np.float32)], axis=2)
+    consts = {
+        "box_gain": np.tile(rng.uniform(0.05, 0.2, (1, n, 2)), 2).astype(np.float32), "box0": box0,  # boxes move
+        "score_gain": rng.uniform(1, 3, (1, n)).astype(np.float32), "score0": rng.uniform(-1, 1, (1, n)).astype(np.float32),
+        "label_f": np.arange(n, dtype=np.float32).reshape(1, n) % len(CLASSES), "zero": np.zeros((1, 1), np.float32),
+        "count": np.full((1, 1), n, np.float32), "shape_b11": np.array([-1, 1, 1], np.int64),
+        "shape_b1": np.array([-1, 1], np.int64),
+    }
+    nodes = [
+        helper.make_node("ReduceMean", [INPUT], ["mean4"], axes=[1, 2, 3], keepdims=1),  # (B,1,1,1)
+        helper.make_node("Reshape", ["mean4", "shape_b11"], ["m3"]),
+        helper.make_node("Reshape", ["mean4", "shape_b1"], ["m2"]),
+        helper.make_node("Mul", ["m3", "box_gain"], ["box_shift"]),
+        helper.make_node("Add", ["box0", "box_shift"], ["boxes"]),                     # (B,n,4)
+        helper.make_node("Mul", ["m2", "score_gain"], ["score_shift"]),
+        helper.make_node("Add", ["score_shift", "score0"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["scores"]),                           # (B,n)
+        helper.make_node("Mul", ["m2", "zero"], ["zeros_b1"]),
+        helper.make_node("Mul", ["scores", "zero"], ["zeros_bn"]),
+        helper.make_node("Add", ["zeros_bn", "label_f"], ["label_b"]),
+        helper.make_node("Cast", ["label_b"], ["labels"], to=TensorProto.INT64),        # (B,n)
+        helper.make_node("Add", ["zeros_b1", "count"], ["count_b"]),
+        helper.make_node("Cast", ["count_b"], ["num_dets"], to=TensorProto.INT64),     # (B,1)
+    ]
+    graph = helper.make_graph(
+        nodes, "contract", [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["B", 3, h, w])],
+        [helper.make_tensor_value_info("num_dets", TensorProto.INT64, ["B", 1]),
+         helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["B", n, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["B", n]),
+         helper.make_tensor_value_info("labels", TensorProto.INT64, ["B", n])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    pre = Preprocess(width=w, height=h, mean=[100.0, 110.0, 120.0], std=[50.0, 55.0, 60.0])
+    helper.set_model_props(model, {"cvops.preprocess": json.dumps(pre.to_dict()), "cvops.classes": json.dumps(list(CLASSES))})
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
