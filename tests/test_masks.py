@@ -397,3 +397,33 @@ def test_masks_covering_a_large_upload_cost_one_at_a_time():
     assert (areas > 0.9 * full).all() and all(masks.area(c) == a for c, a in zip(codes, areas))
     assert inst._cached_bytes <= masks.InstanceMasks.cache_bytes
     assert peak < 12 * full, f"peak {peak / 2**20:.0f} MiB for 40 masks of {full / 2**20:.0f} MiB each"
+
+
+def test_mask_logits_reach_the_image_as_mmdet_takes_them():
+    """cvops.masks.logits_to_instances == mmdet's RTMDet-Ins rescale (torch: x8 bilinear, bilinear to
+    ceil(H1 / scale_x) x ceil(W1 / scale_y), crop, sigmoid > thr), pixel for pixel, for letterboxed images of
+    any size and aspect ratio; the rows or columns mmdet's swapped scales leave short are outside every mask."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from cvops.masks import logits_to_instances
+
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        lh, lw = int(rng.integers(4, 20)), int(rng.integers(4, 20))
+        logits = rng.normal(0, 3, (3, lh, lw)).astype(np.float32)
+        w, h = int(rng.integers(20, 900)), int(rng.integers(20, 900))
+        s = min(lw * 8 / w, lh * 8 / h)
+        nw, nh = max(1, min(int(w * s + 0.5), lw * 8)), max(1, min(int(h * s + 0.5), lh * 8))
+        sx, sy = nw / w, nh / h
+        thr = float(rng.choice([0.5, 0.3]))
+        up = F.interpolate(torch.from_numpy(logits)[None], scale_factor=8, mode="bilinear")
+        up = F.interpolate(up, size=[math.ceil(up.shape[-2] / sx), math.ceil(up.shape[-1] / sy)], mode="bilinear",
+                           align_corners=False)[..., :h, :w]
+        ref = np.zeros((3, h, w), bool)
+        ref[:, :up.shape[-2], :up.shape[-1]] = (up.sigmoid() > thr)[0].numpy()
+        got = logits_to_instances(logits, 8, (sx, sy), (w, h), thr)
+        np.testing.assert_array_equal(got.to_array(), ref)
+        assert 0 < ref.sum() < ref.size  # real shapes, not empty or full masks
