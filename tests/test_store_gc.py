@@ -225,3 +225,18 @@ def test_both_stores_implement_the_one_protocol(store_url, tmp_path):
             if callable(want):
                 assert list(inspect.signature(got).parameters) == list(inspect.signature(want).parameters), \
                     (type(store).__name__, name)
+
+
+@pytest.mark.parametrize("body", [b"\xff not json", b"[1, 2]", b'{"lease_s": "soon"}'])
+def test_s3_gc_judges_a_lease_it_cannot_read_by_the_stores_own_lease(store_url, tmp_path, body):
+    """A lease object that is not a cvops lease (garbage bytes, a list, a text lease_s) neither crashes gc nor
+    keeps its build forever: it is judged by this store's lease_s, like a lease that stopped being renewed."""
+    store = _s3(store_url, tmp_path / "cache", lease_s=1.0)
+    k = f"{store.key}/train/{KILLED}"
+    store.fs.pipe_file(f"{k}/b1ded1ded1de/model.pth", b"k" * 50)
+    store.fs.pipe_file(f"{k}.lease", body)
+    assert [(g.stage, g.fingerprint) for g in gc(store, STAGES, grace_s=0).garbage] == []  # fresh: maybe live
+    time.sleep(1.3)
+    found = gc(store, STAGES, grace_s=0).garbage
+    assert [(g.stage, g.fingerprint) for g in found] == [("train", KILLED)]
+    assert found[0].nbytes == 50 + len(body)
