@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING
+from omegaconf import II, MISSING
 
 #: Lifecycle stages in execution order.
 STAGES = ("curate", "train", "evaluate", "export", "serve", "monitor")
@@ -254,7 +254,7 @@ class EvaluateConfig:
     score_thr: float = 0.05
     max_det: int = 100
     plots: bool = True
-    confusion_score_thr: float = 0.3  # predictions counted in the confusion matrix
+    confusion_score_thr: float = II("confidence")  # predictions counted in the confusion matrix and the App view
 
 
 # ------------------------------------------------------------------- export
@@ -366,15 +366,37 @@ class MonitorConfig:
     p_value: float = 0.01  # per-test significance (Bonferroni-corrected over the tests run)
     psi_threshold: float = 0.2  # a numeric feature drifts when KS p < p_value AND PSI > this
     mmd_permutations: int = 200  # embedding test (raised automatically so the corrected p can reach p_value)
-    low_confidence: float = 0.3  # edge case: no box at or above this score
+    low_confidence: float = II("confidence")  # edge case: no box at or above this score
     near_threshold: float = 0.1  # edge case: a box within this distance of low_confidence
     overlap_iou: float = 0.5  # edge case: two boxes of different classes overlapping this much
     embedding_quantile: float = 0.99  # edge case: farther from the reference than this quantile of its own NN distances
     max_edge_cases: int = 50  # the most telling ones (most reasons, lowest confidence first)
-    review_dataset: Optional[str] = None  # FiftyOne dataset for edge cases; default <project>-review
+    review_dataset: Optional[str] = None  # FiftyOne dataset for edge cases; default <project>-review-<store>
     on_drift: Optional[str] = None  # a recipe to run (cvops recipe=<on_drift>) when drift is detected
     drift_window: int = 200  # serve: live drift gauges over the last N requests
     drift_every: int = 50  # serve: recompute them every N requests
+
+
+# ----------------------------------------------------------------- annotate
+class AnnotateBackend(Choice):
+    """Where people correct the review batch: FiftyOne's in-App annotation, or a Label Studio server."""
+
+    app = "app"
+    labelstudio = "labelstudio"
+
+
+@dataclass
+class AnnotateConfig:
+    """``cvops annotate`` and ``cvops review``: the human step of the loop (docs/annotate.md)."""
+
+    backend: AnnotateBackend = AnnotateBackend.app
+    # boxes of different classes overlapping this much are one object: accepted prelabels keep the most
+    # confident, and a reviewer's labels that do so are refused with a row (a contradiction)
+    duplicate_iou: float = 0.7
+    max_samples: int = 1000  # the most samples one batch pushes (the rest wait for the next push)
+    url: str = "http://localhost:8080"  # Label Studio
+    api_key_env: str = "LABEL_STUDIO_API_KEY"  # the environment variable holding the Label Studio API key
+    timeout_s: float = 30.0  # per Label Studio request
 
 
 # ------------------------------------------------------------------ tracker
@@ -409,6 +431,9 @@ class LeaderboardConfig:
 @dataclass
 class CvopsConfig:
     project: str = MISSING
+    # the project's confidence threshold: a box at or above it is a detection a person sees (evaluate's confusion
+    # matrix and the App's view, the monitor's and serve's low-confidence test, the prelabels a review accepts)
+    confidence: float = 0.3
     # detection (boxes) or instance_segmentation (boxes and masks); null: the model's (model.masks). Checked
     # against model.masks and curate.masks before anything runs
     task: Optional[Task] = None
@@ -424,6 +449,7 @@ class CvopsConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
 

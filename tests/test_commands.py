@@ -58,7 +58,7 @@ CASES = {
     "train-worker": ([], 2, "train.launcher=pytorch and train.nnodes=N"),
     "serve": ([], 2, "stages=[curate,train,export]"),
     "app": ([], 2, "stages=[curate]"),
-    "review": ([], 2, "review dataset 'cmdtest-review' does not exist"),
+    "review": ([], 2, "this store has no edge cases yet"),
     "store": (["gc"], 0, "nothing to remove"),
 }
 

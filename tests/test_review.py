@@ -100,10 +100,15 @@ def test_export_counts_json_and_label_choice(project, tmp_path):
     assert by_file[str(imgs[1])]["label_source"] == "prelabels"
 
 
-def test_classes_order_and_unknown_labels_reported(project, tmp_path):
-    _review_dataset(f"{project}-review", _images(tmp_path / "shots"))
+def test_classes_order_and_a_sample_with_an_unknown_label_quarantined_whole(project, tmp_path):
+    imgs = _images(tmp_path / "shots")
+    _review_dataset(f"{project}-review", imgs)
     res = export_reviewed(f"{project}-review", tmp_path / "out", classes=["square", "circle"])
-    assert res["skipped_unknown_labels"] == {"triangle": 1} and res["boxes"] == 2 and res["images"] == 2
+    # sample 0 (square + triangle) is refused whole, with its row: never half its objects as ground truth
+    assert res["skipped_unknown_labels"] == {"triangle": 1} and res["boxes"] == 1 and res["images"] == 1
+    [row] = res["quarantined"]
+    assert row["file"] == str(imgs[0]) and row["field"] == "ground_truth"
+    assert "'triangle' is not one of the project's classes" in row["reasons"][0]
     coco = json.loads(Path(res["path"]).read_text())
     assert [c["name"] for c in coco["categories"]] == ["square", "circle"]
 
@@ -219,17 +224,26 @@ def test_curate_with_the_export_makes_a_new_version_holding_the_reviewed_images(
 
 
 # --------------------------------------------------------------------- CLI
+def _store_review(project: str, store: Path) -> str:
+    """The review dataset the monitor fills for this store (its name carries the store's id)."""
+    from cvops.monitor.review import review_dataset
+    from cvops.store import FolderStore
+
+    return review_dataset(project, FolderStore(store).id)
+
+
 def test_cli_exports_and_prints_the_next_command(cvops, project, tmp_path):
-    _review_dataset(f"{project}-review", _images(tmp_path / "shots"))
     store = tmp_path / "store"
+    name = _store_review(project, store)
+    _review_dataset(name, _images(tmp_path / "shots"))
     r = cvops("review", "recipe=quickstart", f"project={project}", f"paths.store={store}", timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     out = tmp_path / "reviewed" / project
     (version,) = [p.name for p in out.iterdir()]
     ann = out / version / "annotations.json"
     assert ann.is_file()
-    assert f"2 reviewed image(s), 3 box(es) from FiftyOne dataset '{project}-review'" in r.stdout
-    assert "1 labelled in ground_truth, 1 with prelabels accepted" in r.stdout
+    assert f"2 reviewed image(s), 3 box(es) from FiftyOne dataset '{name}'" in r.stdout
+    assert "1 labelled in ground_truth, 1 with the confident prelabels accepted, at confidence >= 0.3" in r.stdout
     last = r.stdout.strip().splitlines()[-1].strip()
     args = (f"recipe=quickstart project={project} paths.store={store} "
             f"'data.extra=[{{format: coco, path: {ann}, allow_outside_paths: true}}]'")
@@ -241,11 +255,79 @@ def test_cli_exports_and_prints_the_next_command(cvops, project, tmp_path):
 
 def test_cli_error_when_nothing_is_reviewed(cvops, project, tmp_path):
     fo = connect()
-    ds = fo.Dataset(f"{project}-review", persistent=True)
+    name = _store_review(project, tmp_path / "store")
+    ds = fo.Dataset(name, persistent=True)
     ds.add_sample(fo.Sample(filepath=str(_images(tmp_path / "shots", n=1)[0]), tags=["needs_review"]))
     r = cvops("review", "recipe=quickstart", f"project={project}", f"paths.store={tmp_path / 'store'}",
               timeout=180)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert r.stderr.startswith(f"cvops: error: review dataset '{project}-review' has no samples tagged 'reviewed'")
-    assert f"cvops app --dataset {project}-review" in r.stderr and "Next:" not in r.stdout
+    assert r.stderr.startswith(f"cvops: error: review dataset '{name}' has no samples tagged 'reviewed'")
+    assert f"cvops app --dataset {name}" in r.stderr and "Next:" not in r.stdout
     assert not (tmp_path / "reviewed").exists()
+
+
+def test_another_store_of_the_project_neither_sees_nor_exports_these_reviews(cvops, project, tmp_path):
+    """Each store has its own review dataset: a reviewed sample of store A never reaches store B's export."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    name_a, name_b = _store_review(project, a), _store_review(project, b)
+    assert name_a != name_b and name_a.startswith(f"{project}-review-")
+    _review_dataset(name_a, _images(tmp_path / "shots"))
+    r = cvops("review", "recipe=quickstart", f"project={project}", f"paths.store={b}", timeout=180)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"review dataset '{name_b}' does not exist" in r.stderr and "stages=[monitor]" in r.stderr
+    assert not (tmp_path / "reviewed").exists()
+    # an explicit monitor.review_dataset is shared on purpose: it names the one dataset
+    r = cvops("review", "recipe=quickstart", f"project={project}", f"paths.store={b}",
+              f"monitor.review_dataset={name_a}", timeout=180)
+    assert r.returncode == 0 and f"from FiftyOne dataset '{name_a}'" in r.stdout, r.stdout + r.stderr
+
+
+# ------------------------------------------------ what a reviewed sample becomes
+def test_tagging_without_editing_accepts_only_the_confident_prelabels_one_label_per_object(project, tmp_path):
+    """A monitor's prelabels go down to score 0.05, with one object under several classes: accepting them
+    takes the confident boxes only (the project's ``confidence``), the most confident class per object."""
+    fo = connect()
+    img = _images(tmp_path / "shots", n=1)[0]
+    ds = fo.Dataset(f"{project}-review", persistent=True)
+    s = fo.Sample(filepath=str(img), tags=["reviewed"])
+    obj = [0.25, 0.25, 0.5, 0.5]
+    s["prelabels"] = fo.Detections(detections=[
+        fo.Detection(label="circle", bounding_box=obj, confidence=0.62),
+        fo.Detection(label="square", bounding_box=[0.26, 0.25, 0.49, 0.5], confidence=0.41),  # same object
+        fo.Detection(label="triangle", bounding_box=obj, confidence=0.33),  # same object again
+        fo.Detection(label="square", bounding_box=[0.0, 0.0, 0.2, 0.2], confidence=0.29),  # below confidence
+        fo.Detection(label="triangle", bounding_box=[0.8, 0.8, 0.1, 0.1], confidence=0.05),
+        fo.Detection(label="square", bounding_box=[0.0, 0.7, 0.2, 0.2], confidence=0.5)])
+    ds.add_sample(s)
+    res = export_reviewed(ds.name, tmp_path / "out", confidence=0.3, duplicate_iou=0.7)
+    coco = json.loads(Path(res["path"]).read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    got = sorted((names[a["category_id"]], a["bbox"]) for a in coco["annotations"])
+    assert got == [("circle", [32.0, 24.0, 64.0, 48.0]), ("square", [0.0, 67.2, 25.6, 19.2])]
+    assert res["from_prelabels"] == 1 and res["quarantined"] == []
+    # a stricter project threshold keeps fewer
+    strict = export_reviewed(ds.name, tmp_path / "out", confidence=0.6, duplicate_iou=0.7)
+    assert strict["boxes"] == 1
+
+
+def test_contradictory_or_outside_labels_are_refused_with_a_row_and_the_rest_exported(project, tmp_path):
+    fo = connect()
+    imgs = _images(tmp_path / "shots", n=3)
+    ds = fo.Dataset(f"{project}-review", persistent=True)
+    labels = [
+        [fo.Detection(label="circle", bounding_box=[0.1, 0.1, 0.4, 0.4]),  # two classes on one object
+         fo.Detection(label="square", bounding_box=[0.11, 0.1, 0.4, 0.41])],
+        [fo.Detection(label="circle", bounding_box=[1.2, 0.1, 0.3, 0.3])],  # right of the image
+        [fo.Detection(label="circle", bounding_box=[0.1, 0.1, 0.2, 0.2]),  # fine: two objects
+         fo.Detection(label="square", bounding_box=[0.2, 0.2, 0.3, 0.3])],
+    ]
+    for img, dets in zip(imgs, labels):
+        s = fo.Sample(filepath=str(img), tags=["reviewed"])
+        s["ground_truth"] = fo.Detections(detections=dets)
+        ds.add_sample(s)
+    res = export_reviewed(ds.name, tmp_path / "out", classes=["circle", "square"])
+    assert res["images"] == 1 and res["boxes"] == 2
+    rows = {Path(r["file"]).name: r["reasons"] for r in res["quarantined"]}
+    assert set(rows) == {imgs[0].name, imgs[1].name}
+    assert "'circle' and 'square' on one object" in rows[imgs[0].name][0]
+    assert f"lies outside the {W}x{H} image" in rows[imgs[1].name][0]

@@ -5,7 +5,7 @@
     cvops app recipe=bccd                       # http://localhost:5151
     cvops app recipe=bccd --address 0.0.0.0 --port 5151   # reachable from other machines
     cvops app recipe=bccd --dataset bccd-481cebafda26     # a specific version
-    cvops app recipe=bccd --review                        # the monitor's edge cases (<project>-review)
+    cvops app recipe=bccd --review                        # the monitor's edge cases (<project>-review-<store>)
     cvops app recipe=bccd --all                           # every prediction, not the confident view
 
 Which dataset and view open is decided by :mod:`cvops.fiftyone_app`. On a
@@ -30,17 +30,20 @@ def main(argv: List[str]) -> int:
     ap.add_argument("--dataset", default=None, help="open this FiftyOne dataset instead")
     ap.add_argument("--all", action="store_true", help="open the whole dataset, not the confident-predictions view")
     ap.add_argument("--review", action="store_true",
-                    help="open the monitor's review dataset (monitor.review_dataset, default <project>-review)")
+                    help="open the monitor's review dataset of this store (monitor.review_dataset, default "
+                    "<project>-review-<store>)")
     args, overrides = parse_args(ap, argv)
     return guarded(lambda: _app(args, overrides))
 
 
 def _app(args: argparse.Namespace, overrides: List[str]) -> int:
     from cvops import fiftyone_app as app
+    from cvops.monitor.review import review_dataset
 
     recipe = open_recipe(overrides)
     cfg = recipe.cfg
-    dataset = args.dataset or (cfg.monitor.review_dataset or f"{cfg.project}-review" if args.review else None)
+    dataset = args.dataset or (review_dataset(str(cfg.project), recipe.store.id, cfg.monitor.review_dataset)
+                               if args.review else None)
     if dataset:
         name, why = app.named_dataset(dataset)
     else:

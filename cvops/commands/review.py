@@ -34,25 +34,33 @@ def main(argv: List[str]) -> int:
 def _review(out: Path, overrides: List[str]) -> int:
     from omegaconf import OmegaConf
 
-    from cvops.monitor.review import curate_overrides, export_reviewed
+    from cvops.monitor.review import curate_overrides, export_reviewed, review_dataset, write_quarantine
     from cvops.summary import program
 
-    cfg = open_recipe(overrides).cfg
-    dataset = cfg.monitor.review_dataset or f"{cfg.project}-review"
+    recipe = open_recipe(overrides)
+    cfg = recipe.cfg
+    dataset = review_dataset(str(cfg.project), recipe.store.id, cfg.monitor.review_dataset)
     out_root = out or Path(cfg.paths.store).expanduser().absolute().parent / "reviewed" / str(cfg.project)
     out_root = Path(out_root).expanduser().absolute()
     classes = list(cfg.data.classes) if cfg.data.classes else None
-    res = export_reviewed(dataset, out_root, classes)
+    res = export_reviewed(dataset, out_root, classes, confidence=float(cfg.confidence),
+                          duplicate_iou=float(cfg.annotate.duplicate_iou))
     extra = OmegaConf.to_container(cfg.data.extra, resolve=True) or []
     masks = f" ({res['masks']} with an instance mask)" if res["masks"] else ""
     print(f"cvops review: {res['images']} reviewed image(s), {res['boxes']} box(es){masks} from FiftyOne dataset "
           f"'{dataset}' ({res['from_ground_truth']} labelled in ground_truth, {res['from_prelabels']} with "
-          "prelabels accepted)")
+          f"the confident prelabels accepted, at confidence >= {cfg.confidence})")
     state = "new version" if res["new"] else "unchanged since the last export: same version"
     print(f"  -> {res['path']} ({state} {res['version']})")
-    if res["skipped_unknown_labels"]:
-        n = sum(res["skipped_unknown_labels"].values())
-        print(f"  left out {n} box(es) whose label is not in data.classes: {res['skipped_unknown_labels']}")
+    if res["quarantined"]:
+        rows = res["quarantined"]
+        where = write_quarantine(Path(res["path"]).parent, rows)
+        print(f"  refused {len(rows)} reviewed sample(s) whose labels cannot be ground truth (fix them and export "
+              f"again; the rows: {where}):")
+        for row in rows[:10]:
+            print(f"    {row['file']} ({row['field']}): {'; '.join(row['reasons'])}")
+        if len(rows) > 10:
+            print(f"    ... and {len(rows) - 10} more")
     if res["skipped_invalid_boxes"]:
         print(f"  left out {res['skipped_invalid_boxes']} detection(s) without a bounding box")
     if res["skipped_missing_files"]:

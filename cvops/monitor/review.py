@@ -1,11 +1,12 @@
 """Reviewed edge cases -> a new, immutable COCO source for curate (``cvops review``: :mod:`cvops.commands.review`).
 
-The monitor stage puts edge cases into the FiftyOne review dataset
-(``monitor.review_dataset``, default ``<project>-review``) with the model's
-predictions as ``prelabels``. A person opens it in the App
-(``cvops app --dataset <project>-review``), corrects the boxes in
-``ground_truth`` (or leaves them empty to accept the prelabels) and tags each
-finished sample ``reviewed`` (``rejected`` ones are left out). Then::
+The monitor stage puts edge cases into the store's FiftyOne review dataset
+(:func:`review_dataset`) with the model's predictions as ``prelabels``.
+``cvops annotate`` prepares it for people (:mod:`cvops.annotate`): in the App,
+a reviewer corrects the boxes in ``ground_truth`` (or the ``outlines`` of a
+segmentation project) and tags each finished sample ``reviewed``
+(``rejected`` ones are left out); tagging without editing accepts the
+confident prelabels. Then::
 
     cvops review recipe=quickstart                  # -> <store>/../reviewed/quickstart/<version>/annotations.json
     cvops review recipe=quickstart --out /data/reviewed
@@ -31,15 +32,30 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from cvops.annotate.labels import Box, accept, mask_box, polygons_to_mask, problems
 from cvops.errors import UserError
 
 REVIEWED_TAG = "reviewed"
 REJECTED_TAG = "rejected"
 ANNOTATIONS = "annotations.json"
+#: A segmentation review's editable outlines (``Polylines``; :mod:`cvops.annotate.app`), read before ``ground_truth``.
+OUTLINES = "outlines"
 
 _HOW_TO_TAG = ("open it with `cvops app --dataset {name}`, correct the boxes in the '{field}' field (or keep the "
                "'{fallback}' predictions), select the finished samples and tag them '{tag}' with the tag button "
                "above the grid (tag '{rejected}' to leave one out)")
+
+
+def review_dataset(project: str, store_id: str, explicit: Optional[str] = None) -> str:
+    """The FiftyOne dataset of a project's edge cases in one store: ``monitor.review_dataset`` when set,
+    else ``<project>-review-<6 hex of the store id>``.
+
+    Tied to the store like the curated datasets are: two stores of one project (a laptop and the team's
+    bucket, two experiments) never see, nor export, each other's edge cases.
+    """
+    if explicit:
+        return str(explicit)
+    return f"{project}-review-{hashlib.sha256(store_id.encode()).hexdigest()[:6]}"
 
 
 class ReviewError(UserError):
@@ -48,18 +64,28 @@ class ReviewError(UserError):
 
 # ------------------------------------------------------------------ export
 def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequence[str]] = None,
-                    label_field: str = "ground_truth", fallback_field: str = "prelabels") -> Dict[str, Any]:
+                    label_field: str = "ground_truth", fallback_field: str = "prelabels", *,
+                    confidence: float = 0.3, duplicate_iou: float = 0.7,
+                    outline_field: Optional[str] = OUTLINES) -> Dict[str, Any]:
     """Write the reviewed samples of a FiftyOne review dataset as a COCO detection file.
 
     Samples tagged ``reviewed`` and not ``rejected`` are exported. Each takes its
-    boxes from ``label_field`` when that is set on the sample (a human labelled it;
-    an empty ``Detections`` means "no objects"), else from ``fallback_field`` (the
-    prelabels were accepted as they are). Relative FiftyOne boxes become pixel
-    boxes using the sample's metadata, or the image file (EXIF orientation applied,
-    as the App shows it) when there is none. A detection with an instance mask
-    (``Detection.mask``, or ``mask_path``; the monitor puts a mask model's masks
-    on the prelabels) also gets its ``segmentation``, a compressed RLE of the
-    whole image (``curate.masks=true`` reads it); an empty mask gets none.
+    labels from the first of ``outline_field`` (``Polylines``: a segmentation
+    reviewer's outlines, filled into masks) and ``label_field`` (``Detections``)
+    set on the sample (a person labelled it; an empty one means "no objects"), else
+    from ``fallback_field``: the prelabels, accepted as they are, which keeps only
+    the confident ones with one label per object (:func:`cvops.annotate.labels.accept`).
+    A sample whose labels cannot be ground truth (a label outside ``classes``, a box
+    outside the image, two classes on one object: :func:`cvops.annotate.labels.problems`)
+    is left out whole and listed in ``quarantined`` with the reasons, never
+    exported in part.
+
+    Relative FiftyOne boxes become pixel boxes using the sample's metadata, or the
+    image file (EXIF orientation applied, as the App shows it) when there is none.
+    A detection with an instance mask (``Detection.mask``, or ``mask_path``; the
+    monitor puts a mask model's masks on the prelabels) also gets its
+    ``segmentation``, a compressed RLE of the whole image (``curate.masks=true``
+    reads it); an empty mask gets none.
 
     The file goes to ``out_root/<version>/annotations.json`` where ``version`` is
     the first 12 hex digits of the SHA-256 of the file's content (sorted image
@@ -70,31 +96,38 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
     Args:
         dataset_name: the FiftyOne review dataset.
         out_root: parent folder of the version folders (created).
-        classes: the category list and order; labels outside it are not
-            exported but counted in ``skipped_unknown_labels``. ``None``: the
-            sorted labels seen.
-        label_field: the reviewed labels (``Detections``).
-        fallback_field: labels used when ``label_field`` is unset (``Detections``).
+        classes: the category list and order; ``None``: the sorted labels seen
+            (and any label is allowed).
+        label_field: the reviewed boxes (``Detections``).
+        fallback_field: the prelabels, used when no reviewed field is set.
+        confidence: the project's confidence threshold (accepted prelabels).
+        duplicate_iou: boxes of different classes overlapping this much are one object.
+        outline_field: the reviewed outlines (``Polylines``), read first; None: none.
 
     Returns:
         ``{"path", "images", "boxes", "from_ground_truth", "from_prelabels",
         "skipped_unknown_labels", "version"}`` plus ``masks`` (annotations with a
-        segmentation), ``dataset``,
-        ``skipped_missing_files`` (reviewed samples whose image file is gone),
-        ``skipped_invalid_boxes`` (detections without a 4-number box) and ``new``
-        (False when this version had been exported before).
+        segmentation), ``dataset``, ``quarantined`` (rows ``{"file", "sample_id",
+        "field", "reasons"}``), ``skipped_unknown_labels`` (the labels outside
+        ``classes`` in those rows, counted), ``skipped_missing_files`` (reviewed
+        samples whose image file is gone), ``skipped_invalid_boxes`` (labels without
+        geometry) and ``new`` (False when this version had been exported before).
 
     Raises:
         ReviewError: the dataset does not exist, has no usable reviewed sample, or
-            a label field does not hold detections.
+            a label field does not hold detections or polylines.
     """
     from cvops.fo import connect
 
     fo = connect()
     if not fo.dataset_exists(dataset_name):
-        raise ReviewError(f"review dataset '{dataset_name}' does not exist (FiftyOne has: "
-                         f"{', '.join(sorted(fo.list_datasets())) or 'no datasets'}); the monitor stage creates it "
-                         "when it finds edge cases (set monitor.review_dataset to use another one)")
+        stem = dataset_name.split("-review")[0]
+        others = sorted(d for d in fo.list_datasets() if d != dataset_name and d.split("-review")[0] == stem
+                        and "-review" in d)
+        also = f" (other stores' review datasets of this project: {', '.join(others)})" if others else ""
+        raise ReviewError(f"review dataset '{dataset_name}' does not exist: this store has no edge cases yet{also}; "
+                         "the monitor stage puts them there (stages=[monitor]); set monitor.review_dataset to "
+                         "work on another one")
     ds = fo.load_dataset(dataset_name)
     how = _HOW_TO_TAG.format(name=dataset_name, field=label_field, fallback=fallback_field, tag=REVIEWED_TAG,
                              rejected=REJECTED_TAG)
@@ -105,52 +138,59 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
         raise ReviewError(f"review dataset '{dataset_name}' has no samples tagged '{REVIEWED_TAG}' out of "
                          f"{len(ds)}{detail}; to review: {how}")
     schema = ds.get_field_schema()
-    if label_field not in schema and fallback_field not in schema:
+    if label_field not in schema and fallback_field not in schema and outline_field not in schema:
         raise ReviewError(f"review dataset '{dataset_name}' has neither a '{label_field}' nor a '{fallback_field}' "
                          f"field (fields: {', '.join(sorted(schema))})")
 
     n = len(view)
+    ids: List[str] = view.values("id")
     filepaths: List[str] = view.values("filepath")
-    primary = view.values(label_field) if label_field in schema else [None] * n
+    # a reviewer's labels: the first of label_fields set on the sample (outlines before boxes: the outlines
+    # were what a segmentation reviewer edited)
+    label_fields = [f for f in (outline_field, label_field) if f and f in schema]
+    primary = list(zip(*[view.values(f) for f in label_fields])) if label_fields else [()] * n
     fallback = view.values(fallback_field) if fallback_field in schema else [None] * n
     metadata = view.values("metadata")
 
     unknown: Counter = Counter()
     missing: List[str] = []
+    quarantined: List[Dict[str, Any]] = []
     invalid = 0
     from_gt = from_pre = 0
     records: List[Tuple[str, int, int, str, List[Tuple[str, List[float], Optional[Dict[str, Any]]]]]] = []
-    for fp, gt, pre, meta in zip(filepaths, primary, fallback, metadata):
+    for sid, fp, gt, pre, meta in zip(ids, filepaths, primary, fallback, metadata):
         path = os.path.abspath(fp)
         if not Path(path).is_file():
             missing.append(path)
             continue
-        if gt is not None:
-            dets, source = gt, label_field
-            from_gt += 1
-        else:
-            dets, source = pre, fallback_field
-            from_pre += 1
-        if dets is not None and not isinstance(dets, fo.Detections):
+        source, dets = next(((f, v) for f, v in zip(label_fields, gt) if v is not None), (fallback_field, pre))
+        if dets is not None and not isinstance(dets, (fo.Detections, fo.Polylines)):
             raise ReviewError(f"review dataset '{dataset_name}': field '{source}' of {fp} holds "
-                             f"{type(dets).__name__}, not Detections")
+                             f"{type(dets).__name__}, not Detections or Polylines")
         w, h = _size(path, meta)
-        boxes: List[Tuple[str, List[float], Optional[Dict[str, Any]]]] = []
-        for det in (dets.detections if dets is not None else []):
-            label = str(det.label)
-            bb = det.bounding_box
-            if bb is None or len(bb) != 4:
-                invalid += 1
-                continue
-            if classes is not None and label not in classes:
-                unknown[label] += 1
-                continue
-            x, y, bw, bh = (float(v) for v in bb)
-            boxes.append((label, [round(x * w, 3), round(y * h, 3), round(bw * w, 3), round(bh * h, 3)],
-                          _segmentation(det, (x, y, bw, bh), w, h)))
+        found, bad = _boxes(dets, w, h)
+        invalid += bad
+        if source == fallback_field:  # accepted as they are: the confident ones, one label per object
+            found = accept(found, confidence, duplicate_iou)
+        why = problems(found, w, h, classes, duplicate_iou)
+        if why:
+            for b in found:
+                if classes is not None and b.label not in classes:
+                    unknown[b.label] += 1
+            quarantined.append({"file": path, "sample_id": sid, "field": source, "reasons": why})
+            continue
+        from_gt += source != fallback_field
+        from_pre += source == fallback_field
+        boxes = [(b.label, [round(v, 3) for v in b.xywh], b.segmentation) for b in found]
         boxes.sort(key=lambda b: (b[0], b[1], json.dumps(b[2], sort_keys=True)))
         records.append((path, w, h, source, boxes))
     if not records:
+        if quarantined:
+            q = quarantined[0]
+            raise ReviewError(f"review dataset '{dataset_name}': every reviewed sample is refused or gone "
+                             f"({len(quarantined)} refused, {len(missing)} without an image file); first refused: "
+                             f"{q['file']} ({q['field']}): {'; '.join(q['reasons'])}; fix the labels in the App "
+                             f"(cvops app --dataset {dataset_name}) and export again")
         raise ReviewError(f"review dataset '{dataset_name}': none of the {n} reviewed sample(s) has its image file "
                          f"any more (first: {missing[0]})")
     records.sort(key=lambda r: (r[0], json.dumps(r[4])))
@@ -179,8 +219,44 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
         "dataset": dataset_name,
         "skipped_missing_files": missing,
         "skipped_invalid_boxes": invalid,
+        "quarantined": quarantined,
         "new": new,
     }
+
+
+def _boxes(labels: Any, w: int, h: int) -> Tuple[List[Box], int]:
+    """A field's Detections or Polylines as pixel :class:`Box` es, and how many had no usable geometry."""
+    if labels is None:
+        return [], 0
+    out: List[Box] = []
+    bad = 0
+    if hasattr(labels, "polylines"):  # outlines: each filled polyline is one instance
+        from cvops import masks
+
+        for pl in labels.polylines:
+            polys = [[(float(x) * w, float(y) * h) for x, y in shape] for shape in (pl.points or [])
+                     if len(shape) >= 3]
+            full = polygons_to_mask(polys, w, h) if polys else None
+            box = mask_box(full) if full is not None else None
+            if box is None:
+                bad += 1
+                continue
+            out.append(Box(str(pl.label), box, masks.encode(full), _score(pl)))
+        return out, bad
+    for det in labels.detections:
+        bb = det.bounding_box
+        if bb is None or len(bb) != 4:
+            bad += 1
+            continue
+        x, y, bw, bh = (float(v) for v in bb)
+        out.append(Box(str(det.label), [x * w, y * h, bw * w, bh * h], _segmentation(det, (x, y, bw, bh), w, h),
+                       _score(det)))
+    return out, bad
+
+
+def _score(label: Any) -> Optional[float]:
+    c = getattr(label, "confidence", None)
+    return float(c) if c is not None else None
 
 
 def _size(path: str, meta: Any) -> Tuple[int, int]:
@@ -251,6 +327,15 @@ def _coco(records: List[Tuple[str, int, int, str, List[Tuple[str, List[float], O
     return {"info": {"description": "reviewed edge cases exported by cvops review"},
             "images": images, "annotations": annotations,
             "categories": [{"id": i, "name": c} for c, i in cat.items()]}
+
+
+def write_quarantine(folder: Path, rows: List[Dict[str, Any]]) -> Path:
+    """The refused samples' rows beside the export (``quarantined.json``; rewritten by each export)."""
+    from cvops.store.base import write_json_atomic
+
+    path = Path(folder) / "quarantined.json"
+    write_json_atomic(path, rows, durable=False)
+    return path
 
 
 def _same_content(path: Path, coco: Dict[str, Any]) -> bool:

@@ -41,6 +41,7 @@ from cvops.requestlog import request_log_dir
 from cvops.drift.profile import (Seen, edge_reasons, held_out, iter_folder, iter_videos, profile_of, reference,
                                    run_images, window_from_log)
 from cvops.monitor.checks import check
+from cvops.monitor.review import review_dataset
 from cvops.stages import StageContext, StageResult
 
 log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)
@@ -106,7 +107,7 @@ def load_window(ctx: StageContext, detector: Any, low: float) -> tuple[List[Seen
 
 
 def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Path, fingerprint: str,
-              source: str) -> int:
+              source: str, store_id: str = "") -> int:
     """Add edge cases (Seen, reasons) to the persistent FiftyOne review dataset; returns how many are new there.
 
     Images already in the dataset (same file) are not added twice; requests whose image was not
@@ -168,6 +169,9 @@ def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Pat
         if "ground_truth" not in ds.get_field_schema():
             ds.add_sample_field("ground_truth", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
         ds.default_classes = list(classes)
+        if store_id and not ds.info.get("cvops_store"):
+            ds.info = {**ds.info, "cvops_store": store_id}
+            ds.save()
         if samples:
             known = set(ds.distinct("filepath")) if len(ds) else set()
             new = [x for x in samples if x.filepath not in known]
@@ -291,9 +295,9 @@ def run(ctx: StageContext) -> StageResult:
     for _, r in edge:
         for x in r:
             counts[x] = counts.get(x, 0) + 1
-    review = mon.review_dataset or f"{ctx.config.project}-review"
+    review = review_dataset(str(ctx.config.project), ctx.store_id, mon.review_dataset)
     classes = list(curate.metrics["classes"])
-    added = to_review(review, edge, classes, work, ctx.fingerprint, source)
+    added = to_review(review, edge, classes, work, ctx.fingerprint, source, ctx.store_id)
 
     def mean(p: Profile, k: str) -> float:
         v = np.asarray(p.features.get(k, []), float)

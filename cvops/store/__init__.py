@@ -32,7 +32,8 @@ def open_store(paths: Any) -> Store:
         A :class:`FolderStore` for a folder, a :class:`cvops.store.s3.ObjectStore` for ``s3://...``.
 
     Raises:
-        StoreError: a URL that is not ``s3://``, or ``paths.lease_s`` out of range (named, with the fix).
+        StoreError: a URL that is not ``s3://``, ``paths.lease_s`` out of range (named, with the fix), or
+            a folder that is a copy of another store (:attr:`FolderStore.id`).
     """
     from cvops.remote import is_url
 
@@ -46,7 +47,10 @@ def open_store(paths: Any) -> Store:
         options = dict(paths.get("store_options") or {})
         cache, lease_s = paths.get("cache"), paths.get("lease_s")
     if not is_url(store):
-        return FolderStore(store)
+        folder = FolderStore(store)
+        if (folder.root / "store-id").is_file():
+            folder.id  # an existing store: refuse a copy now, before anything reads or writes through it
+        return folder
     lease_s = LEASE_S if lease_s is None else float(lease_s)
     protocol = store.split("://", 1)[0].lower()
     if protocol not in ("s3", "s3a"):

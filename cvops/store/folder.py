@@ -49,7 +49,24 @@ class FolderStore:
 
     @property
     def id(self) -> str:
-        """This store's identity: a random id written once in ``<store>/store-id`` (survives moves and mounts)."""
+        """This store's identity: a random id written once in ``<store>/store-id`` (survives moves and mounts).
+
+        ``<store>/store-home`` records the folder the id belongs to. A store found elsewhere was moved (its
+        old folder is gone or holds another store: the id follows it) or copied (``cp -a``: the old folder
+        still holds the same id); a copy is refused, since it would write into the original's FiftyOne
+        datasets, until :meth:`new_id` gives it its own (``cvops store new-id``).
+
+        Raises:
+            StoreError: this folder is a copy of a store that still lives at the recorded folder.
+        """
+        cached = self.__dict__.get("_id")
+        if cached is None:
+            cached = self._read_or_make_id()
+            self._check_home(cached)
+            self.__dict__["_id"] = cached
+        return cached
+
+    def _read_or_make_id(self) -> str:
         path = self.root / "store-id"
         try:
             return path.read_text(encoding="utf-8").strip()
@@ -65,6 +82,45 @@ class FolderStore:
         finally:
             tmp.unlink()
         return path.read_text(encoding="utf-8").strip()
+
+    def _check_home(self, ident: str) -> None:
+        home = self.root / "store-home"
+        try:
+            recorded = home.read_text(encoding="utf-8").strip()
+        except OSError:
+            recorded = ""
+        if recorded == str(self.root):
+            return
+        if recorded:
+            other = Path(recorded) / "store-id"
+            try:
+                theirs = other.read_text(encoding="utf-8").strip()
+                same_file = os.path.samefile(other, self.root / "store-id")  # one store seen through two paths
+            except OSError:
+                theirs, same_file = "", False
+            if theirs == ident and not same_file:
+                raise StoreError(
+                    f"store {self.root} has the id of the store at {recorded} ({ident}): it is a copy (cp -a "
+                    "keeps the id), and runs on it would write into the original's FiftyOne datasets. Give the "
+                    f"copy its own id: cvops store new-id paths.store={self.root} (or point paths.store at "
+                    f"{recorded})")
+        try:  # first use here, or the store moved: the id lives here now
+            tmp = self.root / f".store-home.{uuid.uuid4().hex}"
+            tmp.write_text(str(self.root) + "\n", encoding="utf-8")
+            os.replace(tmp, home)
+        except OSError:
+            pass  # a read-only store: nothing to record, nothing written with it either
+
+    def new_id(self) -> str:
+        """Give this folder a new store id bound to it (a copied store's own identity); returns the new id."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        ident = uuid.uuid4().hex
+        for name, text in (("store-id", ident), ("store-home", str(self.root))):
+            tmp = self.root / f".{name}.{uuid.uuid4().hex}"
+            tmp.write_text(text + "\n", encoding="utf-8")
+            os.replace(tmp, self.root / name)
+        self.__dict__["_id"] = ident
+        return ident
 
     def spec(self) -> Dict[str, Any]:
         """``{"store": <folder>}``: what :func:`cvops.store.open_store` opens again in another process."""
