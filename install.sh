@@ -2,6 +2,7 @@
 # Set up cvops in a virtual environment (.venv by default), CPU build.
 #
 #   ./install.sh                 # create/refresh .venv and install everything
+#   ./install.sh --with-label-studio   # also Label Studio in its own venv (.venv-label-studio)
 #   CVOPS_VENV=/opt/cvops ./install.sh
 #
 # Safe to rerun: every step is skipped when what it installs already works.
@@ -12,6 +13,13 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+with_label_studio=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-label-studio) with_label_studio=1 ;;
+    *) echo "install.sh: unknown option $arg (known: --with-label-studio)" >&2; exit 2 ;;
+  esac
+done
 venv="${CVOPS_VENV:-$here/.venv}"
 python="${PYTHON:-python3}"
 
@@ -109,6 +117,18 @@ say "cvops and the rest of the stack"
 if "$py" -m pip show -q opencv-python >/dev/null 2>&1; then
   "$py" -m pip uninstall -y -q opencv-python
   "${pip[@]}" -q --force-reinstall --no-deps "opencv-python-headless>=4.8,<5"
+fi
+
+# 5. Label Studio (optional): it pins numpy >= 2.2, which the cvops stack cannot take, so it gets a venv of
+#    its own; cvops talks to it over its REST API. sentry-sdk 3 breaks Label Studio 1.23's start-up.
+#    About 1 min on 2 cores with a warm pip cache. Start it as the README shows (Label Studio).
+if [ "$with_label_studio" = 1 ]; then
+  ls_venv="${CVOPS_LABEL_STUDIO_VENV:-$here/.venv-label-studio}"
+  if ! "$ls_venv/bin/label-studio" --version >/dev/null 2>&1; then
+    say "Label Studio 1.23.2 in its own venv $ls_venv"
+    "$python" -m venv "$ls_venv"
+    "$ls_venv/bin/python" -m pip install --disable-pip-version-check -q "label-studio==1.23.2" "sentry-sdk<3"
+  fi
 fi
 
 say "checking the installation"

@@ -120,3 +120,13 @@ def detector(model_path: Path):
     from cvops.detector.runtime import OnnxDetector
 
     return OnnxDetector(model_path)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory):
+    """One real Label Studio server for the session (skipped outside CI when it is not installed)."""
+    from helpers.labelstudio import LabelStudio
+
+    server = LabelStudio(tmp_path_factory.mktemp("label-studio"))
+    yield server
+    server.stop()

@@ -66,8 +66,11 @@ def test_app_shows_the_monitor_edge_cases_in_chromium(cvops, tmp_path):
     from cvops.drift.profile import Seen
     from cvops.monitor.stage import to_review
 
+    from cvops.annotate.review import review_dataset
+    from cvops.store import FolderStore
+
     project = f"appcheck{abs(hash(tmp_path.name)) % 10**8}"
-    name = f"{project}-review"  # what `cvops app ... --review` opens
+    name = review_dataset(project, FolderStore(cvops.store).id)  # what `cvops app ... --review` opens
     if connect().dataset_exists(name):
         connect().delete_dataset(name)
     edge = []

@@ -59,6 +59,7 @@ CASES = {
     "serve": ([], 2, "stages=[curate,train,export]"),
     "app": ([], 2, "stages=[curate]"),
     "review": ([], 2, "this store has no edge cases yet"),
+    "annotate": ([], 2, "stages=[curate]"),
     "store": (["gc"], 0, "nothing to remove"),
 }
 

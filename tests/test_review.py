@@ -18,7 +18,7 @@ from cvops.config import compose_config
 from cvops.curate.inputs import SourceError, iter_sources
 from cvops.synthetic import SyntheticSpec, generate
 from cvops.fo import connect
-from cvops.monitor.review import curate_overrides, export_reviewed
+from cvops.annotate.review import curate_overrides, export_reviewed
 from cvops.runner import Runner
 
 W, H = 128, 96
@@ -226,7 +226,7 @@ def test_curate_with_the_export_makes_a_new_version_holding_the_reviewed_images(
 # --------------------------------------------------------------------- CLI
 def _store_review(project: str, store: Path) -> str:
     """The review dataset the monitor fills for this store (its name carries the store's id)."""
-    from cvops.monitor.review import review_dataset
+    from cvops.annotate.review import review_dataset
     from cvops.store import FolderStore
 
     return review_dataset(project, FolderStore(store).id)

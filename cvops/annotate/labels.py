@@ -2,7 +2,7 @@
 
 Boxes here are ``Box(label, [x, y, w, h] in pixels, segmentation RLE or None, score or None)``.
 Every annotation path (the App, Label Studio, prelabels accepted as they are) ends in
-these boxes before :func:`cvops.monitor.review.export_reviewed` writes them, so one
+these boxes before :func:`cvops.annotate.review.export_reviewed` writes them, so one
 set of rules decides what becomes ground truth:
 
 - :func:`accept`: prelabels a reviewer accepted are the *confident* ones (score at or
@@ -18,10 +18,6 @@ set of rules decides what becomes ground truth:
 from __future__ import annotations
 
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
-
-#: A box may reach this many pixels past the image border (a drag in a tool) before it is "outside".
-EDGE_SLACK_PX = 2.0
-
 
 class Box(NamedTuple):
     label: str
@@ -61,8 +57,8 @@ def problems(boxes: Sequence[Box], width: int, height: int, classes: Optional[Se
     """Why a reviewer's labels cannot become ground truth as they are (empty: they can).
 
     - a label outside ``classes`` (``None``: any label is one);
-    - a box without area, or one that lies outside the image (past :data:`EDGE_SLACK_PX`);
-      boxes reaching a little past the border are clipped by curate as usual;
+    - a box without area, or one that lies outside the image (less than half of it inside: a coordinate
+      mix-up, not a drag past the border; :func:`clip` cuts the others to the image);
     - two different classes on one object (IoU at or above ``duplicate_iou``).
     """
     out: List[str] = []
@@ -73,14 +69,34 @@ def problems(boxes: Sequence[Box], width: int, height: int, classes: Optional[Se
             out.append(f"label '{b.label}' is not one of the project's classes ({', '.join(classes or [])})")
         elif not (w > 0 and h > 0):
             out.append(f"'{b.label}' box {_fmt(b.xywh)} has no area")
-        elif x < -EDGE_SLACK_PX or y < -EDGE_SLACK_PX or x + w > width + EDGE_SLACK_PX or \
-                y + h > height + EDGE_SLACK_PX:
+        elif _inside(b.xywh, width, height) < 0.5:
             out.append(f"'{b.label}' box {_fmt(b.xywh)} lies outside the {width}x{height} image")
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             if a.label != b.label and iou(a.xywh, b.xywh) >= duplicate_iou:
                 out.append(f"'{a.label}' and '{b.label}' on one object (boxes {_fmt(a.xywh)} and {_fmt(b.xywh)}, "
                            f"IoU {iou(a.xywh, b.xywh):.2f}): keep one")
+    return out
+
+
+def _inside(xywh: Sequence[float], width: int, height: int) -> float:
+    """The fraction of a box's area inside the image."""
+    x, y, w, h = xywh
+    iw = max(0.0, min(x + w, width) - max(x, 0.0))
+    ih = max(0.0, min(y + h, height) - max(y, 0.0))
+    return iw * ih / (w * h) if w > 0 and h > 0 else 0.0
+
+
+def clip(boxes: Sequence[Box], width: int, height: int) -> List[Box]:
+    """Boxes cut to the image (a box reaching past the border, as tools and models draw them); a box with
+    nothing inside the image (a model's box in its letterbox padding) is dropped."""
+    out = []
+    for b in boxes:
+        x, y, w, h = b.xywh
+        x0, y0 = min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height))
+        x1, y1 = min(max(x + w, 0.0), float(width)), min(max(y + h, 0.0), float(height))
+        if x1 > x0 and y1 > y0:
+            out.append(b._replace(xywh=[x0, y0, x1 - x0, y1 - y0]))
     return out
 
 

@@ -8,4 +8,5 @@ and prints; the work it asks for lives in the stage or shared module it belongs 
 #: ``cvops <verb>`` -> the module (in this package) whose ``main(argv)`` runs it.
 COMMANDS = {"doctor": "doctor", "recipes": "recipes", "app": "app", "serve": "serve", "review": "review",
             "promote": "promote", "rollback": "rollback", "models": "models", "report": "report",
-            "train-worker": "train_worker", "store": "store"}
+            "train-worker": "train_worker", "store": "store",
+            "annotate": "annotate"}

@@ -38,7 +38,7 @@ def main(argv: List[str]) -> int:
 
 def _app(args: argparse.Namespace, overrides: List[str]) -> int:
     from cvops import fiftyone_app as app
-    from cvops.monitor.review import review_dataset
+    from cvops.annotate.review import review_dataset
 
     recipe = open_recipe(overrides)
     cfg = recipe.cfg

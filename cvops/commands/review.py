@@ -6,7 +6,7 @@
     cvops review recipe=quickstart --out /data/reviewed
 
 Writes the samples of the recipe's review dataset tagged ``reviewed`` as a COCO
-file (:func:`cvops.monitor.review.export_reviewed`) and prints the command that
+file (:func:`cvops.annotate.review.export_reviewed`) and prints the command that
 curates the next dataset version with them added (``data.extra``).
 """
 
@@ -34,7 +34,7 @@ def main(argv: List[str]) -> int:
 def _review(out: Path, overrides: List[str]) -> int:
     from omegaconf import OmegaConf
 
-    from cvops.monitor.review import curate_overrides, export_reviewed, review_dataset, write_quarantine
+    from cvops.annotate.review import curate_overrides, export_reviewed, review_dataset, write_quarantine
     from cvops.summary import program
 
     recipe = open_recipe(overrides)

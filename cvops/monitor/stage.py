@@ -41,7 +41,7 @@ from cvops.requestlog import request_log_dir
 from cvops.drift.profile import (Seen, edge_reasons, held_out, iter_folder, iter_videos, profile_of, reference,
                                    run_images, window_from_log)
 from cvops.monitor.checks import check
-from cvops.monitor.review import review_dataset
+from cvops.annotate.review import review_dataset
 from cvops.stages import StageContext, StageResult
 
 log = logging.getLogger(__name__)  # details: cvops.log (the console shows its warnings)

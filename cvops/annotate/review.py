@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from cvops.annotate.labels import Box, accept, mask_box, polygons_to_mask, problems
+from cvops.annotate.labels import Box, accept, clip, mask_box, polygons_to_mask, problems
 from cvops.errors import UserError
 
 REVIEWED_TAG = "reviewed"
@@ -167,11 +167,11 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
         if dets is not None and not isinstance(dets, (fo.Detections, fo.Polylines)):
             raise ReviewError(f"review dataset '{dataset_name}': field '{source}' of {fp} holds "
                              f"{type(dets).__name__}, not Detections or Polylines")
-        w, h = _size(path, meta)
-        found, bad = _boxes(dets, w, h)
+        w, h = image_size(path, meta)
+        found, bad = boxes_of(dets, w, h)
         invalid += bad
         if source == fallback_field:  # accepted as they are: the confident ones, one label per object
-            found = accept(found, confidence, duplicate_iou)
+            found = accept(clip(found, w, h), confidence, duplicate_iou)
         why = problems(found, w, h, classes, duplicate_iou)
         if why:
             for b in found:
@@ -181,7 +181,7 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
             continue
         from_gt += source != fallback_field
         from_pre += source == fallback_field
-        boxes = [(b.label, [round(v, 3) for v in b.xywh], b.segmentation) for b in found]
+        boxes = [(b.label, [round(v, 3) for v in b.xywh], b.segmentation) for b in clip(found, w, h)]
         boxes.sort(key=lambda b: (b[0], b[1], json.dumps(b[2], sort_keys=True)))
         records.append((path, w, h, source, boxes))
     if not records:
@@ -224,7 +224,7 @@ def export_reviewed(dataset_name: str, out_root: Path, classes: Optional[Sequenc
     }
 
 
-def _boxes(labels: Any, w: int, h: int) -> Tuple[List[Box], int]:
+def boxes_of(labels: Any, w: int, h: int) -> Tuple[List[Box], int]:
     """A field's Detections or Polylines as pixel :class:`Box` es, and how many had no usable geometry."""
     if labels is None:
         return [], 0
@@ -259,7 +259,7 @@ def _score(label: Any) -> Optional[float]:
     return float(c) if c is not None else None
 
 
-def _size(path: str, meta: Any) -> Tuple[int, int]:
+def image_size(path: str, meta: Any) -> Tuple[int, int]:
     """(width, height) as the App shows the image: FiftyOne metadata, else the file
     with its EXIF orientation applied (90° rotations swap the sides)."""
     if meta is not None and getattr(meta, "width", None) and getattr(meta, "height", None):
