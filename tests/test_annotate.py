@@ -181,3 +181,168 @@ def test_label_studio_round_trip_from_the_monitor_to_the_next_curate(cvops, proj
     again = _report(r.stdout)
     assert again["project"] != pid and "is gone" in again["notes"][0]
     assert again["pushed"] == n - 5  # not the finished, skipped or quarantined ones; the conflicted one again
+
+
+# ------------------------------------------------------------ instance segmentation: masks survive the trip
+SW, SH = 96, 64
+CLASSES = ["circle", "square", "triangle"]
+
+
+def _instances() -> List[Any]:
+    """Two images' instance masks (whole image), labels and scores: a disc and a triangle; a square."""
+    import cv2
+    import numpy as np
+
+    disc = np.zeros((SH, SW), np.uint8)
+    cv2.circle(disc, (25, 30), 12, 1, -1)
+    tri = np.zeros((SH, SW), np.uint8)
+    cv2.fillPoly(tri, [np.array([[55, 50], [85, 50], [70, 15]], np.int32)], 1)
+    sq = np.zeros((SH, SW), np.uint8)
+    sq[10:40, 30:70] = 1
+    return [[(disc.astype(bool), 0, 0.9), (tri.astype(bool), 2, 0.8)], [(sq.astype(bool), 1, 0.7)]]
+
+
+def _seg_review(name: str, tmp_path: Path) -> List[Any]:
+    """The review dataset as the monitor leaves it for a mask model (prelabels with masks)."""
+    import cv2
+    import numpy as np
+
+    from cvops import masks as rle
+    from cvops.detector.runtime import Detections
+    from cvops.drift.profile import Seen
+    from cvops.monitor.stage import to_review
+
+    edge, truth = [], _instances()
+    for i, inst in enumerate(truth):
+        img = np.full((SH, SW, 3), 90, np.uint8)
+        path = tmp_path / f"seg{i}.png"
+        cv2.imwrite(str(path), img)
+        boxes = []
+        for m, _, _ in inst:
+            ys, xs = np.nonzero(m)
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        d = Detections(np.array(boxes, np.float32), np.array([s for *_, s in inst], np.float32),
+                       np.array([c for _, c, _ in inst]))
+        edge.append((Seen(path.name, {"width": SW, "height": SH, "max_score": 0.9}, d, str(path),
+                          masks=[rle.encode(m) for m, _, _ in inst]), ["near_threshold"]))
+    assert to_review(name, edge, CLASSES, tmp_path, "fp", "test", "store-x") == 2
+    return truth
+
+
+def _exported_masks(res: Dict[str, Any]) -> Dict[str, List[Any]]:
+    """file name -> [(label, mask)] of a review export."""
+    from cvops import masks as rle
+
+    coco = json.loads(Path(res["path"]).read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    files = {im["id"]: Path(im["file_name"]).name for im in coco["images"]}
+    out: Dict[str, List[Any]] = {}
+    for a in coco["annotations"]:
+        seg, _ = rle.from_segmentation(a["segmentation"], SW, SH)
+        out.setdefault(files[a["image_id"]], []).append((names[a["category_id"]], rle.decode(seg)))
+    return out
+
+
+def _iou(a: Any, b: Any) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def test_segmentation_masks_survive_label_studio(project, label_studio, tmp_path, monkeypatch):
+    """Polygons in Label Studio: pushed from the prelabels' masks, one moved by the annotator, one accepted."""
+    import numpy as np
+
+    from cvops.annotate import labelstudio as ls
+    from cvops.annotate.labels import polygons_to_mask
+    from cvops.annotate.review import export_reviewed
+
+    name = f"{project}-review"
+    truth = _seg_review(name, tmp_path)
+    monkeypatch.setenv(KEY_ENV, label_studio.key)
+    kw = dict(masks=True, duplicate_iou=0.7, url=label_studio.url, key_env=KEY_ENV)
+    pushed = ls.push(name, CLASSES, confidence=0.3, **kw)
+    tasks = {t["data"]["cvops_file"]: t for t in label_studio.tasks(pushed["project"])}
+    first = tasks["seg0.png"]["predictions"][0]["result"]
+    assert [r["type"] for r in first] == ["polygonlabels", "polygonlabels"]
+    moved = json.loads(json.dumps(first))
+    for p in moved[0]["value"]["points"]:  # the disc, 10 px to the right
+        p[0] += 100.0 * 10 / SW
+    label_studio.annotate(tasks["seg0.png"]["id"], moved)
+    label_studio.annotate(tasks["seg1.png"]["id"], tasks["seg1.png"]["predictions"][0]["result"])
+    loaded = ls.load(name, CLASSES, **kw)
+    assert loaded["finished"] == 2 and not loaded["rows"], loaded
+    got = _exported_masks(export_reviewed(name, tmp_path / "out", CLASSES))
+    disc = polygons_to_mask([[(x * SW / 100, y * SH / 100) for x, y in moved[0]["value"]["points"]]], SW, SH)
+    assert np.array_equal(np.roll(truth[0][0][0], 10, axis=1), disc) or _iou(np.roll(truth[0][0][0], 10, axis=1),
+                                                                            disc) > 0.95
+    by_label = dict(got["seg0.png"])
+    assert _iou(by_label["circle"], disc) > 0.99 and _iou(by_label["triangle"], truth[0][1][0]) > 0.97
+    [(label, sq)] = got["seg1.png"]
+    assert label == "square" and _iou(sq, truth[1][0][0]) > 0.97
+
+
+def test_segmentation_in_the_app_edits_outlines_that_export_as_masks(project, tmp_path):
+    """The App backend: 'outlines' (polylines) filled from the masks, with the classes as its label schema; a
+    reviewer's edit of an outline is the exported mask."""
+    import numpy as np
+
+    from cvops.annotate.app import prepare
+    from cvops.annotate.labels import polygons_to_mask
+    from cvops.annotate.review import export_reviewed
+
+    name = f"{project}-review"
+    truth = _seg_review(name, tmp_path)
+    res = prepare(name, CLASSES, masks=True, confidence=0.3, duplicate_iou=0.7)
+    assert (res["field"], res["filled"], res["samples"]) == ("outlines", 2, 2)
+    fo = connect()
+    ds = fo.load_dataset(name)
+    schema = ds.label_schemas["outlines"]
+    assert schema["type"] == "polylines" and schema["classes"] == CLASSES and ds.active_label_schemas[0] == "outlines"
+    s0, s1 = (ds.match({"filepath": str(tmp_path / f"seg{i}.png")}).first() for i in range(2))
+    assert sorted(p.label for p in s0.outlines.polylines) == ["circle", "triangle"]
+    # a reviewer drags the triangle 8 px to the left, and tags both samples
+    tri = next(p for p in s0.outlines.polylines if p.label == "triangle")
+    pts = [(x - 8 / SW, y) for x, y in tri.points[0]]  # dragged 8 px to the left
+    tri.points = [pts]
+    want = polygons_to_mask([[(x * SW, y * SH) for x, y in pts]], SW, SH)
+    s0.tags.append("reviewed")
+    s0.save()
+    s1.tags.append("reviewed")
+    s1.save()
+    again = prepare(name, CLASSES, masks=True, confidence=0.3, duplicate_iou=0.7)
+    assert again["filled"] == 0 and again["done"] == 2  # a reviewed sample is never refilled
+    got = _exported_masks(export_reviewed(name, tmp_path / "out", CLASSES))
+    by_label = dict(got["seg0.png"])
+    assert np.array_equal(by_label["triangle"], want) and _iou(by_label["triangle"], truth[0][1][0]) < 0.95
+    assert _iou(by_label["circle"], truth[0][0][0]) > 0.97
+    assert _iou(dict(got["seg1.png"])["square"], truth[1][0][0]) > 0.97
+
+
+def test_the_app_backend_fills_boxes_from_the_confident_prelabels_and_leaves_a_persons_work(project, tmp_path):
+    from cvops.annotate.app import prepare
+
+    fo = connect()
+    import cv2
+    import numpy as np
+
+    ds = fo.Dataset(f"{project}-review", persistent=True)
+    ds.add_sample_field("ground_truth", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    for i, tags in enumerate([[], [], ["reviewed"]]):
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), np.zeros((SH, SW, 3), np.uint8))
+        s = fo.Sample(filepath=str(path), tags=tags)
+        s["prelabels"] = fo.Detections(detections=[
+            fo.Detection(label="circle", bounding_box=[0.1, 0.1, 0.3, 0.3], confidence=0.8),
+            fo.Detection(label="square", bounding_box=[0.1, 0.1, 0.3, 0.3], confidence=0.5),  # same object
+            fo.Detection(label="triangle", bounding_box=[0.6, 0.6, 0.2, 0.2], confidence=0.1)])  # not confident
+        if i == 1:  # a person's labels already
+            s["ground_truth"] = fo.Detections(detections=[fo.Detection(label="square", bounding_box=[0, 0, .5, .5])])
+        ds.add_sample(s)
+    res = prepare(ds.name, CLASSES, masks=False, confidence=0.3, duplicate_iou=0.7)
+    assert (res["field"], res["filled"], res["kept"], res["done"]) == ("ground_truth", 1, 1, 1)
+    ds.reload()
+    assert ds.label_schemas["ground_truth"]["classes"] == CLASSES
+    assert ds.active_label_schemas[0] == "ground_truth"
+    s0, s1, s2 = (ds.match({"filepath": str(tmp_path / f"{i}.png")}).first() for i in range(3))
+    assert [(d.label, d.confidence) for d in s0.ground_truth.detections] == [("circle", 0.8)]
+    assert s0.filled_from == "prelabels"
+    assert [d.label for d in s1.ground_truth.detections] == ["square"] and s2.ground_truth is None

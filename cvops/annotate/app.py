@@ -34,6 +34,28 @@ def review_field(masks: bool) -> str:
     return OUTLINES if masks else BOXES
 
 
+def ensure_review_field(ds: Any, masks: bool) -> str:
+    """The review field on ``ds`` (added when missing); its name.
+
+    Raises:
+        ReviewError: a field of that name holds other labels.
+    """
+    from cvops.annotate.review import ReviewError
+    from cvops.fo import connect
+
+    fo = connect()
+    field = review_field(masks)
+    kind = fo.Polylines if masks else fo.Detections
+    schema = ds.get_field_schema()
+    if field not in schema:
+        ds.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=kind)
+    elif getattr(schema[field], "document_type", None) is not kind:
+        raise ReviewError(f"review dataset '{ds.name}': field '{field}' holds "
+                          f"{getattr(schema[field], 'document_type', schema[field]).__name__}, not "
+                          f"{kind.__name__}; rename it, it is the field reviewers edit")
+    return field
+
+
 def prepare(dataset_name: str, classes: Sequence[str], *, masks: bool, confidence: float,
             duplicate_iou: float, max_samples: Optional[int] = None) -> Dict[str, Any]:
     """Give the review field an active label schema and fill it from the accepted prelabels.
@@ -50,17 +72,10 @@ def prepare(dataset_name: str, classes: Sequence[str], *, masks: bool, confidenc
     if not fo.dataset_exists(dataset_name):
         raise ReviewError(f"review dataset '{dataset_name}' does not exist: this store has no edge cases yet; the "
                           "monitor stage puts them there (stages=[monitor])")
-    field = review_field(masks)
-    kind = fo.Polylines if masks else fo.Detections
     filled = kept = done = 0
     with edit_dataset(dataset_name) as ds:
+        field = ensure_review_field(ds, masks)
         schema = ds.get_field_schema()
-        if field not in schema:
-            ds.add_sample_field(field, fo.EmbeddedDocumentField, embedded_doc_type=kind)
-        elif getattr(schema[field], "document_type", None) is not kind:
-            raise ReviewError(f"review dataset '{dataset_name}': field '{field}' holds "
-                              f"{getattr(schema[field], 'document_type', schema[field]).__name__}, not "
-                              f"{kind.__name__}; rename it, it is the field reviewers edit")
         if FILLED_FROM not in schema:
             ds.add_sample_field(FILLED_FROM, fo.StringField)
         ds.default_classes = list(classes)

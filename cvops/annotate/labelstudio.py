@@ -301,7 +301,7 @@ def _ensure_fields(fo: Any, ds: Any) -> None:
 def push(dataset_name: str, classes: Sequence[str], *, masks: bool, confidence: float, duplicate_iou: float,
          url: str, key_env: str, timeout: float = 30.0, max_samples: Optional[int] = None) -> Dict[str, Any]:
     """Push the review dataset's open samples that are not in Label Studio yet; returns the batch report."""
-    from cvops.annotate.app import PRELABELS, review_field
+    from cvops.annotate.app import PRELABELS, ensure_review_field, review_field
     from cvops.fo import connect as fo_connect, edit_dataset
     from cvops.annotate.review import REJECTED_TAG, REVIEWED_TAG, ReviewError, boxes_of, image_size
 
@@ -316,6 +316,7 @@ def push(dataset_name: str, classes: Sequence[str], *, masks: bool, confidence: 
     try:
         with edit_dataset(dataset_name) as ds:
             _ensure_fields(fo, ds)
+            ensure_review_field(ds, masks)
             info = dict(ds.info.get(INFO) or {})
             project = client.project(info["project"]) if info.get("project") and info.get("url") == client.url \
                 else None
@@ -378,7 +379,7 @@ def push(dataset_name: str, classes: Sequence[str], *, masks: bool, confidence: 
 def load(dataset_name: str, classes: Sequence[str], *, masks: bool, duplicate_iou: float, url: str, key_env: str,
          timeout: float = 30.0) -> Dict[str, Any]:
     """Read the finished Label Studio tasks back into the review dataset; returns the batch report."""
-    from cvops.annotate.app import review_field
+    from cvops.annotate.app import ensure_review_field, review_field
     from cvops.fo import connect as fo_connect, edit_dataset
     from cvops.annotate.review import REJECTED_TAG, REVIEWED_TAG, ReviewError, image_size
 
@@ -403,6 +404,7 @@ def load(dataset_name: str, classes: Sequence[str], *, masks: bool, duplicate_io
                                        f"from {client.url}: its annotations cannot be loaded; push again to make a "
                                        "new project for the unfinished samples")
             _ensure_fields(fo, ds)
+            ensure_review_field(ds, masks)
             users = client.users()
             by_id = {sid: k for k, sid in enumerate(ds.values("id"))}
             samples = {s.id: s for s in ds.select(list(by_id))} if by_id else {}
