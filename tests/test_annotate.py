@@ -346,3 +346,106 @@ def test_the_app_backend_fills_boxes_from_the_confident_prelabels_and_leaves_a_p
     assert [(d.label, d.confidence) for d in s0.ground_truth.detections] == [("circle", 0.8)]
     assert s0.filled_from == "prelabels"
     assert [d.label for d in s1.ground_truth.detections] == ["square"] and s2.ground_truth is None
+
+
+# ------------------------------------------------------------ the App's Annotate panel in a real browser
+def _drag_and_tag(url: str, sample_id: str, size: tuple, box: List[float], dx: float, profile: Path) -> None:
+    """In headless Chromium: open the sample, drag the box ``dx`` of the image width to the right in the
+    Annotate panel, and tag the sample 'reviewed' with the App's tag button."""
+    import time
+
+    from playwright.sync_api import sync_playwright
+
+    from test_app import CHROMIUM, FLAGS
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=[f for f in FLAGS if f != "--headless"])
+        try:
+            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            page.goto(f"{url}?id={sample_id}", wait_until="load")
+            page.get_by_text("Annotate", exact=True).click(timeout=60_000)
+            canvas = page.locator('[data-cy="lighter-sample-renderer-canvas"]')  # the annotation renderer
+            canvas.wait_for(timeout=30_000)
+            time.sleep(2)  # the labels are drawn after the image
+            r = canvas.bounding_box()
+            scale = min(r["width"] / size[0], r["height"] / size[1])  # the image is fitted, centred
+            ox, oy = r["x"] + (r["width"] - size[0] * scale) / 2, r["y"] + (r["height"] - size[1] * scale) / 2
+            cx, cy = ox + (box[0] + box[2] / 2) * size[0] * scale, oy + (box[1] + box[3] / 2) * size[1] * scale
+            page.mouse.move(cx, cy)
+            page.mouse.down()
+            for k in range(1, 11):
+                page.mouse.move(cx + dx * size[0] * scale * k / 10, cy, steps=2)
+            page.mouse.up()
+            time.sleep(2)
+            page.get_by_text("Explore", exact=True).click()
+            page.locator('[data-cy="action-tag-sample-labels"]').last.click()
+            page.locator('[data-cy="tagger-switch-sample"]').click()
+            tag = page.locator('[data-cy="sample-tag-input"]')
+            tag.fill("reviewed")
+            tag.press("Enter")
+            page.locator('[data-cy="button-Apply"]').click()
+            time.sleep(2)
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_a_box_edited_in_the_apps_annotate_panel_is_what_review_exports(cvops, project, tmp_path):
+    import re
+    import time
+
+    import cv2
+    import numpy as np
+
+    from test_app import CHROMIUM
+
+    if CHROMIUM is None:
+        pytest.skip("needs Chromium (apt-get install chromium); .ci/run installs it")
+    from cvops.annotate.review import review_dataset
+    from cvops.detector.runtime import Detections
+    from cvops.drift.profile import Seen
+    from cvops.monitor.stage import to_review
+    from cvops.store import FolderStore
+
+    base = ("recipe=quickstart", f"project={project}", "data.classes=[circle,square,triangle]")
+    name = review_dataset(project, FolderStore(cvops.store).id)
+    W_, H_ = 400, 300
+    img = np.full((H_, W_, 3), 200, np.uint8)
+    cv2.circle(img, (120, 150), 50, (30, 30, 200), -1)
+    path = tmp_path / "edge.jpg"
+    cv2.imwrite(str(path), img)
+    d = Detections(np.array([[70, 100, 170, 200]], np.float32), np.array([0.8], np.float32), np.array([0]))
+    to_review(name, [(Seen("edge.jpg", {"width": W_, "height": H_, "max_score": 0.8}, d, str(path)),
+                      ["near_threshold"])], CLASSES, tmp_path, "fp", "test")
+    r = cvops("annotate", *base, timeout=300)
+    assert r.returncode == 0 and "1 sample(s) filled from the prelabels" in r.stdout, r.stdout + r.stderr
+    fo = connect()
+    ds = fo.load_dataset(name)
+    sample = ds.first()
+    before = list(sample.ground_truth.detections[0].bounding_box)
+
+    from helpers.net import free_port
+
+    port = free_port()
+    app = cvops.popen("app", *base, "--review", "--port", str(port), env={"FIFTYONE_DO_NOT_TRACK": "true"})
+    try:
+        t0, line = time.time(), ""
+        while time.time() - t0 < 120 and "FiftyOne App:" not in line:
+            line = app.stdout.readline()
+            assert line or app.poll() is None, "cvops app exited early"
+        url = re.search(r"FiftyOne App: (\S+)", line).group(1).replace("localhost", "127.0.0.1").split("?")[0]
+        _drag_and_tag(url, sample.id, (W_, H_), before, 0.25, tmp_path / "chromium")
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+    sample.reload()
+    after = sample.ground_truth.detections[0].bounding_box
+    assert "reviewed" in sample.tags, sample.tags
+    assert after[0] == pytest.approx(before[0] + 0.25, abs=0.02) and after[1:] == pytest.approx(before[1:], abs=0.01)
+    r = cvops("review", *base, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ann = next(Path(w) for w in r.stdout.split() if w.endswith("annotations.json"))
+    [a] = json.loads(ann.read_text())["annotations"]
+    assert a["bbox"] == pytest.approx([after[0] * W_, after[1] * H_, after[2] * W_, after[3] * H_], abs=0.01)
+    assert a["bbox"][0] == pytest.approx(70 + 100, abs=8)  # 25 % of 400 px to the right of the model's box
