@@ -124,7 +124,8 @@ fi
 #    About 1 min on 2 cores with a warm pip cache. Start it as the README shows (Label Studio).
 if [ "$with_label_studio" = 1 ]; then
   ls_venv="${CVOPS_LABEL_STUDIO_VENV:-$here/.venv-label-studio}"
-  if ! "$ls_venv/bin/label-studio" --version >/dev/null 2>&1; then
+  # (not `label-studio --version`: it asks PyPI for the latest release and hangs on a closed network)
+  if ! "$ls_venv/bin/python" -c "import label_studio as l, sys; sys.exit(l.__version__ != '1.23.2')" 2>/dev/null; then
     say "Label Studio 1.23.2 in its own venv $ls_venv"
     "$python" -m venv "$ls_venv"
     "$ls_venv/bin/python" -m pip install --disable-pip-version-check -q "label-studio==1.23.2" "sentry-sdk<3"

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
@@ -130,3 +130,18 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):
     server = LabelStudio(tmp_path_factory.mktemp("label-studio"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def project() -> Iterator[str]:
+    """A fresh project name; its FiftyOne datasets (curated versions, review datasets) are deleted afterwards."""
+    import uuid
+
+    from cvops.fo import connect
+
+    name = f"p{uuid.uuid4().hex[:8]}"
+    yield name
+    fo = connect()
+    for ds in fo.list_datasets():
+        if ds.startswith(name):
+            fo.delete_dataset(ds)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import uuid
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -23,16 +22,6 @@ SMALL = ("recipe=quickstart", "data.synthetic.num_images=40", "data.synthetic.vi
          "export.int8=false", "export.latency_repeats=1", "export.score_thr=0.005", "monitor.window=30",
          "monitor.low_confidence=0.04")
 KEY_ENV = "CVOPS_TEST_LS_KEY"
-
-
-@pytest.fixture
-def project():
-    name = f"ann{uuid.uuid4().hex[:8]}"
-    yield name
-    fo = connect()
-    for ds in fo.list_datasets():
-        if ds.startswith(name):
-            fo.delete_dataset(ds)
 
 
 def _pixels(result: Dict[str, Any]) -> List[float]:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import shlex
-import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -24,17 +23,6 @@ from cvops.runner import Runner
 W, H = 128, 96
 SMALL = ["data.synthetic.num_images=6", "data.synthetic.videos=0", f"data.synthetic.image_size=[{W},{H}]",
          "data.synthetic.min_size=16", "data.synthetic.max_size=48", "curate.split.ratios={train:1.0}"]
-
-
-@pytest.fixture
-def project() -> Iterator[str]:
-    """A fresh project name; its FiftyOne datasets are deleted afterwards."""
-    name = f"r{uuid.uuid4().hex[:8]}"
-    yield name
-    fo = connect()
-    for ds in fo.list_datasets():
-        if ds.startswith(name):
-            fo.delete_dataset(ds)
 
 
 def _images(root: Path, n: int = 5) -> List[Path]:
