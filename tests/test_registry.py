@@ -323,3 +323,75 @@ def test_admin_reload_is_behind_the_token_and_readiness_is_not(monkeypatch: pyte
     fixed = create_app(None, ServeConfig(), info={}, log=None)  # one fixed model: nothing to reload
     with TestClient(fixed) as client:
         assert client.post("/v1/admin/reload").status_code == 404
+
+
+def test_rollback_refuses_an_export_gone_from_the_store_and_promote_a_copied_folder(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path)
+    put_export(tmp_path, "abab000000000001")
+    put_export(tmp_path, "abab000000000002")
+    reg = Registry(store, "regtest")
+    reg.promote("production", store.get("export", "abab000000000001"))
+    reg.promote("production", store.get("export", "abab000000000002"))
+    shutil.rmtree(tmp_path / "export" / "abab000000000001")  # gc'd, or removed by hand
+    with pytest.raises(RegistryError, match="abab000000000001, which is no longer in the store"):
+        reg.rollback("production")
+    assert reg.resolve("production") == "abab000000000002"  # nothing recorded
+    shutil.copytree(tmp_path / "export" / "abab000000000002", tmp_path / "export" / "cdcd000000000009")
+    with pytest.raises(RegistryError, match="holds the manifest of export abab000000000002.*copied or renamed"):
+        reg.promote("staging", store.get("export", "cdcd000000000009"))
+
+
+def test_a_damaged_history_is_reported_by_line_and_the_valid_records_are_used(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path)
+    for fp in ("baba000000000001", "baba000000000002"):
+        put_export(tmp_path, fp)
+    reg = Registry(store, "regtest")
+    reg.promote("production", store.get("export", "baba000000000001"))
+    with open(reg.history_file, "ab") as f:
+        f.write(b"\xff\xfe garbage \x80\n")  # invalid bytes
+        f.write(b'{"no": "event"}\n')
+    reg.promote("production", store.get("export", "baba000000000002"))
+    assert [e.export for e in reg.history()] == ["baba000000000001", "baba000000000002"]
+    assert [d.split(": ", 1)[0] for d in reg.damage] == [f"{reg.history_file}:2", f"{reg.history_file}:3"]
+    assert "not UTF-8" in reg.damage[0] and "not a registry event" in reg.damage[1]
+    env = {**os.environ, "CVOPS_STORE": str(tmp_path)}
+    r = _cvops("models", "recipe=quickstart", "project=regtest", env=env, cwd=tmp_path)
+    assert r.returncode == 0 and "baba000000000002" in r.stdout, r.stderr
+    assert f"warning: {reg.history_file}:2: not UTF-8" in r.stderr and f"{reg.history_file}:3" in r.stderr
+    r = _cvops("rollback", "recipe=quickstart", "project=regtest", "--alias", "production", env=env, cwd=tmp_path)
+    assert r.returncode == 0 and "-> export baba000000000001" in r.stdout and "not UTF-8" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_a_server_not_serving_what_its_alias_names_says_so(model_path: Path, tmp_path: Path) -> None:
+    """The alias moved to an export the server cannot load (gone, broken): the old model keeps answering,
+    but /readyz is 503 "stale" and /v1/model says what the alias names and why."""
+    from fastapi.testclient import TestClient
+
+    from cvops.schema import ServeConfig
+    from cvops.serve.app import create_app
+    from cvops.serve.models import AliasFollower, ExportSource
+
+    store = tmp_path / "store"
+    put_export(store, "a1a1a1a1a1a1a1a1", model=model_path)
+    put_export(store, "b2b2b2b2b2b2b2b2", model=model_path)
+    reg = Registry(FolderStore(store), "regtest")
+    reg.promote("production", reg.store.get("export", "a1a1a1a1a1a1a1a1"))
+    app = create_app(None, ServeConfig(), info={}, log=None)
+    f = AliasFollower(ExportSource(str(store), "regtest", alias="production"), app.state.load, poll_s=10)
+    app.state.follower = f
+    with TestClient(app) as client:
+        f.check()
+        assert client.get("/readyz").json() == {"status": "ready", "model": "a1a1a1a1a1a1a1a1"}
+        reg.promote("production", reg.store.get("export", "b2b2b2b2b2b2b2b2"))
+        shutil.rmtree(store / "export" / "b2b2b2b2b2b2b2b2")  # removed before the server read the alias
+        with pytest.raises(RuntimeError):
+            f.check()
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "stale", r.json()
+        assert r.json()["model"] == "a1a1a1a1a1a1a1a1" and r.json()["alias_export"] == "b2b2b2b2b2b2b2b2"
+        stale = client.get("/v1/model").json()["stale"]
+        assert stale["serving"] == "a1a1a1a1a1a1a1a1" and stale["reason"]
+        reg.rollback("production")  # back to what it serves: ready again
+        f.check()
+        assert client.get("/readyz").status_code == 200 and "stale" not in client.get("/v1/model").json()

@@ -3,7 +3,15 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Dict, List
+
+
+def report_damage(reg: Any) -> None:
+    """Each line of the history the registry could not read, as a warning (the valid records were used)."""
+    for line in reg.damage:
+        print(f"cvops: warning: {line} (the registry uses the valid records; the file is the record, so fix or "
+              "remove that line by hand)", file=sys.stderr)
 
 
 def metrics_text(info: Dict[str, Any]) -> str:

@@ -20,11 +20,12 @@ def main(argv: List[str]) -> int:
 
 
 def _models(overrides: List[str]) -> int:
-    from cvops.commands._registry import table
+    from cvops.commands._registry import report_damage, table
     from cvops.store.registry import Registry
 
     recipe = open_recipe(overrides, check_missing=False)
     reg = Registry(recipe.store, str(recipe.cfg.project))
     for line in table(reg.project, reg.aliases(), reg.history()):
         print(line)
+    report_damage(reg)
     return 0

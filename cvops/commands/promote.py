@@ -25,14 +25,17 @@ def main(argv: List[str]) -> int:
 
 
 def _promote(args: argparse.Namespace, overrides: List[str]) -> int:
-    from cvops.commands._registry import metrics_text
+    from cvops.commands._registry import metrics_text, report_damage
     from cvops.store.registry import Registry, find_export
 
     recipe = open_recipe(overrides, check_missing=False)
     reg = Registry(recipe.store, str(recipe.cfg.project))
     export = (find_export(reg.store, args.export, reg.project) if args.export
               else recipe.require("export", alternative="or name one with --export"))
-    ev = reg.promote(args.alias, export, args.message, force=args.force)
+    try:
+        ev = reg.promote(args.alias, export, args.message, force=args.force)
+    finally:
+        report_damage(reg)
     was = f" (was {ev.previous})" if ev.previous else ""
     print(f"{reg.project}: {ev.alias} -> export {ev.export}{was}; {metrics_text(ev.info)}")
     return 0

@@ -22,12 +22,15 @@ def main(argv: List[str]) -> int:
 
 
 def _rollback(args: argparse.Namespace, overrides: List[str]) -> int:
-    from cvops.commands._registry import metrics_text
+    from cvops.commands._registry import metrics_text, report_damage
     from cvops.store.registry import Registry
 
     recipe = open_recipe(overrides, check_missing=False)
     reg = Registry(recipe.store, str(recipe.cfg.project))
-    ev = reg.rollback(args.alias, args.message)
+    try:
+        ev = reg.rollback(args.alias, args.message)
+    finally:
+        report_damage(reg)
     print(f"{reg.project}: {ev.alias} -> export {ev.export} (rolled back from {ev.previous}); "
           f"{metrics_text(ev.info)}")
     return 0

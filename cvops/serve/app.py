@@ -14,7 +14,10 @@ Endpoints (all JSON except ``/metrics``):
   neither. The request log keeps ``mask_area``, never the masks.
 * ``GET /healthz``: liveness, ``{"status": "ok"}`` while the process serves HTTP, never behind the token.
 * ``GET /readyz``: readiness, 200 ``{"status": "ready", "model": <export>}`` once a model is loaded and
-  warm, else 503 (a server following a registry alias that is not set yet); never behind the token.
+  warm, else 503: a server following a registry alias that is not set yet, or ``"status": "stale"``
+  when the alias names an export this server could not load (gone from the store, broken: the
+  previous model is still served, and the answer says which, what the alias names and why; so does
+  ``/v1/model``'s ``stale``); never behind the token.
 * ``POST /v1/admin/reload``: a server following an alias (``serve.alias``) reads it now and switches
   if it moved (the answer says to which export); 404 for a server of one fixed model.
 * ``GET /v1/model``: what is served: the ``info`` given to :func:`create_app`
@@ -219,11 +222,18 @@ def _other_routes(app: FastAPI, slot: ModelSlot, metrics: ServeMetrics, reload: 
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    def stale() -> dict | None:
+        follower = getattr(app.state, "follower", None)
+        return follower.stale() if follower is not None else None
+
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         served = slot.current
         if served is None:
             return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "2"})
+        behind = stale()
+        if behind is not None:  # the alias names an export this server could not load: not what it should serve
+            return JSONResponse({"status": "stale", "model": served.fingerprint, **behind}, status_code=503)
         return JSONResponse({"status": "ready", "model": served.fingerprint})
 
     @app.get("/v1/model")
@@ -231,7 +241,8 @@ def _other_routes(app: FastAPI, slot: ModelSlot, metrics: ServeMetrics, reload: 
         served = slot.current
         if served is None:
             raise ApiError(503, "not_ready", "no model is loaded yet; /readyz says when", headers={"Retry-After": "2"})
-        return JSONResponse(served.model_info)
+        behind = stale()
+        return JSONResponse({**served.model_info, **({"stale": behind} if behind else {})})
 
     @app.post("/v1/admin/reload")
     async def admin_reload() -> JSONResponse:

@@ -150,6 +150,7 @@ class AliasFollower:
         self.source, self.load_into, self.poll_s = source, load, max(0.05, float(poll_s))
         self.registry = Registry(source.open_store(), source.project)
         self.serving: Optional[str] = None
+        self.wanted: Optional[str] = None  # the export the alias named at the last read
         self._failed: Dict[str, str] = {}  # export -> why it could not be loaded (said once)
         self._lock = threading.Lock()  # one check at a time (poll thread and /v1/admin/reload)
         self._stop = threading.Event()
@@ -180,6 +181,7 @@ class AliasFollower:
             except (OSError, ValueError) as e:  # RegistryError is a ValueError
                 raise self._fail("<alias>", f"{type(e).__name__}: {e}", "cannot read the alias") from e
             self._failed.pop("<alias>", None)
+            self.wanted = target
             if target is None or target == self.serving:
                 return {"alias": self.source.alias, "export": self.serving, "changed": False,
                         **({} if target else {"note": f"alias {self.source.alias} is not set"})}
@@ -195,6 +197,18 @@ class AliasFollower:
             self._failed.pop(target, None)
             logger.info("alias %s -> export %s (was %s)", self.source.alias, target, previous or "nothing")
             return {"alias": self.source.alias, "export": target, "previous": previous, "changed": True}
+
+    def stale(self) -> Optional[Dict[str, Any]]:
+        """What the alias names and why this server does not serve it, or None (it does, or is switching).
+
+        ``/readyz`` answers 503 and ``/v1/model`` says so while this is set: the alias moved to an export
+        that could not be loaded (gone from the store, broken), and the previous model is still served.
+        """
+        wanted = self.wanted
+        if wanted is None or wanted == self.serving or wanted not in self._failed:
+            return None
+        return {"alias": self.source.alias, "alias_export": wanted, "serving": self.serving,
+                "reason": self._failed[wanted]}
 
     def start(self) -> "AliasFollower":
         """Poll in a background thread (daemon) until :meth:`stop`."""

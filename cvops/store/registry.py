@@ -102,30 +102,52 @@ class Registry:
         self.aliases_file = self.dir / "aliases.json"
         # an s3:// store: the registry lives in the bucket (every machine promotes and follows the same aliases)
         self.bucket: Optional[_Bucket] = _Bucket(store, project) if store.url else None
+        #: lines of ``history.jsonl`` the last :meth:`history` could not read ("<file>:<line>: why")
+        self.damage: List[str] = []
 
     def _read(self, path: Path) -> Optional[str]:
+        raw = self._read_bytes(path)
+        return None if raw is None else raw.decode("utf-8", errors="replace")
+
+    def _read_bytes(self, path: Path) -> Optional[bytes]:
         if self.bucket is not None:
-            return self.bucket.read(path.name)
+            return self.bucket.read_bytes(path.name)
         try:
-            return path.read_text(encoding="utf-8")
+            return path.read_bytes()
         except FileNotFoundError:
             return None
 
     # -- reading -----------------------------------------------------------------------------------
     def history(self, alias: Optional[str] = None) -> List[Event]:
-        """Every event, oldest first (of one alias if given). A torn last line (a crash mid-append) is skipped."""
-        text = self._read(self.history_file)
-        if not text:
+        """Every event, oldest first (of one alias if given).
+
+        The history is the record, so a line that is not an event is never fatal: it is skipped and
+        named in :attr:`damage` (file and line number, and why: not UTF-8, not JSON, not an event, or a
+        torn last line from a crash mid-append), and the valid records are used.
+        """
+        raw = self._read_bytes(self.history_file)
+        self.damage = []
+        if not raw:
             return []
+        where = f"{self.bucket.key}/history.jsonl" if self.bucket is not None else str(self.history_file)
+        lines = raw.split(b"\n")
         out = []
-        for line in text.splitlines():
+        for no, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            torn = no == len(lines)  # no newline after it: the append was cut short
             try:
-                d = json.loads(line)
+                d = json.loads(line.decode("utf-8"))
                 ev = Event.from_json(d) if isinstance(d, dict) else None
+                why = "not a registry event (no alias and export)"
+            except UnicodeDecodeError as e:
+                ev, why = None, f"not UTF-8 text ({e.reason} at byte {e.start})"
             except (ValueError, TypeError):
-                ev = None
-            if ev is None or not isinstance(ev.alias, str) or not isinstance(ev.export, str):
-                continue  # a torn or foreign line: not an event
+                ev, why = None, "a torn last line (a crash while appending)" if torn else "not JSON"
+            if ev is None or not isinstance(ev.alias, str) or not isinstance(ev.export, str) or \
+                    not FINGERPRINT.fullmatch(ev.export):
+                self.damage.append(f"{where}:{no}: {why if ev is None else 'not a registry event'}; skipped")
+                continue
             if alias is None or ev.alias == alias:
                 out.append(ev)
         return out
@@ -163,6 +185,7 @@ class Registry:
                 already points at it.
         """
         check_name("alias", alias)
+        check_export(export)
         if _project(export) not in (None, self.project):
             raise RegistryError(f"export {export.fingerprint} belongs to project {_project(export)}, not {self.project}")
         info = describe(self.store, export)
@@ -195,6 +218,13 @@ class Registry:
                 raise RegistryError(f"{alias} has no earlier export to roll back to (it points at {stack[-1]}, its "
                                     "first promotion); promote another export instead")
             target = stack[-2]
+            there = self.store.get("export", target)
+            if there is None:
+                raise RegistryError(f"{alias} would roll back to export {target}, which is no longer in the store "
+                                    f"{self.store} (removed by cvops store gc or by hand): a server following "
+                                    f"{alias} could not load it; promote an export that exists instead "
+                                    "(cvops models lists them)")
+            check_export(there)
             earlier = next(e for e in reversed(self.history(alias)) if e.export == target)
             ev = Event("rollback", alias, target, stack[-1], _now(), _user(), message, dict(earlier.info))
             self._record(ev)
@@ -259,6 +289,19 @@ class Registry:
         return FileLock(str(self.dir / ".lock"), timeout=60)
 
 
+def check_export(export: Artifact) -> None:
+    """Refuse an export folder whose manifest is another artifact's (a folder copied or renamed by hand).
+
+    Raises:
+        RegistryError: the manifest names another fingerprint or stage than the folder.
+    """
+    fp, stage = export.manifest.get("fingerprint"), export.manifest.get("stage")
+    if fp != export.fingerprint or stage not in (None, "export"):
+        raise RegistryError(f"{export.dir} holds the manifest of {stage or '?'} {fp}, not of export "
+                            f"{export.fingerprint} (a folder copied or renamed by hand): promote the original, and "
+                            "remove the copy")
+
+
 def read_aliases(path: Path) -> Dict[str, Dict[str, Any]]:
     """``aliases.json`` (empty when absent; a damaged file is an error naming it)."""
     try:
@@ -287,8 +330,12 @@ class _Bucket:
         self.store, self.fs, self.key = store, store.fs, f"{store.key}/registry/{project}"
 
     def read(self, name: str) -> Optional[str]:
+        raw = self.read_bytes(name)
+        return None if raw is None else raw.decode("utf-8", errors="replace")
+
+    def read_bytes(self, name: str) -> Optional[bytes]:
         try:
-            return self.fs.cat_file(f"{self.key}/{name}").decode("utf-8", errors="replace")
+            return self.fs.cat_file(f"{self.key}/{name}")
         except FileNotFoundError:
             return None
 
@@ -378,5 +425,5 @@ def projects(store: Store) -> List[str]:
     return sorted(n for n in names if NAME.fullmatch(n) and ".." not in n)
 
 
-__all__ = ["Registry", "RegistryError", "Event", "describe", "find_export", "read_aliases", "parse_aliases",
+__all__ = ["Registry", "RegistryError", "Event", "describe", "find_export", "read_aliases", "parse_aliases", "check_export",
            "check_name", "projects", "EVAL_KEYS", "EXPORT_KEYS"]
