@@ -172,6 +172,9 @@ class SplitConfig:
     stratify: bool = True
     group_by: Optional[str] = None  # sample field whose values never straddle splits
     respect_source: bool = False
+    # a curate fingerprint: images (by content) of that dataset version keep its split; only new images are
+    # split. A new version (reviewed samples added) never moves an image of the old test split into train
+    keep: Optional[str] = None
 
 
 @dataclass
@@ -399,6 +402,34 @@ class AnnotateConfig:
     timeout_s: float = 30.0  # per Label Studio request
 
 
+# --------------------------------------------------------------------- loop
+@dataclass
+class LoopTriggersConfig:
+    min_reviewed: int = 1  # reviewed samples not yet in the champion's data that start a challenger
+    on_drift: bool = True  # the newest monitor verdict on the champion found drift
+    new_data: bool = True  # the recipe's data moved (its curate fingerprint is not the champion's)
+
+
+@dataclass
+class LoopPolicyConfig:
+    """When a challenger replaces the champion (docs/loop.md)."""
+
+    metric: str = "mAP50"  # mAP | mAP50 | mAP75, on boxes
+    min_gain: float = 0.0  # challenger - champion on the new data (the benchmark when there is none)
+    max_regression: float = 0.02  # champion - challenger on the frozen benchmark, overall
+    max_class_regression: float = 0.05  # ... and for any class
+    max_latency_ratio: float = 1.5  # challenger / champion ONNX latency (batch 1)
+
+
+@dataclass
+class LoopConfig:
+    alias: str = "production"  # the champion: the export this registry alias names
+    triggers: LoopTriggersConfig = field(default_factory=LoopTriggersConfig)
+    retrain: List[str] = field(default_factory=list)  # overrides for the challenger, e.g. [train.max_epochs=50]
+    benchmark: Optional[str] = None  # a COCO file; null: the test split live at the first tick, pinned by hash
+    policy: LoopPolicyConfig = field(default_factory=LoopPolicyConfig)
+
+
 # ------------------------------------------------------------------ tracker
 @dataclass
 class TrackerConfig:
@@ -450,6 +481,7 @@ class CvopsConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
 

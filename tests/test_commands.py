@@ -60,6 +60,7 @@ CASES = {
     "app": ([], 2, "stages=[curate]"),
     "review": ([], 2, "this store has no edge cases yet"),
     "annotate": ([], 2, "stages=[curate]"),
+    "loop": ([], 2, "the loop needs a champion"),
     "store": (["gc"], 0, "nothing to remove"),
 }
 

@@ -25,8 +25,9 @@ from helpers.imports import imports  # noqa: E402
 
 PKG = Path(cvops.__file__).resolve().parent
 #: The entrances (first component of the module's path under ``cvops/``): they may import stage packages
+#: (``loop``: the automated loop, which a scheduler enters through ``cvops loop``)
 #: and the runner; no other module imports them (``cvops.commands``: only ``cli.py``).
-ENTRANCES = ("cli", "commands", "api")
+ENTRANCES = ("cli", "commands", "api", "loop")
 
 
 def owner(module: str, top: str, stages: Sequence[str]) -> str | None:

@@ -220,6 +220,12 @@ def run(ctx: StageContext) -> StageResult:
     groups = [g if g != "None" else f"#{i}" for i, g in enumerate(groups)]
     groups = _join_groups(groups, [index_of[id(s)] for s in kept_samples], decision.grouped)
     fixed = [s.item.split for s in kept_samples] if sp.respect_source else None
+    if sp.keep:
+        kept_split = _kept_splits(ctx, str(sp.keep))
+        given = fixed or [None] * len(kept_samples)
+        fixed = [kept_split.get(s.sha256) or given[i] for i, s in enumerate(kept_samples)]
+        log.info("  curate: %d of %d images keep their split from curate %s (curate.split.keep)",
+                 sum(1 for x in fixed if x), len(fixed), sp.keep)
     splits = split.assign(groups, [[b.label for b in s.boxes] for s in kept_samples], dict(sp.ratios),
                           sp.seed, sp.stratify, fixed)
     for s, name in zip(kept_samples, splits):
@@ -415,6 +421,24 @@ def _write_quarantine(path: Path, rows: List[Dict[str, Any]]) -> None:
         w.writeheader()
         w.writerows(sorted(({"action": "skipped" if r["kind"] == "file" else "quarantined", **r} for r in rows),
                            key=lambda r: (r["kind"], r["action"], str(r["file"]), r["reason"])))
+
+
+def _kept_splits(ctx: StageContext, fingerprint: str) -> Dict[str, str]:
+    """Image content hash -> split, of the dataset version curate ``fingerprint`` made (``curate.split.keep``).
+
+    Raises:
+        SourceError: that artifact, or its FiftyOne dataset, is not there.
+    """
+    from cvops.fo import connect
+
+    art = ctx.store.get("curate", fingerprint)
+    name = art.metrics.get("dataset_name") if art is not None else None
+    fo = connect()
+    if not name or not fo.dataset_exists(name):
+        raise SourceError(f"curate.split.keep={fingerprint}: no curate artifact with its FiftyOne dataset in the "
+                          f"store {ctx.store} (cvops models lists the exports' curate fingerprints)")
+    ds = fo.load_dataset(name)
+    return {h: sp for h, sp in zip(ds.values("sha256"), ds.values("split")) if h and sp}
 
 
 def dataset_name(project: str, version: str, build: Tuple[str, str]) -> str:

@@ -1,0 +1,490 @@
+"""One tick of the loop: triggers -> challenger -> champion vs challenger on the same data -> decision.
+
+::
+
+    cvops loop recipe=quickstart                 # one tick; cron, a systemd timer or a CronJob runs it
+    cvops loop recipe=quickstart --force         # a challenger even without a trigger
+
+A tick holds the project's lease (``<store>/loop/<project>/.lease``, an OS file lock: a crashed tick's
+lease goes with its process); a second tick exits 0 naming the holder. Then:
+
+1. **Triggers**: reviewed samples not yet in the champion's data (``loop.triggers.min_reviewed``), the
+   newest monitor verdict on the champion (``on_drift``), the recipe's data moved (``new_data``: its
+   curate fingerprint is not the champion's), ``--force``. None: "nothing to do", and why.
+2. **Challenger**: the recipe, plus the reviewed export in ``data.extra``, plus ``loop.retrain``,
+   through curate, train, evaluate and export (cached by content as always: the reviewed samples are
+   split like any data, so some are held out).
+3. **Champion vs challenger** on the same images: the **frozen benchmark** (``loop.benchmark``, or the
+   test split of the champion's dataset version at the first tick, copied and pinned by its hash) and
+   the **new data** (the reviewed images the challenger held out), per class, with both exports run
+   by ONNX Runtime; plus the challenger's export gate and the latency ratio.
+4. **Policy** (``loop.policy``) decides; the champion's alias is promoted to the challenger, or not.
+5. **Record**: ``<store>/loop/<project>/<tick>/decision.json`` and ``report.html``; the tick id is
+   the hash of its inputs (champion, challenger, benchmark, policy), so a tick with the same inputs
+   as a decided one does no work and says so.
+
+Safety: an export whose gate failed is never promoted; a benchmark image the challenger trained on
+refuses the comparison (the decision names the images); any failure leaves the alias untouched, with
+the reason in the decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from cvops.errors import UserError
+
+CHALLENGER_STAGES = ["curate", "train", "evaluate", "export"]
+
+
+class LoopError(UserError):
+    """A tick that cannot start (no champion, a store the loop does not support): the message says why."""
+
+
+# ------------------------------------------------------------------ the lease
+@contextmanager
+def lease(folder: Path) -> Iterator[Optional[Dict[str, Any]]]:
+    """Hold the project's tick lease; yields None when held, else who holds it (another tick)."""
+    from filelock import FileLock, Timeout
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / ".lease"))
+    who = folder / "holder.json"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            yield json.loads(who.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            yield {"pid": "?", "host": "?", "since": "?"}
+        return
+    try:
+        who.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+        yield None
+    finally:
+        lock.release()
+
+
+# ------------------------------------------------------------------ the tick
+def tick(overrides: Sequence[str], force: bool = False, say: Any = print) -> Dict[str, Any]:
+    """One tick; returns what it did (``status``: busy | idle | decided | already-decided | failed)."""
+    from cvops.session import open_recipe
+    from cvops.store import FolderStore
+    from cvops.store.registry import Registry
+
+    recipe = open_recipe(overrides, check_missing=False)
+    cfg, store = recipe.cfg, recipe.store
+    if not isinstance(store, FolderStore):
+        raise LoopError(f"cvops loop runs on a folder store for now; {store} is a bucket (paths.store)")
+    project = str(cfg.project)
+    root = store.root / "loop" / project
+    t0 = time.time()
+    with lease(root) as holder:
+        if holder is not None:
+            say(f"cvops loop: a tick of {project} is running (pid {holder.get('pid')} on {holder.get('host')} "
+                f"since {holder.get('since')}); nothing to do here")
+            return {"status": "busy", "holder": holder}
+        reg = Registry(store, project)
+        alias = str(cfg.loop.alias)
+        champion_fp = reg.resolve(alias)
+        if champion_fp is None:
+            raise LoopError(f"alias {alias} of {project} names no export: the loop needs a champion. Promote one "
+                            f"first: cvops promote {' '.join(overrides)} --alias {alias}")
+        champion = store.get("export", champion_fp)
+        if champion is None:
+            raise LoopError(f"alias {alias} names export {champion_fp}, which is not in the store {store}; "
+                            "promote an export that exists")
+        triggers, reviewed, why_not = _triggers(recipe, champion, force)
+        if not triggers:
+            say(f"cvops loop: nothing to do for {project} ({alias} = export {champion_fp}): {'; '.join(why_not)} "
+                f"({time.time() - t0:.1f} s)")
+            return {"status": "idle", "champion": champion_fp, "why": why_not}
+        say(f"cvops loop: {project}: {', '.join(t['trigger'] for t in triggers)} -> a challenger")
+        ch_overrides = _challenger_overrides(list(overrides), cfg, reviewed,
+                                             champion.manifest.get("inputs", {}).get("curate"))
+        return _decide(recipe, reg, root, champion, triggers, reviewed, ch_overrides, say)
+
+
+def _triggers(recipe: Any, champion: Any, force: bool) -> Tuple[List[Dict[str, Any]], Optional[Dict[str, Any]],
+                                                                  List[str]]:
+    """What starts a challenger (each with its evidence), the reviewed export, and why each did not fire."""
+    cfg, store = recipe.cfg, recipe.store
+    lt = cfg.loop.triggers
+    out: List[Dict[str, Any]] = []
+    why_not: List[str] = []
+    reviewed = _reviewed(recipe)
+    champ_extra = _extra_paths(store, champion)
+    if reviewed is None:
+        why_not.append("no reviewed samples")
+    elif reviewed["path"] in champ_extra:
+        why_not.append(f"the {reviewed['images']} reviewed sample(s) are in the champion's data already")
+    elif reviewed["images"] < int(lt.min_reviewed):
+        why_not.append(f"{reviewed['images']} reviewed sample(s), fewer than loop.triggers.min_reviewed="
+                       f"{lt.min_reviewed}")
+    else:
+        out.append({"trigger": "reviewed", "images": reviewed["images"], "export": reviewed["path"]})
+    if lt.on_drift:
+        verdict = _newest_monitor(store, champion.fingerprint)
+        if verdict is not None and verdict.metrics.get("drift_detected"):
+            out.append({"trigger": "drift", "monitor": verdict.fingerprint,
+                        "features": verdict.metrics.get("drift_features")})
+        else:
+            why_not.append("no drift in the newest monitor verdict on the champion" if verdict is not None
+                           else "no monitor verdict on the champion")
+    if lt.new_data:
+        here = recipe.fingerprint("curate")
+        theirs = champion.manifest.get("inputs", {}).get("curate")
+        if theirs and here != theirs and not champ_extra:
+            out.append({"trigger": "new_data", "curate": here, "champion_curate": theirs})
+        else:
+            why_not.append("the recipe's data is the champion's")
+    if force:
+        out.append({"trigger": "force"})
+    return out, reviewed, why_not
+
+
+def _reviewed(recipe: Any) -> Optional[Dict[str, Any]]:
+    """The store's reviewed samples as a COCO version (``cvops review``'s export), or None."""
+    from cvops.annotate.review import ReviewError, export_reviewed, review_dataset
+
+    cfg = recipe.cfg
+    name = review_dataset(str(cfg.project), recipe.store.id, cfg.monitor.review_dataset)
+    out_root = Path(cfg.paths.store).expanduser().absolute().parent / "reviewed" / str(cfg.project)
+    try:
+        return export_reviewed(name, out_root, list(cfg.data.classes) if cfg.data.classes else None,
+                               confidence=float(cfg.confidence), duplicate_iou=float(cfg.annotate.duplicate_iou))
+    except ReviewError:
+        return None
+
+
+def _extra_paths(store: Any, export: Any) -> List[str]:
+    """The ``data.extra`` paths of the curate artifact behind ``export``."""
+    cur = store.get("curate", export.manifest.get("inputs", {}).get("curate", ""))
+    extra = (cur.manifest.get("config", {}).get("data", {}) or {}).get("extra") if cur else None
+    return [str(e.get("path")) for e in extra or [] if isinstance(e, dict)]
+
+
+def _newest_monitor(store: Any, export_fp: str) -> Optional[Any]:
+    found = [a for a in store.artifacts("monitor") if a.manifest.get("inputs", {}).get("export") == export_fp]
+    return max(found, key=lambda a: str(a.manifest.get("created", "")), default=None)
+
+
+def _challenger_overrides(overrides: List[str], cfg: Any, reviewed: Optional[Dict[str, Any]],
+                          champion_curate: Optional[str]) -> List[str]:
+    from omegaconf import OmegaConf
+
+    from cvops.annotate.review import curate_overrides
+
+    line = [o for o in overrides if not o.startswith(("stages=", "curate.split.keep="))]
+    if champion_curate:  # the champion's images keep their split: its test split stays out of training
+        line.append(f"curate.split.keep={champion_curate}")
+    if reviewed is not None:
+        out_root = Path(reviewed["path"]).parent.parent
+        extra = OmegaConf.to_container(cfg.data.extra, resolve=True) or []
+        line = curate_overrides(line, extra, reviewed["path"], out_root)
+    return [*line, *[str(o) for o in cfg.loop.retrain]]
+
+
+# ------------------------------------------------------------------ champion vs challenger
+def _decide(recipe: Any, reg: Any, root: Path, champion: Any, triggers: List[Dict[str, Any]],
+            reviewed: Optional[Dict[str, Any]], ch_overrides: List[str], say: Any) -> Dict[str, Any]:
+    from cvops.session import open_recipe
+
+    cfg, store = recipe.cfg, recipe.store
+    policy = json.loads(json.dumps(_plain(cfg.loop.policy)))
+    t0 = time.time()
+    record: Dict[str, Any] = {"project": str(cfg.project), "alias": str(cfg.loop.alias),
+                              "champion": champion.fingerprint, "triggers": triggers, "policy": policy,
+                              "challenger_overrides": ch_overrides}
+    try:
+        _build(ch_overrides)
+        challenger = store.get("export", open_recipe(ch_overrides, check_missing=False).fingerprint("export"))
+        if challenger is None:
+            raise LoopError("the challenger's run ended without an export artifact")
+        bench_path, bench_sha = _benchmark(root, store, reg, champion, cfg)
+        key = hashlib.sha256(json.dumps([champion.fingerprint, challenger.fingerprint, bench_sha, policy],
+                                        sort_keys=True).encode()).hexdigest()[:12]
+        folder = root / key
+        if (folder / "decision.json").is_file():
+            done = json.loads((folder / "decision.json").read_text())
+            say(f"cvops loop: the same inputs were decided by tick {key} ({done['decision']}): nothing to do")
+            return {"status": "already-decided", "tick": key, "decision": done["decision"]}
+        record.update(challenger=challenger.fingerprint, tick=key, benchmark={"path": str(bench_path),
+                                                                            "sha256": bench_sha})
+        overlap = _overlap(bench_path, store, challenger)
+        if overlap:
+            return _finish(folder, record, "rejected", [f"the benchmark shares {len(overlap)} image(s) with the "
+                                                        f"challenger's training data (first: {overlap[0]}); a "
+                                                        "comparison there proves nothing"], {}, reg, say, t0,
+                           extra={"overlap": overlap[:50]})
+        new_path = _new_data(root / key, store, challenger, reviewed)
+        figures = {"benchmark": {"champion": _score(champion, bench_path), "challenger": _score(challenger, bench_path)}}
+        if new_path is not None:
+            figures["new_data"] = {"champion": _score(champion, new_path), "challenger": _score(challenger, new_path)}
+        figures["gate"] = {"challenger": challenger.metrics.get("gate")}
+        figures["latency_ms"] = side_by_side(champion, challenger, bench_path)
+        decision, reasons = judge(figures, policy)
+        return _finish(folder, record, decision, reasons, figures, reg, say, t0, challenger=challenger)
+    except Exception as e:  # the alias is untouched; the decision says why
+        key = hashlib.sha256(json.dumps([champion.fingerprint, str(e), time.time()]).encode()).hexdigest()[:12]
+        record.update(tick=key, error=f"{type(e).__name__}: {e}")
+        return _finish(root / key, record, "failed", [f"{type(e).__name__}: {e}"], {}, reg, say, t0)
+
+
+def _build(overrides: List[str]) -> None:
+    """The challenger's stages, as ``cvops <overrides> stages=[...]`` in a child process: the command line's
+    console and logs, and every artifact cached by content (a killed tick's next run resumes from them).
+
+    Raises:
+        LoopError: the run failed (its last lines say why).
+    """
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "cvops", *overrides, f"stages=[{','.join(CHALLENGER_STAGES)}]"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("  ") and any(line.lstrip().startswith(st) for st in CHALLENGER_STAGES):
+            print(f"  challenger {line.strip()}", flush=True)
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
+        raise LoopError(f"the challenger's run failed (exit {proc.returncode}): {tail}")
+
+
+def _plain(node: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def judge(figures: Dict[str, Any], policy: Dict[str, Any]) -> Tuple[str, List[str]]:
+    """``("promoted" | "rejected", reasons)`` for the figures under the policy (every reason is a sentence)."""
+    metric = str(policy["metric"])
+    reasons: List[str] = []
+    ok = True
+    if figures["gate"]["challenger"] != "pass":
+        ok = False
+        reasons.append(f"the challenger's export gate did not pass ({figures['gate']['challenger']})")
+    b = figures["benchmark"]
+    drop = b["champion"][metric] - b["challenger"][metric]
+    if drop > float(policy["max_regression"]):
+        ok = False
+        reasons.append(f"benchmark {metric} fell {drop:+.3f} (champion {b['champion'][metric]:.3f}, challenger "
+                       f"{b['challenger'][metric]:.3f}; limit {policy['max_regression']})")
+    else:
+        reasons.append(f"benchmark {metric}: champion {b['champion'][metric]:.3f}, challenger "
+                       f"{b['challenger'][metric]:.3f} (within {policy['max_regression']})")
+    for cls, ap in b["champion"]["per_class_AP"].items():
+        new = b["challenger"]["per_class_AP"].get(cls)
+        if ap is not None and new is not None and ap - new > float(policy["max_class_regression"]):
+            ok = False
+            reasons.append(f"benchmark AP of '{cls}' fell {ap - new:.3f} (limit {policy['max_class_regression']})")
+    where = "new_data" if "new_data" in figures else "benchmark"
+    g = figures[where]
+    gain = g["challenger"][metric] - g["champion"][metric]
+    if gain < float(policy["min_gain"]):
+        ok = False
+        reasons.append(f"{where.replace('_', ' ')} {metric} gain {gain:+.3f} is below loop.policy.min_gain="
+                       f"{policy['min_gain']}")
+    else:
+        reasons.append(f"{where.replace('_', ' ')} {metric} gain {gain:+.3f} (at least {policy['min_gain']})")
+    lat = figures["latency_ms"]
+    if lat.get("champion") and lat.get("challenger"):
+        ratio = float(lat["challenger"]) / float(lat["champion"])
+        if ratio > float(policy["max_latency_ratio"]):
+            ok = False
+            reasons.append(f"latency {ratio:.2f}x the champion's (limit {policy['max_latency_ratio']}x)")
+    return ("promoted" if ok else "rejected"), reasons
+
+
+def _finish(folder: Path, record: Dict[str, Any], decision: str, reasons: List[str], figures: Dict[str, Any],
+            reg: Any, say: Any, t0: float, challenger: Any = None, extra: Optional[Dict[str, Any]] = None
+            ) -> Dict[str, Any]:
+    from cvops.store.base import write_json_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    record.update(decision=decision, reasons=reasons, figures=figures, seconds=round(time.time() - t0, 1),
+                  time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}))
+    if decision == "promoted" and challenger is not None:
+        ev = reg.promote(record["alias"], challenger, f"cvops loop tick {record['tick']}: {'; '.join(reasons)}"[:500])
+        record["registry_event"] = {"time": ev.time, "previous": ev.previous}
+    record["reproduce"] = [f"cvops {' '.join(record.get('challenger_overrides', []))} "
+                           f"stages=[{','.join(CHALLENGER_STAGES)}]",
+                           f"cvops loop {' '.join(o for o in record.get('challenger_overrides', []) if o.startswith(('recipe=', 'project=', 'paths.')))}"]
+    write_json_atomic(folder / "decision.json", record, durable=True)
+    (folder / "report.html").write_text(_html(record), encoding="utf-8")
+    say(f"cvops loop: {decision.upper()} challenger {record.get('challenger', '-')} vs champion "
+        f"{record['champion']}: {'; '.join(reasons)}")
+    say(f"  decision: {folder / 'decision.json'}  report: {folder / 'report.html'}")
+    return {"status": "decided" if decision != "failed" else "failed", "decision": decision, "tick": record["tick"],
+            "reasons": reasons, "path": str(folder / "decision.json")}
+
+
+# ------------------------------------------------------------------ the data both are scored on
+def _benchmark(root: Path, store: Any, reg: Any, champion: Any, cfg: Any) -> Tuple[Path, str]:
+    """The frozen benchmark (a COCO file) and its hash: ``loop.benchmark``, or the champion's test split
+    copied at the first tick and pinned (``<loop>/benchmark.json``); a pinned file that changed is refused."""
+    if cfg.loop.benchmark:
+        path = Path(str(cfg.loop.benchmark)).expanduser().absolute()
+        return path, _sha(path)
+    pin = root / "benchmark.json"
+    if pin.is_file():
+        rec = json.loads(pin.read_text())
+        path = Path(rec["path"])
+        if _sha(path) != rec["sha256"]:
+            raise LoopError(f"the frozen benchmark {path} changed since it was pinned ({rec['sha256'][:12]}); "
+                            f"restore it, or remove {pin} to pin a new one (decisions before and after then "
+                            "compare on different data)")
+        return path, rec["sha256"]
+    cur = store.get("curate", champion.manifest.get("inputs", {}).get("curate", ""))
+    if cur is None:
+        raise LoopError(f"the champion's curate artifact is not in the store: no test split to freeze as the "
+                        "benchmark; set loop.benchmark to a COCO file")
+    split = cur.path("coco_test")
+    if not json.loads(split.read_text()).get("images"):
+        split = cur.path("coco_val")
+    sha = _sha(split)
+    dst = root / "benchmark" / sha[:12] / "annotations.json"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(split, dst)
+    from cvops.store.base import write_json_atomic
+
+    write_json_atomic(pin, {"path": str(dst), "sha256": sha, "from_curate": cur.fingerprint,
+                            "dataset_version": cur.metrics.get("dataset_version")})
+    return dst, sha
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _image_hashes(coco: Path) -> Dict[str, str]:
+    out = {}
+    for im in json.loads(Path(coco).read_text()).get("images", []):
+        try:
+            out[hashlib.sha256(Path(im["file_name"]).read_bytes()).hexdigest()] = im["file_name"]
+        except OSError:
+            continue
+    return out
+
+
+def _overlap(bench: Path, store: Any, challenger: Any) -> List[str]:
+    """Benchmark images (by content) that are in the challenger's training split."""
+    cur = store.get("curate", challenger.manifest.get("inputs", {}).get("curate", ""))
+    if cur is None:
+        return []
+    train = _image_hashes(cur.path("coco_train"))
+    return sorted(p for h, p in _image_hashes(bench).items() if h in train)
+
+
+def _new_data(folder: Path, store: Any, challenger: Any, reviewed: Optional[Dict[str, Any]]) -> Optional[Path]:
+    """A COCO file of the reviewed images the challenger held out (its val and test splits), or None."""
+    if reviewed is None:
+        return None
+    want = {im["file_name"] for im in json.loads(Path(reviewed["path"]).read_text())["images"]}
+    cur = store.get("curate", challenger.manifest.get("inputs", {}).get("curate", ""))
+    images, anns, cats = [], [], None
+    for split in ("coco_val", "coco_test"):
+        coco = json.loads(cur.path(split).read_text())
+        cats = coco["categories"]
+        keep = {im["id"] for im in coco["images"] if im["file_name"] in want}
+        for im in coco["images"]:
+            if im["id"] in keep:
+                images.append({**im, "id": len(images) + 1, "_old": (split, im["id"])})
+        remap = {im["_old"]: im["id"] for im in images}
+        anns += [{**a, "id": len(anns) + k + 1, "image_id": remap[(split, a["image_id"])]}
+                 for k, a in enumerate(x for x in coco["annotations"] if x["image_id"] in keep)]
+    if not images:
+        return None
+    for im in images:
+        im.pop("_old")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "new_data.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path
+
+
+def _score(export: Any, coco: Path) -> Dict[str, Any]:
+    """The export's COCO box metrics on ``coco`` (ONNX Runtime; classes matched by name)."""
+    import cv2
+
+    from cvops.detector.coco import coco_eval, to_coco
+    from cvops.detector.runtime import OnnxDetector
+
+    data = json.loads(Path(coco).read_text())
+    by_name = {c["name"]: c["id"] for c in data["categories"]}
+    det = OnnxDetector(export.path("onnx"))
+    cat_ids = [by_name.get(c, -1) for c in det.classes]
+    dets: List[Dict[str, Any]] = []
+    for im in data["images"]:
+        bgr = cv2.imread(im["file_name"], cv2.IMREAD_COLOR)
+        if bgr is None:
+            continue
+        dets += [d for d in to_coco(det.predict([bgr])[0], im["id"], cat_ids) if d["category_id"] != -1]
+    stats, _ = coco_eval(coco, dets)
+    stats["images"] = len(data["images"])
+    return stats
+
+
+def side_by_side(champion: Any, challenger: Any, coco: Path, repeats: int = 15) -> Dict[str, Any]:
+    """Median ONNX Runtime latency (ms, batch 1) of both exports on one benchmark image, timed alternately in
+    this process: a ratio that holds on a loaded machine, unlike figures from two export runs."""
+    import statistics
+
+    import cv2
+
+    from cvops.detector.runtime import OnnxDetector
+
+    images = json.loads(Path(coco).read_text()).get("images", [])
+    bgr = next((b for b in (cv2.imread(im["file_name"], cv2.IMREAD_COLOR) for im in images[:5]) if b is not None),
+               None)
+    if bgr is None:
+        return {}
+    dets = {"champion": OnnxDetector(champion.path("onnx")), "challenger": OnnxDetector(challenger.path("onnx"))}
+    times: Dict[str, List[float]] = {k: [] for k in dets}
+    for d in dets.values():
+        d.predict([bgr])  # warm
+    for _ in range(repeats):
+        for k, d in dets.items():
+            t = time.perf_counter()
+            d.predict([bgr])
+            times[k].append(1000 * (time.perf_counter() - t))
+    return {k: round(statistics.median(v), 3) for k, v in times.items()}
+
+
+# ------------------------------------------------------------------ the page
+def _html(rec: Dict[str, Any]) -> str:
+    e = html.escape
+    rows = []
+    for where in ("benchmark", "new_data"):
+        f = rec.get("figures", {}).get(where)
+        if not f:
+            continue
+        classes = sorted(set(f["champion"]["per_class_AP"]) | set(f["challenger"]["per_class_AP"]))
+        rows.append(f"<h2>{e(where.replace('_', ' '))} ({f['champion'].get('images')} images)</h2><table>"
+                    "<tr><th></th><th>champion</th><th>challenger</th></tr>")
+        for k in ("mAP", "mAP50", "mAP75"):
+            rows.append(f"<tr><td>{k}</td><td>{f['champion'][k]:.3f}</td><td>{f['challenger'][k]:.3f}</td></tr>")
+        for c in classes:
+            a, b = f["champion"]["per_class_AP"].get(c), f["challenger"]["per_class_AP"].get(c)
+            rows.append(f"<tr><td>AP {e(c)}</td><td>{'-' if a is None else f'{a:.3f}'}</td>"
+                        f"<td>{'-' if b is None else f'{b:.3f}'}</td></tr>")
+        rows.append("</table>")
+    reasons = "".join(f"<li>{e(r)}</li>" for r in rec.get("reasons", []))
+    return (f"<!doctype html><meta charset='utf-8'><title>cvops loop {e(rec.get('tick', ''))}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em .8em;text-align:right}</style>"
+            f"<h1>{e(rec['decision'].upper())}: challenger {e(str(rec.get('challenger', '-')))} vs champion "
+            f"{e(rec['champion'])}</h1><p>project {e(rec['project'])}, alias {e(rec['alias'])}, tick "
+            f"{e(str(rec.get('tick')))}, triggers {e(', '.join(t['trigger'] for t in rec['triggers']))}</p>"
+            f"<ul>{reasons}</ul>{''.join(rows)}<h2>reproduce</h2><pre>{e(chr(10).join(rec.get('reproduce', [])))}"
+            "</pre>")

@@ -1,0 +1,108 @@
+"""The automated loop on the quickstart: a champion, reviewed samples (the generator's true boxes), a tick that
+trains and judges a challenger, a tick that has nothing to do, a busy lease, and a sabotaged challenger."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from cvops.fo import connect
+
+SMALL = ("recipe=quickstart", "data.synthetic.num_images=60", "data.synthetic.videos=0",
+         "model.image_size=[128,128]", "train.max_epochs=12", "tracker=none", "export.int8=false",
+         "export.latency_repeats=2")
+
+
+def _reviewed(project: str, store: Path, root: Path, n: int) -> str:
+    """``n`` new generated images in the store's review dataset, labelled with their true boxes, tagged
+    reviewed: what a reviewer leaves after correcting edge cases."""
+    from cvops.annotate.review import review_dataset
+    from cvops.store import FolderStore
+    from cvops.synthetic import SyntheticSpec, generate
+
+    generate(root, SyntheticSpec(num_images=n, image_size=(320, 240), videos=0, seed=7), progress=False)
+    coco = json.loads((root / "annotations.json").read_text())
+    cats = {c["id"]: c["name"] for c in coco["categories"]}
+    fo = connect()
+    name = review_dataset(project, FolderStore(store).id)
+    ds = fo.Dataset(name, persistent=True)
+    for im in coco["images"]:
+        w, h = im["width"], im["height"]
+        s = fo.Sample(filepath=str((root / im["file_name"]).resolve()), tags=["reviewed"])
+        s["ground_truth"] = fo.Detections(detections=[
+            fo.Detection(label=cats[a["category_id"]], bounding_box=[a["bbox"][0] / w, a["bbox"][1] / h,
+                                                                     a["bbox"][2] / w, a["bbox"][3] / h])
+            for a in coco["annotations"] if a["image_id"] == im["id"]])
+        ds.add_sample(s)
+    return name
+
+
+def _decision(stdout: str) -> Dict[str, Any]:
+    line = next(x for x in stdout.splitlines() if x.strip().startswith("decision: "))
+    return json.loads(Path(line.split("decision: ", 1)[1].split()[0]).read_text())
+
+
+@pytest.mark.slow
+def test_a_tick_trains_judges_and_records_a_challenger_then_has_nothing_to_do(cvops, project, tmp_path):
+    from cvops.store import FolderStore
+    from cvops.store.registry import Registry
+
+    base = (*SMALL, f"project={project}")
+    r = cvops(*base, "stages=[curate,train,evaluate,export]", timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = cvops("loop", *base, timeout=300)
+    assert r.returncode == 2 and "the loop needs a champion" in r.stderr, r.stderr
+    r = cvops("promote", *base, "--alias", "production", timeout=300)
+    assert r.returncode == 0, r.stderr
+    reg = Registry(FolderStore(cvops.store), project)
+    champion = reg.resolve("production")
+
+    t0 = time.time()
+    r = cvops("loop", *base, timeout=300)
+    idle_s = time.time() - t0
+    assert r.returncode == 0 and "nothing to do" in r.stdout and "no reviewed samples" in r.stdout, r.stdout + r.stderr
+    print(f"idle tick: {idle_s:.1f} s")
+
+    _reviewed(project, cvops.store, tmp_path / "new", 20)
+    # a tick while another holds the lease: exit 0, naming the holder
+    from cvops.loop.tick import lease
+
+    with lease(cvops.store / "loop" / project) as holder:
+        assert holder is None
+        r = cvops("loop", *base, timeout=300)
+        assert r.returncode == 0 and "is running (pid" in r.stdout, r.stdout + r.stderr
+    r = cvops("loop", *base, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    d = _decision(r.stdout)
+    assert d["decision"] in ("promoted", "rejected") and d["champion"] == champion
+    assert [t["trigger"] for t in d["triggers"]][0] == "reviewed"
+    f = d["figures"]
+    assert set(f["benchmark"]) == {"champion", "challenger"} and f["benchmark"]["champion"]["images"] > 0
+    assert "new_data" in f and f["new_data"]["challenger"]["images"] > 0  # reviewed images held out
+    assert f["gate"]["challenger"] == "pass" and f["latency_ms"]["champion"] > 0
+    assert any(o.startswith("curate.split.keep=") for o in d["challenger_overrides"])
+    assert (Path(r.stdout.split("report: ")[1].split()[0])).read_text().count("<table>") == 2
+    now = reg.resolve("production")
+    assert now == (d["challenger"] if d["decision"] == "promoted" else champion)
+    if d["decision"] == "promoted":
+        assert f"cvops loop tick {d['tick']}" in reg.history("production")[-1].message
+
+    # the next tick: the reviewed samples are in the champion's data (promoted), or the same inputs were
+    # decided (rejected): no work either way
+    t0 = time.time()
+    r = cvops("loop", *base, timeout=600)
+    assert r.returncode == 0 and ("nothing to do" in r.stdout or "were decided by tick" in r.stdout), r.stdout
+    assert reg.resolve("production") == now
+
+    # a sabotaged challenger (one epoch) is rejected with its reasons; production stays
+    r = cvops("loop", *base, "loop.retrain=[train.max_epochs=1]", "--force", timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    bad = _decision(r.stdout)
+    assert bad["decision"] == "rejected" and bad["reasons"], bad
+    assert reg.resolve("production") == now
