@@ -327,8 +327,13 @@ def explain(exc: BaseException, overrides: Sequence[str] = ()) -> ConfigError:
         if isinstance(e, yaml.YAMLError):
             return ConfigError(_yaml_message(e))
         if isinstance(getattr(e, "override", None), str):  # Hydra's OverrideParseException: name the override
-            return ConfigError(f"cannot parse the command line: {e.override!r}: {str(e).splitlines()[0]} (the "
-                               "override grammar: https://hydra.cc/docs/advanced/override_grammar/basic)")
+            hint = ""
+            key, _, value = e.override.partition("=")
+            if value.startswith("[") and "=" in value:  # a list of overrides (loop.retrain): quote each one
+                items = ", ".join(f'"{x.strip()}"' for x in value.strip("[]").split(","))
+                hint = f"; a list of overrides takes each one quoted: '{key}=[{items}]'"
+            return ConfigError(f"cannot parse the command line: {e.override!r}: {str(e).splitlines()[0]}{hint} "
+                               "(the override grammar: https://hydra.cc/docs/advanced/override_grammar/basic)")
     text = "\n".join(str(e) for e in chain if str(e))
     if "Could not override 'recipe'" in text and any(o.lstrip("+~").startswith("hydra.searchpath=") for o in overrides):
         from cvops.recipes import _recipe_path

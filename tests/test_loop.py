@@ -101,7 +101,9 @@ def test_a_tick_trains_judges_and_records_a_challenger_then_has_nothing_to_do(cv
     assert reg.resolve("production") == now
 
     # a sabotaged challenger (one epoch) is rejected with its reasons; production stays
-    r = cvops("loop", *base, "loop.retrain=[train.max_epochs=1]", "--force", timeout=1200)
+    r = cvops("loop", *base, "loop.retrain=[train.max_epochs=1]", timeout=300)  # as the docs of Hydra forbid
+    assert r.returncode == 2 and """'loop.retrain=["train.max_epochs=1"]'""" in r.stderr, r.stderr
+    r = cvops("loop", *base, 'loop.retrain=["train.max_epochs=1"]', "--force", timeout=1200)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     bad = _decision(r.stdout)
     assert bad["decision"] == "rejected" and bad["reasons"], bad
