@@ -344,6 +344,10 @@ class ServeConfig:
     # or rollback loads the new model beside the old one, warms it, then switches (null: the recipe's export)
     alias: Optional[str] = None
     alias_poll_s: float = 2.0  # how often the alias is checked (POST /v1/admin/reload checks at once)
+    # shadow traffic: also follow this alias (e.g. staging) and run its export beside the live one on a share
+    # of requests, off the response path, logging their agreement (<request log>/shadow.jsonl; cvops loop)
+    shadow_alias: Optional[str] = None
+    shadow_rate: float = 0.1  # the share of successful requests shadowed
 
 
 # ------------------------------------------------------------------ monitor

@@ -395,3 +395,64 @@ def test_a_server_not_serving_what_its_alias_names_says_so(model_path: Path, tmp
         reg.rollback("production")  # back to what it serves: ready again
         f.check()
         assert client.get("/readyz").status_code == 200 and "stale" not in client.get("/v1/model").json()
+
+
+@pytest.mark.slow
+def test_shadow_traffic_runs_the_staging_export_beside_the_live_one_off_the_response_path(model_path: Path,
+                                                                                           tmp_path: Path) -> None:
+    """serve.shadow_alias=staging: every 1/shadow_rate-th answered request is also run by the staging export in
+    a background thread; the agreement lands in shadow.jsonl and /metrics, and the answers are the live model's."""
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    from cvops.schema import MonitorConfig, ServeConfig
+    from cvops.serve.models import ExportSource
+    from cvops.serve.server import build_app
+    from cvops.serve.shadow import agreement
+
+    store = tmp_path / "store"
+    put_export(store, "c3c3c3c3c3c3c3c3", model=model_path)
+    put_export(store, "d4d4d4d4d4d4d4d4", model=model_path)  # the same network: they must agree
+    reg = Registry(FolderStore(store), "regtest")
+    reg.promote("production", reg.store.get("export", "c3c3c3c3c3c3c3c3"))
+    reg.promote("staging", reg.store.get("export", "d4d4d4d4d4d4d4d4"))
+    cfg = dataclasses.replace(ServeConfig(), alias="production", shadow_alias="staging", shadow_rate=0.5)
+    source = ExportSource(str(store), "regtest", alias="production", monitor=MonitorConfig(low_confidence=0.0))
+    logs = tmp_path / "requests"
+    app = build_app(None, cfg, log_dir=logs, source=source)
+    rng = np.random.default_rng(0)
+    with TestClient(app) as client:
+        for _ in range(10):
+            img = encode(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), ".jpg")
+            r = client.post("/v1/predict", files={"image": ("x.jpg", img, "image/jpeg")})
+            assert r.status_code == 200 and r.json()["model"] == "c3c3c3c3c3c3c3c3"
+        app.state.shadow.close()  # let the shadow thread finish its queue
+        metrics = client.get("/metrics").text
+    ev = agreement((logs / "shadow.jsonl").read_text().splitlines(), "c3c3c3c3c3c3c3c3", "d4d4d4d4d4d4d4d4")
+    # every second request; the same network agrees (up to the max_det cut among an untrained model's
+    # near-equal scores: every box down to score 0 is compared here)
+    assert ev["requests"] == 5 and ev["mean_f1"] > 0.85, ev
+    assert 'cvops_shadow_requests_total{shadow="d4d4d4d4d4d4d4d4"} 5.0' in metrics
+    bad = dataclasses.replace(cfg, shadow_alias="production")
+    from cvops.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="another alias than serve.alias"):
+        build_app(None, bad, log_dir=logs, source=source)
+
+
+def test_shadow_agreement_counts_boxes_by_class_at_iou_half() -> None:
+    from cvops.detector.runtime import Detections
+    from cvops.serve.shadow import compare, f1
+
+    live = Detections(np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], np.float32),
+                      np.array([0.9, 0.8, 0.2], np.float32), np.array([0, 1, 1]))
+    # the shadow: the circle moved a little (IoU 0.68), the square's box far off, a new triangle;
+    # its classes in another order (matched by name)
+    shadow = Detections(np.array([[1, 1, 11, 11], [70, 70, 80, 80], [20, 20, 30, 30]], np.float32),
+                        np.array([0.7, 0.6, 0.5], np.float32), np.array([1, 0, 2]))
+    counts = compare(live, ["circle", "square"], shadow, ["triangle", "circle", "square"], confidence=0.3)
+    assert counts == {"circle": {"tp": 1, "fp": 0, "fn": 0}, "square": {"tp": 1, "fp": 0, "fn": 0},
+                      "triangle": {"tp": 0, "fp": 1, "fn": 0}}
+    assert f1(counts) == pytest.approx(2 * 2 / (2 * 2 + 1))
+    assert f1({}) == 1.0  # neither saw anything

@@ -69,7 +69,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -100,7 +100,7 @@ PREDICT = "/v1/predict"
 def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, log: RequestLog | None,
                token: str | None = None, drift: DriftFn | None = None,
                drift_window: int = MonitorConfig.drift_window, drift_every: int = MonitorConfig.drift_every,
-               reload: Callable[[], dict] | None = None) -> FastAPI:
+               reload: Callable[[], dict] | None = None, shadow: Any = None) -> FastAPI:
     """Build the FastAPI application serving ``detector`` (see the module docstring).
 
     Args:
@@ -118,6 +118,7 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
             ``drift_every``); see :class:`~cvops.serve.driftwatch.DriftWatch` for what its result sets.
         reload: what ``POST /v1/admin/reload`` calls (in a worker thread): look for a new model and
             swap to it; returns the answer's JSON. None: the endpoint answers 404.
+        shadow: a :class:`~cvops.serve.shadow.Shadow` offered every successful request (None: no shadow).
 
     Returns:
         The application; ``app.state.metrics`` (:class:`~cvops.serve.metrics.ServeMetrics`),
@@ -140,12 +141,17 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
     budget = DecodeBudget(cfg.decode_memory_mb, cfg.decode_wait_s)
     uploads = UploadReader(cfg.max_upload_mb, cfg.body_timeout_s, UploadBudget(cfg.upload_memory_mb))
     predictor = Predictor(cfg, slot, budget, metrics, log, watch)
+    if shadow is not None:
+        shadow.metrics = metrics
+        predictor.shadow = shadow
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         if watch is not None:
             watch.join(timeout=10)
+        if shadow is not None:
+            shadow.close()
         if log is not None:
             log.close()
 
@@ -156,6 +162,7 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
     app.state.budget = budget
     app.state.models = slot
     app.state.load = loader.load
+    app.state.shadow = shadow
     _guard(app, metrics, token)
     _predict_route(app, predictor, uploads)
     _other_routes(app, slot, metrics, reload)

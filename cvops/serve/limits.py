@@ -41,6 +41,11 @@ def _problem(cfg: Any, workers: int) -> Optional[str]:
         return f"serve.port={cfg.port}: a TCP port, 0..65535 (0: any free port)"
     if cfg.lanes < 0:
         return f"serve.lanes={cfg.lanes}: inference lanes per worker, 1 or more (0: one per core)"
+    if not 0.0 <= float(getattr(cfg, "shadow_rate", 0.0)) <= 1.0:
+        return f"serve.shadow_rate={cfg.shadow_rate}: the share of requests shadowed, 0..1 (default 0.1)"
+    shadow = getattr(cfg, "shadow_alias", None)
+    if shadow and shadow == getattr(cfg, "alias", None):
+        return f"serve.shadow_alias={shadow}: the shadow must be another alias than serve.alias (e.g. staging)"
     if cfg.max_batch < 1:
         return f"serve.max_batch={cfg.max_batch}: images per inference call, 1 or more (1: no batching)"
     if not cfg.batch_wait_ms >= 0:

@@ -34,6 +34,12 @@ class ServeMetrics:
         self.drift_checks = Counter("cvops_drift_checks", "Drift checks completed", registry=r)
         self.ready = Gauge("cvops_model_ready", "1 once a model is loaded and warm", registry=r)
         self.model_swaps = Counter("cvops_model_swaps", "Models switched to after the first", registry=r)
+        self.shadow_requests = Counter("cvops_shadow_requests", "Requests the shadow model also answered",
+                                       ["shadow"], registry=r)
+        self.shadow_f1 = Gauge("cvops_shadow_f1", "Box F1 (IoU 0.5) of the shadow model against the live one, "
+                               "last shadowed request", ["shadow"], registry=r)
+        self.shadow_skipped = Counter("cvops_shadow_skipped", "Requests not shadowed: the shadow thread was behind",
+                                      registry=r)
         self.batch_size = Histogram("cvops_batch_size", "Images per inference call (micro-batching)",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
 

@@ -47,6 +47,7 @@ class Predictor:
 
         self.max_pixels, self.max_aspect_ratio = cfg.max_pixels, cfg.max_aspect_ratio
         self.slot, self.budget, self.metrics, self.log, self.watch = slot, budget, metrics, log, watch
+        self.shadow: Any = None  # a cvops.serve.shadow.Shadow: shadow traffic, off the response path
         self._image_stats = image_stats
 
     def predict(self, data: bytes, started: float, upload: str, masks: MaskFormat) -> dict[str, Any]:
@@ -81,10 +82,15 @@ class Predictor:
                 except Exception as e:
                     raise self._failed("preprocessing", e, mime(fmt), served.fingerprint) from e
                 try:
+                    t = time.perf_counter()
                     dets = served.infer(item)
+                    infer_ms = (time.perf_counter() - t) * 1000
                 except Exception as e:
                     raise self._failed("inference", e, mime(fmt), served.fingerprint) from e
-                return self._answer(served, bgr, dets, mime(fmt), started, upload, masks)
+                answer = self._answer(served, bgr, dets, mime(fmt), started, upload, masks)
+                if self.shadow is not None:  # queued for the shadow thread; the answer does not wait
+                    self.shadow.offer(bgr, dets, served.classes, served.fingerprint, infer_ms)
+                return answer
 
     def log_failure(self, status: int, reason: str, content_type: str, started: float | None = None,
                     fingerprint: Any = None) -> None:

@@ -69,24 +69,54 @@ def build_app(model_path: str | Path | None, cfg: ServeConfig, *, info: dict | N
         seed: seeds the image sampling.
         engine_path: a TensorRT engine to serve instead of the ONNX model.
         source: with ``cfg.alias``, the store's exports (:class:`cvops.serve.models.ExportSource`): the
-            application follows the alias (:class:`cvops.serve.models.AliasFollower`).
+            application follows the alias (:class:`cvops.serve.models.AliasFollower`); with
+            ``cfg.shadow_alias``, it also follows that one and shadows a share of requests with its export
+            (:mod:`cvops.serve.shadow`).
 
     Returns:
         The FastAPI application, warmed up with one inference (following an alias that is not set yet:
         not ready, ``/readyz`` 503, until a promotion).
     """
-    import numpy as np
-
-    from cvops.serve.app import create_app
-    from cvops.serve.models import AliasFollower, open_detector
+    from cvops.serve.models import AliasFollower
     from cvops.requestlog import RequestLog
 
     log = (RequestLog(log_dir, sample_rate=cfg.sample_rate, seed=seed, max_total_mb=cfg.log_max_mb,
                       max_days=cfg.log_max_days) if log_dir else None)
+    shadow = None
+    if cfg.shadow_alias:
+        if source is None:
+            raise ValueError("serve.shadow_alias needs the store's exports (a source)")
+        from cvops.serve.shadow import Shadow
+
+        confidence = source.monitor.low_confidence if source.monitor is not None else 0.3
+        shadow = Shadow(cfg.shadow_rate, confidence, Path(log_dir) if log_dir else None, None)
+    app = _build(model_path, cfg, info, log, token, drift, drift_window, drift_every, threads, engine_path, source,
+                 shadow)
+    if shadow is not None:  # the shadow alias, followed like the live one (its model has no drift gauges)
+        import dataclasses
+
+        follow = AliasFollower(dataclasses.replace(source, alias=cfg.shadow_alias, monitor=None), shadow.load,
+                               cfg.alias_poll_s)
+        try:
+            follow.check()
+        except RuntimeError:  # said in the log; nothing shadowed until the alias names a model that loads
+            pass
+        app.state.shadow_follower = follow.start()
+    return app
+
+
+def _build(model_path: Any, cfg: ServeConfig, info: Any, log: Any, token: Any, drift: Any, drift_window: int,
+           drift_every: int, threads: Any, engine_path: Any, source: Any, shadow: Any) -> Any:
+    import numpy as np
+
+    from cvops.serve.app import create_app
+    from cvops.serve.models import AliasFollower, open_detector
+
     if source is not None and cfg.alias:
         follower: list = []
         app = create_app(None, cfg, info={"alias": cfg.alias}, log=log, token=token or None,
-                         drift_window=drift_window, drift_every=drift_every, reload=lambda: follower[0].check(force=True))
+                         drift_window=drift_window, drift_every=drift_every, reload=lambda: follower[0].check(force=True),
+                         shadow=shadow)
         f = AliasFollower(source, app.state.load, cfg.alias_poll_s)
         f.on_error = lambda why: app.state.metrics.errors.labels(reason="model_load").inc()
         follower.append(f)
@@ -107,7 +137,7 @@ def build_app(model_path: str | Path | None, cfg: ServeConfig, *, info: dict | N
         info["fingerprint"] = model_fingerprint(model_path)
     info.setdefault("model_file", Path(model_path).name)  # a name, never a path: /v1/model is public to clients
     return create_app(detector, cfg, info=info, log=log, token=token or None, drift=drift, drift_window=drift_window,
-                      drift_every=drift_every)
+                      drift_every=drift_every, shadow=shadow)
 
 
 def app_from_env() -> Any:

@@ -68,4 +68,5 @@ def serve_export(config: Any, store: Any, export: Any, curate: Optional[Any], re
     model, engine = source.files(export)
     drift = source.drift(export, curate, model)  # live drift gauges against the model's reference profile
     serve(model, sv, info=source.info(export, curate, model), log_dir=log_dir, drift=drift, workers=workers,
-          drift_window=mon.drift_window, drift_every=mon.drift_every, engine_path=engine)
+          drift_window=mon.drift_window, drift_every=mon.drift_every, engine_path=engine,
+          source=source if sv.shadow_alias else None)
