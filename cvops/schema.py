@@ -426,12 +426,22 @@ class LoopPolicyConfig:
 
 
 @dataclass
+class LoopShadowConfig:
+    """Shadow traffic before a promotion: servers with serve.shadow_alias run the challenger beside the champion."""
+
+    requests: int = 0  # shadowed requests a later tick waits for before it promotes (0: promote at once)
+    alias: str = "staging"  # where the challenger waits (servers follow it with serve.shadow_alias)
+    min_f1: float = 0.0  # the challenger's mean box F1 against the champion on live traffic must reach it
+
+
+@dataclass
 class LoopConfig:
     alias: str = "production"  # the champion: the export this registry alias names
     triggers: LoopTriggersConfig = field(default_factory=LoopTriggersConfig)
     retrain: List[str] = field(default_factory=list)  # overrides for the challenger, e.g. [train.max_epochs=50]
     benchmark: Optional[str] = None  # a COCO file; null: the test split live at the first tick, pinned by hash
     policy: LoopPolicyConfig = field(default_factory=LoopPolicyConfig)
+    shadow: LoopShadowConfig = field(default_factory=LoopShadowConfig)
 
 
 # ------------------------------------------------------------------ tracker

@@ -4,11 +4,10 @@ trains and judges a challenger, a tick that has nothing to do, a busy lease, and
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
 
@@ -108,3 +107,48 @@ def test_a_tick_trains_judges_and_records_a_challenger_then_has_nothing_to_do(cv
     bad = _decision(r.stdout)
     assert bad["decision"] == "rejected" and bad["reasons"], bad
     assert reg.resolve("production") == now
+
+
+def test_a_staged_challenger_waits_for_its_shadow_requests_then_is_promoted(project, tmp_path, capsys):
+    """loop.shadow.requests=N: the challenger that passed offline waits on 'staging'; a tick with fewer than N
+    shadow requests logged (by servers with serve.shadow_alias=staging) waits, the next one decides."""
+    import shutil as sh
+
+    from cvops.loop.tick import tick
+    from cvops.store import FolderStore
+    from cvops.store.registry import Registry
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_registry import put_export
+
+    store = tmp_path / "store"
+    champ, chall = "aaaa111122223333", "bbbb111122223333"
+    put_export(store, champ, project=project)
+    put_export(store, chall, project=project)
+    reg = Registry(FolderStore(store), project)
+    reg.promote("production", reg.store.get("export", champ))
+    reg.promote("staging", reg.store.get("export", chall))
+    root = store / "loop" / project
+    (root / "t1").mkdir(parents=True)
+    (root / "t1" / "decision.json").write_text(json.dumps({
+        "project": project, "alias": "production", "champion": champ, "challenger": chall, "tick": "t1",
+        "decision": "staged", "reasons": ["passed offline"], "triggers": [{"trigger": "reviewed"}], "figures": {}}))
+    (root / "pending.json").write_text(json.dumps({"tick": "t1", "champion": champ, "challenger": chall,
+                                                   "alias": "production", "requests": 4}))
+    line = ["recipe=quickstart", f"project={project}", f"paths.store={store}", "loop.shadow.requests=4"]
+    log = store / "requests" / project / "shadow.jsonl"
+    log.parent.mkdir(parents=True)
+    rec = {"live": champ, "shadow": chall, "f1": 0.9, "live_ms": 10.0, "shadow_ms": 11.0,
+           "per_class": {"circle": {"tp": 9, "fp": 1, "fn": 1}}}
+    log.write_text("".join(json.dumps(rec) + "\n" for _ in range(3)) + "not json\n")
+    assert tick(line)["status"] == "waiting" and reg.resolve("production") == champ
+    assert "3 of 4 shadow requests" in capsys.readouterr().out
+    with open(log, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    res = tick(line)
+    assert res == {"status": "decided", "decision": "promoted", "tick": "t1"}
+    assert reg.resolve("production") == chall and not (root / "pending.json").exists()
+    d = json.loads((root / "t1" / "decision.json").read_text())
+    assert d["figures"]["shadow"]["requests"] == 4 and d["figures"]["shadow"]["mean_f1"] == pytest.approx(0.9)
+    assert "shadow traffic (4 requests)" in (root / "t1" / "report.html").read_text()
+    sh.rmtree(root / "t1")

@@ -104,6 +104,9 @@ def tick(overrides: Sequence[str], force: bool = False, say: Any = print) -> Dic
         if champion is None:
             raise LoopError(f"alias {alias} names export {champion_fp}, which is not in the store {store}; "
                             "promote an export that exists")
+        pending = _pending(root)
+        if pending is not None:
+            return _shadow_tick(recipe, reg, root, champion, pending, say, t0)
         triggers, reviewed, why_not = _triggers(recipe, champion, force)
         if not triggers:
             say(f"cvops loop: nothing to do for {project} ({alias} = export {champion_fp}): {'; '.join(why_not)} "
@@ -234,7 +237,8 @@ def _decide(recipe: Any, reg: Any, root: Path, champion: Any, triggers: List[Dic
         figures["gate"] = {"challenger": challenger.metrics.get("gate")}
         figures["latency_ms"] = side_by_side(champion, challenger, bench_path)
         decision, reasons = judge(figures, policy)
-        return _finish(folder, record, decision, reasons, figures, reg, say, t0, challenger=challenger)
+        return _finish(folder, record, decision, reasons, figures, reg, say, t0, challenger=challenger,
+                       shadow=_plain(cfg.loop.shadow))
     except Exception as e:  # the alias is untouched; the decision says why
         key = hashlib.sha256(json.dumps([champion.fingerprint, str(e), time.time()]).encode()).hexdigest()[:12]
         record.update(tick=key, error=f"{type(e).__name__}: {e}")
@@ -259,6 +263,66 @@ def _build(overrides: List[str]) -> None:
     if proc.returncode != 0:
         tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
         raise LoopError(f"the challenger's run failed (exit {proc.returncode}): {tail}")
+
+
+def _pending(root: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads((root / "pending.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _shadow_tick(recipe: Any, reg: Any, root: Path, champion: Any, pending: Dict[str, Any], say: Any,
+                 t0: float) -> Dict[str, Any]:
+    """A challenger waiting on the shadow alias: wait for its requests, then promote it or not."""
+    from cvops.requestlog import request_log_dir
+    from cvops.serve.shadow import SHADOW_LOG, agreement
+    from cvops.store.base import write_json_atomic
+
+    cfg, store = recipe.cfg, recipe.store
+    folder = root / pending["tick"]
+    record = json.loads((folder / "decision.json").read_text())
+    if champion.fingerprint != pending["champion"]:  # someone promoted another model meanwhile: start over
+        (root / "pending.json").unlink()
+        record.update(decision="rejected", reasons=[f"{pending['alias']} moved to {champion.fingerprint} while the "
+                                                    "challenger was in shadow; the next tick compares again"])
+        write_json_atomic(folder / "decision.json", record, durable=True)
+        say(f"cvops loop: {record['reasons'][0]}")
+        return {"status": "decided", "decision": "rejected", "tick": pending["tick"]}
+    log = Path(request_log_dir(cfg.serve.log_dir, store.root, cfg.project)) / SHADOW_LOG
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    ev = agreement(lines, pending["champion"], pending["challenger"])
+    need = int(pending["requests"])
+    if ev["requests"] < need:
+        say(f"cvops loop: challenger {pending['challenger']} is on {cfg.loop.shadow.alias}: {ev['requests']} of "
+            f"{need} shadow requests logged ({log}); waiting ({time.time() - t0:.1f} s)")
+        return {"status": "waiting", "tick": pending["tick"], "shadow_requests": ev["requests"]}
+    reasons = [f"shadow: {ev['requests']} requests, mean box F1 against the champion {ev['mean_f1']:.3f} (at "
+               f"least {cfg.loop.shadow.min_f1})"]
+    ok = ev["mean_f1"] is not None and ev["mean_f1"] >= float(cfg.loop.shadow.min_f1)
+    if ev.get("live_ms") and ev.get("shadow_ms"):
+        ratio = ev["shadow_ms"] / ev["live_ms"]
+        reasons.append(f"shadow latency {ratio:.2f}x the champion's on the same requests (limit "
+                       f"{cfg.loop.policy.max_latency_ratio}x)")
+        ok = ok and ratio <= float(cfg.loop.policy.max_latency_ratio)
+    record.setdefault("figures", {})["shadow"] = ev
+    record["reasons"] = [*record.get("reasons", []), *reasons]
+    (root / "pending.json").unlink()
+    if ok:
+        challenger = store.get("export", pending["challenger"])
+        e = reg.promote(pending["alias"], challenger, f"cvops loop tick {pending['tick']}: {'; '.join(reasons)}"[:500])
+        record.update(decision="promoted", registry_event={"time": e.time, "previous": e.previous})
+    else:
+        record.update(decision="rejected")
+    write_json_atomic(folder / "decision.json", record, durable=True)
+    (folder / "report.html").write_text(_html(record), encoding="utf-8")
+    say(f"cvops loop: {record['decision'].upper()} challenger {pending['challenger']} after shadow: "
+        f"{'; '.join(reasons)}")
+    say(f"  decision: {folder / 'decision.json'}  report: {folder / 'report.html'}")
+    return {"status": "decided", "decision": record["decision"], "tick": pending["tick"]}
 
 
 def _plain(node: Any) -> Any:
@@ -308,14 +372,25 @@ def judge(figures: Dict[str, Any], policy: Dict[str, Any]) -> Tuple[str, List[st
 
 
 def _finish(folder: Path, record: Dict[str, Any], decision: str, reasons: List[str], figures: Dict[str, Any],
-            reg: Any, say: Any, t0: float, challenger: Any = None, extra: Optional[Dict[str, Any]] = None
-            ) -> Dict[str, Any]:
+            reg: Any, say: Any, t0: float, challenger: Any = None, extra: Optional[Dict[str, Any]] = None,
+            shadow: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     from cvops.store.base import write_json_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     record.update(decision=decision, reasons=reasons, figures=figures, seconds=round(time.time() - t0, 1),
                   time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {}))
-    if decision == "promoted" and challenger is not None:
+    if decision == "promoted" and challenger is not None and shadow and int(shadow["requests"]) > 0:
+        # passed offline: first on the shadow alias, beside the champion on live traffic; a later tick decides
+        ev = reg.promote(str(shadow["alias"]), challenger, f"cvops loop tick {record['tick']}: shadow")
+        record.update(decision="staged", staged={"alias": shadow["alias"], "requests": int(shadow["requests"]),
+                                                 "previous": ev.previous})
+        decision = "staged"
+        write_json_atomic(folder.parent / "pending.json", {"tick": record["tick"], "champion": record["champion"],
+                                                           "challenger": challenger.fingerprint,
+                                                           "alias": record["alias"], **record["staged"]})
+        reasons = [*reasons, f"on {shadow['alias']} until {shadow['requests']} shadow requests are logged"]
+        record["reasons"] = reasons
+    elif decision == "promoted" and challenger is not None:
         ev = reg.promote(record["alias"], challenger, f"cvops loop tick {record['tick']}: {'; '.join(reasons)}"[:500])
         record["registry_event"] = {"time": ev.time, "previous": ev.previous}
     record["reproduce"] = [f"cvops {' '.join(record.get('challenger_overrides', []))} "
@@ -480,6 +555,15 @@ def _html(rec: Dict[str, Any]) -> str:
             rows.append(f"<tr><td>AP {e(c)}</td><td>{'-' if a is None else f'{a:.3f}'}</td>"
                         f"<td>{'-' if b is None else f'{b:.3f}'}</td></tr>")
         rows.append("</table>")
+    sh = rec.get("figures", {}).get("shadow")
+    if sh:
+        rows.append(f"<h2>shadow traffic ({sh['requests']} requests)</h2><table><tr><th>class</th><th>agree</th>"
+                    "<th>only champion</th><th>only challenger</th><th>F1</th></tr>")
+        for c, v in sh.get("per_class", {}).items():
+            rows.append(f"<tr><td>{e(c)}</td><td>{v['tp']}</td><td>{v['fn']}</td><td>{v['fp']}</td>"
+                        f"<td>{v['f1']:.3f}</td></tr>")
+        rows.append(f"</table><p>median latency: champion {sh.get('live_ms')} ms, challenger {sh.get('shadow_ms')} "
+                    "ms</p>")
     reasons = "".join(f"<li>{e(r)}</li>" for r in rec.get("reasons", []))
     return (f"<!doctype html><meta charset='utf-8'><title>cvops loop {e(rec.get('tick', ''))}</title>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em .8em;text-align:right}</style>"
