@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve_deploy.py swap --model M [--seconds 60] [--every 10] [--clients 8]
     .venv/bin/python benchmarks/serve_deploy.py soak --model M [--minutes 10] [--clients 8] [--warmup 60]
+    .venv/bin/python benchmarks/serve_deploy.py shadow --model M [--seconds 20] [--rounds 3] [--rate 0.1]
 
 ``M`` is an exported ``model.onnx`` (with the files beside it, e.g. ``<store>/export/<fp>/``). Both
 build a scratch store holding two export artifacts of that model (``A`` and ``B``: the same weights,
@@ -19,6 +20,10 @@ soak   ``--minutes`` at steady load with ``serve.log_max_mb=8`` (so the request 
        the server's RSS every 5 s; growth = median RSS of the last minute vs the first minute after
        ``--warmup`` s (goal < 5 %). Reports errors (goal 0), requests/s, p50/p99, and the rotated
        request log files at the end (goal > 0: rotation under way).
+
+shadow Throughput with shadow traffic (``serve.shadow_alias=staging``, B promoted there, ``--rate``)
+       vs without, the two servers started and loaded alternately ``--rounds`` times for ``--seconds``
+       each; reports both medians and their ratio (goal >= 0.9), and the shadowed requests logged.
 
 Each prints a small markdown table, then one JSON line with every number (the last line of stdout).
 """
@@ -239,6 +244,42 @@ def cmd_soak(args: argparse.Namespace) -> Dict[str, Any]:
     return res
 
 
+def cmd_shadow(args: argparse.Namespace) -> Dict[str, Any]:
+    rates: Dict[str, List[float]] = {"plain": [], "shadow": []}
+    failed = 0
+    shadowed = 0
+    for r in range(args.rounds):
+        for kind in ("plain", "shadow"):
+            log_dir = Path(tempfile.mkdtemp(prefix="cvops-bench-shadow-log-"))
+            extra = [f"serve.log_dir={log_dir}"]
+            if kind == "shadow":
+                extra += ["serve.shadow_alias=staging", f"serve.shadow_rate={args.rate}"]
+            work, reg, server = _start(args, "shadow", extra)
+            reg.promote("staging", reg.store.get("export", FP_B))
+            try:
+                server.wait_ready()
+                load = Load(server.url, _images(), args.clients).start()
+                time.sleep(args.seconds)
+                load.stop()
+            finally:
+                server.stop()
+            answers = load.answers
+            failed += sum(1 for a in answers if a[2] != 200)
+            rates[kind].append(len(answers) / args.seconds)
+            if kind == "shadow" and (log_dir / "shadow.jsonl").exists():
+                shadowed += len((log_dir / "shadow.jsonl").read_text().splitlines())
+            print(f"  round {r + 1} {kind:6s} {rates[kind][-1]:7.1f} req/s", flush=True)
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(log_dir, ignore_errors=True)
+    plain, shadow = statistics.median(rates["plain"]), statistics.median(rates["shadow"])
+    res = {"plain_req_per_s": round(plain, 1), "shadow_req_per_s": round(shadow, 1),
+           "ratio": round(shadow / plain, 3), "rate": args.rate, "shadowed_logged": shadowed, "failed": failed,
+           "rounds": args.rounds, "seconds": args.seconds, "clients": args.clients}
+    _table({"req/s without": res["plain_req_per_s"], f"req/s shadow {args.rate}": res["shadow_req_per_s"],
+            "ratio": res["ratio"], "shadowed": shadowed, "failed": failed})
+    return res
+
+
 def _start(args: argparse.Namespace, name: str, extra: List[str]) -> Tuple[Path, Any, Server]:
     """A scratch store with exports A and B, A promoted to ``production``, and the server started on it."""
     from cvops.store import FolderStore
@@ -268,7 +309,7 @@ def _free_port() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("swap", "soak"):
+    for name in ("swap", "soak", "shadow"):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True, type=Path)
         p.add_argument("--clients", type=int, default=8)
@@ -277,10 +318,15 @@ def main() -> int:
     sub.choices["swap"].add_argument("--every", type=float, default=10)
     sub.choices["soak"].add_argument("--minutes", type=float, default=10)
     sub.choices["soak"].add_argument("--warmup", type=float, default=60)
+    sub.choices["shadow"].add_argument("--seconds", type=float, default=20)
+    sub.choices["shadow"].add_argument("--rounds", type=int, default=3)
+    sub.choices["shadow"].add_argument("--rate", type=float, default=0.1)
     args = ap.parse_args()
-    res = cmd_swap(args) if args.cmd == "swap" else cmd_soak(args)
+    res = {"swap": cmd_swap, "soak": cmd_soak, "shadow": cmd_shadow}[args.cmd](args)
     print(json.dumps(res))
     ok = res["failed"] == 0 and res.get("wrong_export_after_swap", 0) == 0
+    if args.cmd == "shadow":
+        ok = ok and res["ratio"] >= 0.9 and res["shadowed_logged"] > 0
     if args.cmd == "soak":
         ok = ok and res["rss_growth"] is not None and res["rss_growth"] < 0.05 and res["rotated_log_files"] > 0
     return 0 if ok else 1

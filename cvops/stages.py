@@ -104,7 +104,8 @@ class Stage:
 #: Every distribution that installs the ``cv2`` module (whichever one a machine has decides what cv2 does).
 OPENCV = ("opencv-python-headless", "opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless")
 
-#: The built-in lifecycle, in order. ``project`` is read by the stages that name things after it.
+#: The built-in lifecycle, in order. ``project`` is read by the stages that name things after it;
+#: ``confidence`` by those whose keys default to it (``evaluate.confusion_score_thr``, ``monitor.low_confidence``).
 BUILTIN: Tuple[Stage, ...] = (
     Stage("curate", "cvops.curate.stage:run", ("project", "data", "curate"),
           libraries=("fiftyone", "pillow", *OPENCV, "numpy", "pycocotools", "pyyaml"),
@@ -116,19 +117,22 @@ BUILTIN: Tuple[Stage, ...] = (
           external="cvops.train.inputs:signature",
           resume_key="train.resume", check="cvops.train.checks:check_stage",
           summary="cvops.summary:train", issue=4),
-    Stage("evaluate", "cvops.evaluate.stage:run", ("model", "train.device", "evaluate"), ("curate", "train"),
+    Stage("evaluate", "cvops.evaluate.stage:run", ("model", "train.device", "evaluate", "confidence"),
+          ("curate", "train"),
           ("pycocotools", "fiftyone", "torch", "mmcv", "mmdet", "mmengine", "numpy"), summary="cvops.summary:evaluate",
           next=("cvops app {args}   # predictions, TP/FP/FN in the FiftyOne App",), issue=4),
-    Stage("export", "cvops.export.stage:run", ("project", "model", "export", "evaluate.confusion_score_thr"),
+    Stage("export", "cvops.export.stage:run", ("project", "model", "export", "evaluate.confusion_score_thr",
+                                               "confidence"),
           ("curate", "train"), ("torch", "mmcv", "mmdet", "mmengine", "onnx", "onnxruntime", "onnxscript", "onnxslim",
                                 "tensorrt", "numpy"),
           external="cvops.export.host:signature", summary="cvops.summary:export", check="cvops.export.checks:check_stage",
           next=("cvops serve {args}   # the exported model over HTTP",), issue=5),
-    Stage("serve", "cvops.serve.stage:run", ("project", "model.name", "serve", "monitor"),
+    Stage("serve", "cvops.serve.stage:run", ("project", "model.name", "serve", "monitor", "confidence"),
           ("curate", "train", "export"), cacheable=False, summary="cvops.summary:serve",
           check="cvops.serve.limits:check_stage", issue=6),
     Stage("monitor", "cvops.monitor.stage:run",
-          ("project", "monitor", "serve.log_dir", "data.synthetic", "lock_timeout_s"), ("curate", "train", "export"),
+          ("project", "monitor", "serve.log_dir", "data.synthetic", "lock_timeout_s", "confidence"),
+          ("curate", "train", "export"),
           ("onnxruntime", "numpy", "scipy", "pillow", *OPENCV, "fiftyone"),
           exclude=("lock_timeout_s",), external="cvops.monitor.source:signature", summary="cvops.summary:monitor",
           check="cvops.monitor.checks:check_stage",

@@ -75,6 +75,8 @@ def leaves(node, prefix: str = "") -> Iterator[Tuple[str, object]]:
 def mutated(node):
     """A different valid value for a config node, or raise LookupError."""
     value = node._value() if not isinstance(node, (DictConfig, ListConfig)) else None
+    if isinstance(value, str) and node._is_interpolation():  # a default taken from another key: its value
+        value = node._dereference_node()._value()
     if isinstance(node, ListConfig):
         items = OmegaConf.to_container(node, resolve=True)
         if not items:

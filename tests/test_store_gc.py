@@ -234,8 +234,11 @@ def test_s3_gc_judges_a_lease_it_cannot_read_by_the_stores_own_lease(store_url, 
     store = _s3(store_url, tmp_path / "cache", lease_s=1.0)
     k = f"{store.key}/train/{KILLED}"
     store.fs.pipe_file(f"{k}/b1ded1ded1de/model.pth", b"k" * 50)
+    t0 = time.monotonic()
     store.fs.pipe_file(f"{k}.lease", body)
-    assert [(g.stage, g.fingerprint) for g in gc(store, STAGES, grace_s=0).garbage] == []  # fresh: maybe live
+    fresh = gc(store, STAGES, grace_s=0).garbage
+    if time.monotonic() - t0 < 1.0:  # judged within lease_s of its write (a loaded machine may take longer)
+        assert [(g.stage, g.fingerprint) for g in fresh] == []  # fresh: maybe live
     time.sleep(1.3)
     found = gc(store, STAGES, grace_s=0).garbage
     assert [(g.stage, g.fingerprint) for g in found] == [("train", KILLED)]
