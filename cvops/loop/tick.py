@@ -210,8 +210,10 @@ def _decide(recipe: Any, reg: Any, root: Path, champion: Any, triggers: List[Dic
                               "champion": champion.fingerprint, "triggers": triggers, "policy": policy,
                               "challenger_overrides": ch_overrides}
     try:
-        _build(ch_overrides)
-        challenger = store.get("export", open_recipe(ch_overrides, check_missing=False).fingerprint("export"))
+        ch_fp = open_recipe(ch_overrides, check_missing=False).fingerprint("export")
+        if store.get("export", ch_fp) is None:  # built already (a decided tick, a resumed one): no child run
+            _build(ch_overrides)
+        challenger = store.get("export", ch_fp)
         if challenger is None:
             raise LoopError("the challenger's run ended without an export artifact")
         bench_path, bench_sha = _benchmark(root, store, reg, champion, cfg)
