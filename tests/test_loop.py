@@ -152,3 +152,41 @@ def test_a_staged_challenger_waits_for_its_shadow_requests_then_is_promoted(proj
     assert d["figures"]["shadow"]["requests"] == 4 and d["figures"]["shadow"]["mean_f1"] == pytest.approx(0.9)
     assert "shadow traffic (4 requests)" in (root / "t1" / "report.html").read_text()
     sh.rmtree(root / "t1")
+
+
+def test_the_review_state_read_without_fiftyone_follows_every_edit(project, tmp_path):
+    """An idle tick reads the review dataset's state with pymongo and reuses the last export while it holds;
+    an edited label or a newly tagged sample makes the next tick export again."""
+    import os
+
+    from cvops.loop.tick import _review_state, _reviewed
+    from cvops.session import open_recipe
+    from cvops.store import FolderStore
+    from cvops.annotate.review import review_dataset
+    from cvops.synthetic import SyntheticSpec, generate
+
+    assert os.environ.get("FIFTYONE_DATABASE_URI")  # the tests' own MongoDB server
+    recipe = open_recipe(["recipe=quickstart", f"project={project}", f"paths.store={tmp_path / 'store'}"],
+                         check_missing=False)
+    name = review_dataset(project, FolderStore(tmp_path / "store").id)
+    assert _review_state(name) == [0, None] and _reviewed(recipe) is None
+    generate(tmp_path / "shots", SyntheticSpec(num_images=2, image_size=(128, 96), min_size=16, max_size=48, videos=0, seed=3), progress=False)
+    fo = connect()
+    ds = fo.Dataset(name, persistent=True)
+    for p in sorted((tmp_path / "shots" / "images").glob("*.jpg")):
+        s = fo.Sample(filepath=str(p))
+        s["ground_truth"] = fo.Detections(detections=[fo.Detection(label="circle", bounding_box=[.1, .1, .3, .3])])
+        ds.add_sample(s)
+    first = ds.first()
+    first.tags.append("reviewed")
+    first.save()
+    one = _reviewed(recipe)
+    assert one["images"] == 1 and _reviewed(recipe) == one  # unchanged: the cached export
+    first.ground_truth.detections[0].bounding_box = [.2, .2, .3, .3]
+    first.save()
+    moved = _reviewed(recipe)
+    assert moved["images"] == 1 and moved["version"] != one["version"]  # an edited box: exported again
+    last = ds.last()
+    last.tags.append("reviewed")
+    last.save()
+    assert _reviewed(recipe)["images"] == 2
