@@ -216,6 +216,10 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     max_epochs: int = MISSING
+    # a wall-clock budget (like Ultralytics' time=): the first epoch is timed, then the epochs that fit the budget
+    # are planned (at most max_epochs) and the schedule (cosine decay, mosaic switch) is laid out over them; a run
+    # that still reaches the budget stops after the epoch in progress, with its best checkpoint. null: no budget
+    max_minutes: Optional[float] = None
     batch_size: int = 8
     lr: float = 0.004
     base_batch_size: int = 256  # lr is scaled linearly by batch_size / base_batch_size

@@ -34,6 +34,10 @@ def curate(m: Mapping[str, Any]) -> str:
 
 def train(m: Mapping[str, Any]) -> str:
     out = f"{m.get('epochs', '?')} epochs"
+    tb = m.get("time_budget")
+    if isinstance(tb, dict):
+        out += (f" (train.max_minutes={tb.get('budget_s', 0) / 60:g}: {tb.get('planned_epochs')} planned"
+                + ("; the budget ran out, stopped" if tb.get("stopped_at_budget") else "") + ")")
     if m.get("best_val_mAP50") is not None:
         out += f"; best val mAP50 {_pct(m['best_val_mAP50'])} (epoch {m.get('best_epoch', '?')})"
     return out

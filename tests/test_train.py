@@ -404,3 +404,26 @@ def test_resume_lineage_covers_code_libraries_and_weights():
     assert _lineage(ctx()) == _lineage(ctx(epochs=80))  # more epochs continue the same lineage
     assert _lineage(ctx(code="c2")) != _lineage(ctx())
     assert _lineage(ctx(external="w2")) != _lineage(ctx())
+
+
+@pytest.mark.slow
+def test_max_minutes_lays_the_schedule_over_the_budget_and_ends_within_it(cvops):
+    """train.max_minutes: the first epoch is timed, the epochs that fit are planned (far fewer than
+    max_epochs), the cosine decay ends with them (the last lr is the floor, not a cut-off peak), and
+    training ends within the budget."""
+    budget_min = 0.25
+    r = cvops(*_train_cmd("train.max_epochs=200", f"train.max_minutes={budget_min}", "train.lr_decay_from=0.0"),
+              timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (work,) = [p for p in cvops.store.glob("train/*") if p.is_dir()]
+    m = json.loads((work / "manifest.json").read_text())["metrics"]
+    tb = m["time_budget"]
+    assert 2 <= tb["planned_epochs"] < 200 and m["epochs"] == tb["planned_epochs"], tb
+    assert tb["train_s"] <= budget_min * 60 + tb["first_epoch_s"], tb  # at worst one epoch past it
+    assert f"train.max_minutes={budget_min:g}: {tb['planned_epochs']} planned" in r.stdout
+    lrs = [row["lr"] for row in (json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines())
+           if "lr" in row]
+    peak = max(lrs)
+    assert lrs[-1] < 0.15 * peak, (lrs[-1], peak)  # decayed to (near) its floor, 0.05 x peak, at the planned end
+    r = cvops(*_train_cmd("train.max_epochs=2", "train.max_minutes=0"), timeout=300)
+    assert r.returncode == 2 and "train.max_minutes=0" in r.stderr, r.stderr

@@ -31,6 +31,9 @@ def check(model: Any, train: Any) -> None:
     need(math.isfinite(train.lr) and train.lr > 0, "train.lr", train.lr, "a learning rate above 0")
     need(math.isfinite(train.weight_decay) and train.weight_decay >= 0, "train.weight_decay", train.weight_decay,
          "0 or more")
+    budget = getattr(train, "max_minutes", None)
+    need(budget is None or (math.isfinite(budget) and budget > 0), "train.max_minutes", budget,
+         "a wall-clock budget in minutes above 0 (null: none)")
     need(0.0 <= train.lr_decay_from < 1.0, "train.lr_decay_from", train.lr_decay_from,
          "a fraction of max_epochs in [0, 1)")
     need(train.mosaic_epochs is None or 0 <= train.mosaic_epochs <= train.max_epochs, "train.mosaic_epochs",

@@ -87,3 +87,96 @@ class ProgressHook(Hook):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+@HOOKS.register_module(name="CvopsTimeBudgetHook")
+class TimeBudgetHook(Hook):
+    """``train.max_minutes``: plan the epochs that fit a wall-clock budget and lay the schedule out over them.
+
+    The first epoch (with its validation) is timed; then the run is given ``1 + (budget - elapsed) //
+    epoch time`` epochs (a 5 % margin kept, at most ``max_epochs``), and the cosine decay and the mosaic
+    switch move to the new end, so the schedule ends where the budget does instead of being cut in its
+    middle. If the budget still runs out, training stops after the epoch in progress and says so; the best
+    checkpoint so far is the result. ``time_budget.json`` in the work dir records the plan.
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self, max_minutes: float, decay_from: float = 0.0, mosaic_share: Optional[float] = None) -> None:
+        self.budget_s = float(max_minutes) * 60.0
+        self.decay_from = float(decay_from)
+        self.mosaic_share = mosaic_share
+        self.t0 = 0.0
+        self.planned: Optional[int] = None
+        self.stopped = False
+
+    def before_train(self, runner: Any) -> None:
+        import time
+
+        self.t0 = time.monotonic()
+
+    def before_train_epoch(self, runner: Any) -> None:
+        import time
+
+        if runner.epoch != 1 or self.planned is not None:
+            return
+        elapsed = time.monotonic() - self.t0  # the first epoch and its validation
+        loop = runner.train_loop
+        fit = 1 + int(max(0.0, self.budget_s * 0.95 - elapsed) // max(elapsed, 1e-6))
+        self.planned = max(2, min(loop.max_epochs, fit))
+        self._relay(runner, self.planned)
+        self._write(runner, elapsed)
+
+    def _relay(self, runner: Any, epochs: int) -> None:
+        loop = runner.train_loop
+        per_epoch = len(loop.dataloader)
+        loop._max_epochs = epochs
+        loop._max_iters = epochs * per_epoch
+        schedulers = runner.param_schedulers
+        for s in (schedulers if isinstance(schedulers, list) else [x for v in schedulers.values() for x in v]):
+            if hasattr(s, "T_max"):  # the cosine decay: from its share of the planned epochs to their end
+                if s.begin >= per_epoch:  # not begun (the timed first epoch precedes it): moved exactly
+                    s.begin = max(per_epoch, int(round(epochs * self.decay_from)) * per_epoch)
+                s.end = epochs * per_epoch
+                s.T_max = max(1, s.end - s.begin)
+        for hook in runner.hooks:
+            if hasattr(hook, "switch_epoch"):  # mosaic off for the last epochs, as the base schedule's share
+                share = self.mosaic_share if self.mosaic_share is not None else 20 / 300
+                hook.switch_epoch = max(1, epochs - max(1, round(epochs * share)))
+            if hasattr(hook, "num_last_epochs"):
+                hook.num_last_epochs = max(1, round(epochs * 15 / 300))
+
+    def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None,
+                         outputs: Optional[dict] = None) -> None:
+        import time
+
+        if not self.stopped and time.monotonic() - self.t0 > self.budget_s:
+            self.stopped = True
+            loop = runner.train_loop
+            loop._max_epochs = runner.epoch + 1  # this epoch ends the run (its validation included)
+            loop._max_iters = loop._max_epochs * len(loop.dataloader)
+            runner.logger.warning(f"train.max_minutes: the budget of {self.budget_s / 60:.1f} min ran out in epoch "
+                                  f"{runner.epoch + 1}; stopping after it")
+
+    def after_train(self, runner: Any) -> None:
+        import time
+
+        self._write(runner, None, time.monotonic() - self.t0)
+
+    def _write(self, runner: Any, first_epoch_s: Optional[float], total_s: Optional[float] = None) -> None:
+        import json
+        from pathlib import Path
+
+        path = Path(runner.work_dir) / "time_budget.json"
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            rec = {}
+        rec.update(budget_s=self.budget_s, planned_epochs=self.planned or runner.train_loop.max_epochs,
+                   stopped_at_budget=self.stopped)
+        if first_epoch_s is not None:
+            rec["first_epoch_s"] = round(first_epoch_s, 2)
+        if total_s is not None:
+            rec["train_s"] = round(total_s, 2)
+        if runner.rank == 0:
+            path.write_text(json.dumps(rec))

@@ -277,6 +277,8 @@ def build(model: ModelConfig, train: TrainConfig, classes: Sequence[str], export
         raise TrainConfigError(f"train.lr_decay_from={train.lr_decay_from}: give the fraction of max_epochs at which "
                                "the cosine decay begins, 0 <= value < 1 (0: from the start, 0.5: the second half)")
     decay_from = min(epochs - 1, int(round(epochs * train.lr_decay_from)))
+    if train.max_minutes is not None and epochs > 1:
+        decay_from = max(1, decay_from)  # the first epoch is timed before the decay is laid over the budget
     cfg.param_scheduler = [
         dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=max(1, train.warmup_iters)),
         dict(type="CosineAnnealingLR", eta_min=lr * 0.05, begin=decay_from, end=epochs, T_max=epochs - decay_from,
@@ -292,6 +294,13 @@ def build(model: ModelConfig, train: TrainConfig, classes: Sequence[str], export
             hook["num_last_epochs"] = max(0, epochs - int(strong)) if strong is not None else max(1, round(epochs * 15 / 300))
     cfg.custom_hooks = list(cfg.get("custom_hooks", []) or []) + [dict(type="CvopsFiniteLossHook"),
                                                                 dict(type="CvopsProgressHook")]
+    if train.max_minutes is not None:
+        if not train.max_minutes > 0:
+            raise TrainConfigError(f"train.max_minutes={train.max_minutes}: a wall-clock budget in minutes, more than "
+                                   "0 (null: none)")
+        cfg.custom_hooks.append(dict(type="CvopsTimeBudgetHook", max_minutes=float(train.max_minutes),
+                                     decay_from=float(train.lr_decay_from),
+                                     mosaic_share=(strong / epochs) if strong is not None else None))
 
     # hooks, logging, checkpoints
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=train.log_interval)

@@ -256,5 +256,11 @@ def _collect(work: Path, seconds: float) -> StageResult:
         "seconds": round(seconds, 1),
         "best_checkpoint": best_ckpt.name,
     }
+    budget = work / "time_budget.json"
+    if budget.is_file():  # train.max_minutes: the plan, and whether the budget ran out
+        try:
+            metrics["time_budget"] = json.loads(budget.read_text())
+        except ValueError:
+            pass
     reports = [n for n in ("config.py", "curves.png", "best.pth", "last.pth") if (work / n).exists()]
     return StageResult(artifacts, metrics, reports=reports)
