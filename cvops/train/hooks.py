@@ -111,9 +111,19 @@ class TimeBudgetHook(Hook):
         self.stopped = False
 
     def before_train(self, runner: Any) -> None:
+        import json
         import time
+        from pathlib import Path
 
         self.t0 = time.monotonic()
+        if runner.epoch > 0:  # resumed: the plan made before (the schedulers' own state came with the checkpoint)
+            try:
+                self.planned = int(json.loads((Path(runner.work_dir) / "time_budget.json").read_text())["planned_epochs"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return
+            loop = runner.train_loop
+            loop._max_epochs = max(self.planned, runner.epoch + 1)
+            loop._max_iters = loop._max_epochs * len(loop.dataloader)
 
     def before_train_epoch(self, runner: Any) -> None:
         import time
