@@ -228,6 +228,13 @@ class Progress:
         elif time.perf_counter() - self._last >= self.pipe_interval_s and self.n < self.total:
             self._line()  # a pipe's heartbeat: a line a minute, so a log tail shows that it moves
 
+    def set_total(self, total: int) -> None:
+        """A new total (a training whose epochs were planned after it began: ``train.max_minutes``)."""
+        self.total = max(1, int(total), self.n)
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
     def set_desc(self, desc: str) -> None:
         self.desc = desc
         if self._bar is not None:

@@ -73,6 +73,8 @@ class ProgressHook(Hook):
 
     def before_train_epoch(self, runner: Any) -> None:
         if self.bar is not None:
+            if self.bar.total != runner.train_loop.max_iters:  # the epochs were planned meanwhile (a time budget)
+                self.bar.set_total(runner.train_loop.max_iters)
             self.bar.set_desc(self._desc(runner, runner.epoch))
 
     def after_val_epoch(self, runner: Any, metrics: Optional[dict] = None) -> None:
@@ -100,7 +102,7 @@ class TimeBudgetHook(Hook):
     checkpoint so far is the result. ``time_budget.json`` in the work dir records the plan.
     """
 
-    priority = "VERY_LOW"
+    priority = "BELOW_NORMAL"  # plans before the progress bar (LOW) reads the new total
 
     def __init__(self, max_minutes: float, decay_from: float = 0.0, mosaic_share: Optional[float] = None) -> None:
         self.budget_s = float(max_minutes) * 60.0
@@ -125,15 +127,25 @@ class TimeBudgetHook(Hook):
             loop._max_epochs = max(self.planned, runner.epoch + 1)
             loop._max_iters = loop._max_epochs * len(loop.dataloader)
 
-    def before_train_epoch(self, runner: Any) -> None:
+    def after_train_epoch(self, runner: Any) -> None:
+        loop = runner.train_loop
+        validates = loop.val_begin <= 1 and loop.val_interval == 1 and runner.val_loop is not None
+        if runner.epoch == 0 and not validates:  # no validation after the first epoch: plan now
+            self._plan(runner)
+
+    def after_val_epoch(self, runner: Any, metrics: Optional[dict] = None) -> None:
+        if runner.epoch == 1:  # the first epoch and its validation timed; the loop checks its end next
+            self._plan(runner)
+
+    def _plan(self, runner: Any) -> None:
         import time
 
-        if runner.epoch != 1 or self.planned is not None:
+        if self.planned is not None:
             return
-        elapsed = time.monotonic() - self.t0  # the first epoch and its validation
+        elapsed = time.monotonic() - self.t0
         loop = runner.train_loop
         fit = 1 + int(max(0.0, self.budget_s * 0.95 - elapsed) // max(elapsed, 1e-6))
-        self.planned = max(2, min(loop.max_epochs, fit))
+        self.planned = max(1, min(loop.max_epochs, fit))
         self._relay(runner, self.planned)
         self._write(runner, elapsed)
 
