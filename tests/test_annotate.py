@@ -438,3 +438,39 @@ def test_a_box_edited_in_the_apps_annotate_panel_is_what_review_exports(cvops, p
     [a] = json.loads(ann.read_text())["annotations"]
     assert a["bbox"] == pytest.approx([after[0] * W_, after[1] * H_, after[2] * W_, after[3] * H_], abs=0.01)
     assert a["bbox"][0] == pytest.approx(70 + 100, abs=8)  # 25 % of 400 px to the right of the model's box
+
+
+def test_hostile_label_studio_results_are_reasons_never_a_crash():
+    """What a broken client, an old export or an attacker could put in an annotation's result: each bad region
+    is a reason (the sample is then quarantined by load), the good ones are read, nothing raises."""
+    from cvops.annotate.labelstudio import boxes_from_results
+    from cvops.annotate.labels import problems
+
+    rect = {"type": "rectanglelabels", "value": {"x": 10, "y": 10, "width": 20, "height": 30, "rotation": 0,
+                                                "rectanglelabels": ["circle"]}}
+    hostile = [
+        "not a region", 5, None, {"type": "rectanglelabels", "value": "x"},
+        {"type": "rectanglelabels", "value": {"x": "nan", "y": 0, "width": 1, "height": 1,
+                                              "rectanglelabels": ["circle"]}},
+        {"type": "rectanglelabels", "value": {"x": 1, "rectanglelabels": ["circle"]}},  # no size
+        {"type": "rectanglelabels", "value": {"x": 0, "y": 0, "width": 5, "height": 5,
+                                              "rectanglelabels": ["circle", "square"]}},  # two labels
+        {"type": "polygonlabels", "value": {"points": [[0, 0], ["a", 1]], "polygonlabels": ["square"]}},
+        {"type": "polygonlabels", "value": {"points": "zz", "polygonlabels": ["square"]}},
+        {"type": "textarea", "value": {"text": ["a comment"]}},  # another control: not ours, not an error
+        rect,
+    ]
+    boxes, bad = boxes_from_results(hostile, 200, 100)
+    assert [(b.label, [round(v, 3) for v in b.xywh]) for b in boxes] == [("circle", [20.0, 10.0, 40.0, 30.0])]
+    assert len(bad) == 9, bad
+    assert boxes_from_results({"x": 1}, 200, 100) == ([], ["the annotation's result is dict, not a list of regions"])
+    # a rotated rectangle: the axis-aligned box around it
+    turned = {"type": "rectanglelabels", "value": {"x": 50, "y": 10, "width": 10, "height": 20, "rotation": 90,
+                                                  "rectanglelabels": ["square"]}}
+    [b], _ = boxes_from_results([turned], 200, 100)
+    assert [round(v, 3) for v in b.xywh] == [80.0, 10.0, 20.0, 20.0]  # 20x20 px turned about (100, 10)
+    # a box far outside the image is a problem for the sample, not a crash
+    far = {"type": "rectanglelabels", "value": {"x": 300, "y": 10, "width": 10, "height": 10,
+                                               "rectanglelabels": ["circle"]}}
+    [b], _ = boxes_from_results([far], 200, 100)
+    assert "lies outside the 200x100 image" in problems([b], 200, 100, CLASSES, 0.7)[0]

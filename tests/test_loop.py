@@ -190,3 +190,23 @@ def test_the_review_state_read_without_fiftyone_follows_every_edit(project, tmp_
     last.tags.append("reviewed")
     last.save()
     assert _reviewed(recipe)["images"] == 2
+
+
+def test_a_broken_benchmark_or_shadow_setting_is_refused_naming_the_key(tmp_path):
+    import dataclasses
+
+    from cvops.errors import ConfigError
+    from cvops.loop.tick import LoopError, _benchmark
+    from cvops.config import compose_config
+    from cvops.schema import ServeConfig
+    from cvops.serve.limits import check
+
+    for text in ("", "{not json", '{"images": []}', "[1, 2]"):
+        bad = tmp_path / "bench.json"
+        bad.write_text(text)
+        cfg = compose_config(["recipe=quickstart", f"loop.benchmark={bad}"])
+        with pytest.raises(LoopError, match="loop.benchmark="):
+            _benchmark(tmp_path, None, None, None, cfg)
+    for rate in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="serve.shadow_rate"):
+            check(dataclasses.replace(ServeConfig(), shadow_rate=rate))

@@ -66,3 +66,10 @@ def test_new_id_removes_the_copys_curate_artifacts_that_use_the_originals_datase
         for name in fo.list_datasets():
             if name.startswith(project):
                 fo.delete_dataset(name)
+
+
+def test_curate_split_keep_naming_no_dataset_version_is_refused_with_the_fix(cvops, tmp_path):
+    r = cvops("recipe=quickstart", f"paths.store={tmp_path / 's'}", "project=keepbad", "stages=[curate]", *SMALL,
+              "curate.split.keep=deadbeef00000000", timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "curate.split.keep=deadbeef00000000: no curate artifact" in r.stderr and "cvops models" in r.stderr

@@ -221,7 +221,12 @@ def boxes_from_results(results: Sequence[Dict[str, Any]], w: int, h: int) -> Tup
 
     boxes: List[Box] = []
     bad: List[str] = []
+    if not isinstance(results, list):
+        return [], [f"the annotation's result is {type(results).__name__}, not a list of regions"]
     for r in results:
+        if not isinstance(r, dict) or not isinstance(r.get("value") or {}, dict):
+            bad.append(f"a region that is not an object: {str(r)[:80]!r}")
+            continue
         kind, v = r.get("type"), r.get("value") or {}
         labels = v.get(kind) if kind else None
         if kind not in ("rectanglelabels", "polygonlabels"):
@@ -234,6 +239,8 @@ def boxes_from_results(results: Sequence[Dict[str, Any]], w: int, h: int) -> Tup
             if kind == "rectanglelabels":
                 x, y = float(v["x"]) * w / 100.0, float(v["y"]) * h / 100.0
                 bw, bh = float(v["width"]) * w / 100.0, float(v["height"]) * h / 100.0
+                if not all(math.isfinite(c) for c in (x, y, bw, bh)):
+                    raise ValueError("a coordinate that is not a finite number")
                 rot = math.radians(float(v.get("rotation") or 0.0))
                 if rot:
                     c, s = math.cos(rot), math.sin(rot)
@@ -243,6 +250,8 @@ def boxes_from_results(results: Sequence[Dict[str, Any]], w: int, h: int) -> Tup
                 boxes.append(Box(label, [x, y, bw, bh]))
             else:
                 pts = [(float(p[0]) * w / 100.0, float(p[1]) * h / 100.0) for p in v["points"]]
+                if not all(math.isfinite(c) for p in pts for c in p):
+                    raise ValueError("a point that is not a finite number")
                 mask = polygons_to_mask([pts], w, h)
                 box = mask_box(mask)
                 if box is None:  # wholly outside the image, or fewer than 3 points

@@ -462,6 +462,14 @@ def _benchmark(root: Path, store: Any, reg: Any, champion: Any, cfg: Any) -> Tup
     copied at the first tick and pinned (``<loop>/benchmark.json``); a pinned file that changed is refused."""
     if cfg.loop.benchmark:
         path = Path(str(cfg.loop.benchmark)).expanduser().absolute()
+        try:
+            images = json.loads(path.read_text(encoding="utf-8"))["images"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LoopError(f"loop.benchmark={cfg.loop.benchmark}: not a readable COCO file with 'images' "
+                            f"({type(e).__name__}: {e}); give a COCO detection file, or null for the champion's "
+                            "test split") from e
+        if not images:
+            raise LoopError(f"loop.benchmark={cfg.loop.benchmark}: the COCO file has no images")
         return path, _sha(path)
     pin = root / "benchmark.json"
     if pin.is_file():

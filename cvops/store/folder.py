@@ -104,12 +104,11 @@ class FolderStore:
                     "keeps the id), and runs on it would write into the original's FiftyOne datasets. Give the "
                     f"copy its own id: cvops store new-id paths.store={self.root} (or point paths.store at "
                     f"{recorded})")
-        try:  # first use here, or the store moved: the id lives here now
-            tmp = self.root / f".store-home.{uuid.uuid4().hex}"
-            tmp.write_text(str(self.root) + "\n", encoding="utf-8")
-            os.replace(tmp, home)
-        except OSError:
-            pass  # a read-only store: nothing to record, nothing written with it either
+        if not os.access(self.root, os.W_OK):  # a read-only store: nothing to record, nothing written through it
+            return
+        tmp = self.root / f".store-home.{uuid.uuid4().hex}"  # first use here, or the store moved: the id lives here
+        tmp.write_text(str(self.root) + "\n", encoding="utf-8")
+        os.replace(tmp, home)
 
     def new_id(self) -> str:
         """Give this folder a new store id bound to it (a copied store's own identity); returns the new id."""
