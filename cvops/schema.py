@@ -352,6 +352,10 @@ class ServeConfig:
     # of requests, off the response path, logging their agreement (<request log>/shadow.jsonl; cvops loop)
     shadow_alias: Optional[str] = None
     shadow_rate: float = 0.1  # the share of successful requests shadowed
+    # slices: a request names its source (camera, site, customer) in the X-Cvops-Source header, the source
+    # query parameter or form field; metrics, drift and the precision estimate are kept per source. The first
+    # max_sources names get series of their own, later ones count as "other" (bounded /metrics)
+    max_sources: int = 32
 
 
 # ------------------------------------------------------------------ monitor
@@ -363,6 +367,36 @@ class ShiftConfig:
     blur: float = 0.0  # Gaussian sigma in px
     noise: float = 0.0  # additive Gaussian noise (grey levels)
     background: Optional[str] = None  # one background style for every frame, e.g. checker (unseen in training)
+
+
+@dataclass
+class AlertRule:
+    """One alert of ``cvops alerts``: it fires when its condition held for ``duration``."""
+
+    enabled: bool = True
+    threshold: Optional[float] = None  # what it means is the alert's own (AlertsConfig)
+    duration: str = "5m"  # a Prometheus duration (30s, 5m, 1h): how long the condition holds first (for:)
+    severity: str = "warning"  # the label Alertmanager routes on (warning, critical, page, ...)
+
+
+def _rule(threshold: Optional[float] = None, duration: str = "5m", severity: str = "warning") -> Any:
+    return field(default_factory=lambda: AlertRule(True, threshold, duration, severity))
+
+
+@dataclass
+class AlertsConfig:
+    """Prometheus alerting and recording rules of the served model (``cvops alerts recipe=X``; docs/alerts.md).
+    Every alert is per project, model and source (``X-Cvops-Source``)."""
+
+    window: str = "5m"  # the range of the rates and latency quantiles (a Prometheus duration)
+    drift: AlertRule = _rule(None, "5m")  # the live drift check of a source found drift
+    error_rate: AlertRule = _rule(0.05, "5m")  # the share of failed prediction requests is above threshold
+    latency_p95_ms: AlertRule = _rule(1000.0, "5m")  # the 95th percentile latency is above threshold (ms)
+    no_traffic: AlertRule = _rule(None, "10m", "critical")  # a source that sent requests sent none for duration
+    # the estimated precision of a source fell this much below the validation split's
+    precision_drop: AlertRule = _rule(0.1, "10m")
+    class_mix: AlertRule = _rule(None, "15m")  # the classes the model answers drifted (chi-square on the window)
+    runbook_url: Optional[str] = None  # added to every alert (besides the cvops commands to run)
 
 
 @dataclass
@@ -383,9 +417,10 @@ class MonitorConfig:
     embedding_quantile: float = 0.99  # edge case: farther from the reference than this quantile of its own NN distances
     max_edge_cases: int = 50  # the most telling ones (most reasons, lowest confidence first)
     review_dataset: Optional[str] = None  # FiftyOne dataset for edge cases; default <project>-review-<store>
-    on_drift: Optional[str] = None  # a recipe to run (cvops recipe=<on_drift>) when drift is detected
+    on_drift: Optional[str] = None  # when drift is detected: loop (a tick, cvops loop) or a recipe (cvops recipe=<it>)
     drift_window: int = 200  # serve: live drift gauges over the last N requests
     drift_every: int = 50  # serve: recompute them every N requests
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 # ----------------------------------------------------------------- annotate
@@ -443,6 +478,9 @@ class LoopConfig:
     alias: str = "production"  # the champion: the export this registry alias names
     triggers: LoopTriggersConfig = field(default_factory=LoopTriggersConfig)
     retrain: List[str] = field(default_factory=list)  # overrides for the challenger, e.g. [train.max_epochs=50]
+    # the challenger starts from the champion's trained weights (model.load_from), unless the recipe or
+    # loop.retrain sets model.load_from; false: from the recipe's own start (scratch or pretrained)
+    warm_start: bool = True
     benchmark: Optional[str] = None  # a COCO file; null: the test split live at the first tick, pinned by hash
     policy: LoopPolicyConfig = field(default_factory=LoopPolicyConfig)
     shadow: LoopShadowConfig = field(default_factory=LoopShadowConfig)

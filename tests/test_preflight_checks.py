@@ -13,7 +13,7 @@ BAD = {
     "train": ("train.max_epochs=0", "train.max_epochs=0: 1 or more"),
     "export": ("export.gate.max_map_drop=-5", "export.gate.max_map_drop=-5.0: mAP points either way"),
     "serve": ("serve.lanes=-1", "serve.lanes=-1: inference lanes per worker"),
-    "monitor": ("monitor.on_drift=no_such_recipe", "monitor.on_drift='no_such_recipe': no such recipe; choose from"),
+    "monitor": ("monitor.on_drift=no_such_recipe", "monitor.on_drift='no_such_recipe': no such recipe; choose loop or one of"),
 }
 
 

@@ -205,7 +205,7 @@ def test_metrics_and_drift_gauges(make_client: Callable[..., TestClient]) -> Non
     client = make_client(drift=drift, window=4, drift_every=3)
     watch = client.app.state.drift
     before = metric_samples(client.get("/metrics").text)
-    assert before[("cvops_drift_detected", frozenset())] == 0
+    assert not [k for k in before if k[0] == "cvops_drift_detected"]  # no check yet: no verdict
     for i in range(6):
         r = client.post("/v1/predict", content=encode(scene(60, 80, seed=i)), headers={"Content-Type": "image/jpeg"})
         assert r.status_code == 200
@@ -215,21 +215,66 @@ def test_metrics_and_drift_gauges(make_client: Callable[..., TestClient]) -> Non
     assert seen == [3, 4]  # every 3 requests, the last (at most) 4
 
     m = metric_samples(client.get("/metrics").text)
-    assert m[("cvops_requests_total", frozenset({("status", "200")}))] == 6
-    assert m[("cvops_requests_total", frozenset({("status", "400")}))] == 1
-    assert m[("cvops_requests_total", frozenset({("status", "415")}))] == 1
+    assert m[("cvops_requests_total", frozenset({("status", "200"), ("source", "default")}))] == 6
+    assert m[("cvops_requests_total", frozenset({("status", "400"), ("source", "default")}))] == 1
+    assert m[("cvops_requests_total", frozenset({("status", "415"), ("source", "default")}))] == 1
     assert m[("cvops_errors_total", frozenset({("reason", "bad_image")}))] == 1
     assert m[("cvops_errors_total", frozenset({("reason", "unsupported_media_type")}))] == 1
-    assert m[("cvops_request_latency_seconds_count", frozenset())] == 6
-    assert 0 < m[("cvops_request_latency_seconds_sum", frozenset())] < 6 * 2
+    assert m[("cvops_request_latency_seconds_count", frozenset({("source", "default")}))] == 6
+    assert 0 < m[("cvops_request_latency_seconds_sum", frozenset({("source", "default")}))] < 6 * 2
     buckets = sorted((float(dict(k[1])["le"]), v) for k, v in m.items() if k[0] == "cvops_request_latency_seconds_bucket")
     assert buckets[0][0] == 0.001 and buckets[-2][0] == 2.0 and buckets[-1] == (float("inf"), 6)
     assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
-    assert m[("cvops_drift_detected", frozenset())] == 1
-    assert m[("cvops_drift_feature", frozenset({("feature", "window")}))] == 4
-    assert 40 < m[("cvops_drift_feature", frozenset({("feature", "brightness_mean")}))] < 220
-    assert ("cvops_drift_feature", frozenset({("feature", "note")})) not in m
+    assert m[("cvops_drift_detected", frozenset({("source", "default")}))] == 1
+    assert m[("cvops_drift_feature", frozenset({("feature", "window"), ("source", "default")}))] == 4
+    assert 40 < m[("cvops_drift_feature", frozenset({("feature", "brightness_mean"), ("source", "default")}))] < 220
+    assert not [k for k in m if k[0] == "cvops_drift_feature" and ("feature", "note") in k[1]]
     assert m[("cvops_drift_checks_total", frozenset())] == 2
+
+
+def test_each_source_has_its_own_series_and_drift_window_and_their_number_is_bounded(
+        make_client: Callable[..., TestClient]) -> None:
+    """X-Cvops-Source, ?source= and a multipart field name a request's source: each gets its own requests,
+    latency and drift window; odd characters are cleaned; 10,000 distinct names (refused requests are the
+    cheapest way to send them) stay within serve.max_sources series, the rest counted as 'other'."""
+    windows: list[tuple[str, int]] = []
+
+    def drift(records: list[dict]) -> dict[str, float]:
+        windows.append((records[-1]["source"], len(records)))
+        return {"drift_detected": records[-1]["source"] == "cam-b", "precision/all": 0.8, "reference/all": 0.9}
+
+    client = make_client(drift=drift, window=4, drift_every=2, max_sources=4)
+    jpg = encode(scene(60, 80, seed=1))
+    for i in range(2):
+        assert client.post("/v1/predict", content=jpg, headers={"Content-Type": "image/jpeg",
+                                                                 "X-Cvops-Source": "cam-a"}).status_code == 200
+        client.app.state.drift.join(timeout=10)
+        assert client.post("/v1/predict?source=cam-b", content=jpg,
+                           headers={"Content-Type": "image/jpeg"}).status_code == 200
+        client.app.state.drift.join(timeout=10)
+    r = client.post("/v1/predict", files={"image": ("x.jpg", jpg, "image/jpeg")},
+                    data={"source": "../../etc/passwd\n<script>"})
+    assert r.status_code == 200
+    assert sorted(windows) == [("cam-a", 2), ("cam-b", 2)]  # one window per source, checked on its own count
+    m = metric_samples(client.get("/metrics").text)
+    assert m[("cvops_drift_detected", frozenset({("source", "cam-b")}))] == 1
+    assert m[("cvops_drift_detected", frozenset({("source", "cam-a")}))] == 0
+    assert m[("cvops_estimated_precision", frozenset({("source", "cam-a"), ("class", "all")}))] == 0.8
+    assert m[("cvops_reference_precision", frozenset({("class", "all")}))] == 0.9
+    assert m[("cvops_request_latency_seconds_count", frozenset({("source", "cam-a")}))] == 2
+    assert m[("cvops_requests_total", frozenset({("status", "200"), ("source", "../../etc/passwd__script")}))] == 1
+    assert m[("cvops_model_info", frozenset({("project", "unknown"), ("model", INFO["fingerprint"])}))] == 1
+
+    for i in range(10_000):  # empty bodies: refused (400) before any decoding
+        client.post("/v1/predict", content=b"", headers={"Content-Type": "image/jpeg", "X-Cvops-Source": f"x{i}"})
+    text = client.get("/metrics").text
+    m = metric_samples(text)
+    sources = {dict(k[1]).get("source") for k in m if "source" in dict(k[1])}
+    assert len(sources) <= 5 and "other" in sources, sources  # 4 named + other
+    assert m[("cvops_requests_total", frozenset({("status", "400"), ("source", "other")}))] == 10_000 - 1
+    assert m[("cvops_sources_overflow_total", frozenset())] == 10_000 - 1
+    assert len(text) < 60_000
+    ok_request(client, **{"X-Cvops-Source": "cam-a"})  # the named ones still have their series
 
 
 def test_failing_drift_check_is_counted_and_serving_goes_on(make_client: Callable[..., TestClient]) -> None:
@@ -243,7 +288,7 @@ def test_failing_drift_check_is_counted_and_serving_goes_on(make_client: Callabl
     client.app.state.drift.join(timeout=10)
     m = metric_samples(client.get("/metrics").text)
     assert m[("cvops_errors_total", frozenset({("reason", "drift_check")}))] == 2
-    assert m[("cvops_requests_total", frozenset({("status", "200")}))] == 2
+    assert m[("cvops_requests_total", frozenset({("status", "200"), ("source", "default")}))] == 2
 
 
 # ---------------------------------------------------------------------------
@@ -341,8 +386,8 @@ def test_bearer_token(make_client: Callable[..., TestClient]) -> None:
     auth = {"Authorization": "bearer s3cret"}
     assert client.get("/v1/model", headers=auth).json()["fingerprint"] == INFO["fingerprint"]
     m = metric_samples(client.get("/metrics", headers=auth).text)
-    assert m[("cvops_requests_total", frozenset({("status", "401")}))] == 4
-    assert m[("cvops_requests_total", frozenset({("status", "200")}))] == 1
+    assert m[("cvops_requests_total", frozenset({("status", "401"), ("source", "default")}))] == 4
+    assert m[("cvops_requests_total", frozenset({("status", "200"), ("source", "default")}))] == 1
     assert m[("cvops_errors_total", frozenset({("reason", "unauthorized")}))] == 8
     r = client.get("/nowhere", headers=auth)
     assert r.status_code == 404 and "error" in r.json()
@@ -502,7 +547,7 @@ def test_real_server_in_a_subprocess(model_path: Path, tmp_path: Path) -> None:
         with ThreadPoolExecutor(4) as pool:
             assert list(pool.map(one, range(4))) == [200] * 4
         metrics = metric_samples(httpx.get(f"{url}/metrics", headers=auth, timeout=10).text)
-        assert metrics[("cvops_requests_total", frozenset({("status", "200")}))] == 5
+        assert metrics[("cvops_requests_total", frozenset({("status", "200"), ("source", "default")}))] == 5
     finally:
         proc.terminate()
         try:

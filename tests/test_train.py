@@ -406,6 +406,39 @@ def test_resume_lineage_covers_code_libraries_and_weights():
     assert _lineage(ctx(external="w2")) != _lineage(ctx())
 
 
+
+def test_resume_takes_a_lineage_checkpoint_only_when_it_is_short_of_max_epochs(tmp_path):
+    """A 1-epoch run of the lineage of a finished 12-epoch run starts fresh (resuming epoch 12 would make it the
+    12-epoch model), a 24-epoch run continues epoch 12, and a killed run's own checkpoint comes first."""
+    import os
+    from types import SimpleNamespace
+
+    from cvops.train.stage import LINEAGE, _resume_point
+
+    def run(name, epoch, mtime):
+        d = tmp_path / name
+        d.mkdir()
+        (d / LINEAGE).write_text(json.dumps({"lineage": "L"}))
+        (d / f"epoch_{epoch}.pth").write_bytes(b"x")
+        (d / "last_checkpoint").write_text(str(d / f"epoch_{epoch}.pth"))
+        os.utime(d / "last_checkpoint", (mtime, mtime))
+        return d
+
+    run("done12", 12, 200)
+    run("other", 3, 100)
+    me = tmp_path / "me"
+    me.mkdir()
+
+    def ctx(epochs, resuming=False):
+        return SimpleNamespace(workdir=me, resuming=resuming, config=SimpleNamespace(train=SimpleNamespace(max_epochs=epochs)))
+
+    assert _resume_point(ctx(24), "L") == str(tmp_path / "done12" / "epoch_12.pth")
+    assert _resume_point(ctx(1), "L") is None  # both are at or past one epoch
+    assert _resume_point(ctx(12), "L") == str(tmp_path / "other" / "epoch_3.pth")
+    (me / "epoch_2.pth").write_bytes(b"x")
+    (me / "last_checkpoint").write_text(str(me / "epoch_2.pth"))
+    assert _resume_point(ctx(12, resuming=True), "L") == str(me / "epoch_2.pth")
+
 @pytest.mark.slow
 def test_max_minutes_lays_the_schedule_over_the_budget_and_ends_within_it(cvops):
     """train.max_minutes: the first epoch is timed, the epochs that fit are planned (far fewer than

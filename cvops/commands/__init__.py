@@ -9,4 +9,4 @@ and prints; the work it asks for lives in the stage or shared module it belongs 
 COMMANDS = {"doctor": "doctor", "recipes": "recipes", "app": "app", "serve": "serve", "review": "review",
             "promote": "promote", "rollback": "rollback", "models": "models", "report": "report",
             "train-worker": "train_worker", "store": "store",
-            "annotate": "annotate", "loop": "loop"}
+            "annotate": "annotate", "loop": "loop", "alerts": "alerts"}

@@ -346,6 +346,7 @@ def run(ctx: StageContext) -> StageResult:
     gate.check("onnx", OnnxDetector(work / "model.onnx").run_any, ex.gate.max_map_drop, ex.gate.min_mask_iou)
     artifacts = {"onnx": "model.onnx", "preprocess": "preprocess.json"}
 
+    calibrate_precision(work, curate, pre, gate, float(ctx.config.confidence), artifacts)
     calibration = build_int8(work, ex, curate, pre, gate, artifacts) if ex.int8 else None
     engine, skipped = None, None
     if ex.format is ExportFormat.tensorrt:
@@ -395,6 +396,27 @@ def build_onnx(ctx: StageContext, model: Any, cfg: Any, thr: Any) -> Dict[str, A
     log.info("  export: model.onnx (%s, opset %s, batch %s) %.1f MB", contract["family"], contract["opset"],
              contract["batch"], (work / "model.onnx").stat().st_size / 2**20)
     return contract
+
+
+def calibrate_precision(work: Path, curate: Any, pre: Preprocess, gate: Gate, confidence: float,
+                        artifacts: Dict[str, str]) -> None:
+    """``precision_calibration.json``: the ONNX model's score calibrated into "this box is right" per class on
+    the validation split (the gate's split when val is empty), for the served precision estimate
+    (:mod:`cvops.detector.calibration`)."""
+    from cvops.detector.calibration import fit
+
+    split = "val" if read_split(curate.path("coco_val"))[0] else gate.split
+    ann = curate.path(f"coco_{split}")
+    coco = json.loads(Path(ann).read_text(encoding="utf-8"))
+    cat_ids = [c["id"] for c in coco["categories"]]
+    dets = predict_split(gate.runners["onnx"], pre, coco["images"], cat_ids)
+    cal = fit(coco, dets, confidence, split=split)
+    (work / "precision_calibration.json").write_text(json.dumps(cal, indent=1))
+    artifacts["precision_calibration"] = "precision_calibration.json"
+    ref = cal["reference"].get("all")
+    log.info("  export: precision calibration on the %s split (%d images, %d boxes): precision at confidence "
+             ">= %.2f is %s", split, cal["images"], cal["boxes"].get("all", 0), confidence,
+             "n/a (no box)" if ref is None else f"{ref:.3f}")
 
 
 def build_int8(work: Path, ex: ExportConfig, curate: Any, pre: Preprocess, gate: Gate,

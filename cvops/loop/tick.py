@@ -114,7 +114,8 @@ def tick(overrides: Sequence[str], force: bool = False, say: Any = print) -> Dic
             return {"status": "idle", "champion": champion_fp, "why": why_not}
         say(f"cvops loop: {project}: {', '.join(t['trigger'] for t in triggers)} -> a challenger")
         ch_overrides = _challenger_overrides(list(overrides), cfg, reviewed,
-                                             champion.manifest.get("inputs", {}).get("curate"))
+                                             champion.manifest.get("inputs", {}).get("curate"),
+                                             _champion_weights(store, champion) if cfg.loop.warm_start else None)
         return _decide(recipe, reg, root, champion, triggers, reviewed, ch_overrides, say)
 
 
@@ -231,13 +232,24 @@ def _newest_monitor(store: Any, export_fp: str) -> Optional[Any]:
     return max(found, key=lambda a: str(a.manifest.get("created", "")), default=None)
 
 
+def _champion_weights(store: Any, champion: Any) -> Optional[str]:
+    """The champion's trained checkpoint (its train artifact's), the challenger's start (``loop.warm_start``)."""
+    train = store.get("train", champion.manifest.get("inputs", {}).get("train", ""))
+    if train is None or "checkpoint" not in train.manifest.get("artifacts", {}):
+        return None
+    path = train.path("checkpoint")
+    return str(path) if Path(path).is_file() else None
+
+
 def _challenger_overrides(overrides: List[str], cfg: Any, reviewed: Optional[Dict[str, Any]],
-                          champion_curate: Optional[str]) -> List[str]:
+                          champion_curate: Optional[str], weights: Optional[str] = None) -> List[str]:
     from omegaconf import OmegaConf
 
-    from cvops.annotate.review import curate_overrides
+    from cvops.annotate.review import curate_overrides, hydra_value
 
     line = [o for o in overrides if not o.startswith(("stages=", "curate.split.keep="))]
+    if weights and not cfg.model.load_from:  # loop.warm_start: the champion's weights (loop.retrain may override)
+        line.append(f"model.load_from={hydra_value(weights)}")
     if champion_curate:  # the champion's images keep their split: its test split stays out of training
         line.append(f"curate.split.keep={champion_curate}")
     if reviewed is not None:
@@ -298,22 +310,42 @@ def _decide(recipe: Any, reg: Any, root: Path, champion: Any, triggers: List[Dic
 
 def _build(overrides: List[str]) -> None:
     """The challenger's stages, as ``cvops <overrides> stages=[...]`` in a child process: the command line's
-    console and logs, and every artifact cached by content (a killed tick's next run resumes from them).
+    console and logs, and every artifact cached by content. ``train.resume=true``: a tick killed mid-training
+    leaves the challenger's checkpoints, and the next tick continues from them (the child dies with the tick,
+    so two never train at once).
 
     Raises:
         LoopError: the run failed (its last lines say why).
     """
+    import collections
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "cvops", *overrides, f"stages=[{','.join(CHALLENGER_STAGES)}]"]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("  ") and any(line.lstrip().startswith(st) for st in CHALLENGER_STAGES):
-            print(f"  challenger {line.strip()}", flush=True)
+    cmd = [sys.executable, "-m", "cvops", *overrides, "train.resume=true", f"stages=[{','.join(CHALLENGER_STAGES)}]"]
+    tail: Any = collections.deque(maxlen=3)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          preexec_fn=_die_with_parent) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if line.strip():
+                tail.append(line.strip())
+            if line.startswith("  ") and any(line.lstrip().startswith(st) for st in CHALLENGER_STAGES):
+                print(f"  challenger {line.strip()}", flush=True)
     if proc.returncode != 0:
-        tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
-        raise LoopError(f"the challenger's run failed (exit {proc.returncode}): {tail}")
+        raise LoopError(f"the challenger's run failed (exit {proc.returncode}): {' | '.join(tail)}")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the tick dies (Linux; elsewhere the child outlives a killed tick
+    and its store lock makes the next tick wait for it)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _pending(root: Path) -> Optional[Dict[str, Any]]:
@@ -361,14 +393,21 @@ def _shadow_tick(recipe: Any, reg: Any, root: Path, champion: Any, pending: Dict
         ok = ok and ratio <= float(cfg.loop.policy.max_latency_ratio)
     record.setdefault("figures", {})["shadow"] = ev
     record["reasons"] = [*record.get("reasons", []), *reasons]
-    (root / "pending.json").unlink()
     if ok:
-        challenger = store.get("export", pending["challenger"])
-        e = reg.promote(pending["alias"], challenger, f"cvops loop tick {pending['tick']}: {'; '.join(reasons)}"[:500])
-        record.update(decision="promoted", registry_event={"time": e.time, "previous": e.previous})
+        try:
+            challenger = store.get("export", pending["challenger"])
+            if challenger is None:
+                raise LoopError(f"export {pending['challenger']} is no longer in the store")
+            e = reg.promote(pending["alias"], challenger,
+                            f"cvops loop tick {pending['tick']}: {'; '.join(reasons)}"[:500])
+            record.update(decision="promoted", registry_event={"time": e.time, "previous": e.previous})
+        except Exception as e:  # production untouched; the decision says why
+            record.update(decision="failed", error=f"{type(e).__name__}: {e}")
+            record["reasons"].append(f"the promotion failed: {type(e).__name__}: {e}")
     else:
         record.update(decision="rejected")
     write_json_atomic(folder / "decision.json", record, durable=True)
+    (root / "pending.json").unlink()
     (folder / "report.html").write_text(_html(record), encoding="utf-8")
     say(f"cvops loop: {record['decision'].upper()} challenger {pending['challenger']} after shadow: "
         f"{'; '.join(reasons)}")
@@ -438,7 +477,8 @@ def _finish(folder: Path, record: Dict[str, Any], decision: str, reasons: List[s
         decision = "staged"
         write_json_atomic(folder.parent / "pending.json", {"tick": record["tick"], "champion": record["champion"],
                                                            "challenger": challenger.fingerprint,
-                                                           "alias": record["alias"], **record["staged"]})
+                                                           "alias": record["alias"], "shadow_alias": shadow["alias"],
+                                                           "requests": int(shadow["requests"])})
         reasons = [*reasons, f"on {shadow['alias']} until {shadow['requests']} shadow requests are logged"]
         record["reasons"] = reasons
     elif decision == "promoted" and challenger is not None:
@@ -565,8 +605,14 @@ def _score(export: Any, coco: Path) -> Dict[str, Any]:
         if bgr is None:
             continue
         dets += [d for d in to_coco(det.predict([bgr])[0], im["id"], cat_ids) if d["category_id"] != -1]
-    stats, _ = coco_eval(coco, dets)
+    stats, ev = coco_eval(coco, dets)
     stats["images"] = len(data["images"])
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    stats["pr50"] = {}  # precision at 101 recall points, IoU 0.5, per class (-1: recall never reached)
+    for k, cat in enumerate(ev.params.catIds):
+        curve = ev.eval["precision"][0, :, k, 0, -1] if ev.eval else None
+        if curve is not None and (curve > -1).any():
+            stats["pr50"][names[cat]] = [round(float(x), 4) for x in curve]
     return stats
 
 
@@ -614,6 +660,7 @@ def _html(rec: Dict[str, Any]) -> str:
             rows.append(f"<tr><td>AP {e(c)}</td><td>{'-' if a is None else f'{a:.3f}'}</td>"
                         f"<td>{'-' if b is None else f'{b:.3f}'}</td></tr>")
         rows.append("</table>")
+        rows.append(_pr_svg(f))
     sh = rec.get("figures", {}).get("shadow")
     if sh:
         rows.append(f"<h2>shadow traffic ({sh['requests']} requests)</h2><table><tr><th>class</th><th>agree</th>"
@@ -631,3 +678,33 @@ def _html(rec: Dict[str, Any]) -> str:
             f"{e(str(rec.get('tick')))}, triggers {e(', '.join(t['trigger'] for t in rec['triggers']))}</p>"
             f"<ul>{reasons}</ul>{''.join(rows)}<h2>reproduce</h2><pre>{e(chr(10).join(rec.get('reproduce', [])))}"
             "</pre>")
+
+
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def _pr_svg(f: Dict[str, Any], w: int = 420, h: int = 300) -> str:
+    """Precision-recall curves at IoU 0.5 per class, champion dashed and challenger solid, as inline SVG
+    (the page stays one self-contained file)."""
+    classes = sorted(set(f["champion"].get("pr50", {})) | set(f["challenger"].get("pr50", {})))
+    if not classes:
+        return ""
+    m = 40
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{w + 160}' height='{h + 2 * m}' role='img'>"
+           f"<title>precision-recall at IoU 0.5</title><rect x='{m}' y='{m}' width='{w}' height='{h}' "
+           "fill='none' stroke='#999'/>",
+           f"<text x='{m + w / 2}' y='{h + 2 * m - 8}' text-anchor='middle'>recall</text>",
+           f"<text x='12' y='{m + h / 2}' transform='rotate(-90 12 {m + h / 2})' text-anchor='middle'>precision</text>"]
+    for k, cls in enumerate(classes[:len(COLOURS)]):
+        colour = COLOURS[k]
+        for who, dash in (("champion", "5,4"), ("challenger", "")):
+            curve = f[who].get("pr50", {}).get(cls)
+            if not curve:
+                continue
+            pts = " ".join(f"{m + w * i / 100:.1f},{m + h * (1 - p):.1f}" for i, p in enumerate(curve) if p >= 0)
+            out.append(f"<polyline points='{pts}' fill='none' stroke='{colour}' stroke-width='1.6'"
+                       f"{f' stroke-dasharray={chr(39)}{dash}{chr(39)}' if dash else ''}/>")
+        out.append(f"<text x='{m + w + 10}' y='{m + 14 + 16 * k}' fill='{colour}'>{html.escape(cls)}</text>")
+    out.append(f"<text x='{m + w + 10}' y='{m + h - 20}'>- - champion</text>"
+               f"<text x='{m + w + 10}' y='{m + h - 4}'>—— challenger</text></svg>")
+    return "".join(out)

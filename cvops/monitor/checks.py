@@ -37,11 +37,18 @@ def check(mon: Any) -> None:
     for key in ("low_confidence", "near_threshold", "overlap_iou", "embedding_quantile"):
         fraction(key)
     need(math.isfinite(mon.psi_threshold) and mon.psi_threshold >= 0, "psi_threshold", "0 or more")
-    if mon.on_drift:
+    alerts = getattr(mon, "alerts", None)
+    if alerts is not None:
+        from cvops.monitor.alerts import problems
+
+        bad = problems(alerts)
+        if bad:
+            raise ConfigError(bad[0])
+    if mon.on_drift and mon.on_drift != "loop":  # loop: a tick of this recipe's loop (cvops loop)
         from cvops.recipes import available_recipes
 
         names = available_recipes()
-        need(mon.on_drift in names, "on_drift", f"no such recipe; choose from {', '.join(names)} "
+        need(mon.on_drift in names, "on_drift", f"no such recipe; choose loop or one of {', '.join(names)} "
                                                   "(recipe folders: CVOPS_RECIPE_PATH)")
 
 

@@ -30,7 +30,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -251,7 +251,7 @@ def _html(work: Path, title: str, metrics: Dict[str, Any], report: DriftReport, 
 reference: {metrics['reference_images']} curated val/test images. Drifted: {', '.join(report.drift_features) or 'none'}.
 Tests are Bonferroni-corrected over {report.num_tests} tests at p &lt; {report.p_value}; a numeric feature drifts when
 its corrected KS p-value is below that <i>and</i> PSI &gt; {report.psi_threshold}.</p>
-<h3>Degradation proxies (no labels needed)</h3><ul>{deg}</ul>
+<h3>Degradation proxies (no labels needed)</h3><ul>{deg}{_precision_items(metrics.get("estimated_precision"))}</ul>
 <h3>Edge cases</h3><p>{metrics['edge_cases']} image(s) sent to FiftyOne dataset <b>{html.escape(str(metrics['review_dataset']))}</b>
 ({', '.join(f'{k}: {v}' for k, v in metrics['edge_case_reasons'].items()) or 'none'}).
 Review them with <code>cvops app --dataset {html.escape(str(metrics["review_dataset"]))}</code> (or <code>cvops app recipe=... --review</code>), tag the ones you
@@ -262,6 +262,17 @@ fixed <code>reviewed</code>, then <code>cvops review recipe=...</code>.</p>
 {imgs}
 </body></html>"""
     (work / "report.html").write_text(doc)
+
+
+def _precision_items(est: Optional[Dict[str, Any]]) -> str:
+    if not est:
+        return ""
+    ref = est["reference"].get("all")
+    win = est["window"].get("all")
+    return (f"<li>estimated precision at confidence &ge; {est['confidence']:g}: window "
+            f"{'n/a (no box)' if win is None else f'{win:.3f}'} on {est['boxes'].get('all', 0)} boxes, "
+            f"{est['calibrated_on']} split {'n/a' if ref is None else f'{ref:.3f}'} (calibrated on the "
+            f"{est['calibrated_on']} split at export; not to be trusted for content the model never saw)</li>")
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -315,6 +326,7 @@ def run(ctx: StageContext) -> StageResult:
         "review_dataset": review,
         "degradation": {k: {"reference": mean(ref, k), "window": mean(win, k)} for k in DEGRADATION},
         "p_values": {f.name: f.p_value for f in report.features if f.p_value is not None},
+        "estimated_precision": estimated_precision(export, seen, list(detector.classes)),
         **notes,
     }
     (work / "drift.json").write_text(json.dumps({"report": report.to_dict(), "metrics": metrics}, indent=1, default=str))
@@ -331,6 +343,22 @@ def run(ctx: StageContext) -> StageResult:
                        reports=["report.html", "drift.json", *plots.values()])
 
 
+def estimated_precision(export: Any, seen: Sequence[Any], classes: List[str]) -> Optional[Dict[str, Any]]:
+    """The label-free precision estimate of the window's detections (:mod:`cvops.detector.calibration`), beside
+    the validation split's; None for an export without a calibration (exported before cvops had one)."""
+    if "precision_calibration" not in export.manifest.get("artifacts", {}):
+        return None
+    from cvops.detector.calibration import Calibration
+
+    cal = Calibration.read(export.path("precision_calibration"))
+    dets = [{"class": classes[int(lab)] if 0 <= int(lab) < len(classes) else str(int(lab)), "score": float(sc)}
+            for s in seen if s.dets is not None for sc, lab in zip(s.dets.scores, s.dets.labels)]
+    est = cal.estimate(dets)
+    return {"window": {k: round(v["precision"], 4) for k, v in est.items()},
+            "boxes": {k: v["boxes"] for k, v in est.items()},
+            "reference": cal.reference, "confidence": cal.confidence, "calibrated_on": cal.data.get("split")}
+
+
 def _track(ctx: StageContext, metrics: Dict[str, Any], report: DriftReport) -> None:
     try:
         tracker = ctx.tracker
@@ -343,12 +371,25 @@ def _track(ctx: StageContext, metrics: Dict[str, Any], report: DriftReport) -> N
 
 
 def _retrain(ctx: StageContext, recipe: str) -> Dict[str, Any]:
-    """Start ``cvops recipe=<recipe>`` in the background (monitor.on_drift)."""
+    """Start ``cvops recipe=<recipe>``, or with ``loop`` one tick of this recipe's loop (``cvops loop`` with this
+    run's overrides), in the background (monitor.on_drift)."""
     logf = ctx.run_dir / "monitor" / f"on_drift_{recipe}.log"
     logf.parent.mkdir(parents=True, exist_ok=True)
     # same store (its curate/train artifacts are reused where the retrain recipe agrees with them)
-    cmd = [sys.executable, "-m", "cvops", f"recipe={recipe}", f"paths.store={ctx.store}"]  # a folder (absolute) or s3://...
+    if recipe == "loop":
+        cmd = [sys.executable, "-m", "cvops", "loop", *_this_run(), f"paths.store={ctx.store}"]
+    else:
+        cmd = [sys.executable, "-m", "cvops", f"recipe={recipe}", f"paths.store={ctx.store}"]  # a folder (absolute) or s3://...
     with open(logf, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(Path.cwd()))
-    log.info("  monitor: drift -> started %s (pid %d, log %s)", " ".join(cmd[2:]), proc.pid, logf)
+    log.info("  monitor: drift -> started cvops %s (pid %d, log %s)", " ".join(cmd[3:]), proc.pid, logf)
     return {"recipe": recipe, "command": "cvops " + " ".join(cmd[3:]), "pid": proc.pid, "log": str(logf)}
+
+
+def _this_run() -> List[str]:
+    """This run's command-line overrides (Hydra's), less ``stages=`` and ``paths.store=`` (given absolute)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [str(o) for o in HydraConfig.get().overrides.task if not str(o).startswith(("stages=", "paths.store="))]

@@ -24,10 +24,14 @@ Endpoints (all JSON except ``/metrics``):
   (recipe, dataset version, model fingerprint, model file name; never a path),
   the ``task`` (``instance_segmentation`` when the graph has a ``masks`` output, else
   ``detection``), the class names, the preprocessing contract and the upload limits.
-* ``GET /metrics``: Prometheus text exposition of ``cvops_requests_total{status}``,
-  ``cvops_request_latency_seconds`` (successful predictions: decode + inference),
-  ``cvops_errors_total{reason}``, ``cvops_batch_size``, ``cvops_drift_detected``,
-  ``cvops_drift_feature{feature}`` and ``cvops_drift_checks_total``.
+* ``GET /metrics``: Prometheus text exposition of ``cvops_requests_total{status, source}``,
+  ``cvops_request_latency_seconds{source}`` (successful predictions: decode + inference),
+  ``cvops_errors_total{reason}``, ``cvops_batch_size``, ``cvops_drift_detected{source}``,
+  ``cvops_drift_feature{feature, source}``, ``cvops_drift_checks_total``, the precision estimate
+  ``cvops_estimated_precision{class, source}`` and ``cvops_reference_precision{class}``, and
+  ``cvops_model_info{project, model}`` (:mod:`cvops.serve.metrics`). A request names its source (camera,
+  site, customer) in the ``X-Cvops-Source`` header, the ``source`` query parameter or a ``source`` form
+  field; at most ``serve.max_sources`` get series of their own (:mod:`cvops.serve.sources`).
 
 Every refused request gets a 4xx answer ``{"error": "..."}`` that names the
 problem, the limit crossed and the setting that moves it, and the server goes
@@ -91,6 +95,7 @@ from cvops.serve.metrics import ServeMetrics
 from cvops.serve.predict import Predictor
 from cvops.serve.slots import ModelLoader, ModelSlot
 from cvops.serve.upload import MULTIPART, UploadReader, mask_format, media_type
+from cvops.serve.sources import DEFAULT, HEADER as SOURCE_HEADER, Sources
 
 logger = logging.getLogger("cvops.serve")
 
@@ -141,6 +146,7 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
     budget = DecodeBudget(cfg.decode_memory_mb, cfg.decode_wait_s)
     uploads = UploadReader(cfg.max_upload_mb, cfg.body_timeout_s, UploadBudget(cfg.upload_memory_mb))
     predictor = Predictor(cfg, slot, budget, metrics, log, watch)
+    sources = Sources(cfg.max_sources, on_overflow=metrics.sources_overflow.inc)
     if shadow is not None:
         shadow.metrics = metrics
         predictor.shadow = shadow
@@ -163,8 +169,9 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
     app.state.models = slot
     app.state.load = loader.load
     app.state.shadow = shadow
+    app.state.sources = sources
     _guard(app, metrics, token)
-    _predict_route(app, predictor, uploads)
+    _predict_route(app, predictor, uploads, sources)
     _other_routes(app, slot, metrics, reload)
     return app
 
@@ -183,7 +190,7 @@ def _guard(app: FastAPI, metrics: ServeMetrics, token: str | None) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        metrics.failed(exc.reason, status(request.url.path, exc.status))
+        metrics.failed(exc.reason, status(request.url.path, exc.status), getattr(request.state, "source", DEFAULT))
         headers = dict(exc.headers or {})
         if 400 <= exc.status < 500:  # often answered before the body ended: the rest of it must not hold the
             headers["Connection"] = "close"  # connection (uvicorn re-arms no timer for a body nobody reads)
@@ -200,7 +207,7 @@ def _guard(app: FastAPI, metrics: ServeMetrics, token: str | None) -> None:
         return JSONResponse({"error": f"invalid request: {clean(exc.errors())}"}, status_code=422)
 
 
-def _predict_route(app: FastAPI, predictor: Predictor, uploads: UploadReader) -> None:
+def _predict_route(app: FastAPI, predictor: Predictor, uploads: UploadReader, sources: Sources) -> None:
     """``POST /v1/predict``: the body read on the event loop, everything else in a worker thread."""
 
     @app.post(PREDICT)
@@ -208,14 +215,19 @@ def _predict_route(app: FastAPI, predictor: Predictor, uploads: UploadReader) ->
         started = time.perf_counter()
         media = media_type(request.headers.get("content-type"))
         held = [0]  # this request's bytes in the upload budget, given back when it is answered
+        named = request.headers.get(SOURCE_HEADER) or request.query_params.get("source")
         try:
             masks = mask_format(request.query_params)  # before the body: a bad parameter costs no upload
             data = await uploads.image_bytes(request, media, held)
+            source = request.state.source = sources.label(named or getattr(request.state, "form_source", None))
             result = await run_in_threadpool(predictor.predict, data, started,
-                                             "multipart" if media == MULTIPART else "raw", masks)
+                                             "multipart" if media == MULTIPART else "raw", masks, source)
         except ApiError as e:
+            if not hasattr(request.state, "source"):
+                request.state.source = sources.label(named or getattr(request.state, "form_source", None))
             if e.status != 500:  # a 500 is logged where it happened (Predictor)
-                await run_in_threadpool(predictor.log_failure, e.status, e.reason, media[:100], started)
+                await run_in_threadpool(predictor.log_failure, e.status, e.reason, media[:100], started, None,
+                                        request.state.source)
             raise
         finally:
             uploads.budget.give_back(held)

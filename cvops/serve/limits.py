@@ -46,6 +46,9 @@ def _problem(cfg: Any, workers: int) -> Optional[str]:
     shadow = getattr(cfg, "shadow_alias", None)
     if shadow and shadow == getattr(cfg, "alias", None):
         return f"serve.shadow_alias={shadow}: the shadow must be another alias than serve.alias (e.g. staging)"
+    if not 1 <= int(getattr(cfg, "max_sources", 1)) <= 10000:
+        return (f"serve.max_sources={cfg.max_sources}: the sources (X-Cvops-Source) with series of their own, "
+                "1..10000 (later ones count as 'other'; default 32)")
     if cfg.max_batch < 1:
         return f"serve.max_batch={cfg.max_batch}: images per inference call, 1 or more (1: no batching)"
     if not cfg.batch_wait_ms >= 0:

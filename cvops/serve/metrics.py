@@ -1,11 +1,13 @@
 """The Prometheus metrics of one application (``GET /metrics``), in a registry of its own.
 
-``cvops_requests_total{status}`` counts prediction requests by HTTP status,
-``cvops_request_latency_seconds`` times the successful ones (decode + inference),
-``cvops_errors_total{reason}`` counts every refused or failed request by its
-reason, ``cvops_batch_size`` the images per inference call; the drift gauges
-(``cvops_drift_detected``, ``cvops_drift_feature{feature}``,
-``cvops_drift_checks_total``) are set by :class:`cvops.serve.driftwatch.DriftWatch`.
+``cvops_requests_total{status, source}`` counts prediction requests by HTTP status and source
+(:mod:`cvops.serve.sources`), ``cvops_request_latency_seconds{source}`` times the successful ones (decode +
+inference), ``cvops_errors_total{reason}`` counts every refused or failed request by its reason,
+``cvops_batch_size`` the images per inference call; the drift gauges (``cvops_drift_detected{source}``,
+``cvops_drift_feature{feature, source}``, ``cvops_drift_checks_total``) and the precision estimate
+(``cvops_estimated_precision{class, source}``, ``cvops_reference_precision{class}``) are set by
+:class:`cvops.serve.driftwatch.DriftWatch`. ``cvops_model_info{project, model}`` is 1 for the model being
+served: alert rules (``cvops alerts``) join it to name the project and model.
 """
 
 from __future__ import annotations
@@ -23,14 +25,25 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("cvops_requests", "Prediction requests by HTTP status", ["status"], registry=r)
+        self.requests = Counter("cvops_requests", "Prediction requests by HTTP status and source", ["status", "source"],
+                                registry=r)
         self.latency = Histogram("cvops_request_latency_seconds",
-                                 "Latency of successful predictions (decode + inference)",
+                                 "Latency of successful predictions (decode + inference) by source", ["source"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.errors = Counter("cvops_errors", "Refused or failed requests by reason", ["reason"], registry=r)
-        self.drift_detected = Gauge("cvops_drift_detected", "1 when the last drift check found drift", registry=r)
-        self.drift_feature = Gauge("cvops_drift_feature", "Per-feature value of the last drift check", ["feature"],
-                                   registry=r)
+        self.drift_detected = Gauge("cvops_drift_detected", "1 when the last drift check of the source found drift",
+                                    ["source"], registry=r)
+        self.drift_feature = Gauge("cvops_drift_feature", "Per-feature value of the source's last drift check",
+                                   ["feature", "source"], registry=r)
+        self.estimated_precision = Gauge("cvops_estimated_precision", "Expected precision of the served detections "
+                                         "at the confidence threshold over the source's live window (calibrated at "
+                                         "export)", ["class", "source"], registry=r)
+        self.reference_precision = Gauge("cvops_reference_precision", "Precision at the confidence threshold on the "
+                                         "validation split", ["class"], registry=r)
+        self.model_info = Gauge("cvops_model_info", "1 for the project and model being served", ["project", "model"],
+                                registry=r)
+        self.sources_overflow = Counter("cvops_sources_overflow", "Requests counted as source 'other': more "
+                                        "distinct sources than serve.max_sources", registry=r)
         self.drift_checks = Counter("cvops_drift_checks", "Drift checks completed", registry=r)
         self.ready = Gauge("cvops_model_ready", "1 once a model is loaded and warm", registry=r)
         self.model_swaps = Counter("cvops_model_swaps", "Models switched to after the first", registry=r)
@@ -43,9 +56,14 @@ class ServeMetrics:
         self.batch_size = Histogram("cvops_batch_size", "Images per inference call (micro-batching)",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
 
-    def failed(self, reason: str, status: int | None = None) -> None:
+    def failed(self, reason: str, status: int | None = None, source: str = "default") -> None:
         """Count a refused or failed request under ``reason``, and a prediction request also under its ``status``
-        (None: not a prediction request, counted by reason only)."""
+        and ``source`` (None: not a prediction request, counted by reason only)."""
         self.errors.labels(reason=reason).inc()
         if status is not None:
-            self.requests.labels(status=str(status)).inc()
+            self.requests.labels(status=str(status), source=source).inc()
+
+    def serving(self, project: str, model: str) -> None:
+        """``cvops_model_info``: this model of this project is served now (the previous one's series goes)."""
+        self.model_info.clear()
+        self.model_info.labels(project=project or "unknown", model=model or "unknown").set(1)

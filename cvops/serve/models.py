@@ -98,7 +98,12 @@ class ExportSource:
         mon = self.monitor
         ref, _, _ = reference(self.open_store(), export.fingerprint, model_file, held_out(curate),
                               mon.low_confidence)
-        return DriftGauges(ref, mon.p_value, mon.psi_threshold, mon.mmd_permutations, mon.low_confidence)
+        cal = None
+        if "precision_calibration" in export.manifest.get("artifacts", {}):
+            import json
+
+            cal = json.loads(export.path("precision_calibration").read_text(encoding="utf-8"))
+        return DriftGauges(ref, mon.p_value, mon.psi_threshold, mon.mmd_permutations, mon.low_confidence, cal)
 
     def load(self, fingerprint: str) -> Tuple[Any, Dict[str, Any], Optional[Callable]]:
         """(detector, info, drift check) of the export ``fingerprint``.

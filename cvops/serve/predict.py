@@ -25,6 +25,7 @@ from cvops.serve.driftwatch import DriftWatch
 from cvops.serve.errors import ApiError, error_id
 from cvops.serve.metrics import ServeMetrics
 from cvops.serve.slots import ModelSlot, Served
+from cvops.serve.sources import DEFAULT
 
 logger = logging.getLogger("cvops.serve")
 
@@ -50,7 +51,8 @@ class Predictor:
         self.shadow: Any = None  # a cvops.serve.shadow.Shadow: shadow traffic, off the response path
         self._image_stats = image_stats
 
-    def predict(self, data: bytes, started: float, upload: str, masks: MaskFormat) -> dict[str, Any]:
+    def predict(self, data: bytes, started: float, upload: str, masks: MaskFormat,
+                source: str = DEFAULT) -> dict[str, Any]:
         """Decode (within the budget), preprocess, detect, log: runs in the thread pool, on one model
         from start to answer.
 
@@ -59,6 +61,7 @@ class Predictor:
             started: ``time.perf_counter()`` when the request arrived (its latency counts from there).
             upload: ``"raw"`` or ``"multipart"``, for the record.
             masks: how a mask model's masks are answered.
+            source: the request's source label (:mod:`cvops.serve.sources`): its metrics and drift window.
 
         Returns:
             The answer's JSON.
@@ -80,40 +83,42 @@ class Predictor:
                 try:
                     item = served.prepare(bgr)  # in this request's thread: a failure here is this request's alone
                 except Exception as e:
-                    raise self._failed("preprocessing", e, mime(fmt), served.fingerprint) from e
+                    raise self._failed("preprocessing", e, mime(fmt), served.fingerprint, source) from e
                 try:
                     t = time.perf_counter()
                     dets = served.infer(item)
                     infer_ms = (time.perf_counter() - t) * 1000
                 except Exception as e:
-                    raise self._failed("inference", e, mime(fmt), served.fingerprint) from e
-                answer = self._answer(served, bgr, dets, mime(fmt), started, upload, masks)
+                    raise self._failed("inference", e, mime(fmt), served.fingerprint, source) from e
+                answer = self._answer(served, bgr, dets, mime(fmt), started, upload, masks, source)
                 if self.shadow is not None:  # queued for the shadow thread; the answer does not wait
                     self.shadow.offer(bgr, dets, served.classes, served.fingerprint, infer_ms)
                 return answer
 
     def log_failure(self, status: int, reason: str, content_type: str, started: float | None = None,
-                    fingerprint: Any = None) -> None:
+                    fingerprint: Any = None, source: str = DEFAULT) -> None:
         """Record a refused or failed request (no-op without a request log)."""
         if self.log is None:
             return
         if fingerprint is None and self.slot.current is not None:
             fingerprint = self.slot.current.fingerprint
-        rec: dict[str, Any] = {"status": status, "error": reason, "content_type": content_type, "model": fingerprint}
+        rec: dict[str, Any] = {"status": status, "error": reason, "content_type": content_type, "model": fingerprint,
+                               "source": source}
         if started is not None:
             rec["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         self._record(rec)
 
-    def _failed(self, stage: str, error: Exception, mime_type: str, fingerprint: Any = None) -> ApiError:
+    def _failed(self, stage: str, error: Exception, mime_type: str, fingerprint: Any = None,
+                source: str = DEFAULT) -> ApiError:
         """Log a failure of the server's own work under an error id; the answer carries the id only."""
         eid = error_id()
         logger.error("%s failed (error id %s): %s: %s", stage, eid, type(error).__name__, error,
                      exc_info=(type(error), error, error.__traceback__))
-        self.log_failure(500, stage, mime_type, fingerprint=fingerprint)
+        self.log_failure(500, stage, mime_type, fingerprint=fingerprint, source=source)
         return ApiError(500, stage, f"{stage} failed; error id {eid} in the server log")
 
     def _answer(self, served: Served, bgr: np.ndarray, dets: Any, mime_type: str, started: float, upload: str,
-                masks: MaskFormat = MaskFormat.RLE) -> dict[str, Any]:
+                masks: MaskFormat = MaskFormat.RLE, source: str = DEFAULT) -> dict[str, Any]:
         """The response of a successful prediction, recorded in the log, the drift window and the metrics
         (masks encoded here, in the request's thread; the record keeps their areas only)."""
         fingerprint = served.fingerprint
@@ -126,15 +131,15 @@ class Predictor:
         rid = uuid.uuid4().hex
         record = {"id": rid, "status": 200, "latency_ms": round(latency_ms, 3), "content_type": mime_type,
                   "upload": upload, **self._image_stats(bgr), "width": w, "height": h, "model": fingerprint,
-                  "detections": logged}
+                  "source": source, "detections": logged}
         if dets.embedding is not None:  # what the monitor's embedding test compares
             record["embedding"] = [round(float(v), 5) for v in dets.embedding]
         # the decoded pixels, re-encoded without the upload's metadata if sampled
         self._record(record, image=bgr, fmt="png" if mime_type == "image/png" else "jpg")
         if self.watch is not None:
             self.watch.add(record)
-        self.metrics.latency.observe(latency_ms / 1000)
-        self.metrics.requests.labels(status="200").inc()
+        self.metrics.latency.labels(source=source).observe(latency_ms / 1000)
+        self.metrics.requests.labels(status="200", source=source).inc()
         return {"id": rid, "detections": detections, "width": w, "height": h, "latency_ms": round(latency_ms, 3),
                 "model": fingerprint}
 

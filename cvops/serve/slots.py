@@ -169,6 +169,7 @@ class ModelLoader:
         served = Served(detector, info, self.cfg, self.metrics, drift)
         self.slot.swap(served)
         self.metrics.ready.set(1)
+        self.metrics.serving(str(info.get("project") or ""), str(served.fingerprint or ""))
         return served
 
     def load(self, detector: Any, info: dict, drift: DriftFn | None = None) -> Served:
@@ -183,6 +184,7 @@ class ModelLoader:
         if replaced is not None:
             self.metrics.model_swaps.inc()
         self.metrics.ready.set(1)
+        self.metrics.serving(str(info.get("project") or ""), str(served.fingerprint or ""))
         logger.info("serving model %s", served.fingerprint)
         return served
 

@@ -97,6 +97,9 @@ class UploadReader:
             detail = getattr(e, "detail", None) or getattr(e, "message", None) or str(e) or type(e).__name__
             raise ApiError(400, "bad_multipart", f"malformed multipart/form-data body: {clean(detail)}; {HOW}") from e
         try:
+            named = form.get("source")  # the request's source (cvops.serve.sources), a text field
+            if isinstance(named, str):
+                request.state.form_source = named[:1000]
             part = form.get(FIELD)
             if not isinstance(part, UploadFile):
                 what = "has no field" if part is None else "has a text field, not a file,"

@@ -45,8 +45,16 @@ def _lineage(ctx: StageContext) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _epoch_of(checkpoint: str) -> Optional[int]:
+    import re
+
+    m = re.search(r"epoch_(\d+)\.pth$", checkpoint)
+    return int(m.group(1)) if m else None
+
+
 def _resume_point(ctx: StageContext, lineage: str) -> Optional[str]:
-    """Checkpoint to resume from: this artifact's own, else the newest of its lineage."""
+    """Checkpoint to resume from: this artifact's own, else the newest of its lineage that is short of this
+    run's ``max_epochs`` (a 12-epoch checkpoint is no start for a 1-epoch run: it would be that run)."""
     own = ctx.workdir / "last_checkpoint"
     if ctx.resuming and own.is_file() and Path(own.read_text().strip()).is_file():
         return own.read_text().strip()
@@ -58,7 +66,12 @@ def _resume_point(ctx: StageContext, lineage: str) -> Optional[str]:
         if json.loads(marker.read_text()).get("lineage") != lineage:
             continue
         last = other / "last_checkpoint"
-        if last.is_file() and Path(last.read_text().strip()).is_file() and last.stat().st_mtime > newest:
+        if not last.is_file() or not Path(last.read_text().strip()).is_file():
+            continue
+        epoch = _epoch_of(last.read_text().strip())
+        if epoch is not None and epoch >= int(ctx.config.train.max_epochs):
+            continue
+        if last.stat().st_mtime > newest:
             best, newest = last.read_text().strip(), last.stat().st_mtime
     return best
 

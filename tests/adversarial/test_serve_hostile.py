@@ -108,7 +108,7 @@ def errors(m: dict, reason: str) -> float:
 
 
 def requests_with(m: dict, status: int) -> float:
-    return m.get(("cvops_requests_total", frozenset({("status", str(status))})), 0)
+    return m.get(("cvops_requests_total", frozenset({("status", str(status)), ("source", "default")})), 0)
 
 
 def ok_request(client: TestClient) -> None:
