@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/serve_deploy.py swap --model M [--seconds 60] [--every 10] [--clients 8]
     .venv/bin/python benchmarks/serve_deploy.py soak --model M [--minutes 10] [--clients 8] [--warmup 60]
     .venv/bin/python benchmarks/serve_deploy.py shadow --model M [--seconds 20] [--rounds 3] [--rate 0.1]
+    .venv/bin/python benchmarks/serve_deploy.py sources --model M [--seconds 20] [--rounds 3] [--sources 32]
 
 ``M`` is an exported ``model.onnx`` (with the files beside it, e.g. ``<store>/export/<fp>/``). Both
 build a scratch store holding two export artifacts of that model (``A`` and ``B``: the same weights,
@@ -24,6 +25,9 @@ soak   ``--minutes`` at steady load with ``serve.log_max_mb=8`` (so the request 
 shadow Throughput with shadow traffic (``serve.shadow_alias=staging``, B promoted there, ``--rate``)
        vs without, the two servers started and loaded alternately ``--rounds`` times for ``--seconds``
        each; reports both medians and their ratio (goal >= 0.9), and the shadowed requests logged.
+sources Throughput when every client request names one of ``--sources`` cameras (``X-Cvops-Source``,
+       round robin: per-source series, drift windows and estimates) vs none, alternately ``--rounds``
+       times for ``--seconds`` each; reports both medians and their ratio (goal >= 0.97, issue #29).
 
 Each prints a small markdown table, then one JSON line with every number (the last line of stdout).
 """
@@ -121,8 +125,8 @@ class Server:
 class Load:
     """``clients`` threads posting images until :meth:`stop`; every answer recorded."""
 
-    def __init__(self, url: str, bodies: List[bytes], clients: int) -> None:
-        self.url, self.bodies = url, bodies
+    def __init__(self, url: str, bodies: List[bytes], clients: int, sources: int = 0) -> None:
+        self.url, self.bodies, self.sources = url, bodies, sources
         self.answers: List[Tuple[float, float, Any, Optional[str]]] = []  # sent, received, status, model
         self._stop = threading.Event()
         self.threads = [threading.Thread(target=self._client, args=(k,)) for k in range(clients)]
@@ -135,8 +139,9 @@ class Load:
             while not self._stop.is_set():
                 sent = time.monotonic()
                 try:
+                    named = {"X-Cvops-Source": f"cam-{i % self.sources}"} if self.sources else {}
                     r = c.post(f"{self.url}/v1/predict", content=self.bodies[i % len(self.bodies)],
-                               headers={"Content-Type": "image/jpeg"})
+                               headers={"Content-Type": "image/jpeg", **named})
                     model = r.json().get("model") if r.status_code == 200 else None
                     self.answers.append((sent, time.monotonic(), r.status_code, model))
                 except (httpx.HTTPError, ValueError) as e:
@@ -280,6 +285,41 @@ def cmd_shadow(args: argparse.Namespace) -> Dict[str, Any]:
     return res
 
 
+def cmd_sources(args: argparse.Namespace) -> Dict[str, Any]:
+    rates: Dict[str, List[float]] = {"none": [], "named": []}
+    failed = 0
+    for r in range(args.rounds):
+        for kind in ("none", "named"):
+            work, reg, server = _start(args, "sources", [f"serve.max_sources={max(1, args.sources)}"])
+            try:
+                server.wait_ready()
+                load = Load(server.url, _images(), args.clients, args.sources if kind == "named" else 0).start()
+                time.sleep(args.seconds)
+                load.stop()
+                metrics = httpx_get(f"{server.url}/metrics")
+            finally:
+                server.stop()
+            failed += sum(1 for a in load.answers if a[2] != 200)
+            rates[kind].append(len(load.answers) / args.seconds)
+            named = len({line.split('source="')[1].split('"')[0] for line in metrics.splitlines()
+                         if line.startswith("cvops_requests_total{") and 'source="' in line})
+            print(f"  round {r + 1} {kind:5s} {rates[kind][-1]:7.1f} req/s ({named} source series)", flush=True)
+            shutil.rmtree(work, ignore_errors=True)
+    none, named = statistics.median(rates["none"]), statistics.median(rates["named"])
+    res = {"unnamed_req_per_s": round(none, 1), "named_req_per_s": round(named, 1), "ratio": round(named / none, 3),
+           "sources": args.sources, "failed": failed, "rounds": args.rounds, "seconds": args.seconds,
+           "clients": args.clients}
+    _table({"req/s no source": res["unnamed_req_per_s"], f"req/s {args.sources} sources": res["named_req_per_s"],
+            "ratio": res["ratio"], "failed": failed})
+    return res
+
+
+def httpx_get(url: str) -> str:
+    import httpx
+
+    return httpx.get(url, timeout=30).text
+
+
 def _start(args: argparse.Namespace, name: str, extra: List[str]) -> Tuple[Path, Any, Server]:
     """A scratch store with exports A and B, A promoted to ``production``, and the server started on it."""
     from cvops.store import FolderStore
@@ -309,7 +349,7 @@ def _free_port() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("swap", "soak", "shadow"):
+    for name in ("swap", "soak", "shadow", "sources"):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True, type=Path)
         p.add_argument("--clients", type=int, default=8)
@@ -321,12 +361,17 @@ def main() -> int:
     sub.choices["shadow"].add_argument("--seconds", type=float, default=20)
     sub.choices["shadow"].add_argument("--rounds", type=int, default=3)
     sub.choices["shadow"].add_argument("--rate", type=float, default=0.1)
+    sub.choices["sources"].add_argument("--seconds", type=float, default=20)
+    sub.choices["sources"].add_argument("--rounds", type=int, default=3)
+    sub.choices["sources"].add_argument("--sources", type=int, default=32)
     args = ap.parse_args()
-    res = {"swap": cmd_swap, "soak": cmd_soak, "shadow": cmd_shadow}[args.cmd](args)
+    res = {"swap": cmd_swap, "soak": cmd_soak, "shadow": cmd_shadow, "sources": cmd_sources}[args.cmd](args)
     print(json.dumps(res))
     ok = res["failed"] == 0 and res.get("wrong_export_after_swap", 0) == 0
     if args.cmd == "shadow":
         ok = ok and res["ratio"] >= 0.9 and res["shadowed_logged"] > 0
+    if args.cmd == "sources":
+        ok = ok and res["ratio"] >= 0.97
     if args.cmd == "soak":
         ok = ok and res["rss_growth"] is not None and res["rss_growth"] < 0.05 and res["rotated_log_files"] > 0
     return 0 if ok else 1

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import httpx
-import numpy as np
 import pytest
 
 from helpers.net import free_port, wait_ready
@@ -96,15 +95,17 @@ def _firing(am: str) -> List[Dict[str, Any]]:
     return [a["labels"] for a in httpx.get(f"{am}/api/v2/alerts", timeout=5).json()]
 
 
-def _images(root: Path, n: int, seed: int, brightness: float = 1.0) -> List[bytes]:
-    import cv2
+def _images(root: Path, base: tuple, n: int, seed: int, brightness: float = 1.0) -> List[bytes]:
+    """``n`` new images of the recipe's own generator (another seed), as the files it wrote."""
+    import dataclasses
 
-    from cvops.synthetic import Shift, SyntheticSpec, generate
+    from cvops.session import compose_job
+    from cvops.synthetic import Shift, generate, spec_from_config
 
-    generate(root, SyntheticSpec(num_images=n, image_size=(320, 240), videos=0, seed=seed,
-                                 shift=Shift(brightness=brightness)), progress=False)
+    spec = spec_from_config(compose_job(list(base), check_missing=False).data.synthetic, Shift(brightness=brightness))
+    generate(root, dataclasses.replace(spec, num_images=n, videos=0, seed=seed), progress=False)
     coco = json.loads((root / "annotations.json").read_text())
-    return [cv2.imencode(".jpg", cv2.imread(str(root / im["file_name"])))[1].tobytes() for im in coco["images"]]
+    return [(root / im["file_name"]).read_bytes() for im in coco["images"]]
 
 
 def _send(url: str, images: List[bytes], source: str) -> None:
@@ -119,7 +120,7 @@ def test_prometheus_and_alertmanager_alert_on_one_drifting_camera_then_on_no_tra
     import yaml
 
     prometheus, alertmanager = _tool("prometheus"), _tool("prometheus-alertmanager")
-    base = ("recipe=quickstart", f"project={project}", "data.synthetic.num_images=40", "data.synthetic.videos=0",
+    base = ("recipe=quickstart", f"project={project}", "data.synthetic.num_images=80", "data.synthetic.videos=0",
             "model.image_size=[128,128]", "train.max_epochs=1", "tracker=none", "export.int8=false",
             "export.latency_repeats=2", "monitor.drift_window=30", "monitor.drift_every=10",
             "monitor.alerts.window=10s", "monitor.alerts.drift.duration=0s", "monitor.alerts.no_traffic.duration=8s")
@@ -148,13 +149,13 @@ def test_prometheus_and_alertmanager_alert_on_one_drifting_camera_then_on_no_tra
         _wait(f"{am}/-/ready", procs[0], tmp_path / "am.log")
         _wait(f"http://127.0.0.1:{prom_port}/-/ready", procs[1], tmp_path / "prom.log")
         wait_ready(procs[2], f"{url}/readyz")
-        normal = _images(tmp_path / "normal", 60, seed=21)
+        normal = _images(tmp_path / "normal", base, 60, seed=21)
         _send(url, normal[:30], "cam-a")
         _send(url, normal[30:], "cam-b")
         time.sleep(4)  # scraped and evaluated a few times
         assert not [a for a in _firing(am) if a["alertname"] == "CvopsDrift"], _firing(am)
 
-        dark = _images(tmp_path / "dark", 30, seed=22, brightness=0.35)
+        dark = _images(tmp_path / "dark", base, 30, seed=22, brightness=0.35)
         t0 = time.time()
         _send(url, normal[:30], "cam-a")
         _send(url, dark, "cam-b")
