@@ -415,7 +415,11 @@ class MonitorConfig:
     near_threshold: float = 0.1  # edge case: a box within this distance of low_confidence
     overlap_iou: float = 0.5  # edge case: two boxes of different classes overlapping this much
     embedding_quantile: float = 0.99  # edge case: farther from the reference than this quantile of its own NN distances
-    max_edge_cases: int = 50  # the most telling ones (most reasons, lowest confidence first)
+    max_edge_cases: int = 50  # the most telling ones (rarest reasons first, then the lowest confidence)
+    # calibrated on the reference's own edge reasons: an image whose reasons are as rare as the rarest
+    # edge_rate of the reference is a case; so is every image with a reason the window has more often than
+    # the reference does. An in-distribution window has about this share flagged
+    edge_rate: float = 0.05
     review_dataset: Optional[str] = None  # FiftyOne dataset for edge cases; default <project>-review-<store>
     on_drift: Optional[str] = None  # when drift is detected: loop (a tick, cvops loop) or a recipe (cvops recipe=<it>)
     drift_window: int = 200  # serve: live drift gauges over the last N requests

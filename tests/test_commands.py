@@ -61,6 +61,7 @@ CASES = {
     "review": ([], 2, "this store has no edge cases yet"),
     "annotate": ([], 2, "stages=[curate]"),
     "loop": ([], 2, "the loop needs a champion"),
+    "alerts": ([], 0, "alert: CvopsDrift"),
     "store": (["gc"], 0, "nothing to remove"),
 }
 

@@ -40,6 +40,40 @@ def test_edge_case_reasons():
     assert reasons[5] == ["far_embedding"]
 
 
+def _draw(rng, n, rates):
+    return [[k for k, r in rates.items() if rng.random() < r] for _ in range(n)]
+
+
+def test_edge_cases_are_calibrated_on_the_reference_quiet_in_distribution_loud_on_a_shift():
+    """Reasons as common in the window as in the reference flag only the rarest images (about edge_rate of an
+    in-distribution window); a reason the window shows more often than the reference flags every image with
+    it; content unlike the training data comes first."""
+    from cvops.drift.profile import select_edge_cases
+
+    rng = np.random.default_rng(0)
+    rates = {"low_confidence": 0.05, "near_threshold": 0.25, "overlap": 0.35, "far_embedding": 0.01}
+    ref = _draw(rng, 130, rates)
+    flagged = []
+    for seed in range(20):  # in distribution: about edge_rate flagged, never the bulk of overlap/near cases
+        win = _draw(np.random.default_rng(100 + seed), 120, rates)
+        picked, info = select_edge_cases(win, ref, 0.05, rng.random(120), 50)
+        flagged.append(len(picked) / 120)
+        assert sum(bool(r) for r in win) > 40  # many images do have a reason...
+    assert np.mean(flagged) <= 0.05 and max(flagged) <= 0.12, flagged  # ...few of them are worth a person
+
+    shifted = _draw(rng, 120, {**rates, "low_confidence": 0.6})  # darker: the model is unsure far more often
+    picked, info = select_edge_cases(shifted, ref, 0.05, rng.random(120), 50)
+    assert info["active"] == ["low_confidence"] and len(picked) == 50
+    assert sum("low_confidence" in shifted[i] for i in picked) >= 45  # the rest: rarer combinations, ranked first
+
+    scores = rng.random(120)
+    ood = [["far_embedding"] if i % 3 == 0 else r for i, r in enumerate(_draw(rng, 120, rates))]
+    picked, info = select_edge_cases(ood, ref, 0.05, scores, 50)
+    assert "far_embedding" in info["active"]
+    far = [i for i, r in enumerate(ood) if "far_embedding" in r]
+    assert set(picked[:len(far)]) == set(far)  # the unlike-anything images first
+
+
 def test_nn_distances_leave_one_out():
     ref = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
     d = nn_distances(ref, ref, leave_one_out=True)

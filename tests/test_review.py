@@ -319,3 +319,44 @@ def test_contradictory_or_outside_labels_are_refused_with_a_row_and_the_rest_exp
     assert set(rows) == {imgs[0].name, imgs[1].name}
     assert "'circle' and 'square' on one object" in rows[imgs[0].name][0]
     assert f"lies outside the {W}x{H} image" in rows[imgs[1].name][0]
+
+
+def test_reviewed_accuracy_scores_the_served_answers_per_model_and_week_and_reaches_metrics(tmp_path):
+    """The reviewed edge cases of served traffic, scored against what people corrected them to, per model and
+    ISO week; the monitor leaves the rows beside the request log and /metrics shows cvops_reviewed_map50."""
+    import uuid
+
+    from fastapi.testclient import TestClient
+
+    from cvops.annotate import accuracy
+    from cvops.requestlog import RequestLog
+    from cvops.schema import ServeConfig
+    from cvops.serve.app import create_app
+
+    fo = connect()
+    name = f"acc-{uuid.uuid4().hex[:8]}"
+    ds = fo.Dataset(name, persistent=True)
+    truth = [0.1, 0.2, 0.3, 0.3]
+    rows = [("m1", "2026-11-30T10:00:00Z", truth, True), ("m1", "2026-11-30T11:00:00Z", truth, True),
+            ("m1", "2026-12-07T09:00:00Z", [0.6, 0.6, 0.3, 0.3], True),  # a wrong answer, the next week
+            ("m2", "2026-12-07T09:00:00Z", truth, True),
+            ("m2", "2026-12-07T09:30:00Z", [0.6, 0.6, 0.3, 0.3], False)]  # not reviewed: not counted
+    for k, (model, at, box, done) in enumerate(rows):
+        s = fo.Sample(filepath=str(tmp_path / f"{k}.jpg"), tags=["needs_review"] + (["reviewed"] if done else []))
+        s["prelabels"] = fo.Detections(detections=[fo.Detection(label="circle", bounding_box=box, confidence=0.9)])
+        s["ground_truth"] = fo.Detections(detections=[fo.Detection(label="circle", bounding_box=truth)])
+        s["served_model"], s["served_at"] = model, at
+        ds.add_sample(s)
+    got = accuracy.reviewed_accuracy(name, ["circle", "square"])
+    assert [(r["week"], r["model"], r["images"], r["mAP50"]) for r in got] == [
+        ("2026-W50", "m2", 1, 1.0), ("2026-W50", "m1", 1, 0.0), ("2026-W49", "m1", 2, 1.0)]
+    log_dir = tmp_path / "log"
+    log = RequestLog(log_dir)
+    accuracy.write(log_dir, got)
+    with TestClient(create_app(None, ServeConfig(), info={}, log=log)) as client:
+        text = client.get("/metrics").text
+    assert 'cvops_reviewed_map50{model="m1",week="2026-W49"} 1.0' in text
+    assert 'cvops_reviewed_map50{model="m1",week="2026-W50"} 0.0' in text
+    (log_dir / accuracy.FILE).write_text("{not json")  # a damaged file: no series, no failure
+    assert accuracy.read(log_dir) == []
+    ds.delete()

@@ -217,7 +217,22 @@ def reference(store: Store, export_fp: str, onnx_path: Path, coco_files: Sequenc
                                                                                       coco_files, low)
     assert art is not None  # a build that yields None found it committed
     recs = [json.loads(line) for line in art.path("records").read_text().splitlines() if line.strip()]
-    return Profile.from_npz(art.path("profile")), [Seen(r["name"], r, path=r["name"]) for r in recs], art.dir
+    return (Profile.from_npz(art.path("profile")), [Seen(r["name"], r, _dets_of(r.pop("dets", None)), r["name"])
+                                                    for r in recs], art.dir)
+
+
+def _dets_json(d: Optional[Detections]) -> Optional[Dict[str, Any]]:
+    if d is None:
+        return None
+    return {"boxes": np.round(d.boxes, 2).tolist(), "scores": np.round(d.scores, 5).tolist(),
+            "labels": d.labels.astype(int).tolist()}
+
+
+def _dets_of(d: Optional[Dict[str, Any]]) -> Optional[Detections]:
+    if not d:
+        return None
+    return Detections(np.asarray(d["boxes"], np.float32).reshape(-1, 4), np.asarray(d["scores"], np.float32),
+                      np.asarray(d["labels"], np.int64))
 
 
 def _build_reference(builder: Builder, key: Dict[str, Any], onnx_path: Path, coco_files: Sequence[Path],
@@ -235,7 +250,8 @@ def _build_reference(builder: Builder, key: Dict[str, Any], onnx_path: Path, coc
     frames = ((p, p, cv2.imread(p, cv2.IMREAD_COLOR)) for p in images)
     seen = run_images(det, frames, low, desc="monitor: reference")
     profile_of(seen).to_npz(builder.dir / "profile.npz")
-    lines = [json.dumps({"name": s.name, **{k: v for k, v in s.record.items() if k != "detections"}}) for s in seen]
+    lines = [json.dumps({"name": s.name, **{k: v for k, v in s.record.items() if k != "detections"},
+                         "dets": _dets_json(s.dets)}) for s in seen]
     (builder.dir / "records.jsonl").write_text("\n".join(lines) + "\n")
     art = builder.commit({**key, "fingerprint": builder.fingerprint, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                           "artifacts": {"profile": "profile.npz", "records": "records.jsonl"},
@@ -322,7 +338,7 @@ def nn_distances(ref: np.ndarray, x: np.ndarray, leave_one_out: bool = False) ->
 
 
 def edge_reasons(seen: Sequence[Seen], ref_embeddings: Optional[np.ndarray], low: float, near: float,
-                 overlap_iou: float, quantile: float) -> List[List[str]]:
+                 overlap_iou: float, quantile: float, reference: bool = False) -> List[List[str]]:
     """Why each image needs a human (empty list: it does not).
 
     * ``low_confidence``: no box scores ``low`` or more, but the model saw something (a box >= low / 2);
@@ -332,12 +348,15 @@ def edge_reasons(seen: Sequence[Seen], ref_embeddings: Optional[np.ndarray], low
       ``overlap_iou`` (class confusion);
     * ``far_embedding``: farther from every reference image than ``quantile`` of the reference's own
       nearest-neighbour distances (content unlike the training data).
+
+    ``reference=True``: ``seen`` are the reference images themselves (their embeddings, in order): each is
+    compared with the others (leave one out), which gives the reasons' rates in distribution.
     """
     far = np.zeros(len(seen), bool)
     embs = [s.record.get("embedding") for s in seen]
     if ref_embeddings is not None and len(ref_embeddings) > 2 and embs and all(e is not None for e in embs):
         limit = np.quantile(nn_distances(ref_embeddings, ref_embeddings, leave_one_out=True), quantile)
-        far = nn_distances(ref_embeddings, np.asarray(embs, np.float32)) > limit
+        far = nn_distances(ref_embeddings, np.asarray(embs, np.float32), leave_one_out=reference) > limit
     out = []
     for s, f in zip(seen, far):
         reasons = []
@@ -364,3 +383,51 @@ def edge_reasons(seen: Sequence[Seen], ref_embeddings: Optional[np.ndarray], low
             reasons.append("far_embedding")
         out.append(reasons)
     return out
+
+
+#: The reasons an image is an edge case (:func:`edge_reasons`).
+REASONS = ("low_confidence", "near_threshold", "overlap", "far_embedding")
+
+
+def select_edge_cases(reasons: Sequence[Sequence[str]], ref_reasons: Sequence[Sequence[str]], rate: float,
+                      scores: Sequence[float], cap: int) -> Tuple[List[int], Dict[str, Any]]:
+    """Which window images go to people, most telling first: calibrated on the reference's own reasons.
+
+    Each reason's in-distribution rate comes from the reference images (held-out val/test, with
+    :func:`edge_reasons` ``reference=True``; Laplace-smoothed). A reason is **active** when the window has
+    more images with it than that rate explains (above the 99.9 % binomial bound at the rate's 95 % upper
+    credible value): the window shows it, so every image with an active reason is a case. Otherwise an image
+    is a case only when its reasons are as rare as the rarest ``rate`` of the reference images (its surprise,
+    the sum of -log rate of its reasons, reached by at most that share of them), which keeps an
+    in-distribution window at about ``rate`` flagged. Cases are ranked by their active reasons (what the
+    window shows more than the reference comes first), then by surprise (rare reasons such as
+    ``far_embedding``), then by the lowest top score; at most ``cap``.
+
+    Returns:
+        (indices into ``reasons``, the calibration: rates, expected and seen counts, active reasons).
+    """
+    import math
+
+    from scipy.stats import beta, binom
+
+    n_ref, n = len(ref_reasons), len(reasons)
+    counts = {k: sum(k in r for r in ref_reasons) for k in REASONS}
+    p = {k: (counts[k] + 1) / (n_ref + 2) for k in REASONS}
+    upper = {k: float(beta.ppf(0.95, counts[k] + 1, n_ref - counts[k] + 1)) for k in REASONS}
+    seen = {k: sum(k in r for r in reasons) for k in REASONS}
+    active = {k for k in REASONS if n and seen[k] > binom.ppf(0.999, n, upper[k])}
+
+    def surprise(rs: Sequence[str]) -> float:
+        return sum(-math.log(p[k]) for k in set(rs) if k in p)
+
+    ref_s = [surprise(r) for r in ref_reasons]
+
+    def rare(rs: Sequence[str]) -> bool:  # as surprising as at most `rate` of the reference (a p-value)
+        s = surprise(rs)
+        return (sum(x >= s - 1e-9 for x in ref_s) + 1) / (n_ref + 1) <= rate
+
+    picked = [i for i, r in enumerate(reasons) if r and (active & set(r) or rare(r))]
+    picked.sort(key=lambda i: (-len(active & set(reasons[i])), -surprise(reasons[i]), float(scores[i])))
+    info = {"reference_images": n_ref, "rates": {k: round(p[k], 4) for k in REASONS},
+            "window": seen, "active": sorted(active), "rate": rate}
+    return picked[:cap], info

@@ -34,7 +34,7 @@ def check(mon: Any) -> None:
         need(int(getattr(mon, key)) >= 1, key, "1 or more")
     need(math.isfinite(mon.fps) and mon.fps > 0, "fps", "frames per second, more than 0")
     fraction("p_value", low_open=True)
-    for key in ("low_confidence", "near_threshold", "overlap_iou", "embedding_quantile"):
+    for key in ("low_confidence", "near_threshold", "overlap_iou", "embedding_quantile", "edge_rate"):
         fraction(key)
     need(math.isfinite(mon.psi_threshold) and mon.psi_threshold >= 0, "psi_threshold", "0 or more")
     alerts = getattr(mon, "alerts", None)

@@ -13,7 +13,9 @@
    chi-square on the class mix, MMD on the embeddings, Bonferroni-corrected
    (:func:`cvops.drift.stats.compare`). Degradation proxies without labels:
    mean max score, empty-prediction rate, boxes per image (window vs reference).
-4. **Edge cases** (:func:`cvops.drift.profile.edge_reasons`) go to the FiftyOne
+4. **Edge cases** (:func:`cvops.drift.profile.edge_reasons`, chosen by
+   :func:`cvops.drift.profile.select_edge_cases` against the reference images' own reasons, so an
+   in-distribution window stays quiet and what the window shows more than the reference surfaces) go to the FiftyOne
    review dataset ``<project>-review`` with the predictions as ``prelabels``
    (with their instance masks when the window ran through a mask model);
    ``cvops review recipe=X`` turns reviewed ones into the next curate version.
@@ -37,9 +39,9 @@ import numpy as np
 from cvops.errors import StageError
 from cvops.drift.stats import DriftReport, Profile, compare
 from cvops.media import IMAGE_EXTS, VIDEO_EXTS
-from cvops.requestlog import request_log_dir
+from cvops.requestlog import request_log_dir, utc_now
 from cvops.drift.profile import (Seen, edge_reasons, held_out, iter_folder, iter_videos, profile_of, reference,
-                                   run_images, window_from_log)
+                                   run_images, select_edge_cases, window_from_log)
 from cvops.monitor.checks import check
 from cvops.annotate.review import review_dataset
 from cvops.stages import StageContext, StageResult
@@ -107,7 +109,7 @@ def load_window(ctx: StageContext, detector: Any, low: float) -> tuple[List[Seen
 
 
 def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Path, fingerprint: str,
-              source: str, store_id: str = "") -> int:
+              source: str, store_id: str = "", served_model: str = "") -> int:
     """Add edge cases (Seen, reasons) to the persistent FiftyOne review dataset; returns how many are new there.
 
     Images already in the dataset (same file) are not added twice; requests whose image was not
@@ -161,6 +163,10 @@ def to_review(dataset: str, edge: List[tuple], classes: Sequence[str], work: Pat
         sample["window_source"] = source
         sample["window_item"] = s.name
         sample["max_score"] = float(s.record.get("max_score", 0.0))
+        # whose answer the prelabels are, when, and for which source: reviewed accuracy over time
+        sample["served_model"] = str(s.record.get("model") or served_model)
+        sample["served_at"] = str(s.record.get("time") or utc_now())
+        sample["source"] = str(s.record.get("source") or "default")
         samples.append(sample)
     new = []
     from cvops.fo import edit_dataset
@@ -252,6 +258,7 @@ reference: {metrics['reference_images']} curated val/test images. Drifted: {', '
 Tests are Bonferroni-corrected over {report.num_tests} tests at p &lt; {report.p_value}; a numeric feature drifts when
 its corrected KS p-value is below that <i>and</i> PSI &gt; {report.psi_threshold}.</p>
 <h3>Degradation proxies (no labels needed)</h3><ul>{deg}{_precision_items(metrics.get("estimated_precision"))}</ul>
+{_accuracy_table(metrics.get("reviewed_accuracy") or [])}
 <h3>Edge cases</h3><p>{metrics['edge_cases']} image(s) sent to FiftyOne dataset <b>{html.escape(str(metrics['review_dataset']))}</b>
 ({', '.join(f'{k}: {v}' for k, v in metrics['edge_case_reasons'].items()) or 'none'}).
 Review them with <code>cvops app --dataset {html.escape(str(metrics["review_dataset"]))}</code> (or <code>cvops app recipe=... --review</code>), tag the ones you
@@ -262,6 +269,18 @@ fixed <code>reviewed</code>, then <code>cvops review recipe=...</code>.</p>
 {imgs}
 </body></html>"""
     (work / "report.html").write_text(doc)
+
+
+def _accuracy_table(rows: List[Dict[str, Any]]) -> str:
+    import html
+
+    if not rows:
+        return ""
+    body = "".join(f"<tr><td>{html.escape(r['week'])}</td><td>{html.escape(r['model'])}</td><td>{r['images']}</td>"
+                   f"<td>{r['mAP50']:.3f}</td></tr>" for r in rows)
+    return ("<h3>Reviewed accuracy over time</h3><p>The served answers of edge cases people reviewed, against their "
+            "corrections (box mAP50; edge cases are where the model struggles, so lower than on random traffic)."
+            f"</p><table><tr><th>week</th><th>model</th><th>images</th><th>mAP50</th></tr>{body}</table>")
 
 
 def _precision_items(est: Optional[Dict[str, Any]]) -> str:
@@ -298,17 +317,21 @@ def run(ctx: StageContext) -> StageResult:
     win = profile_of(seen)
     report = compare(ref, win, p_value=mon.p_value, psi_threshold=mon.psi_threshold,
                      permutations=mon.mmd_permutations, seed=mon.seed)
-    reasons = edge_reasons(seen, ref.embeddings, low, mon.near_threshold, mon.overlap_iou, mon.embedding_quantile)
-    edge = [(s, r) for s, r in zip(seen, reasons) if r]
-    edge.sort(key=lambda e: (-len(e[1]), float(e[0].record.get("max_score", 0.0))))
-    edge = edge[: mon.max_edge_cases]
+    rules = (low, mon.near_threshold, mon.overlap_iou, mon.embedding_quantile)
+    reasons = edge_reasons(seen, ref.embeddings, *rules)
+    ref_reasons = edge_reasons(ref_seen, ref.embeddings, *rules, reference=True)
+    picked, calibration = select_edge_cases(reasons, ref_reasons, float(mon.edge_rate),
+                                            [float(s.record.get("max_score", 0.0)) for s in seen],
+                                            int(mon.max_edge_cases))
+    edge = [(seen[i], reasons[i]) for i in picked]
     counts: Dict[str, int] = {}
     for _, r in edge:
         for x in r:
             counts[x] = counts.get(x, 0) + 1
     review = review_dataset(str(ctx.config.project), ctx.store_id, mon.review_dataset)
     classes = list(curate.metrics["classes"])
-    added = to_review(review, edge, classes, work, ctx.fingerprint, source, ctx.store_id)
+    added = to_review(review, edge, classes, work, ctx.fingerprint, source, ctx.store_id, export.fingerprint)
+    accuracy = _reviewed_accuracy(ctx, review, classes)
 
     def mean(p: Profile, k: str) -> float:
         v = np.asarray(p.features.get(k, []), float)
@@ -320,6 +343,8 @@ def run(ctx: StageContext) -> StageResult:
         "edge_cases": len(edge),
         "edge_cases_in_review": added,
         "edge_case_reasons": counts,
+        "edge_calibration": calibration,
+        "reviewed_accuracy": accuracy,
         "window_images": len(seen),
         "window_source": source,
         "reference_images": len(ref_seen),
@@ -341,6 +366,22 @@ def run(ctx: StageContext) -> StageResult:
     metrics["reference_dir"] = str(ref_dir)
     return StageResult({"report": "report.html", "drift": "drift.json", **plots}, metrics,
                        reports=["report.html", "drift.json", *plots.values()])
+
+
+def _reviewed_accuracy(ctx: StageContext, review: str, classes: List[str]) -> List[Dict[str, Any]]:
+    """The served answers people reviewed, scored per model and week; left beside the request log for
+    ``cvops serve``'s ``cvops_reviewed_map50`` (:mod:`cvops.annotate.accuracy`)."""
+    from cvops.annotate import accuracy
+
+    try:
+        rows = accuracy.reviewed_accuracy(review, classes)
+        log_dir = request_log_dir(ctx.config.serve.log_dir, ctx.store.root, ctx.config.project)
+        if rows and Path(log_dir).is_dir():
+            accuracy.write(Path(log_dir), rows)
+        return rows
+    except Exception as e:  # a figure, never the monitor's failure
+        log.warning("  monitor: reviewed accuracy not computed: %s: %s", type(e).__name__, e)
+        return []
 
 
 def estimated_precision(export: Any, seen: Sequence[Any], classes: List[str]) -> Optional[Dict[str, Any]]:

@@ -73,6 +73,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
@@ -170,6 +171,7 @@ def create_app(detector: OnnxDetector | None, cfg: ServeConfig, *, info: dict, l
     app.state.load = loader.load
     app.state.shadow = shadow
     app.state.sources = sources
+    app.state.log = log
     _guard(app, metrics, token)
     _predict_route(app, predictor, uploads, sources)
     _other_routes(app, slot, metrics, reload)
@@ -278,6 +280,24 @@ def _other_routes(app: FastAPI, slot: ModelSlot, metrics: ServeMetrics, reload: 
                                           f"model is still served; error id {eid} in the server log") from e
         return JSONResponse(jsonable_encoder(result))
 
+    reviewed = {"mtime": None}
+
+    def refresh_reviewed() -> None:  # the monitor's figures, read again when the file changed
+        log = getattr(app.state, "log", None)
+        if log is None:
+            return
+        from cvops.annotate import accuracy
+
+        path = Path(log.directory) / accuracy.FILE
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return
+        if mtime != reviewed["mtime"]:
+            reviewed["mtime"] = mtime
+            metrics.reviewed(accuracy.read(Path(log.directory)))
+
     @app.get("/metrics")
     async def prometheus() -> Response:
+        refresh_reviewed()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,7 +7,8 @@ inference), ``cvops_errors_total{reason}`` counts every refused or failed reques
 ``cvops_drift_feature{feature, source}``, ``cvops_drift_checks_total``) and the precision estimate
 (``cvops_estimated_precision{class, source}``, ``cvops_reference_precision{class}``) are set by
 :class:`cvops.serve.driftwatch.DriftWatch`. ``cvops_model_info{project, model}`` is 1 for the model being
-served: alert rules (``cvops alerts``) join it to name the project and model.
+served: alert rules (``cvops alerts``) join it to name the project and model. ``cvops_reviewed_map50{model,
+week}`` comes from the figures the monitor leaves beside the request log (:mod:`cvops.annotate.accuracy`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class ServeMetrics:
                                          "validation split", ["class"], registry=r)
         self.model_info = Gauge("cvops_model_info", "1 for the project and model being served", ["project", "model"],
                                 registry=r)
+        self.reviewed_map50 = Gauge("cvops_reviewed_map50", "Box mAP50 of the served answers people reviewed, by "
+                                    "model and ISO week (the monitor's reviewed accuracy)", ["model", "week"],
+                                    registry=r)
         self.sources_overflow = Counter("cvops_sources_overflow", "Requests counted as source 'other': more "
                                         "distinct sources than serve.max_sources", registry=r)
         self.drift_checks = Counter("cvops_drift_checks", "Drift checks completed", registry=r)
@@ -62,6 +66,12 @@ class ServeMetrics:
         self.errors.labels(reason=reason).inc()
         if status is not None:
             self.requests.labels(status=str(status), source=source).inc()
+
+    def reviewed(self, rows: list) -> None:
+        """``cvops_reviewed_map50`` from :func:`cvops.annotate.accuracy.read`'s rows (replacing the last ones)."""
+        self.reviewed_map50.clear()
+        for r in rows:
+            self.reviewed_map50.labels(model=r["model"][:64], week=r["week"][:16]).set(float(r["mAP50"]))
 
     def serving(self, project: str, model: str) -> None:
         """``cvops_model_info``: this model of this project is served now (the previous one's series goes)."""
