@@ -45,12 +45,22 @@ PKG_DIR = Path(__file__).resolve().parent
 PLUMBING = frozenset({"runner.py", "stages.py", "fingerprint.py", "store/", "remote.py", "manifest.py", "config.py",
                       "recipes.py", "schema.py", "trust.py", "console.py", "summary.py", "report.py", "entrypoints.py",
                       "errors.py"})
+#: The ways in (the Python API, the command line): they run stages, no stage's computation runs through them,
+#: and a stage that reaches one only through the package's ``__init__.py`` (its lazy ``cvops.run``) must not
+#: take the API's whole import graph (serve, drift, ...) into its code version.
+ENTRANCES = frozenset({"api.py", "cli.py", "__main__.py", "commands/"})
 
 
 def is_plumbing(rel: Path | str) -> bool:
     """True for a file (relative to the package) that :data:`PLUMBING` keeps out of every code version."""
     rel = Path(rel).as_posix()
     return rel in PLUMBING or any(p.endswith("/") and rel.startswith(p) for p in PLUMBING)
+
+
+def is_entrance(rel: Path | str) -> bool:
+    """True for a way in (:data:`ENTRANCES`): never part of a code version, however a stage reaches it."""
+    rel = Path(rel).as_posix()
+    return rel in ENTRANCES or any(p.endswith("/") and rel.startswith(p) for p in ENTRANCES)
 
 
 def canonical(obj: Any) -> str:
@@ -144,7 +154,7 @@ def source_closure(roots: Sequence[Path]) -> List[Path]:
             elif f.is_file():
                 seen[f] = None
             continue
-        if not f.is_file() or is_plumbing(f.relative_to(PKG_DIR)):
+        if not f.is_file() or is_plumbing(f.relative_to(PKG_DIR)) or is_entrance(f.relative_to(PKG_DIR)):
             continue
         seen[f] = None
         todo += _depends(f)
@@ -295,5 +305,5 @@ def fingerprints(cfg: Any, stages: Optional[Sequence[str]] = None) -> Dict[str, 
     return out
 
 
-__all__ = ["PKG_DIR", "PLUMBING", "STARTED", "is_plumbing", "canonical", "digest", "source_closure", "files_version",
+__all__ = ["PKG_DIR", "PLUMBING", "ENTRANCES", "STARTED", "is_plumbing", "is_entrance", "canonical", "digest", "source_closure", "files_version",
            "code_version", "code_changed", "clear_code_caches", "config_sections", "external", "fingerprints"]

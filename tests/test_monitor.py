@@ -74,6 +74,25 @@ def test_edge_cases_are_calibrated_on_the_reference_quiet_in_distribution_loud_o
     assert set(picked[:len(far)]) == set(far)  # the unlike-anything images first
 
 
+def test_far_image_is_a_statistic_outside_the_reference_range_each_reference_image_against_the_others():
+    """Content the model's features cannot tell from its training data (a street for a shapes model) still has
+    other image statistics: a frame of another size, or much darker, is outside the reference's range."""
+    from cvops.drift.profile import Seen, far_images
+
+    rng = np.random.default_rng(0)
+
+    def img(b, w=320, h=240):
+        return Seen("x", {"brightness": b, "contrast": 40.0, "sharpness": 100.0, "saturation": 50.0, "width": w,
+                          "height": h, "aspect": w / h})
+
+    ref = [img(float(b)) for b in rng.normal(120, 10, 100)]
+    inside = far_images(ref, [img(float(b)) for b in rng.normal(120, 10, 200)])
+    assert inside.mean() < 0.05  # in distribution: about 2 / 101 beyond the extremes (widened by 5 %)
+    assert far_images(ref, [img(60.0), img(120.0, 768, 432), img(121.0)]).tolist() == [True, True, False]
+    own = far_images(ref, ref, reference=True)  # the reference's own rate, leave one out
+    assert own.sum() <= 4  # about as often as a new in-distribution image (0 to 2 of 100 here)
+
+
 def test_nn_distances_leave_one_out():
     ref = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
     d = nn_distances(ref, ref, leave_one_out=True)

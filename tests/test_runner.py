@@ -166,6 +166,10 @@ def test_code_version_covers_the_cvops_modules_a_stage_imports():
     assert "fo.py" in closure("curate") and "__init__.py" in closure("curate")
     assert not any(is_plumbing(f) for f in closure("export"))  # the runner, store and config plumbing do not invalidate artifacts
     assert "serve/app.py" not in closure("export")  # and what a stage does not import does not either
+    # the package's __init__ offers the Python API lazily: the API (and serve, drift, ... behind it) is a way in,
+    # not part of what curate or train compute; an edit there must not retrain every model
+    for stage in ("curate", "train", "evaluate", "export"):
+        assert not {f for f in closure(stage) if f in ("api.py", "cli.py") or f.startswith(("serve/", "commands/"))}
 
 
 def test_hooks_see_every_outcome_and_reports_reach_each_run_dir(tmp_path, test_stages, monkeypatch):

@@ -337,8 +337,41 @@ def nn_distances(ref: np.ndarray, x: np.ndarray, leave_one_out: bool = False) ->
     return np.sqrt(np.maximum(d2.min(1), 0))
 
 
+#: Image statistics whose range in the reference bounds ``far_image`` (:func:`edge_reasons`).
+IMAGE_STATS = ("brightness", "contrast", "sharpness", "saturation", "width", "height", "aspect")
+
+
+def _stats(seen: Sequence[Seen]) -> np.ndarray:
+    return np.array([[float(s.record.get(k, np.nan)) if s.record.get(k) is not None else np.nan for k in IMAGE_STATS]
+                     for s in seen], float).reshape(len(seen), len(IMAGE_STATS))
+
+
+def far_images(ref_seen: Sequence[Seen], seen: Sequence[Seen], reference: bool = False,
+               margin: float = 0.05) -> np.ndarray:
+    """Whether each image has an image statistic (:data:`IMAGE_STATS`) outside the reference's range widened
+    by ``margin`` of it; ``reference=True``: ``seen`` are the reference images, each against the others."""
+    ref = _stats(ref_seen)
+    x = _stats(seen)
+    if len(ref) < 3 or not len(x):
+        return np.zeros(len(x), bool)
+    with np.errstate(invalid="ignore"):
+        srt = np.sort(np.where(np.isnan(ref), np.inf, ref), axis=0)
+        lo, lo2 = srt[0], srt[1]
+        srt = np.sort(np.where(np.isnan(ref), -np.inf, ref), axis=0)
+        hi, hi2 = srt[-1], srt[-2]
+        if reference:  # without the image itself: an image that is the minimum sees the second smallest
+            lo = np.where(x <= lo[None], lo2[None], lo[None])
+            hi = np.where(x >= hi[None], hi2[None], hi[None])
+        else:
+            lo, hi = lo[None], hi[None]
+        pad = margin * (hi - lo)
+        out = (x < lo - pad) | (x > hi + pad)
+    return (out & np.isfinite(x) & np.isfinite(lo) & np.isfinite(hi)).any(axis=1)
+
+
 def edge_reasons(seen: Sequence[Seen], ref_embeddings: Optional[np.ndarray], low: float, near: float,
-                 overlap_iou: float, quantile: float, reference: bool = False) -> List[List[str]]:
+                 overlap_iou: float, quantile: float, reference: bool = False,
+                 ref_seen: Optional[Sequence[Seen]] = None) -> List[List[str]]:
     """Why each image needs a human (empty list: it does not).
 
     * ``low_confidence``: no box scores ``low`` or more, but the model saw something (a box >= low / 2);
@@ -347,7 +380,10 @@ def edge_reasons(seen: Sequence[Seen], ref_embeddings: Optional[np.ndarray], low
     * ``overlap``: two boxes scoring ``low + near`` or more, of different classes, overlap with IoU >=
       ``overlap_iou`` (class confusion);
     * ``far_embedding``: farther from every reference image than ``quantile`` of the reference's own
-      nearest-neighbour distances (content unlike the training data).
+      nearest-neighbour distances (content unlike the training data, as the model's features see it);
+    * ``far_image``: an image statistic (brightness, contrast, sharpness, saturation, size, aspect) outside
+      the range of the reference images ``ref_seen`` (content the model's features cannot tell apart from
+      its training data, such as a street for a model that only knows shapes, still looks different).
 
     ``reference=True``: ``seen`` are the reference images themselves (their embeddings, in order): each is
     compared with the others (leave one out), which gives the reasons' rates in distribution.
@@ -357,8 +393,9 @@ def edge_reasons(seen: Sequence[Seen], ref_embeddings: Optional[np.ndarray], low
     if ref_embeddings is not None and len(ref_embeddings) > 2 and embs and all(e is not None for e in embs):
         limit = np.quantile(nn_distances(ref_embeddings, ref_embeddings, leave_one_out=True), quantile)
         far = nn_distances(ref_embeddings, np.asarray(embs, np.float32), leave_one_out=reference) > limit
+    far_img = far_images(ref_seen, seen, reference) if ref_seen is not None else np.zeros(len(seen), bool)
     out = []
-    for s, f in zip(seen, far):
+    for s, f, fi in zip(seen, far, far_img):
         reasons = []
         d = s.dets
         scores = d.scores if d is not None else np.zeros(0)
@@ -381,12 +418,14 @@ def edge_reasons(seen: Sequence[Seen], ref_embeddings: Optional[np.ndarray], low
                     reasons.append("overlap")
         if f:
             reasons.append("far_embedding")
+        if fi:
+            reasons.append("far_image")
         out.append(reasons)
     return out
 
 
 #: The reasons an image is an edge case (:func:`edge_reasons`).
-REASONS = ("low_confidence", "near_threshold", "overlap", "far_embedding")
+REASONS = ("low_confidence", "near_threshold", "overlap", "far_embedding", "far_image")
 
 
 def select_edge_cases(reasons: Sequence[Sequence[str]], ref_reasons: Sequence[Sequence[str]], rate: float,
@@ -401,7 +440,7 @@ def select_edge_cases(reasons: Sequence[Sequence[str]], ref_reasons: Sequence[Se
     the sum of -log rate of its reasons, reached by at most that share of them), which keeps an
     in-distribution window at about ``rate`` flagged. Cases are ranked by their active reasons (what the
     window shows more than the reference comes first), then by surprise (rare reasons such as
-    ``far_embedding``), then by the lowest top score; at most ``cap``.
+    ``far_embedding``, ``far_image``), then by the lowest top score; at most ``cap``.
 
     Returns:
         (indices into ``reasons``, the calibration: rates, expected and seen counts, active reasons).

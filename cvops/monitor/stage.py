@@ -318,8 +318,8 @@ def run(ctx: StageContext) -> StageResult:
     report = compare(ref, win, p_value=mon.p_value, psi_threshold=mon.psi_threshold,
                      permutations=mon.mmd_permutations, seed=mon.seed)
     rules = (low, mon.near_threshold, mon.overlap_iou, mon.embedding_quantile)
-    reasons = edge_reasons(seen, ref.embeddings, *rules)
-    ref_reasons = edge_reasons(ref_seen, ref.embeddings, *rules, reference=True)
+    reasons = edge_reasons(seen, ref.embeddings, *rules, ref_seen=ref_seen)
+    ref_reasons = edge_reasons(ref_seen, ref.embeddings, *rules, reference=True, ref_seen=ref_seen)
     picked, calibration = select_edge_cases(reasons, ref_reasons, float(mon.edge_rate),
                                             [float(s.record.get("max_score", 0.0)) for s in seen],
                                             int(mon.max_edge_cases))
