@@ -439,6 +439,40 @@ def test_resume_takes_a_lineage_checkpoint_only_when_it_is_short_of_max_epochs(t
     (me / "last_checkpoint").write_text(str(me / "epoch_2.pth"))
     assert _resume_point(ctx(12, resuming=True), "L") == str(me / "epoch_2.pth")
 
+def test_max_minutes_plans_again_from_later_epochs_until_the_decay_begins(tmp_path, monkeypatch):
+    """A first epoch slowed by start-up (or a busy machine) plans too few epochs: the later epochs' mean time
+    plans again, moving the decay and the end, until the decay has begun; then the plan holds."""
+    from types import SimpleNamespace
+
+    from cvops.train.hooks import TimeBudgetHook
+
+    clock = [0.0]
+    monkeypatch.setattr("time.monotonic", lambda: clock[0])
+    cos = SimpleNamespace(begin=10 * 4, end=100 * 4, T_max=90 * 4)
+    class Loop(SimpleNamespace):  # mmengine's loop: max_epochs reads _max_epochs
+        max_epochs = property(lambda self: self._max_epochs)
+
+    loop = Loop(_max_epochs=100, _max_iters=400, dataloader=[0] * 4, val_begin=1, val_interval=1)
+    runner = SimpleNamespace(train_loop=loop, param_schedulers=[cos], hooks=[], iter=4, epoch=1, work_dir=str(tmp_path), rank=0,
+                             val_loop=object())
+    hook = TimeBudgetHook(max_minutes=10, decay_from=0.5)
+    hook.before_train(SimpleNamespace(**{**vars(runner), "epoch": 0}))
+    clock[0] = 60.0  # the first epoch and its validation: a slow minute
+    hook.after_val_epoch(runner, {})
+    assert hook.planned == 1 + int((570 - 60) // 60) == 9 and cos.begin == 4 * 4 and cos.end == 9 * 4
+    for done in range(2, 5):  # the next epochs take 20 s each: room for many more
+        clock[0] = 60.0 + 20 * (done - 1)
+        runner.epoch, runner.iter = done - 1, done * 4
+        hook.after_train_epoch(runner)
+    assert hook.planned == 4 + int((570 - 120) // 20) == 26 and cos.end == 26 * 4 and cos.begin == 13 * 4
+    assert hook.replans >= 1
+    runner.iter = cos.begin  # the decay has begun: the plan holds whatever the clock says
+    clock[0] = 400.0
+    runner.epoch = 12
+    hook.after_train_epoch(runner)
+    assert hook.planned == 26
+
+
 @pytest.mark.slow
 def test_max_minutes_lays_the_schedule_over_the_budget_and_ends_within_it(cvops):
     """train.max_minutes: the first epoch is timed, the epochs that fit are planned (far fewer than

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
@@ -98,8 +98,11 @@ class TimeBudgetHook(Hook):
     The first epoch (with its validation) is timed; then the run is given ``1 + (budget - elapsed) //
     epoch time`` epochs (a 5 % margin kept, at most ``max_epochs``), and the cosine decay and the mosaic
     switch move to the new end, so the schedule ends where the budget does instead of being cut in its
-    middle. If the budget still runs out, training stops after the epoch in progress and says so; the best
-    checkpoint so far is the result. ``time_budget.json`` in the work dir records the plan.
+    middle. Until the decay begins, each later epoch plans again from the mean time of the epochs since the
+    first (which pays for start-up, the first mosaic epoch and whatever else the machine was doing then):
+    a first epoch that was slow or fast does not leave minutes unused or run out. If the budget still runs
+    out, training stops after the epoch in progress and says so; the best checkpoint so far is the result.
+    ``time_budget.json`` in the work dir records the plan.
     """
 
     priority = "BELOW_NORMAL"  # plans before the progress bar (LOW) reads the new total
@@ -110,6 +113,9 @@ class TimeBudgetHook(Hook):
         self.mosaic_share = mosaic_share
         self.t0 = 0.0
         self.planned: Optional[int] = None
+        self.first_s: Optional[float] = None  # when the first plan was made (seconds into training)
+        self.first_epochs = 0  # epochs done then
+        self.replans = 0
         self.stopped = False
 
     def before_train(self, runner: Any) -> None:
@@ -132,6 +138,30 @@ class TimeBudgetHook(Hook):
         validates = loop.val_begin <= 1 and loop.val_interval == 1 and runner.val_loop is not None
         if runner.epoch == 0 and not validates:  # no validation after the first epoch: plan now
             self._plan(runner)
+        elif self.first_s is not None and runner.epoch + 1 > self.first_epochs:
+            self._replan(runner, runner.epoch + 1)
+
+    def _replan(self, runner: Any, done: int) -> None:
+        """Plan again from the epochs since the first, while the cosine decay has not begun."""
+        import time
+
+        if self.stopped or any(runner.iter >= s.begin for s in self._cosines(runner)):
+            return
+        now = time.monotonic() - self.t0
+        per = (now - float(self.first_s)) / max(1, done - self.first_epochs)
+        fit = done + int(max(0.0, self.budget_s * 0.95 - now) // max(per, 1e-6))
+        fit = max(done + 1, min(runner.train_loop.max_epochs if self.planned is None else self._cap, fit))
+        if fit != self.planned:
+            self.planned = fit
+            self.replans += 1
+            self._relay(runner, fit)
+            self._write(runner, None)
+
+    @staticmethod
+    def _cosines(runner: Any) -> List[Any]:
+        schedulers = runner.param_schedulers
+        return [s for s in (schedulers if isinstance(schedulers, list) else [x for v in schedulers.values() for x in v])
+                if hasattr(s, "T_max")]
 
     def after_val_epoch(self, runner: Any, metrics: Optional[dict] = None) -> None:
         if runner.epoch == 1:  # the first epoch and its validation timed; the loop checks its end next
@@ -144,8 +174,10 @@ class TimeBudgetHook(Hook):
             return
         elapsed = time.monotonic() - self.t0
         loop = runner.train_loop
+        self._cap = loop.max_epochs  # max_epochs as configured: a later plan never goes past it
         fit = 1 + int(max(0.0, self.budget_s * 0.95 - elapsed) // max(elapsed, 1e-6))
         self.planned = max(1, min(loop.max_epochs, fit))
+        self.first_s, self.first_epochs = elapsed, runner.epoch if runner.epoch else 1
         self._relay(runner, self.planned)
         self._write(runner, elapsed)
 
@@ -195,7 +227,7 @@ class TimeBudgetHook(Hook):
         except (OSError, ValueError):
             rec = {}
         rec.update(budget_s=self.budget_s, planned_epochs=self.planned or runner.train_loop.max_epochs,
-                   stopped_at_budget=self.stopped)
+                   stopped_at_budget=self.stopped, replans=self.replans)
         if first_epoch_s is not None:
             rec["first_epoch_s"] = round(first_epoch_s, 2)
         if total_s is not None:
