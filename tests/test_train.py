@@ -441,7 +441,7 @@ def test_resume_takes_a_lineage_checkpoint_only_when_it_is_short_of_max_epochs(t
 
 def test_max_minutes_plans_again_from_later_epochs_until_the_decay_begins(tmp_path, monkeypatch):
     """A first epoch slowed by start-up (or a busy machine) plans too few epochs: the later epochs' mean time
-    plans again, moving the decay and the end, until the decay has begun; then the plan holds."""
+    plans again, moving the decay and the end; once the decay has begun, its start stays and its end moves."""
     from types import SimpleNamespace
 
     from cvops.train.hooks import TimeBudgetHook
@@ -466,11 +466,12 @@ def test_max_minutes_plans_again_from_later_epochs_until_the_decay_begins(tmp_pa
         hook.after_train_epoch(runner)
     assert hook.planned == 4 + int((570 - 120) // 20) == 26 and cos.end == 26 * 4 and cos.begin == 13 * 4
     assert hook.replans >= 1
-    runner.iter = cos.begin  # the decay has begun: the plan holds whatever the clock says
-    clock[0] = 400.0
-    runner.epoch = 12
+    begin = cos.begin
+    runner.iter, runner.epoch = begin + 8, 14  # the decay has begun: its start stays, its end follows the clock
+    clock[0] = 60.0 + 20 * 14 + 100  # 100 s lost to something else
     hook.after_train_epoch(runner)
-    assert hook.planned == 26
+    assert cos.begin == begin and hook.planned == 15 + int((570 - 440) // (380 / 14)) and cos.end == hook.planned * 4
+    assert cos.T_max == cos.end - cos.begin
 
 
 @pytest.mark.slow

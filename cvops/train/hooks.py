@@ -98,9 +98,10 @@ class TimeBudgetHook(Hook):
     The first epoch (with its validation) is timed; then the run is given ``1 + (budget - elapsed) //
     epoch time`` epochs (a 5 % margin kept, at most ``max_epochs``), and the cosine decay and the mosaic
     switch move to the new end, so the schedule ends where the budget does instead of being cut in its
-    middle. Until the decay begins, each later epoch plans again from the mean time of the epochs since the
-    first (which pays for start-up, the first mosaic epoch and whatever else the machine was doing then):
-    a first epoch that was slow or fast does not leave minutes unused or run out. If the budget still runs
+    middle. Each later epoch plans again from the mean time of the epochs since the first (which pays for
+    start-up, the first mosaic epoch and whatever else the machine was doing then), moving the end (and the
+    decay's start while it has not begun): a first epoch that was slow or fast neither leaves minutes unused
+    nor runs out. If the budget still runs
     out, training stops after the epoch in progress and says so; the best checkpoint so far is the result.
     ``time_budget.json`` in the work dir records the plan.
     """
@@ -142,10 +143,12 @@ class TimeBudgetHook(Hook):
             self._replan(runner, runner.epoch + 1)
 
     def _replan(self, runner: Any, done: int) -> None:
-        """Plan again from the epochs since the first, while the cosine decay has not begun."""
+        """Plan again from the epochs since the first. A decay that has begun keeps its start and bends to the
+        new end: mmengine's cosine is chained (each step scales the current value), so the lr stays continuous
+        and still reaches its floor at the planned end."""
         import time
 
-        if self.stopped or any(runner.iter >= s.begin for s in self._cosines(runner)):
+        if self.stopped:
             return
         now = time.monotonic() - self.t0
         per = (now - float(self.first_s)) / max(1, done - self.first_epochs)
@@ -189,8 +192,8 @@ class TimeBudgetHook(Hook):
         schedulers = runner.param_schedulers
         for s in (schedulers if isinstance(schedulers, list) else [x for v in schedulers.values() for x in v]):
             if hasattr(s, "T_max"):  # the cosine decay: from its share of the planned epochs to their end
-                if s.begin >= per_epoch:  # not begun (the timed first epoch precedes it): moved exactly
-                    s.begin = max(per_epoch, int(round(epochs * self.decay_from)) * per_epoch)
+                if s.begin >= per_epoch and runner.iter < s.begin:  # not begun: moved exactly
+                    s.begin = max(per_epoch, runner.iter, int(round(epochs * self.decay_from)) * per_epoch)
                 s.end = epochs * per_epoch
                 s.T_max = max(1, s.end - s.begin)
         for hook in runner.hooks:
