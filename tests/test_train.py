@@ -474,6 +474,26 @@ def test_max_minutes_plans_again_from_later_epochs_until_the_decay_begins(tmp_pa
     assert cos.T_max == cos.end - cos.begin
 
 
+
+def test_max_minutes_keeps_the_mosaic_share_of_the_planned_epochs():
+    """train.mosaic_epochs is a share of max_epochs when the budget plans the epochs: one of 300 stays about
+    one epoch, null keeps the base schedule's share (all but the last 20 of 300), 0 none. (The share used to
+    be read as the epochs *without* mosaic, so mosaic_epochs=1 ran mosaic to the last epoch.)"""
+    from types import SimpleNamespace
+
+    from cvops.train.hooks import TimeBudgetHook
+
+    assert TimeBudgetHook.switch_epoch(48, 1 / 300) == 1
+    assert TimeBudgetHook.switch_epoch(48, 150 / 300) == 24
+    assert TimeBudgetHook.switch_epoch(48, None) == 45 and TimeBudgetHook.switch_epoch(5, None) == 4
+    assert TimeBudgetHook.switch_epoch(48, 0.0) == 0 and TimeBudgetHook.switch_epoch(3, 1.0) == 3
+    switch, yolox = SimpleNamespace(switch_epoch=299), SimpleNamespace(num_last_epochs=15)
+    loop = SimpleNamespace(_max_epochs=300, _max_iters=1200, dataloader=[0] * 4)
+    for share, first, last in ((1 / 300, 1, 29), (None, 28, 2)):
+        hook = TimeBudgetHook(max_minutes=10, mosaic_share=share)
+        hook._relay(SimpleNamespace(train_loop=loop, param_schedulers=[], hooks=[switch, yolox], iter=4), 30)
+        assert (switch.switch_epoch, yolox.num_last_epochs) == (first, last), (share, switch, yolox)
+
 @pytest.mark.slow
 def test_max_minutes_lays_the_schedule_over_the_budget_and_ends_within_it(cvops):
     """train.max_minutes: the first epoch is timed, the epochs that fit are planned (far fewer than

@@ -109,6 +109,7 @@ class TimeBudgetHook(Hook):
     priority = "BELOW_NORMAL"  # plans before the progress bar (LOW) reads the new total
 
     def __init__(self, max_minutes: float, decay_from: float = 0.0, mosaic_share: Optional[float] = None) -> None:
+        """``mosaic_share``: the share of the epochs with mosaic/mixup (``train.mosaic_epochs / max_epochs``)."""
         self.budget_s = float(max_minutes) * 60.0
         self.decay_from = float(decay_from)
         self.mosaic_share = mosaic_share
@@ -197,11 +198,22 @@ class TimeBudgetHook(Hook):
                 s.end = epochs * per_epoch
                 s.T_max = max(1, s.end - s.begin)
         for hook in runner.hooks:
-            if hasattr(hook, "switch_epoch"):  # mosaic off for the last epochs, as the base schedule's share
-                share = self.mosaic_share if self.mosaic_share is not None else 20 / 300
-                hook.switch_epoch = max(1, epochs - max(1, round(epochs * share)))
-            if hasattr(hook, "num_last_epochs"):
-                hook.num_last_epochs = max(1, round(epochs * 15 / 300))
+            if hasattr(hook, "switch_epoch"):  # mosaic/mixup for its share of the planned epochs
+                hook.switch_epoch = self.switch_epoch(epochs, self.mosaic_share)
+            if hasattr(hook, "num_last_epochs"):  # YOLOX: the last epochs without mosaic (its base: 15 of 300)
+                hook.num_last_epochs = (max(1, round(epochs * 15 / 300)) if self.mosaic_share is None
+                                        else epochs - self.switch_epoch(epochs, self.mosaic_share))
+
+    @staticmethod
+    def switch_epoch(epochs: int, mosaic_share: Optional[float]) -> int:
+        """The epoch the simpler pipeline starts at, of ``epochs`` planned: ``mosaic_share`` of them with
+        mosaic/mixup (``train.mosaic_epochs / max_epochs``; 0: none), at least one while it is above 0;
+        None: the base schedule's share (RTMDet: all but the last 20 of 300, at least one epoch without)."""
+        if mosaic_share is None:
+            return max(1, epochs - max(1, round(epochs * 20 / 300)))
+        if mosaic_share <= 0:
+            return 0
+        return min(epochs, max(1, round(epochs * mosaic_share)))
 
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None,
                          outputs: Optional[dict] = None) -> None:
