@@ -481,17 +481,17 @@ def test_max_minutes_keeps_the_mosaic_share_of_the_planned_epochs():
     be read as the epochs *without* mosaic, so mosaic_epochs=1 ran mosaic to the last epoch.)"""
     from types import SimpleNamespace
 
-    from cvops.train.hooks import TimeBudgetHook
+    from cvops.train.hooks import TimeBudgetHook, mosaic_switch_epoch
 
-    assert TimeBudgetHook.switch_epoch(48, 1 / 300) == 1
-    assert TimeBudgetHook.switch_epoch(48, 150 / 300) == 24
-    assert TimeBudgetHook.switch_epoch(48, None) == 45 and TimeBudgetHook.switch_epoch(5, None) == 4
-    assert TimeBudgetHook.switch_epoch(48, 0.0) == 0 and TimeBudgetHook.switch_epoch(3, 1.0) == 3
+    assert mosaic_switch_epoch(48, 1 / 300) == 1
+    assert mosaic_switch_epoch(48, 150 / 300) == 24
+    assert mosaic_switch_epoch(48, None) == 45 and mosaic_switch_epoch(5, None) == 4
+    assert mosaic_switch_epoch(48, 0.0) == 0 and mosaic_switch_epoch(3, 1.0) == 3
     switch, yolox = SimpleNamespace(switch_epoch=299), SimpleNamespace(num_last_epochs=15)
     loop = SimpleNamespace(_max_epochs=300, _max_iters=1200, dataloader=[0] * 4)
     for share, first, last in ((1 / 300, 1, 29), (None, 28, 2)):
         hook = TimeBudgetHook(max_minutes=10, mosaic_share=share)
-        hook._relay(SimpleNamespace(train_loop=loop, param_schedulers=[], hooks=[switch, yolox], iter=4), 30)
+        hook._relay(SimpleNamespace(train_loop=loop, param_schedulers=[], hooks=[hook, switch, yolox], iter=4), 30)
         assert (switch.switch_epoch, yolox.num_last_epochs) == (first, last), (share, switch, yolox)
 
 @pytest.mark.slow

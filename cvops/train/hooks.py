@@ -91,6 +91,17 @@ class ProgressHook(Hook):
             self.bar = None
 
 
+def mosaic_switch_epoch(epochs: int, mosaic_share: Optional[float]) -> int:
+    """The epoch the simpler pipeline starts at, of ``epochs`` planned: ``mosaic_share`` of them with
+    mosaic/mixup (``train.mosaic_epochs / max_epochs``; 0: none), at least one while it is above 0;
+    None: the base schedule's share (RTMDet: all but the last 20 of 300, at least one epoch without)."""
+    if mosaic_share is None:
+        return max(1, epochs - max(1, round(epochs * 20 / 300)))
+    if mosaic_share <= 0:
+        return 0
+    return min(epochs, max(1, round(epochs * mosaic_share)))
+
+
 @HOOKS.register_module(name="CvopsTimeBudgetHook")
 class TimeBudgetHook(Hook):
     """``train.max_minutes``: plan the epochs that fit a wall-clock budget and lay the schedule out over them.
@@ -198,22 +209,13 @@ class TimeBudgetHook(Hook):
                 s.end = epochs * per_epoch
                 s.T_max = max(1, s.end - s.begin)
         for hook in runner.hooks:
+            if hook is self:
+                continue
             if hasattr(hook, "switch_epoch"):  # mosaic/mixup for its share of the planned epochs
-                hook.switch_epoch = self.switch_epoch(epochs, self.mosaic_share)
+                hook.switch_epoch = mosaic_switch_epoch(epochs, self.mosaic_share)
             if hasattr(hook, "num_last_epochs"):  # YOLOX: the last epochs without mosaic (its base: 15 of 300)
                 hook.num_last_epochs = (max(1, round(epochs * 15 / 300)) if self.mosaic_share is None
-                                        else epochs - self.switch_epoch(epochs, self.mosaic_share))
-
-    @staticmethod
-    def switch_epoch(epochs: int, mosaic_share: Optional[float]) -> int:
-        """The epoch the simpler pipeline starts at, of ``epochs`` planned: ``mosaic_share`` of them with
-        mosaic/mixup (``train.mosaic_epochs / max_epochs``; 0: none), at least one while it is above 0;
-        None: the base schedule's share (RTMDet: all but the last 20 of 300, at least one epoch without)."""
-        if mosaic_share is None:
-            return max(1, epochs - max(1, round(epochs * 20 / 300)))
-        if mosaic_share <= 0:
-            return 0
-        return min(epochs, max(1, round(epochs * mosaic_share)))
+                                        else epochs - mosaic_switch_epoch(epochs, self.mosaic_share))
 
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None,
                          outputs: Optional[dict] = None) -> None:
