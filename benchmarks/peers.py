@@ -128,7 +128,6 @@ json.dump({"dets": dets, "train_s": train_s, "epochs": epochs, "onnx": str(onnx)
 '''
 
 
-
 def graph_latency(onnx: Dict[str, Path], imgsz: int, rounds: int = 5, runs: int = 20) -> Dict[str, float]:
     """Median ms of each ONNX graph's ``session.run`` at batch 1 on one random (1, 3, imgsz, imgsz) input: the
     graphs alone (no decoding, resizing or drawing), both in this process with the same ONNX Runtime and
@@ -154,6 +153,7 @@ def graph_latency(onnx: Dict[str, Path], imgsz: int, rounds: int = 5, runs: int 
                 sess.run(None, feed)
                 times[tool].append((time.perf_counter() - t) * 1000)
     return {tool: round(statistics.median(ts), 2) for tool, ts in times.items()}
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -109,6 +109,17 @@ def test_every_model_config_builds_and_runs_a_forward_pass(model, curated, curat
         with pytest.raises(mmconfig.TrainConfigError, match="without a random rescale"):
             mmconfig.build(OmegaConf.to_object(cfg_all.model), train, art.metrics["classes"], exports, tmp_path,
                            [], cuda=False)
+    # train.mosaic_epochs: where the pipeline switch lands in the built config (null: the base's 20 of 300)
+    for epochs, strong, switch_at, yolox_last in ((10, 1, 1, 9), (30, None, 28, 2), (30, 0, 0, 30)):
+        train2 = OmegaConf.to_object(cfg_all.train)
+        train2.max_epochs, train2.mosaic_epochs = epochs, strong
+        cfg3, _ = mmconfig.build(OmegaConf.to_object(cfg_all.model), train2, art.metrics["classes"], exports, tmp_path,
+                                 [], cuda=False)
+        for h in cfg3.get("custom_hooks", []):
+            if h["type"] == "PipelineSwitchHook":
+                assert h["switch_epoch"] == switch_at, (model, epochs, strong, h["switch_epoch"])
+            if h["type"] == "YOLOXModeSwitchHook":
+                assert h["num_last_epochs"] == yolox_last, (model, epochs, strong, h["num_last_epochs"])
     train.scale_jitter = [1.5, 0.5]
     with pytest.raises(mmconfig.TrainConfigError, match="0 < low <= high"):
         mmconfig.build(OmegaConf.to_object(cfg_all.model), train, art.metrics["classes"], exports, tmp_path,
@@ -474,7 +485,6 @@ def test_max_minutes_plans_again_from_later_epochs_until_the_decay_begins(tmp_pa
     assert cos.T_max == cos.end - cos.begin
 
 
-
 def test_max_minutes_keeps_the_mosaic_share_of_the_planned_epochs():
     """train.mosaic_epochs is a share of max_epochs when the budget plans the epochs: one of 300 stays about
     one epoch, null keeps the base schedule's share (all but the last 20 of 300), 0 none. (The share used to
@@ -487,12 +497,15 @@ def test_max_minutes_keeps_the_mosaic_share_of_the_planned_epochs():
     assert mosaic_switch_epoch(48, 150 / 300) == 24
     assert mosaic_switch_epoch(48, None) == 45 and mosaic_switch_epoch(5, None) == 4
     assert mosaic_switch_epoch(48, 0.0) == 0 and mosaic_switch_epoch(3, 1.0) == 3
-    switch, yolox = SimpleNamespace(switch_epoch=299), SimpleNamespace(num_last_epochs=15)
+    from mmdet.engine.hooks import PipelineSwitchHook, YOLOXModeSwitchHook
+
+    switch, yolox = PipelineSwitchHook(switch_epoch=299, switch_pipeline=[]), YOLOXModeSwitchHook(num_last_epochs=15)
     loop = SimpleNamespace(_max_epochs=300, _max_iters=1200, dataloader=[0] * 4)
     for share, first, last in ((1 / 300, 1, 29), (None, 28, 2)):
         hook = TimeBudgetHook(max_minutes=10, mosaic_share=share)
         hook._relay(SimpleNamespace(train_loop=loop, param_schedulers=[], hooks=[hook, switch, yolox], iter=4), 30)
         assert (switch.switch_epoch, yolox.num_last_epochs) == (first, last), (share, switch, yolox)
+
 
 @pytest.mark.slow
 def test_max_minutes_lays_the_schedule_over_the_budget_and_ends_within_it(cvops):

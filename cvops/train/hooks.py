@@ -102,6 +102,13 @@ def mosaic_switch_epoch(epochs: int, mosaic_share: Optional[float]) -> int:
     return min(epochs, max(1, round(epochs * mosaic_share)))
 
 
+def yolox_last_epochs(epochs: int, mosaic_share: Optional[float]) -> int:
+    """YOLOX's mode switch: the last epochs without mosaic, of ``epochs`` (None: its base, 15 of 300)."""
+    if mosaic_share is None:
+        return max(1, round(epochs * 15 / 300))
+    return epochs - mosaic_switch_epoch(epochs, mosaic_share)
+
+
 @HOOKS.register_module(name="CvopsTimeBudgetHook")
 class TimeBudgetHook(Hook):
     """``train.max_minutes``: plan the epochs that fit a wall-clock budget and lay the schedule out over them.
@@ -208,14 +215,13 @@ class TimeBudgetHook(Hook):
                     s.begin = max(per_epoch, runner.iter, int(round(epochs * self.decay_from)) * per_epoch)
                 s.end = epochs * per_epoch
                 s.T_max = max(1, s.end - s.begin)
-        for hook in runner.hooks:
-            if hook is self:
-                continue
-            if hasattr(hook, "switch_epoch"):  # mosaic/mixup for its share of the planned epochs
+        from mmdet.engine.hooks import PipelineSwitchHook, YOLOXModeSwitchHook
+
+        for hook in runner.hooks:  # found by type: a name-based lookup once matched this hook itself
+            if isinstance(hook, PipelineSwitchHook):  # mosaic/mixup for its share of the planned epochs
                 hook.switch_epoch = mosaic_switch_epoch(epochs, self.mosaic_share)
-            if hasattr(hook, "num_last_epochs"):  # YOLOX: the last epochs without mosaic (its base: 15 of 300)
-                hook.num_last_epochs = (max(1, round(epochs * 15 / 300)) if self.mosaic_share is None
-                                        else epochs - mosaic_switch_epoch(epochs, self.mosaic_share))
+            elif isinstance(hook, YOLOXModeSwitchHook):
+                hook.num_last_epochs = yolox_last_epochs(epochs, self.mosaic_share)
 
     def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None,
                          outputs: Optional[dict] = None) -> None:

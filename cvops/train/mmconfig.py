@@ -286,12 +286,15 @@ def build(model: ModelConfig, train: TrainConfig, classes: Sequence[str], export
     ]
     if train.scale_jitter is not None:
         _set_scale_jitter(cfg, model.mmdet_config, train.scale_jitter)
+    from cvops.train.hooks import mosaic_switch_epoch, yolox_last_epochs
+
     strong = train.mosaic_epochs
+    share = int(strong) / epochs if strong is not None else None  # the budget hook re-lays the same share
     for hook in cfg.get("custom_hooks", []) or []:  # base schedules are written for 300 epochs
         if hook.get("type") == "PipelineSwitchHook":
-            hook["switch_epoch"] = int(strong) if strong is not None else max(1, epochs - max(1, round(epochs * 20 / 300)))
+            hook["switch_epoch"] = mosaic_switch_epoch(epochs, share)
         if hook.get("type") == "YOLOXModeSwitchHook":
-            hook["num_last_epochs"] = max(0, epochs - int(strong)) if strong is not None else max(1, round(epochs * 15 / 300))
+            hook["num_last_epochs"] = yolox_last_epochs(epochs, share)
     cfg.custom_hooks = list(cfg.get("custom_hooks", []) or []) + [dict(type="CvopsFiniteLossHook"),
                                                                 dict(type="CvopsProgressHook")]
     if train.max_minutes is not None:
@@ -300,7 +303,7 @@ def build(model: ModelConfig, train: TrainConfig, classes: Sequence[str], export
                                    "0 (null: none)")
         cfg.custom_hooks.append(dict(type="CvopsTimeBudgetHook", max_minutes=float(train.max_minutes),
                                      decay_from=float(train.lr_decay_from),
-                                     mosaic_share=(strong / epochs) if strong is not None else None))
+                                     mosaic_share=share))
 
     # hooks, logging, checkpoints
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=train.log_interval)
